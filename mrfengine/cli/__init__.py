@@ -1,0 +1,69 @@
+"""The ``mrfengine`` command line.
+
+Exit codes: 0 success, 1 failure (a clear one-line error on stderr), 2 usage
+error.  Heavy imports happen inside the commands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import MRFEngineError
+
+# Each module defines ``commands``: a list of click commands to register.
+_COMMAND_MODULES = ("demo", "dictionary", "match", "info")
+
+
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        try:
+            return super().invoke(ctx)
+        except MRFEngineError as exc:
+            logging.getLogger("mrfengine").debug("failure", exc_info=True)
+            click.secho(f"error: {exc}", err=True, fg="red")
+            ctx.exit(1)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mrfengine")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: int, quiet: bool) -> None:
+    """mrfengine: MR fingerprinting (MRF-EPI) of the brain in multiple sclerosis.
+
+    Start with `mrfengine demo`; `mrfengine COMMAND --help` explains each command.
+    """
+    level = logging.WARNING if quiet else (logging.INFO if verbose < 2 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    if verbose == 0:
+        # Library chatter (e.g. the backend choice) only with -v.
+        logging.getLogger("mrfengine.matching").setLevel(logging.WARNING)
+
+
+for _name in _COMMAND_MODULES:
+    for _cmd in importlib.import_module(f"{__name__}.{_name}").commands:
+        cli.add_command(_cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code."""
+    try:
+        cli.main(args=argv, prog_name="mrfengine", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Options and helpers shared by commands."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import click
+
+T = TypeVar("T")
+
+sequence_option = click.option(
+    "--sequence",
+    "sequence_spec",
+    default="hermann2021",
+    show_default=True,
+    help="A preset (hermann2021, hermann2021-site1, hermann2021-site2) or a sequence file (.json, .toml, .csv).",
+)
+backend_option = click.option(
+    "--backend",
+    default="auto",
+    show_default=True,
+    type=click.Choice(["auto", "numpy", "cpp"]),
+    help="Matching backend; auto picks the fastest available.",
+)
+cache_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Dictionary cache folder (default: $MRFENGINE_CACHE_DIR or ~/.cache/mrfengine).",
+)
+no_cache_option = click.option("--no-cache", is_flag=True, help="Do not read or write the dictionary cache.")
+progress_option = click.option(
+    "--progress/--no-progress", "show_progress", default=None, help="Progress bars (default: on when stderr is a terminal)."
+)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None) -> Iterator[T]:
+    """A tqdm progress bar on stderr, shown on terminals unless disabled."""
+    from tqdm import tqdm
+
+    disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+    return iter(tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, file=sys.stderr))
+
+
+def make_cache(cache_dir: str | None, no_cache: bool):
+    from ..dictionary import DictionaryCache
+
+    if no_cache:
+        return False
+    return DictionaryCache(cache_dir) if cache_dir else None

@@ -1,0 +1,33 @@
+"""``mrfengine info``: versions and compute backends."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+def info() -> None:
+    """Print versions, the compute backends found, and why others are missing."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+    from ..backend import backends, cpu_threads
+    from ..dictionary import default_cache_dir
+
+    click.echo(f"mrfengine {__version__} on Python {platform.python_version()} ({platform.machine()}), "
+               f"{cpu_threads()} CPU threads")
+    for pkg in ("numpy", "scipy", "nibabel", "numba", "zarr", "dask", "torch", "triton", "cupy", "nilearn"):
+        try:
+            v = version(pkg)
+        except PackageNotFoundError:
+            v = "not installed"
+        click.echo(f"  {pkg:<10} {v}")
+    click.echo("backends:")
+    for b in backends():
+        mark = "yes" if b.available else "no "
+        click.echo(f"  {b.name:<10} {mark}  {b.detail}")
+    click.echo(f"dictionary cache: {default_cache_dir() / 'dictionaries'}")
+
+
+commands = [info]

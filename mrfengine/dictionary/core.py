@@ -1,0 +1,276 @@
+"""The :class:`Dictionary`: atoms, their parameters, norms and SVD compression.
+
+A dictionary is any set of simulated fingerprints with a parameter table; it
+need not come from mrfengine's own signal model, so other MRF projects can hand
+theirs to :func:`mrfengine.match`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import DictionaryError, InputFileError
+
+__all__ = ["Dictionary", "SVDCompression"]
+
+
+@dataclass(frozen=True)
+class SVDCompression:
+    """A rank-``r`` temporal basis of a dictionary's normalised atoms.
+
+    Attributes
+    ----------
+    basis : ndarray, (n_frames, rank)
+        Orthonormal columns (right singular vectors); project signals with
+        ``signals @ basis``.  Complex dictionaries: ``signals @ basis`` too,
+        with the basis holding the conjugated singular vectors.
+    atoms : ndarray, (n_atoms, rank)
+        The normalised atoms in the compressed coordinates.
+    singular_values : ndarray, (n_frames,)
+        All singular values of the normalised atom matrix, descending.
+    energy : float
+        Fraction of the atoms' energy (sum of squared singular values) kept.
+    """
+
+    basis: np.ndarray
+    atoms: np.ndarray
+    singular_values: np.ndarray
+    energy: float
+
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+
+def _readonly(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.flags.writeable:
+        arr = arr.view()
+        arr.flags.writeable = False
+    return arr
+
+
+class Dictionary:
+    """Simulated fingerprints and the parameters that made them.
+
+    Parameters
+    ----------
+    atoms : array_like, (n_atoms, n_frames)
+        One fingerprint per row; real (float32/float64) or complex.  Stored as
+        float32 (complex64) unless float64 (complex128) is given.  No atom may
+        be all zero, and all values must be finite.
+    params : mapping of str to array_like
+        Each entry (n_atoms,): the parameter values of every atom, e.g.
+        ``{"T1": t1_ms, "T2star": t2s_ms, "B1": b1}``.  Times are in ms by
+        mrfengine's convention.
+    metadata : mapping, optional
+        JSON-compatible provenance (sequence, slot, grid, ...).
+
+    Raises
+    ------
+    DictionaryError
+        On a wrong shape, a non-finite value, an all-zero atom or a parameter
+        of the wrong length.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from mrfengine import Dictionary, match
+    >>> atoms = np.abs(np.random.default_rng(0).normal(size=(100, 35)))
+    >>> d = Dictionary(atoms, {"T1": np.linspace(300, 3000, 100)})
+    >>> match(atoms[:3] * 2.0, d).params["T1"].shape
+    (3,)
+    """
+
+    def __init__(
+        self,
+        atoms: ArrayLike,
+        params: Mapping[str, ArrayLike],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        arr = np.asarray(atoms)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+            raise DictionaryError(f"atoms must be a 2-D array (n_atoms, n_frames); got shape {arr.shape}")
+        if np.iscomplexobj(arr):
+            arr = arr.astype(np.complex128 if arr.dtype == np.complex128 else np.complex64, copy=False)
+        elif np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+            arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
+        else:
+            raise DictionaryError(f"atoms must be numeric; got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise DictionaryError("atoms contain NaN or Inf")
+        if not isinstance(params, Mapping) or not params:
+            raise DictionaryError("params must be a non-empty mapping of parameter name to (n_atoms,) values")
+        table: dict[str, np.ndarray] = {}
+        for name, values in params.items():
+            v = np.asarray(values)
+            if v.shape != (arr.shape[0],):
+                raise DictionaryError(
+                    f"parameter {name!r} must have shape ({arr.shape[0]},) (one value per atom); got {v.shape}"
+                )
+            table[str(name)] = _readonly(v)
+        self._atoms = _readonly(np.ascontiguousarray(arr))
+        self._params = table
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        zero = np.flatnonzero(self.norms == 0)
+        if zero.size:
+            raise DictionaryError(
+                f"{zero.size} atom(s) are all zero (first indices {zero[:5].tolist()}); they cannot be normalised"
+            )
+        self._svd: dict[tuple[str, float], SVDCompression] = {}
+
+    # ------------------------------------------------------------ properties
+    @property
+    def atoms(self) -> np.ndarray:
+        """The atoms as given, (n_atoms, n_frames), read-only."""
+        return self._atoms
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Parameter table: name -> (n_atoms,) read-only array."""
+        return dict(self._params)
+
+    @property
+    def n_atoms(self) -> int:
+        return self._atoms.shape[0]
+
+    @property
+    def n_frames(self) -> int:
+        return self._atoms.shape[1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._atoms.dtype
+
+    @cached_property
+    def norms(self) -> np.ndarray:
+        """L2 norm of each atom, (n_atoms,), float64."""
+        a = self._atoms
+        if np.iscomplexobj(a):
+            sq = np.einsum("ij,ij->i", a.real, a.real, dtype=np.float64)
+            sq += np.einsum("ij,ij->i", a.imag, a.imag, dtype=np.float64)
+        else:
+            sq = np.einsum("ij,ij->i", a, a, dtype=np.float64)
+        return _readonly(np.sqrt(sq))
+
+    @cached_property
+    def normalized(self) -> np.ndarray:
+        """Atoms scaled to unit L2 norm, (n_atoms, n_frames), dtype of the atoms."""
+        return _readonly((self._atoms / self.norms[:, None]).astype(self._atoms.dtype, copy=False))
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of atoms and parameters: identifies the dictionary in provenance."""
+        h = hashlib.sha256()
+        h.update(str(self._atoms.dtype).encode())
+        h.update(np.ascontiguousarray(self._atoms).tobytes())
+        for name in sorted(self._params):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self._params[name]).tobytes())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        names = ", ".join(self._params)
+        return f"Dictionary(n_atoms={self.n_atoms}, n_frames={self.n_frames}, dtype={self.dtype}, params=[{names}])"
+
+    def __len__(self) -> int:
+        return self.n_atoms
+
+    # ---------------------------------------------------------- compression
+    def compress(self, rank: int | None = None, *, energy: float = 0.99999) -> SVDCompression:
+        """SVD compression of the normalised atoms (McGivney et al., IEEE TMI 2014).
+
+        Parameters
+        ----------
+        rank : int, optional
+            Number of singular vectors to keep; when None, the smallest rank
+            that keeps ``energy`` of the atoms' energy.
+        energy : float
+            Energy fraction in (0, 1] used when ``rank`` is None.
+
+        Returns
+        -------
+        SVDCompression
+            Cached per (rank, energy).
+        """
+        if rank is not None:
+            if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= self.n_frames:
+                raise DictionaryError(f"rank must be an integer in [1, {self.n_frames}]; got {rank!r}")
+            key = ("rank", float(rank))
+        else:
+            if not 0 < energy <= 1:
+                raise DictionaryError(f"energy must lie in (0, 1]; got {energy}")
+            key = ("energy", float(energy))
+        if key in self._svd:
+            return self._svd[key]
+        dn = self.normalized
+        # Eigen-decomposition of the (n_frames x n_frames) Gram matrix in float64:
+        # cheap, and exact enough for a basis (singular values = sqrt(eigenvalues)).
+        gram = (dn.conj().T.astype(np.complex128 if np.iscomplexobj(dn) else np.float64)) @ dn
+        evals, evecs = np.linalg.eigh(gram)
+        order = np.argsort(evals)[::-1]
+        evals = np.clip(evals[order].real, 0.0, None)
+        evecs = evecs[:, order]
+        total = float(evals.sum())
+        if rank is None:
+            cum = np.cumsum(evals) / total
+            rank = int(np.searchsorted(cum, energy - 1e-12) + 1)
+            rank = min(rank, self.n_frames)
+        basis = evecs[:, :rank].astype(dn.dtype)
+        comp = SVDCompression(
+            basis=_readonly(np.ascontiguousarray(basis)),
+            atoms=_readonly(np.ascontiguousarray(dn @ basis)),
+            singular_values=_readonly(np.sqrt(evals)),
+            energy=float(evals[:rank].sum() / total),
+        )
+        self._svd[key] = comp
+        return comp
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the dictionary to ``path`` (.npz, uncompressed), atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                atoms=self._atoms,
+                __metadata__=np.frombuffer(json.dumps(self.metadata).encode(), dtype=np.uint8),
+                **{f"param:{k}": v for k, v in self._params.items()},
+            )
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Dictionary:
+        """Read a dictionary written by :meth:`save`.
+
+        Raises
+        ------
+        InputFileError
+            The file is missing, truncated or not a mrfengine dictionary.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise InputFileError(f"{path}: dictionary file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                atoms = z["atoms"]
+                params = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("param:")}
+                meta = json.loads(bytes(z["__metadata__"]).decode()) if "__metadata__" in z.files else {}
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            raise InputFileError(f"{path}: not a readable mrfengine dictionary ({exc})") from exc
+        return cls(atoms, params, metadata=meta)

@@ -1,0 +1,63 @@
+"""BIDS-style derivative names and JSON sidecars.
+
+Quantitative maps follow the BIDS qMRI conventions: ``T1map`` and
+``T2starmap`` in seconds, ``TB1map`` (B1+ as a fraction of nominal),
+``M0map`` in arbitrary units.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAP_SPECS", "derivative_name", "write_sidecar", "entity_prefix"]
+
+# map key -> (BIDS suffix, unit, scale from mrfengine's internal unit, description)
+MAP_SPECS: dict[str, tuple[str, str, float, str]] = {
+    "T1": ("T1map", "s", 1e-3, "Longitudinal relaxation time from dictionary matching"),
+    "T2star": ("T2starmap", "s", 1e-3, "Effective transverse relaxation time from dictionary matching"),
+    "B1": ("TB1map", "1", 1.0, "B1+ flip-angle scale factor (fraction of nominal)"),
+    "M0": ("M0map", "arbitrary", 1.0, "Proton density: scale between voxel and matched atom"),
+    "correlation": ("desc-correlation_mask", "1", 1.0, "Normalised inner product of voxel and matched atom"),
+}
+
+
+def entity_prefix(path: str | os.PathLike) -> str:
+    """``sub-01_ses-1`` from ``.../sub-01_ses-1_mrf.nii.gz``: the name without
+    its suffix and last underscore part (the whole stem if it has no ``_``)."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    head, sep, _ = name.rpartition("_")
+    return head if sep and head else name
+
+
+def derivative_name(prefix: str, suffix: str, ext: str = ".nii.gz") -> str:
+    """``{prefix}_{suffix}{ext}``, e.g. ``sub-01_T1map.nii.gz``."""
+    return f"{prefix}_{suffix}{ext}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_sidecar(path: str | os.PathLike, fields: Mapping[str, Any]) -> Path:
+    """Write a JSON sidecar atomically (``.json`` beside the image)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(dict(fields), indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,137 @@
+"""NIfTI in and out: checked loading, atomic saving, the input's affine kept."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputFileError
+
+__all__ = ["load_nifti", "save_nifti", "nifti_suffix"]
+
+
+def nifti_suffix(path: str | os.PathLike) -> str:
+    """``.nii.gz`` or ``.nii`` (the full suffix), '' for anything else."""
+    name = Path(path).name.lower()
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return suffix
+    return ""
+
+
+def load_nifti(
+    path: str | os.PathLike,
+    *,
+    ndim: int | None = None,
+    n_frames: int | None = None,
+    dtype: type = np.float32,
+) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    """Read a NIfTI image with its scaling applied, checking what was asked.
+
+    Parameters
+    ----------
+    path : path
+        ``.nii`` or ``.nii.gz``.
+    ndim : int, optional
+        Required number of dimensions (e.g. 4 for an MRF series); trailing
+        singleton dimensions beyond it are dropped first.
+    n_frames : int, optional
+        Required length of the last axis (frames of a 4D series).
+    dtype : float32 or float64
+        Output dtype; integer data with ``scl_slope``/``scl_inter`` are scaled.
+
+    Returns
+    -------
+    data : ndarray
+    affine : ndarray, (4, 4)
+        The image's best affine (sform, else qform).
+    header : Nifti1Header
+
+    Raises
+    ------
+    InputFileError
+        Missing, unreadable, truncated or corrupt file, or the wrong shape;
+        the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: file not found")
+    if not nifti_suffix(path):
+        raise InputFileError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float64 if dtype == np.float64 else np.float32)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
+        raise InputFileError(f"{path}: cannot read NIfTI data (truncated or corrupt?): {exc}") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputFileError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+    while ndim is not None and data.ndim > ndim and data.shape[-1] == 1:
+        data = data[..., 0]
+    if ndim is not None and data.ndim != ndim:
+        raise InputFileError(f"{path}: expected a {ndim}D image; got shape {data.shape}")
+    if n_frames is not None and data.shape[-1] != n_frames:
+        raise InputFileError(
+            f"{path}: expected {n_frames} frames along the last axis; got shape {data.shape}"
+        )
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputFileError(f"{path}: the affine is singular or not finite:\n{affine}")
+    return data, affine, img.header
+
+
+def save_nifti(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    header: nib.Nifti1Header | None = None,
+    xyzt_units: tuple[str, str] = ("mm", "sec"),
+) -> Path:
+    """Write ``data`` as NIfTI-1 with ``affine`` (both qform and sform, code 1
+    unless ``header`` carries others), atomically (temporary name, then rename).
+
+    Parameters
+    ----------
+    data : ndarray
+        Stored in its own dtype (bool is stored as uint8).
+    affine : ndarray, (4, 4)
+    path : path
+        ``.nii`` or ``.nii.gz``.
+    header : Nifti1Header, optional
+        A header to copy geometry codes and voxel sizes from.
+    xyzt_units : (str, str)
+        Spatial and temporal units.
+    """
+    path = Path(path)
+    suffix = nifti_suffix(path)
+    if not suffix:
+        raise InputFileError(f"{path}: output must end in .nii or .nii.gz")
+    arr = np.asarray(data)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(arr, np.asarray(affine, dtype=np.float64), header=hdr)
+    img.header.set_data_dtype(arr.dtype)
+    if hdr is not None:
+        qcode = int(hdr["qform_code"]) or 1
+        scode = int(hdr["sform_code"]) or 1
+    else:
+        qcode = scode = 1
+    img.set_qform(affine, code=qcode)
+    img.set_sform(affine, code=scode)
+    img.header.set_xyzt_units(*xyzt_units)
+    img.header["scl_slope"] = 1.0
+    img.header["scl_inter"] = 0.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

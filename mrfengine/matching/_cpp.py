@@ -1,0 +1,27 @@
+"""C++/OpenMP matcher: the fused inner-product + running arg-max of ``csrc/match.cpp``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_ext
+from ..errors import BackendUnavailableError
+
+__all__ = ["best_atoms_cpp"]
+
+
+def best_atoms_cpp(x: np.ndarray, atoms: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
+    """Same contract as :func:`mrfengine.matching._numpy.best_atoms_numpy`, float32 real data only.
+
+    The [voxels x atoms] score matrix is never formed; memory beyond the
+    inputs is one packed copy of the atoms.
+    """
+    ext = get_ext()
+    if ext is None:
+        raise BackendUnavailableError("backend 'cpp' needs the compiled extension mrfengine._ext, which is not built")
+    if np.iscomplexobj(x) or np.iscomplexobj(atoms):
+        raise BackendUnavailableError("backend 'cpp' matches real data only; use backend='numpy' for complex data")
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    at = np.ascontiguousarray(atoms, dtype=np.float32)
+    index, _ = ext.match_argmax(xs, at, int(n_threads))
+    return index

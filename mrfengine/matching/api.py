@@ -1,0 +1,329 @@
+"""``match``: dictionary matching of fingerprints, whatever the backend."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..backend import probe
+from ..errors import BackendUnavailableError, DictionaryError, ValidationError
+from ..dictionary import Dictionary, SliceDictionaries
+from ._cpp import best_atoms_cpp
+from ._numpy import best_atoms_numpy
+
+__all__ = ["MatchResult", "match", "match_slices", "BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("numpy", "cpp")
+_AUTO_ORDER = ("cpp", "numpy")
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """What :func:`match` found, one value per voxel.
+
+    Every array has the shape of the signals without their frame axis.
+    Voxels that were not matched (outside the mask, a NaN/Inf frame, or all
+    frames zero) hold ``index == -1``, NaN parameters, ``m0 == 0`` and
+    ``correlation == 0``; ``matched`` marks the others.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        The best atom's parameters (T1 and T2star in ms, B1 unitless for
+        mrfengine's dictionaries); float arrays.
+    m0 : ndarray
+        Proton density: the least-squares scale ``<x, d> / <d, d>`` between
+        the voxel ``x`` and its atom ``d`` (complex for complex data).
+    correlation : ndarray, float32
+        ``|<x, d>| / (|x| |d|)`` in [0, 1].
+    index : ndarray, int64
+        Row of the best atom in the dictionary, -1 where not matched.
+    matched : ndarray, bool
+    backend : str
+        The backend that ran.
+    """
+
+    params: dict[str, np.ndarray]
+    m0: np.ndarray
+    correlation: np.ndarray
+    index: np.ndarray
+    matched: np.ndarray
+    backend: str
+    rank: int | None = None
+    info: dict[str, object] = field(default_factory=dict)
+
+
+def _resolve_backend(backend: str, complex_data: bool) -> str:
+    if backend == "auto":
+        for name in _AUTO_ORDER:
+            if name == "cpp" and complex_data:
+                continue
+            if probe(name).available:
+                log.info("match: backend 'auto' chose %r", name)
+                return name
+        return "numpy"
+    if backend not in BACKENDS:
+        raise ValidationError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
+    info = probe(backend)
+    if not info.available:
+        raise BackendUnavailableError(f"backend {backend!r} is not available here: {info.detail}")
+    if backend == "cpp" and complex_data:
+        raise BackendUnavailableError("backend 'cpp' matches real data only; use 'numpy' for complex signals")
+    return backend
+
+
+def _prepare(signals: ArrayLike, n_frames: int, axis: int, mask: ArrayLike | None, invalid: str):
+    x = np.asarray(signals)
+    if x.ndim == 0:
+        raise ValidationError("signals must have a frame axis; got a scalar")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise ValidationError(f"signals must be numeric; got dtype {x.dtype}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValidationError(f"axis {axis} is out of range for signals of shape {x.shape}")
+    axis %= x.ndim
+    if x.shape[axis] != n_frames:
+        raise ValidationError(
+            f"signals must have {n_frames} frames (the dictionary's) along axis {axis}; got shape {x.shape}"
+        )
+    x = np.moveaxis(x, axis, -1)
+    spatial = x.shape[:-1]
+    flat = x.reshape(-1, n_frames)
+    if not np.iscomplexobj(flat) and flat.dtype not in (np.float32, np.float64):
+        flat = flat.astype(np.float32)
+    if mask is None:
+        use = np.ones(flat.shape[0], dtype=bool)
+    else:
+        m = np.asarray(mask)
+        if m.shape != spatial:
+            raise ValidationError(f"mask must have the signals' spatial shape {spatial}; got {m.shape}")
+        use = m.astype(bool).reshape(-1)
+    finite = np.isfinite(flat).all(axis=1)
+    nonzero = np.any(flat != 0, axis=1)
+    bad_finite = int((use & ~finite).sum())
+    bad_zero = int((use & finite & ~nonzero).sum())
+    if bad_finite or bad_zero:
+        msg = f"{bad_finite} voxel(s) with NaN/Inf frames and {bad_zero} all-zero voxel(s)"
+        if invalid == "raise":
+            raise ValidationError(f"signals contain {msg}; mask them or pass invalid='mask'")
+        log.warning("match: %s left unmatched (index -1, NaN parameters)", msg)
+    return flat, spatial, use & finite & nonzero
+
+
+def match(
+    signals: ArrayLike,
+    dictionary: Dictionary,
+    *,
+    axis: int = -1,
+    mask: ArrayLike | None = None,
+    backend: Literal["auto", "numpy", "cpp"] | str = "auto",
+    rank: int | None = None,
+    chunk: int | None = None,
+    invalid: Literal["mask", "raise"] = "mask",
+    n_threads: int = 0,
+) -> MatchResult:
+    """Match fingerprints to a dictionary by the largest normalised inner product.
+
+    Parameters
+    ----------
+    signals : array_like, (..., n_frames) by default
+        Magnitude (real) or complex fingerprints, any leading shape.
+    dictionary : Dictionary
+        Any dictionary: mrfengine's or one simulated elsewhere.
+    axis : int
+        The frame axis of ``signals``.
+    mask : array_like of bool, optional
+        Spatial shape (``signals`` without ``axis``); False voxels are skipped.
+    backend : {"auto", "numpy", "cpp"}
+        ``auto`` picks the fastest available (and logs it); an unavailable
+        explicit choice raises :class:`~mrfengine.errors.BackendUnavailableError`.
+    rank : int, optional
+        Search in the rank-``rank`` SVD compression of the dictionary (see
+        :meth:`Dictionary.compress`); the winner's correlation and M0 are
+        then recomputed with the full atom.  None searches the full atoms.
+    chunk : int, optional
+        Voxels per block of the numpy backend (bounds its memory).
+    invalid : {"mask", "raise"}
+        What to do with voxels that have a NaN/Inf frame or are all zero:
+        leave them unmatched (logged) or raise.
+    n_threads : int
+        Threads of the C++ backend; 0 uses all cores.
+
+    Returns
+    -------
+    MatchResult
+        T1/T2star in ms (``params``), M0, correlation, atom index.
+
+    Raises
+    ------
+    ValidationError
+        Wrong frame count, mask shape, non-numeric data, or invalid voxels
+        with ``invalid="raise"``.
+    BackendUnavailableError
+        An explicitly requested backend cannot run here.
+
+    References
+    ----------
+    Ma D. et al., Magnetic resonance fingerprinting. Nature 495:187 (2013).
+    McGivney D.F. et al., SVD compression for MRF. IEEE TMI 33:2311 (2014).
+    """
+    if not isinstance(dictionary, Dictionary):
+        raise ValidationError(f"dictionary must be a mrfengine.Dictionary; got {type(dictionary).__name__}")
+    if invalid not in ("mask", "raise"):
+        raise ValidationError(f"invalid must be 'mask' or 'raise'; got {invalid!r}")
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ValidationError(f"chunk must be a positive integer; got {chunk!r}")
+    flat, spatial, valid = _prepare(signals, dictionary.n_frames, axis, mask, invalid)
+    complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
+    name = _resolve_backend(backend, complex_data)
+    comp = dictionary.compress(rank) if rank is not None else None
+
+    x = flat[valid]
+    if complex_data:
+        x = x.astype(np.complex128 if x.dtype == np.complex128 else np.complex64, copy=False)
+    elif x.dtype != dictionary.dtype:
+        x = x.astype(np.result_type(x.dtype, dictionary.dtype), copy=False)
+    search_x = x if comp is None else x @ comp.basis
+    search_atoms = dictionary.normalized if comp is None else comp.atoms
+    best = _run_backend(name, search_x, search_atoms, chunk=chunk, n_threads=n_threads)
+
+    # Exact rescoring of the winner with the full atom, in float64.
+    dn = dictionary.normalized[best]
+    ip = np.einsum("ij,ij->i", x.astype(np.complex128 if complex_data else np.float64), dn.conj())
+    xnorm = np.linalg.norm(x.astype(np.complex128 if complex_data else np.float64), axis=1)
+    corr = np.abs(ip) / xnorm
+    m0 = ip / dictionary.norms[best]
+
+    n = flat.shape[0]
+    index = np.full(n, -1, dtype=np.int64)
+    index[valid] = best
+    correlation = np.zeros(n, dtype=np.float32)
+    correlation[valid] = corr
+    m0_out = np.zeros(n, dtype=np.complex64 if complex_data else np.float32)
+    m0_out[valid] = m0
+    params = {}
+    for pname, values in dictionary.params.items():
+        dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float64
+        out = np.full(n, np.nan, dtype=dtype)
+        out[valid] = values[best]
+        params[pname] = out.reshape(spatial)
+    return MatchResult(
+        params=params,
+        m0=m0_out.reshape(spatial),
+        correlation=correlation.reshape(spatial),
+        index=index.reshape(spatial),
+        matched=valid.reshape(spatial),
+        backend=name,
+        rank=None if comp is None else comp.rank,
+    )
+
+
+def _run_backend(name: str, x: np.ndarray, atoms: np.ndarray, *, chunk: int | None, n_threads: int) -> np.ndarray:
+    if x.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    if name == "cpp":
+        return best_atoms_cpp(x, atoms, n_threads=n_threads)
+    return best_atoms_numpy(x, atoms, chunk=chunk)
+
+
+def match_slices(
+    signals: ArrayLike,
+    dictionaries: SliceDictionaries | Sequence[Dictionary] | Callable[[int], Dictionary],
+    *,
+    slice_axis: int,
+    axis: int = -1,
+    mask: ArrayLike | None = None,
+    backend: str = "auto",
+    rank: int | None = None,
+    chunk: int | None = None,
+    invalid: Literal["mask", "raise"] = "mask",
+    n_threads: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> MatchResult:
+    """Match a volume slice by slice, each slice against its own dictionary.
+
+    Parameters
+    ----------
+    signals : array_like
+        E.g. (X, Y, Z, T) with ``slice_axis=2``, ``axis=-1``.
+    dictionaries : SliceDictionaries, list of Dictionary, or callable
+        The dictionary of slice position ``z``: ``dictionaries.for_slice(z)``,
+        ``dictionaries[z]`` or ``dictionaries(z)``.  All must share
+        parameter names and frame count.
+    slice_axis : int
+        Axis of ``signals`` along which slice positions run (0-based
+        positions, as the sequence numbers them).
+    progress : callable, optional
+        Called with the number of slices done after each slice.
+
+    Other parameters are those of :func:`match`.
+    """
+    x = np.asarray(signals)
+    for name, ax in (("slice_axis", slice_axis), ("axis", axis)):
+        if not -x.ndim <= ax < x.ndim:
+            raise ValidationError(f"{name} {ax} is out of range for signals of shape {x.shape}")
+    slice_axis %= x.ndim
+    axis %= x.ndim
+    if slice_axis == axis:
+        raise ValidationError("slice_axis and axis (frames) must differ")
+    if isinstance(dictionaries, SliceDictionaries):
+        get = dictionaries.for_slice
+        if x.shape[slice_axis] != dictionaries.sequence.n_slices:
+            raise ValidationError(
+                f"signals have {x.shape[slice_axis]} slices along axis {slice_axis}, but the sequence "
+                f"{dictionaries.sequence.name!r} has {dictionaries.sequence.n_slices}"
+            )
+    elif callable(dictionaries):
+        get = dictionaries
+    else:
+        seq = list(dictionaries)
+        if len(seq) != x.shape[slice_axis]:
+            raise ValidationError(
+                f"got {len(seq)} dictionaries for {x.shape[slice_axis]} slices along axis {slice_axis}"
+            )
+        get = seq.__getitem__
+    # Frames last, slices first: each slice is then one contiguous block.
+    moved = np.moveaxis(x, (slice_axis, axis), (0, -1))
+    spatial_moved = moved.shape[:-1]
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        expect = tuple(s for i, s in enumerate(x.shape) if i != axis)
+        if m.shape != expect:
+            raise ValidationError(f"mask must have the signals' spatial shape {expect}; got {m.shape}")
+        sa = slice_axis if slice_axis < axis else slice_axis - 1
+        m = np.moveaxis(m, sa, 0)
+    results = []
+    names: tuple[str, ...] | None = None
+    for z in range(moved.shape[0]):
+        d = get(z)
+        if names is None:
+            names = tuple(d.params)
+        elif tuple(d.params) != names:
+            raise DictionaryError(f"dictionary of slice {z} has parameters {tuple(d.params)}, expected {names}")
+        results.append(
+            match(moved[z], d, axis=-1, mask=None if m is None else m[z], backend=backend, rank=rank,
+                  chunk=chunk, invalid=invalid, n_threads=n_threads)
+        )
+        if progress is not None:
+            progress(z + 1)
+    sa = slice_axis if slice_axis < axis else slice_axis - 1
+
+    def stack(arrs: list[np.ndarray]) -> np.ndarray:
+        return np.moveaxis(np.stack(arrs).reshape(spatial_moved), 0, sa)
+
+    return MatchResult(
+        params={k: stack([r.params[k] for r in results]) for k in (names or ())},
+        m0=stack([r.m0 for r in results]),
+        correlation=stack([r.correlation for r in results]),
+        index=stack([r.index for r in results]),
+        matched=stack([r.matched for r in results]),
+        backend=results[0].backend if results else "none",
+        rank=results[0].rank if results else rank,
+    )
