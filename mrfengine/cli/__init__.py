@@ -53,7 +53,8 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code."""
     try:
-        cli.main(args=argv, prog_name="mrfengine", standalone_mode=False)
+        # In non-standalone mode click returns the code of ctx.exit() calls.
+        code = cli.main(args=argv, prog_name="mrfengine", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def simulate_dictionary(
         "slot": int(slot),
         "grid": grid.to_dict(),
     }
-    return Dictionary(atoms.reshape(nb * n_per_b1, -1), grid.atom_parameters(), metadata=meta)
+    return Dictionary(atoms.reshape(nb * n_per_b1, -1), grid.atom_parameters(dtype), metadata=meta)
 
 
 def default_cache_dir() -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -75,6 +76,9 @@ class Dictionary:
         mrfengine's convention.
     metadata : mapping, optional
         JSON-compatible provenance (sequence, slot, grid, ...).
+    norms : array_like, optional
+        The atoms' L2 norms, (n_atoms,), when already known (e.g. read from
+        disk); computed otherwise.
 
     Raises
     ------
@@ -98,6 +102,7 @@ class Dictionary:
         params: Mapping[str, ArrayLike],
         *,
         metadata: Mapping[str, Any] | None = None,
+        norms: ArrayLike | None = None,
     ) -> None:
         arr = np.asarray(atoms)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -123,6 +128,11 @@ class Dictionary:
         self._atoms = _readonly(np.ascontiguousarray(arr))
         self._params = table
         self.metadata: dict[str, Any] = dict(metadata or {})
+        if norms is not None:
+            nv = np.asarray(norms, dtype=np.float64)
+            if nv.shape != (arr.shape[0],) or not np.all(np.isfinite(nv)):
+                raise DictionaryError(f"norms must be finite with shape ({arr.shape[0]},); got {nv.shape}")
+            self.__dict__["norms"] = _readonly(nv)  # fills the cached property
         zero = np.flatnonzero(self.norms == 0)
         if zero.size:
             raise DictionaryError(
@@ -239,7 +249,7 @@ class Dictionary:
 
     # ------------------------------------------------------------------ I/O
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the dictionary to ``path`` (.npz, uncompressed), atomically."""
+        """Write atoms, parameters, norms and metadata to ``path`` (.npz, uncompressed), atomically."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")
@@ -248,6 +258,7 @@ class Dictionary:
             np.savez(
                 fh,
                 atoms=self._atoms,
+                norms=self.norms,
                 __metadata__=np.frombuffer(json.dumps(self.metadata).encode(), dtype=np.uint8),
                 **{f"param:{k}": v for k, v in self._params.items()},
             )
@@ -271,6 +282,10 @@ class Dictionary:
                 atoms = z["atoms"]
                 params = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("param:")}
                 meta = json.loads(bytes(z["__metadata__"]).decode()) if "__metadata__" in z.files else {}
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+                norms = z["norms"] if "norms" in z.files else None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise InputFileError(f"{path}: not a readable mrfengine dictionary ({exc})") from exc
-        return cls(atoms, params, metadata=meta)
+        try:
+            return cls(atoms, params, metadata=meta, norms=norms)
+        except DictionaryError as exc:
+            raise InputFileError(f"{path}: {exc}") from exc

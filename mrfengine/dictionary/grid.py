@@ -77,15 +77,15 @@ class ParameterGrid:
     def n_atoms(self) -> int:
         return int(self.keep_mask().sum()) * len(self.b1)
 
-    def atom_parameters(self) -> dict[str, np.ndarray]:
-        """T1 (ms), T2star (ms) and B1 of every atom, each (n_atoms,) float32."""
+    def atom_parameters(self, dtype: type = np.float64) -> dict[str, np.ndarray]:
+        """T1 (ms), T2star (ms) and B1 of every atom, each (n_atoms,) of ``dtype``."""
         keep = self.keep_mask()
         i1, i2 = np.nonzero(keep)
         nb = len(self.b1)
         t1 = np.tile(np.asarray(self.t1_ms)[i1], nb)
         t2 = np.tile(np.asarray(self.t2star_ms)[i2], nb)
         b1 = np.repeat(np.asarray(self.b1), i1.size)
-        return {"T1": t1.astype(np.float32), "T2star": t2.astype(np.float32), "B1": b1.astype(np.float32)}
+        return {"T1": t1.astype(dtype), "T2star": t2.astype(dtype), "B1": b1.astype(dtype)}
 
     def to_dict(self) -> dict[str, Any]:
         return {
