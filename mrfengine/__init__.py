@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import metrics
 from .dictionary import Dictionary, ParameterGrid, SliceDictionaries, paper_grid, simulate_dictionary
 from .errors import MRFEngineError
 from .matching import MatchResult, match, match_slices
@@ -37,5 +38,6 @@ __all__ = [
     "Sequence",
     "hermann2021",
     "MRFEngineError",
+    "metrics",
     "__version__",
 ]
