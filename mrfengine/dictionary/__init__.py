@@ -2,7 +2,7 @@
 compression and the on-disk cache."""
 
 from .build import DictionaryCache, SliceDictionaries, default_cache_dir, simulate_dictionary
-from .core import Dictionary, SVDCompression
+from .core import Dictionary, Separable, SVDCompression
 from .grid import ParameterGrid, geometric_range, paper_grid
 from .simulate import (
     SIGNAL_MODEL_VERSION,
@@ -15,6 +15,7 @@ from .simulate import (
 __all__ = [
     "Dictionary",
     "SVDCompression",
+    "Separable",
     "ParameterGrid",
     "paper_grid",
     "geometric_range",

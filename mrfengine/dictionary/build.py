@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import DictionaryError, InputFileError
 from ..sequence import Sequence
-from .core import Dictionary
+from .core import Dictionary, Separable
 from .grid import ParameterGrid, paper_grid
 from .simulate import SIGNAL_MODEL_VERSION, longitudinal_magnetisation, transverse_factor
 
@@ -78,7 +78,15 @@ def simulate_dictionary(
         "slot": int(slot),
         "grid": grid.to_dict(),
     }
-    return Dictionary(atoms.reshape(nb * n_per_b1, -1), grid.atom_parameters(dtype), metadata=meta)
+    i1, i2 = np.nonzero(keep)  # row-major: the atom order within one B1
+    separable = Separable(
+        amplitude=amp.reshape(nb * nt1, -1),
+        decay=decay,
+        pair=(np.arange(nb)[:, None] * nt1 + i1[None, :]).ravel(),
+        decay_index=np.tile(i2, nb),
+    )
+    return Dictionary(atoms.reshape(nb * n_per_b1, -1), grid.atom_parameters(dtype), metadata=meta,
+                      separable=separable)
 
 
 def default_cache_dir() -> Path:

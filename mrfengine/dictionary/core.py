@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import DictionaryError, InputFileError
 
-__all__ = ["Dictionary", "SVDCompression"]
+__all__ = ["Dictionary", "SVDCompression", "Separable"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,45 @@ class SVDCompression:
         return self.basis.shape[1]
 
 
+@dataclass(frozen=True)
+class Separable:
+    """A dictionary whose atoms factor as ``amplitude[pair] * decay[decay_index]``.
+
+    MRF-EPI atoms are ``|sin(b a_t) Mz_t(T1, b)|`` (one row per (T1, B1)
+    pair) times ``exp(-TE_t / T2*)`` (one row per T2*); matchers use the
+    factorisation to skip most of the brute-force work.
+
+    Attributes
+    ----------
+    amplitude : ndarray, (n_pairs, n_frames)
+    decay : ndarray, (n_decays, n_frames)
+    pair : ndarray of int64, (n_atoms,)
+    decay_index : ndarray of int64, (n_atoms,)
+    """
+
+    amplitude: np.ndarray
+    decay: np.ndarray
+    pair: np.ndarray
+    decay_index: np.ndarray
+
+    def check(self, atoms: np.ndarray) -> None:
+        """Raise DictionaryError unless the factors reproduce ``atoms``."""
+        n, t = atoms.shape
+        if self.amplitude.ndim != 2 or self.decay.ndim != 2 or self.amplitude.shape[1] != t \
+                or self.decay.shape[1] != t:
+            raise DictionaryError(f"separable factors must be 2-D with {t} frames; got "
+                                  f"{self.amplitude.shape} and {self.decay.shape}")
+        if self.pair.shape != (n,) or self.decay_index.shape != (n,):
+            raise DictionaryError(f"separable indices must have shape ({n},)")
+        if n and (self.pair.min() < 0 or self.pair.max() >= self.amplitude.shape[0]
+                  or self.decay_index.min() < 0 or self.decay_index.max() >= self.decay.shape[0]):
+            raise DictionaryError("separable indices out of range")
+        sample = np.unique(np.linspace(0, n - 1, min(n, 257)).astype(np.int64))
+        rebuilt = self.amplitude[self.pair[sample]] * self.decay[self.decay_index[sample]]
+        if not np.allclose(rebuilt, atoms[sample], rtol=1e-4, atol=1e-6 * float(np.abs(atoms).max())):
+            raise DictionaryError("separable factors do not reproduce the atoms")
+
+
 def _readonly(arr: np.ndarray) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.flags.writeable:
@@ -79,6 +118,9 @@ class Dictionary:
     norms : array_like, optional
         The atoms' L2 norms, (n_atoms,), when already known (e.g. read from
         disk); computed otherwise.
+    separable : Separable, optional
+        A factorisation of the atoms (checked on a sample), which fast
+        matchers exploit; mrfengine's own dictionaries carry one.
 
     Raises
     ------
@@ -103,6 +145,7 @@ class Dictionary:
         *,
         metadata: Mapping[str, Any] | None = None,
         norms: ArrayLike | None = None,
+        separable: Separable | None = None,
     ) -> None:
         arr = np.asarray(atoms)
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -139,6 +182,16 @@ class Dictionary:
                 f"{zero.size} atom(s) are all zero (first indices {zero[:5].tolist()}); they cannot be normalised"
             )
         self._svd: dict[tuple[str, float], SVDCompression] = {}
+        if separable is not None:
+            separable = Separable(
+                _readonly(np.ascontiguousarray(separable.amplitude, dtype=np.float64)),
+                _readonly(np.ascontiguousarray(separable.decay, dtype=np.float64)),
+                _readonly(np.asarray(separable.pair, dtype=np.int64)),
+                _readonly(np.asarray(separable.decay_index, dtype=np.int64)),
+            )
+            separable.check(self._atoms)
+        self.separable: Separable | None = separable
+        self._cache: dict[str, Any] = {}  # derived data of matchers, keyed by matcher
 
     # ------------------------------------------------------------ properties
     @property
@@ -259,6 +312,9 @@ class Dictionary:
                 fh,
                 atoms=self._atoms,
                 norms=self.norms,
+                **({} if self.separable is None else {
+                    "sep:amplitude": self.separable.amplitude, "sep:decay": self.separable.decay,
+                    "sep:pair": self.separable.pair, "sep:decay_index": self.separable.decay_index}),
                 __metadata__=np.frombuffer(json.dumps(self.metadata).encode(), dtype=np.uint8),
                 **{f"param:{k}": v for k, v in self._params.items()},
             )
@@ -283,9 +339,12 @@ class Dictionary:
                 params = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("param:")}
                 meta = json.loads(bytes(z["__metadata__"]).decode()) if "__metadata__" in z.files else {}
                 norms = z["norms"] if "norms" in z.files else None
+                sep = None
+                if "sep:amplitude" in z.files:
+                    sep = Separable(z["sep:amplitude"], z["sep:decay"], z["sep:pair"], z["sep:decay_index"])
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise InputFileError(f"{path}: not a readable mrfengine dictionary ({exc})") from exc
         try:
-            return cls(atoms, params, metadata=meta, norms=norms)
+            return cls(atoms, params, metadata=meta, norms=norms, separable=sep)
         except DictionaryError as exc:
             raise InputFileError(f"{path}: {exc}") from exc
