@@ -13,7 +13,7 @@ from mrfengine.backend import probe
 from mrfengine.dictionary import fingerprints, simulate_dictionary
 from mrfengine.sequence import hermann2021
 
-BACKENDS = [b for b in ("numpy", "cpp") if probe(b).available]
+BACKENDS = [b for b in ("numpy", "cpp", "numba") if probe(b).available]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,20 @@ def _record(benchmark, n_vox, d):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_match_brute_force(benchmark, case, backend):
     d, x = case
-    r = benchmark.pedantic(match, args=(x, d), kwargs={"backend": backend}, rounds=3, iterations=1)
-    assert r.matched.all()
+    r = benchmark.pedantic(match, args=(x, d), kwargs={"backend": backend, "method": "brute"}, rounds=3,
+                           iterations=1)
+    assert r.matched.all() and r.method == "brute"
     _record(benchmark, x.shape[0], d)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("numpy", "cpp")])
+def test_match_structured(benchmark, case, backend):
+    d, x = case
+    r = benchmark.pedantic(match, args=(x, d), kwargs={"backend": backend, "method": "structured"}, rounds=3,
+                           iterations=1)
+    assert r.method == "structured"
+    if benchmark.stats is not None:
+        benchmark.extra_info["voxels_per_s"] = round(x.shape[0] / benchmark.stats.stats.min)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

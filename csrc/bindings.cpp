@@ -2,14 +2,23 @@
 // (mrfengine/matching/_cpp.py); these only guard memory safety.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <omp.h>
 
+#include <array>
 #include <stdexcept>
+#include <string>
 
 #include "match.hpp"
+#include "mppca.hpp"
 
 namespace py = pybind11;
+
+namespace mrfengine {
+void register_matching(py::module_& m);  // bindings_matching.cpp
+}
+
 using f32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 namespace {
@@ -34,11 +43,71 @@ py::tuple match_argmax(f32 x, f32 atoms, int n_threads) {
     return py::make_tuple(index, score);
 }
 
+// MP-PCA: x and out are (a, b, c, frames) arrays with any strides (out is
+// written in place); theta_sum, var_sum (a, b, c) and n_components, active
+// (window starts) are C-contiguous.  Checks here guard memory only.
+template <typename T>
+void mppca_accumulate(py::array x, py::array out, py::array theta_sum, py::array var_sum, py::object active,
+                      py::array n_components, std::array<std::int64_t, 3> window, int estimator, int n_threads) {
+    const auto dt = py::dtype::of<T>();
+    if (!x.dtype().is(dt) || !out.dtype().is(dt) || !theta_sum.dtype().is(dt) || !var_sum.dtype().is(dt))
+        throw std::invalid_argument("mppca_accumulate: x, out, theta_sum and var_sum must share the kernel dtype");
+    if (x.ndim() != 4 || out.ndim() != 4 || !out.writeable())
+        throw std::invalid_argument("mppca_accumulate: x and out must be 4-D, out writeable");
+    mrfengine::MppcaGeometry g{};
+    std::int64_t n_windows = 1, n_voxels = 1;
+    for (int i = 0; i < 4; ++i) {
+        if (x.shape(i) != out.shape(i)) throw std::invalid_argument("mppca_accumulate: x and out shapes differ");
+        g.in_stride[i] = x.strides(i) / static_cast<std::int64_t>(sizeof(T));
+        g.out_stride[i] = out.strides(i) / static_cast<std::int64_t>(sizeof(T));
+    }
+    g.n_frames = x.shape(3);
+    for (int i = 0; i < 3; ++i) {
+        g.extent[i] = x.shape(i);
+        g.window[i] = window[i];
+        if (window[i] < 1 || window[i] > g.extent[i])
+            throw std::invalid_argument("mppca_accumulate: window extent out of range");
+        n_windows *= g.extent[i] - window[i] + 1;
+        n_voxels *= g.extent[i];
+    }
+    auto check_c = [](const py::array& arr, std::int64_t size, const char* name) {
+        if (!(arr.flags() & py::array::c_style) || arr.size() != size || !arr.writeable())
+            throw std::invalid_argument(std::string("mppca_accumulate: bad ") + name);
+    };
+    check_c(theta_sum, n_voxels, "theta_sum");
+    check_c(var_sum, n_voxels, "var_sum");
+    check_c(n_components, n_windows, "n_components");
+    if (!n_components.dtype().is(py::dtype::of<std::int16_t>()))
+        throw std::invalid_argument("mppca_accumulate: n_components must be int16");
+    const std::uint8_t* act = nullptr;
+    py::array_t<std::uint8_t, py::array::c_style> act_arr;
+    if (!active.is_none()) {
+        act_arr = active.cast<py::array_t<std::uint8_t, py::array::c_style>>();
+        if (act_arr.size() != n_windows) throw std::invalid_argument("mppca_accumulate: bad active");
+        act = act_arr.data();
+    }
+    const T* xp = static_cast<const T*>(x.data());
+    T* op = static_cast<T*>(out.mutable_data());
+    T* tp = static_cast<T*>(theta_sum.mutable_data());
+    T* vp = static_cast<T*>(var_sum.mutable_data());
+    auto* np = static_cast<std::int16_t*>(n_components.mutable_data());
+    py::gil_scoped_release release;
+    mrfengine::mppca_accumulate<T>(xp, op, tp, vp, act, np, g, static_cast<mrfengine::MpEstimator>(estimator),
+                                   n_threads);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
     m.doc() = "mrfengine's C++/OpenMP kernels (numeric only; see mrfengine.matching for the API).";
     m.def("match_argmax", &match_argmax, py::arg("x"), py::arg("atoms"), py::arg("n_threads") = 0,
           "Index and |score| of the best unit-norm atom per voxel (float32, fused, OpenMP).");
+    m.def("mppca_accumulate_f32", &mppca_accumulate<float>, py::arg("x"), py::arg("out"), py::arg("theta_sum"),
+          py::arg("var_sum"), py::arg("active"), py::arg("n_components"), py::arg("window"), py::arg("estimator"),
+          py::arg("n_threads") = 0, "Sliding-window MP-PCA accumulation, float32 (see mrfengine.denoise).");
+    m.def("mppca_accumulate_f64", &mppca_accumulate<double>, py::arg("x"), py::arg("out"), py::arg("theta_sum"),
+          py::arg("var_sum"), py::arg("active"), py::arg("n_components"), py::arg("window"), py::arg("estimator"),
+          py::arg("n_threads") = 0, "Sliding-window MP-PCA accumulation, float64 (see mrfengine.denoise).");
     m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP's default thread count.");
+    mrfengine::register_matching(m);
 }

@@ -42,6 +42,7 @@ class DemoReport:
     n_slices: int
     n_atoms: int
     backend: str
+    method: str
     snr: float
     dictionary_seconds: float
     match_seconds: float
@@ -113,6 +114,7 @@ def run_demo(
     snr: float = 50.0,
     seed: int = 0,
     backend: str = "auto",
+    method: str = "auto",
     dictionaries: SliceDictionaries | None = None,
 ) -> DemoReport:
     """Simulate, add noise at ``snr`` (relative to white matter), match, compare."""
@@ -129,7 +131,7 @@ def run_demo(
     per_slice = [dicts.for_slice(p) for p in positions]
     t_dict = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = match_slices(noisy, per_slice, slice_axis=0, axis=-1, backend=backend)
+    result = match_slices(noisy, per_slice, slice_axis=0, axis=-1, backend=backend, method=method)
     t_match = time.perf_counter() - t0
 
     rows = []
@@ -159,6 +161,7 @@ def run_demo(
         n_slices=len(positions),
         n_atoms=per_slice[0].n_atoms,
         backend=result.backend,
+        method=result.method,
         snr=snr,
         dictionary_seconds=t_dict,
         match_seconds=t_match,

@@ -15,7 +15,7 @@ from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackendInfo", "probe", "backends", "get_ext", "get_array_module", "cpu_threads"]
+__all__ = ["BackendInfo", "probe", "backends", "is_simulated", "get_ext", "get_array_module", "cpu_threads"]
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,36 @@ def _probe_cupy() -> BackendInfo:
     return BackendInfo("cupy", True, f"cupy {cupy.__version__}, {n} CUDA device(s)")
 
 
+def _probe_numba_cuda() -> BackendInfo:
+    try:
+        numba = importlib.import_module("numba")
+        cuda = importlib.import_module("numba.cuda")
+    except ImportError:
+        return BackendInfo("numba-cuda", False, "numba not installed (pip install mrfengine[numba])")
+    if numba.config.ENABLE_CUDASIM:
+        return BackendInfo("numba-cuda", True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): for tests, very slow")
+    try:
+        ok = cuda.is_available()
+    except Exception as exc:  # driver errors vary
+        return BackendInfo("numba-cuda", False, f"numba cannot reach a GPU: {exc}")
+    if not ok:
+        return BackendInfo("numba-cuda", False, "no CUDA device/driver found by numba")
+    return BackendInfo("numba-cuda", True, f"numba {numba.__version__} on {cuda.get_current_device().name}")
+
+
+def is_simulated(name: str) -> bool:
+    """True when backend ``name`` runs on a simulator (never chosen by ``auto``)."""
+    return name == "numba-cuda" and probe(name).detail.startswith("CUDA simulator")
+
+
 @lru_cache(maxsize=None)
 def probe(name: str) -> BackendInfo:
-    """Probe one backend by name: ``numpy``, ``cpp``, ``numba`` or ``cupy``."""
+    """Probe one backend by name: ``numpy``, ``cpp``, ``numba``, ``cupy`` or ``numba-cuda``."""
     if name == "numpy":
         import numpy
 
         return BackendInfo("numpy", True, f"numpy {numpy.__version__} (reference)")
-    probes = {"cpp": _probe_cpp, "numba": _probe_numba, "cupy": _probe_cupy}
+    probes = {"cpp": _probe_cpp, "numba": _probe_numba, "cupy": _probe_cupy, "numba-cuda": _probe_numba_cuda}
     if name not in probes:
         raise ValueError(f"unknown backend {name!r}; known: numpy, {', '.join(probes)}")
     return probes[name]()
@@ -89,7 +111,7 @@ def probe(name: str) -> BackendInfo:
 
 def backends() -> list[BackendInfo]:
     """All known backends with their availability."""
-    return [probe(n) for n in ("numpy", "cpp", "numba", "cupy")]
+    return [probe(n) for n in ("numpy", "cpp", "numba", "cupy", "numba-cuda")]
 
 
 def get_array_module(x: object) -> ModuleType:

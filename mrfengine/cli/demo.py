@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import backend_option, cache_option, no_cache_option
+from ._common import backend_option, cache_option, method_option, no_cache_option
 
 
 @click.command()
@@ -15,9 +15,10 @@ from ._common import backend_option, cache_option, no_cache_option
 @click.option("--site", default=1, show_default=True, type=click.Choice(["1", "2"]), help="Protocol of site 1 or 2.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @backend_option
+@method_option
 @cache_option
 @no_cache_option
-def demo(slices: int, voxels: int, snr: float, site: str, seed: int, backend: str, cache_dir: str | None,
+def demo(slices: int, voxels: int, snr: float, site: str, seed: int, backend: str, method: str, cache_dir: str | None,
          no_cache: bool) -> None:
     """Simulate a slab of voxels with known T1/T2*/B1/M0, add Rician noise,
     match it against the per-slice dictionaries of the paper's sequence and
@@ -32,7 +33,7 @@ def demo(slices: int, voxels: int, snr: float, site: str, seed: int, backend: st
     click.echo(f"mrfengine demo: sequence {seq.name} ({seq.n_measurements} measurements, {seq.n_slots} slots), "
                f"{slices} slices x {voxels} voxels, Rician noise at SNR {snr:g} (white matter)")
     rep = run_demo(sequence=seq, n_slices=slices, n_per_slice=voxels, snr=snr, seed=seed, backend=backend,
-                   dictionaries=dicts)
+                   method=method, dictionaries=dicts)
     head = (f"{'tissue':<7}{'voxels':>7}  {'T1 true':>8} {'T1 found':>8} {'err':>6}  "
             f"{'T2* true':>8} {'T2* found':>9} {'err':>6}  {'|dB1|':>6} {'M0 err':>6}")
     click.echo("\nmedians per tissue (times in ms, err = median relative error)")
@@ -44,7 +45,7 @@ def demo(slices: int, voxels: int, snr: float, site: str, seed: int, backend: st
                    f"{r.b1_abs_error:>6.3f} {r.m0_rel_error:>6.1%}")
     rate = rep.n_voxels / rep.match_seconds if rep.match_seconds > 0 else float("inf")
     click.echo(f"\ndictionaries: {rep.n_slices} x {rep.n_atoms} atoms in {rep.dictionary_seconds:.2f} s; "
-               f"matching ({rep.backend}): {rep.n_voxels} voxels in {rep.match_seconds:.2f} s ({rate:,.0f} voxels/s)")
+               f"matching ({rep.backend}, {rep.method}): {rep.n_voxels} voxels in {rep.match_seconds:.2f} s ({rate:,.0f} voxels/s)")
 
 
 commands = [demo]

@@ -27,6 +27,7 @@ def info() -> None:
     for b in backends():
         mark = "yes" if b.available else "no "
         click.echo(f"  {b.name:<10} {mark}  {b.detail}")
+    click.echo("matching: method 'structured' on numpy, cpp and cupy for separable dictionaries; 'brute' everywhere")
     click.echo(f"dictionary cache: {default_cache_dir() / 'dictionaries'}")
 
 

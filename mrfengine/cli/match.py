@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import backend_option, cache_option, no_cache_option, progress, progress_option, sequence_option
+from ._common import backend_option, cache_option, method_option, no_cache_option, progress, progress_option, sequence_option
 
 
 @click.command()
@@ -14,6 +14,7 @@ from ._common import backend_option, cache_option, no_cache_option, progress, pr
               help="3D brain mask (nonzero = match), same grid as the input.")
 @sequence_option
 @backend_option
+@method_option
 @click.option("--rank", type=click.IntRange(1), default=None, help="Match in a rank-R SVD compression.")
 @click.option("--slice-axis", default=2, show_default=True, type=click.IntRange(0, 2),
               help="Array axis of the slices (0-based positions, as acquired).")
@@ -21,7 +22,7 @@ from ._common import backend_option, cache_option, no_cache_option, progress, pr
 @cache_option
 @no_cache_option
 @progress_option
-def match(input_path, output_dir, mask_path, sequence_spec, backend, rank, slice_axis, prefix, cache_dir, no_cache,
+def match(input_path, output_dir, mask_path, sequence_spec, backend, method, rank, slice_axis, prefix, cache_dir, no_cache,
           show_progress) -> None:
     """Match every voxel of a 4D MRF series (X, Y, Z, frames) against the
     dictionary of its own slice and write T1map, T2starmap (seconds, BIDS),
@@ -59,7 +60,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, rank, slice
     dicts = SliceDictionaries(seq, cache=make_cache(cache_dir, no_cache))
     bar = progress(range(seq.n_slices), desc="slices", enabled=show_progress)
     t0 = time.perf_counter()
-    result = match_slices(data, dicts, slice_axis=slice_axis, axis=-1, mask=mask, backend=backend, rank=rank,
+    result = match_slices(data, dicts, slice_axis=slice_axis, axis=-1, mask=mask, backend=backend, method=method, rank=rank,
                           progress=lambda _: next(bar, None))
     seconds = time.perf_counter() - t0
     prefix = prefix or entity_prefix(input_path)
@@ -70,6 +71,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, rank, slice
         "Sequence": seq.name,
         "SequenceDigest": seq.digest(),
         "MatchingBackend": result.backend,
+        "MatchingMethod": result.method,
         "SVDRank": rank,
         "Source": str(Path(input_path).name),
     }
@@ -80,7 +82,8 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, rank, slice
         write_sidecar(path.with_name(path.name.replace(".nii.gz", ".json")),
                       {"Description": desc, "Units": unit, **provenance})
     n = int(result.matched.sum())
-    click.echo(f"matched {n} voxels in {seconds:.1f} s ({result.backend}); maps in {out}/{prefix}_*.nii.gz")
+    click.echo(f"matched {n} voxels in {seconds:.1f} s ({result.backend}, {result.method}); "
+               f"maps in {out}/{prefix}_*.nii.gz")
 
 
 commands = [match]

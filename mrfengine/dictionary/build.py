@@ -21,6 +21,9 @@ __all__ = ["simulate_dictionary", "SliceDictionaries", "DictionaryCache", "defau
 
 log = logging.getLogger(__name__)
 
+# Bump when what a cache entry holds changes (2: separable factors added).
+CACHE_FORMAT = 2
+
 
 def simulate_dictionary(
     sequence: Sequence,
@@ -101,8 +104,8 @@ def default_cache_dir() -> Path:
 class DictionaryCache:
     """Simulated dictionaries on disk, keyed by a hash of what made them.
 
-    The key covers the signal-model version, the sequence (not its name), the
-    slot, the grid and the dtype, so a changed input never returns a stale
+    The key covers the signal-model version, the entry format, the sequence
+    (not its name), the slot, the grid and the dtype, so a changed input never returns a stale
     dictionary.  Entries are written to a temporary name and renamed: a crash
     never leaves a half-written entry under a valid key.
     """
@@ -115,6 +118,7 @@ class DictionaryCache:
         blob = json.dumps(
             {
                 "signal_model": SIGNAL_MODEL_VERSION,
+                "format": CACHE_FORMAT,
                 "sequence": sequence.digest(),
                 "slot": int(slot),
                 "grid": grid.to_dict(),

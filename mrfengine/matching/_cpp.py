@@ -25,3 +25,17 @@ def best_atoms_cpp(x: np.ndarray, atoms: np.ndarray, *, n_threads: int = 0) -> n
     at = np.ascontiguousarray(atoms, dtype=np.float32)
     index, _ = ext.match_argmax(xs, at, int(n_threads))
     return index
+
+
+def best_atoms_separable_cpp(x: np.ndarray, plan, *, n_threads: int = 0) -> np.ndarray:
+    """The structured search of :mod:`mrfengine.matching._separable` in C++/OpenMP.
+
+    Returns the atom row per voxel, -1 where no atom scored above zero.
+    """
+    ext = get_ext()
+    if ext is None:
+        raise BackendUnavailableError("backend 'cpp' needs the compiled extension mrfengine._ext, which is not built")
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    pair, decay = ext.match_separable(xs, plan.amplitude_t, plan.v, plan.u, plan.inv_norm, plan.u_coarse,
+                                      plan.inv_coarse, plan.n_pairs, plan.top_pairs, int(n_threads))
+    return plan.atom_of[pair, decay]

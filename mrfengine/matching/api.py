@@ -10,18 +10,22 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..backend import probe
+from ..backend import is_simulated, probe
 from ..errors import BackendUnavailableError, DictionaryError, ValidationError
 from ..dictionary import Dictionary, SliceDictionaries
-from ._cpp import best_atoms_cpp
+from ._cpp import best_atoms_cpp, best_atoms_separable_cpp
 from ._numpy import best_atoms_numpy
+from ._separable import best_atoms_separable_xp, plan_separable
 
-__all__ = ["MatchResult", "match", "match_slices", "BACKENDS"]
+__all__ = ["MatchResult", "match", "match_slices", "BACKENDS", "METHODS"]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("numpy", "cpp")
-_AUTO_ORDER = ("cpp", "numpy")
+BACKENDS = ("numpy", "cpp", "numba", "cupy", "numba-cuda")
+METHODS = ("auto", "brute", "structured")
+_AUTO_ORDER = ("cupy", "numba-cuda", "cpp", "numba", "numpy")
+_REAL_ONLY = ("cpp", "numba", "numba-cuda")
+_STRUCTURED = ("numpy", "cpp", "cupy")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class MatchResult:
     matched : ndarray, bool
     backend : str
         The backend that ran.
+    rank : int or None
+        SVD rank of the search, None for the full atoms.
+    method : str
+        ``"brute"`` or ``"structured"``.
     """
 
     params: dict[str, np.ndarray]
@@ -57,15 +65,16 @@ class MatchResult:
     matched: np.ndarray
     backend: str
     rank: int | None = None
+    method: str = "brute"
     info: dict[str, object] = field(default_factory=dict)
 
 
 def _resolve_backend(backend: str, complex_data: bool) -> str:
     if backend == "auto":
         for name in _AUTO_ORDER:
-            if name == "cpp" and complex_data:
+            if complex_data and name != "numpy":
                 continue
-            if probe(name).available:
+            if probe(name).available and not is_simulated(name):
                 log.info("match: backend 'auto' chose %r", name)
                 return name
         return "numpy"
@@ -74,9 +83,23 @@ def _resolve_backend(backend: str, complex_data: bool) -> str:
     info = probe(backend)
     if not info.available:
         raise BackendUnavailableError(f"backend {backend!r} is not available here: {info.detail}")
-    if backend == "cpp" and complex_data:
-        raise BackendUnavailableError("backend 'cpp' matches real data only; use 'numpy' for complex signals")
+    if complex_data and backend != "numpy":
+        raise BackendUnavailableError(f"backend {backend!r} matches real data only; use 'numpy' for complex signals")
     return backend
+
+
+def _resolve_method(method: str, backend: str, dictionary: Dictionary, complex_data: bool, rank: int | None) -> str:
+    if method not in METHODS:
+        raise ValidationError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    possible = dictionary.separable is not None and not complex_data and rank is None and backend in _STRUCTURED
+    if method == "structured" and not possible:
+        why = ("the dictionary has no separable factorisation" if dictionary.separable is None
+               else "complex data" if complex_data else "an SVD rank was given" if rank is not None
+               else f"backend {backend!r} has no structured search (use {', '.join(_STRUCTURED)})")
+        raise ValidationError(f"method='structured' is not possible here: {why}")
+    if method == "auto":
+        return "structured" if possible else "brute"
+    return method
 
 
 def _prepare(signals: ArrayLike, n_frames: int, axis: int, mask: ArrayLike | None, invalid: str):
@@ -122,7 +145,8 @@ def match(
     *,
     axis: int = -1,
     mask: ArrayLike | None = None,
-    backend: Literal["auto", "numpy", "cpp"] | str = "auto",
+    backend: Literal["auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"] | str = "auto",
+    method: Literal["auto", "brute", "structured"] = "auto",
     rank: int | None = None,
     chunk: int | None = None,
     invalid: Literal["mask", "raise"] = "mask",
@@ -132,17 +156,29 @@ def match(
 
     Parameters
     ----------
-    signals : array_like, (..., n_frames) by default
-        Magnitude (real) or complex fingerprints, any leading shape.
+    signals : array_like or dask array, (..., n_frames) by default
+        Magnitude (real) or complex fingerprints, any leading shape.  A dask
+        array is matched chunk by chunk, lazily: the result then holds dask
+        arrays (real data only).
     dictionary : Dictionary
         Any dictionary: mrfengine's or one simulated elsewhere.
     axis : int
         The frame axis of ``signals``.
     mask : array_like of bool, optional
         Spatial shape (``signals`` without ``axis``); False voxels are skipped.
-    backend : {"auto", "numpy", "cpp"}
-        ``auto`` picks the fastest available (and logs it); an unavailable
-        explicit choice raises :class:`~mrfengine.errors.BackendUnavailableError`.
+    backend : {"auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"}
+        ``auto`` picks the fastest available (GPU, then C++, then Numba, then
+        numpy; logged); an unavailable explicit choice raises
+        :class:`~mrfengine.errors.BackendUnavailableError`.  Complex data
+        run on ``numpy`` only.
+    method : {"auto", "brute", "structured"}
+        ``brute`` scores every atom (exact up to float32 rounding in the
+        compiled backends, float64 with a float64 dictionary on ``numpy``).
+        ``structured`` exploits a separable dictionary (mrfengine's own:
+        atoms = f(T1, B1) x exp(-TE/T2*)): low-rank T2* decays and a
+        coarse-to-fine search, several times fewer FLOPs at the accuracy of
+        brute force (see :mod:`mrfengine.matching._separable`); backends
+        numpy, cpp and cupy.  ``auto`` uses ``structured`` where possible.
     rank : int, optional
         Search in the rank-``rank`` SVD compression of the dictionary (see
         :meth:`Dictionary.compress`); the winner's correlation and M0 are
@@ -175,6 +211,9 @@ def match(
     """
     if not isinstance(dictionary, Dictionary):
         raise ValidationError(f"dictionary must be a mrfengine.Dictionary; got {type(dictionary).__name__}")
+    if type(signals).__module__.split(".")[0] == "dask":
+        return _match_dask(signals, dictionary, axis=axis, mask=mask, backend=backend, method=method, rank=rank,
+                           chunk=chunk, invalid=invalid, n_threads=n_threads)
     if invalid not in ("mask", "raise"):
         raise ValidationError(f"invalid must be 'mask' or 'raise'; got {invalid!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
@@ -182,6 +221,7 @@ def match(
     flat, spatial, valid = _prepare(signals, dictionary.n_frames, axis, mask, invalid)
     complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
     name = _resolve_backend(backend, complex_data)
+    how = _resolve_method(method, name, dictionary, complex_data, rank)
     comp = dictionary.compress(rank) if rank is not None else None
 
     x = flat[valid]
@@ -189,9 +229,12 @@ def match(
         x = x.astype(np.complex128 if x.dtype == np.complex128 else np.complex64, copy=False)
     elif x.dtype != dictionary.dtype:
         x = x.astype(np.result_type(x.dtype, dictionary.dtype), copy=False)
-    search_x = x if comp is None else x @ comp.basis
-    search_atoms = dictionary.normalized if comp is None else comp.atoms
-    best = _run_backend(name, search_x, search_atoms, chunk=chunk, n_threads=n_threads)
+    if how == "structured":
+        best = _run_structured(name, x, dictionary, n_threads=n_threads)
+    else:
+        search_x = x if comp is None else x @ comp.basis
+        search_atoms = dictionary.normalized if comp is None else comp.atoms
+        best = _run_backend(name, search_x, search_atoms, chunk=chunk, n_threads=n_threads)
 
     # Exact rescoring of the winner with the full atom, in float64.
     dn = dictionary.normalized[best]
@@ -221,6 +264,7 @@ def match(
         matched=valid.reshape(spatial),
         backend=name,
         rank=None if comp is None else comp.rank,
+        method=how,
     )
 
 
@@ -229,7 +273,85 @@ def _run_backend(name: str, x: np.ndarray, atoms: np.ndarray, *, chunk: int | No
         return np.empty(0, dtype=np.int64)
     if name == "cpp":
         return best_atoms_cpp(x, atoms, n_threads=n_threads)
+    if name == "numba":
+        from ._numba import best_atoms_numba
+
+        return best_atoms_numba(x, atoms)
+    if name == "cupy":
+        import cupy
+
+        from ._gpu import best_atoms_gemm_xp
+
+        return best_atoms_gemm_xp(x, atoms, cupy, chunk=chunk)
+    if name == "numba-cuda":
+        from ._gpu import best_atoms_numba_cuda
+
+        return best_atoms_numba_cuda(x, atoms)
     return best_atoms_numpy(x, atoms, chunk=chunk)
+
+
+def _run_structured(name: str, x: np.ndarray, dictionary: Dictionary, *, n_threads: int) -> np.ndarray:
+    if x.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    plan = plan_separable(dictionary)
+    xs = np.ascontiguousarray(x, dtype=np.float32)
+    if name == "cpp":
+        best = best_atoms_separable_cpp(xs, plan, n_threads=n_threads)
+    elif name == "cupy":
+        import cupy
+
+        best = cupy.asnumpy(best_atoms_separable_xp(cupy.asarray(xs), plan, cupy))
+    else:
+        best = best_atoms_separable_xp(xs, plan, np)
+    holes = best < 0  # no atom scored above zero (possible only for odd, signed data)
+    if holes.any():
+        best[holes] = best_atoms_numpy(x[holes], dictionary.normalized)
+    return best
+
+
+def _match_dask(signals, dictionary: Dictionary, *, axis: int, mask, **options) -> MatchResult:
+    """``match`` over a dask array, chunk by chunk; fields come back as dask arrays."""
+    import dask.array as da
+
+    x = signals
+    if not -x.ndim <= axis < x.ndim:
+        raise ValidationError(f"axis {axis} is out of range for signals of shape {x.shape}")
+    if np.iscomplexobj(np.empty(0, dtype=x.dtype)):
+        raise ValidationError("dask signals must be real; compute complex data in memory")
+    if x.shape[axis] != dictionary.n_frames:
+        raise ValidationError(
+            f"signals must have {dictionary.n_frames} frames (the dictionary's) along axis {axis % x.ndim}; "
+            f"got shape {x.shape}"
+        )
+    x = da.moveaxis(x, axis, -1).rechunk({x.ndim - 1: -1})
+    names = list(dictionary.params)
+    n_fields = len(names) + 4
+    if mask is None:
+        m = da.ones(x.shape[:-1] + (1,), dtype=bool, chunks=x.chunks[:-1] + ((1,),))
+    else:
+        m = da.asarray(mask)
+        if m.shape != x.shape[:-1]:
+            raise ValidationError(f"mask must have the signals' spatial shape {x.shape[:-1]}; got {m.shape}")
+        m = m.astype(bool)[..., None].rechunk(x.chunks[:-1] + ((1,),))
+
+    def block(xb: np.ndarray, mb: np.ndarray) -> np.ndarray:
+        r = match(xb, dictionary, axis=-1, mask=mb[..., 0], **options)
+        fields = [r.params[k] for k in names] + [r.m0, r.correlation, r.index, r.matched]
+        return np.stack([np.asarray(f, dtype=np.float64) for f in fields], axis=-1)
+
+    packed = da.map_blocks(block, x, m, dtype=np.float64, chunks=x.chunks[:-1] + ((n_fields,),))
+    k = len(names)
+    name = _resolve_backend(options["backend"], False)
+    return MatchResult(
+        params={n: packed[..., i] for i, n in enumerate(names)},
+        m0=packed[..., k].astype(np.float32),
+        correlation=packed[..., k + 1].astype(np.float32),
+        index=packed[..., k + 2].astype(np.int64),
+        matched=packed[..., k + 3].astype(bool),
+        backend=name,
+        rank=options["rank"],
+        method=options["method"],
+    )
 
 
 def match_slices(
@@ -240,6 +362,7 @@ def match_slices(
     axis: int = -1,
     mask: ArrayLike | None = None,
     backend: str = "auto",
+    method: Literal["auto", "brute", "structured"] = "auto",
     rank: int | None = None,
     chunk: int | None = None,
     invalid: Literal["mask", "raise"] = "mask",
@@ -308,8 +431,8 @@ def match_slices(
         elif tuple(d.params) != names:
             raise DictionaryError(f"dictionary of slice {z} has parameters {tuple(d.params)}, expected {names}")
         results.append(
-            match(moved[z], d, axis=-1, mask=None if m is None else m[z], backend=backend, rank=rank,
-                  chunk=chunk, invalid=invalid, n_threads=n_threads)
+            match(moved[z], d, axis=-1, mask=None if m is None else m[z], backend=backend, method=method,
+                  rank=rank, chunk=chunk, invalid=invalid, n_threads=n_threads)
         )
         if progress is not None:
             progress(z + 1)
@@ -326,4 +449,5 @@ def match_slices(
         matched=stack([r.matched for r in results]),
         backend=results[0].backend if results else "none",
         rank=results[0].rank if results else rank,
+        method=results[0].method if results else method,
     )

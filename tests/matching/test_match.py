@@ -27,7 +27,7 @@ def test_noise_free_atoms_are_recovered_exactly(paper_slot7):
     rng = np.random.default_rng(1)
     idx = rng.choice(d.n_atoms, 3000, replace=False)
     scale = rng.uniform(0.3, 2.0, idx.size)
-    r = match(d.atoms[idx] * scale[:, None], d, backend="numpy")
+    r = match(d.atoms[idx] * scale[:, None], d, backend="numpy", method="brute")
     np.testing.assert_array_equal(r.index, idx)
     for k in ("T1", "T2star", "B1"):
         np.testing.assert_array_equal(r.params[k], d.params[k][idx])
@@ -36,14 +36,15 @@ def test_noise_free_atoms_are_recovered_exactly(paper_slot7):
     assert r.matched.all()
 
 
-@needs_cpp
-def test_cpp_float32_recovers_atoms_up_to_float32_resolution():
+@pytest.mark.parametrize("backend, method", [(b, m) for b in BACKENDS for m in ("brute", "structured")])
+def test_float32_recovers_atoms_up_to_float32_resolution(backend, method):
     """float32 cannot separate atoms whose cosine differs from 1 by < ~1e-6:
     in the paper grid, T2* neighbours above ~900 ms.  Below that, exact."""
     d = simulate_dictionary(hermann2021(1), 7)
     rng = np.random.default_rng(2)
     idx = rng.choice(d.n_atoms, 4000, replace=False)
-    r = match(d.atoms[idx] * 1.7, d, backend="cpp")
+    r = match(d.atoms[idx] * 1.7, d, backend=backend, method=method)
+    assert r.method == method
     short = d.params["T2star"][idx] < 300
     np.testing.assert_array_equal(r.index[short], idx[short])
     dn = d.normalized.astype(np.float64)
@@ -176,8 +177,9 @@ def test_svd_compressed_search_rescored_exactly(backend, paper_slot7):
     np.testing.assert_allclose(low.correlation, expect, rtol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["brute", "structured"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_noisy_matching_is_accurate(backend):
+def test_noisy_matching_is_accurate(backend, method):
     seq = hermann2021(1)
     d = simulate_dictionary(seq, 12)
     rng = np.random.default_rng(8)
@@ -186,7 +188,8 @@ def test_noisy_matching_is_accurate(backend):
     clean = fingerprints(seq, 12, t1, t2, b1, 0.8)
     sigma = fingerprints(seq, 0, 830.0, 53.0, 1.0, 0.69).mean() / 50  # SNR 50 w.r.t. white matter
     noisy = np.hypot(clean + rng.normal(scale=sigma, size=clean.shape), rng.normal(scale=sigma, size=clean.shape))
-    r = match(noisy, d, backend=backend)
+    r = match(noisy, d, backend=backend, method=method)
+    assert r.method == method
     assert np.median(np.abs(r.params["T1"] / t1 - 1)) < 0.03
     assert np.median(np.abs(r.params["T2star"] / t2 - 1)) < 0.03
     assert np.median(np.abs(r.m0 / 0.8 - 1)) < 0.03

@@ -1,0 +1,875 @@
+// See mppca.hpp.  How the work is laid out (M frames, window wa x wb x wc):
+//
+// * SIMD across windows: a "lane group" is L consecutive window starts along
+//   the c axis (L = 16 floats or 8 doubles, one 64-byte vector), so every
+//   step of the per-window linear algebra is one vector instruction for L
+//   windows and no lane ever waits for another's data.
+// * A work item is a block of window planes (fixed a); inside it, one lane
+//   group ("chunk" of c) sweeps the b axis.  Window sums reuse overlapping
+//   sums: per data row b, Q_b = sum over the wa rows (a..a+wa-1, b) of the
+//   outer products x x^T (one product per voxel and window plane); the
+//   window's Gram is then the sum of the wb ring slots Q_b and of wc
+//   neighbouring columns.  Data are shifted by the sweep's mean before the
+//   products, so float32 sums do not cancel catastrophically.
+// * Per lane group: Householder tridiagonalisation of the centred covariance
+//   (packed lower storage, LAPACK dsytd2's algorithm), implicit-shift QL for
+//   all eigenvalues (tqli, lanes masked once converged), the MP
+//   classification per lane in double, inverse iteration on the tridiagonal
+//   for the p signal eigenvectors (partial pivoting, re-orthogonalised every
+//   step, so clusters are safe), and the back-transformation.
+// * Recombination without scattering 125 patch estimates: each window's
+//   weighted projector F = theta U U^T (and offset g = theta m - F m) is
+//   box-summed into the voxels it covers, column-wise inside the lane group
+//   and row-wise through a ring of wb window lines; a finished voxel row then
+//   gets (sum F) x + sum g for each of the wa planes of the window block.
+// * Work items of even and odd block index run in two phases, so blocks that
+//   run concurrently never write the same voxel plane (blocks are at least
+//   wa - 1 planes thick).
+#include "mppca.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+#ifndef MPPCA_STAGE
+#define MPPCA_STAGE  // profiling builds define it as __attribute__((noinline))
+#endif
+
+namespace mrfengine {
+namespace {
+
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+    static constexpr int L = 16;
+    typedef float V __attribute__((vector_size(64)));
+    typedef std::int32_t M __attribute__((vector_size(64)));
+};
+template <>
+struct Simd<double> {
+    static constexpr int L = 8;
+    typedef double V __attribute__((vector_size(64)));
+    typedef std::int64_t M __attribute__((vector_size(64)));
+};
+
+// Lane-wise square root as one instruction where the ISA has it (a plain
+// std::sqrt loop is not vectorised: errno semantics).
+template <typename V>
+inline V vector_sqrt(V x) {
+    constexpr int L = sizeof(V) / sizeof(x[0]);
+    constexpr bool is_float = sizeof(x[0]) == 4;
+#if defined(__AVX512F__)
+    if constexpr (is_float) {
+        __m512 v;
+        std::memcpy(&v, &x, 64);
+        v = _mm512_sqrt_ps(v);
+        std::memcpy(&x, &v, 64);
+    } else {
+        __m512d v;
+        std::memcpy(&v, &x, 64);
+        v = _mm512_sqrt_pd(v);
+        std::memcpy(&x, &v, 64);
+    }
+#elif defined(__AVX__)
+    for (int h = 0; h < 2; ++h) {
+        if constexpr (is_float) {
+            __m256 v;
+            std::memcpy(&v, reinterpret_cast<char*>(&x) + 32 * h, 32);
+            v = _mm256_sqrt_ps(v);
+            std::memcpy(reinterpret_cast<char*>(&x) + 32 * h, &v, 32);
+        } else {
+            __m256d v;
+            std::memcpy(&v, reinterpret_cast<char*>(&x) + 32 * h, 32);
+            v = _mm256_sqrt_pd(v);
+            std::memcpy(reinterpret_cast<char*>(&x) + 32 * h, &v, 32);
+        }
+    }
+#elif defined(__SSE2__)
+    for (int h = 0; h < 4; ++h) {
+        if constexpr (is_float) {
+            __m128 v;
+            std::memcpy(&v, reinterpret_cast<char*>(&x) + 16 * h, 16);
+            v = _mm_sqrt_ps(v);
+            std::memcpy(reinterpret_cast<char*>(&x) + 16 * h, &v, 16);
+        } else {
+            __m128d v;
+            std::memcpy(&v, reinterpret_cast<char*>(&x) + 16 * h, 16);
+            v = _mm_sqrt_pd(v);
+            std::memcpy(reinterpret_cast<char*>(&x) + 16 * h, &v, 16);
+        }
+    }
+#else
+    for (int l = 0; l < L; ++l) x[l] = std::sqrt(x[l]);
+#endif
+    (void)L;
+    return x;
+}
+
+inline std::int64_t packed(std::int64_t i, std::int64_t j) { return i * (i + 1) / 2 + j; }  // i >= j
+
+template <typename T>
+class Denoiser {
+    using V = typename Simd<T>::V;
+    using MV = typename Simd<T>::M;
+    static constexpr int L = Simd<T>::L;
+
+  public:
+    Denoiser(const T* data, T* out, T* theta_sum, T* var_sum, const std::uint8_t* active, std::int16_t* ncomp,
+             const MppcaGeometry& g, MpEstimator est)
+        : data_(data), out_(out), theta_sum_(theta_sum), var_sum_(var_sum), active_(active), ncomp_(ncomp), g_(g),
+          est_(est) {
+        A_ = g.extent[0];
+        B_ = g.extent[1];
+        C_ = g.extent[2];
+        n_ = static_cast<int>(g.n_frames);
+        wa_ = static_cast<int>(g.window[0]);
+        wb_ = static_cast<int>(g.window[1]);
+        wc_ = static_cast<int>(g.window[2]);
+        Aw_ = A_ - wa_ + 1;
+        Bw_ = B_ - wb_ + 1;
+        Cw_ = C_ - wc_ + 1;
+        n_samples_ = static_cast<std::int64_t>(wa_) * wb_ * wc_;
+        const std::int64_t n_eff = n_samples_ - 1;
+        r_ = static_cast<int>(std::min<std::int64_t>(n_, n_eff));
+        q_ = std::max<std::int64_t>(n_, n_eff);
+        np_ = n_ * (n_ + 1) / 2;
+        nq_ = np_ + n_;
+        ne_ = np_ + n_ + 2;
+        ncv_ = (L + wc_ - 1 + L - 1) / L;
+        ncp_ = ncv_ * L;
+        padlen_ = wc_ - 1 + ncp_;
+    }
+
+    std::int64_t window_planes() const { return Aw_; }
+
+    // Per-thread buffers.
+    struct Work {
+        std::vector<T> dring, ybuf, qring, psum, gring, fpad, rrow, ref;
+        std::vector<V> s, amat, tau, d0, e0, e2, ymat, umat, tmp, xv, yv;
+        V pivmin, bis_tol;
+        std::vector<MV> piv;
+        std::vector<char> slot_nonzero;
+        std::vector<T> desc;          // L x n: each lane's eigenvalues, descending
+    };
+
+    void init(Work& w) const {
+        const std::size_t n = n_;
+        w.dring.assign(static_cast<std::size_t>(wb_) * wa_ * n * ncp_, T(0));
+        w.ybuf.assign(static_cast<std::size_t>(wa_) * n * ncp_, T(0));
+        w.qring.assign(static_cast<std::size_t>(wb_) * nq_ * ncp_, T(0));
+        w.psum.assign(static_cast<std::size_t>(nq_) * ncp_, T(0));
+        w.gring.assign(static_cast<std::size_t>(wb_) * ne_ * ncp_, T(0));
+        w.fpad.assign(static_cast<std::size_t>(ne_) * padlen_, T(0));
+        w.rrow.assign(static_cast<std::size_t>(ne_) * ncp_, T(0));
+        w.ref.assign(n, T(0));
+        w.s.assign(nq_, V{});
+        w.amat.assign(np_, V{});
+        for (auto* v : {&w.tau, &w.d0, &w.e0, &w.e2}) v->assign(n, V{});
+        w.xv.assign(static_cast<std::size_t>(std::max(wa_, 8)) * n, V{});
+        w.tmp.assign(4 * n, V{});
+        w.yv.assign(static_cast<std::size_t>(std::max(wa_, 8)) * n, V{});
+        w.ymat.assign(n * n, V{});
+        w.umat.assign(n * n, V{});
+        w.piv.assign(n, MV{});
+        w.slot_nonzero.assign(wb_, 0);
+        w.desc.assign(static_cast<std::size_t>(L) * n, T(0));
+    }
+
+    // All window planes a in [a0, a1).
+    void run_block(Work& w, std::int64_t a0, std::int64_t a1) const {
+        for (std::int64_t a = a0; a < a1; ++a)
+            for (std::int64_t c0 = 0; c0 < Cw_; c0 += L) sweep(w, a, c0);
+    }
+
+  private:
+    const T* data_;
+    T* out_;
+    T* theta_sum_;
+    T* var_sum_;
+    const std::uint8_t* active_;
+    std::int16_t* ncomp_;
+    MppcaGeometry g_;
+    MpEstimator est_;
+    std::int64_t A_, B_, C_, Aw_, Bw_, Cw_, n_samples_, q_;
+    int n_, wa_, wb_, wc_, r_, np_, nq_, ne_, ncv_, ncp_, padlen_;
+
+    static V splat(T x) { return V{} + x; }
+    static V load(const T* p) {
+        V v;
+        std::memcpy(&v, p, sizeof(V));
+        return v;
+    }
+    static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+    static V vabs(V x) { return x < 0 ? -x : x; }
+    static V vsqrt(V x) { return vector_sqrt(x); }
+    static bool any(MV m) {
+        for (int l = 0; l < L; ++l)
+            if (m[l]) return true;
+        return false;
+    }
+
+    bool window_active(std::int64_t a, std::int64_t b, std::int64_t c) const {
+        return active_ == nullptr || active_[(a * Bw_ + b) * Cw_ + c] != 0;
+    }
+
+    // ---- stage 1: data rows and window sums --------------------------------
+
+    MPPCA_STAGE void sweep(Work& w, std::int64_t a, std::int64_t c0) const {
+        const int nl = static_cast<int>(std::min<std::int64_t>(L, Cw_ - c0));
+        const int ncols = nl + wc_ - 1;
+        bool any_active = active_ == nullptr;
+        for (std::int64_t b = 0; b < Bw_ && !any_active; ++b)
+            for (int l = 0; l < nl && !any_active; ++l) any_active = window_active(a, b, c0 + l);
+        if (!any_active) return;
+        sweep_mean(w, a, c0, ncols);
+        std::fill(w.slot_nonzero.begin(), w.slot_nonzero.end(), 0);
+        for (std::int64_t b = 0; b < B_; ++b) {
+            const int slot = static_cast<int>(b % wb_);
+            load_row(w, a, b, c0, ncols, slot);
+            row_products(w, slot, ncols);
+            if (b >= wb_ - 1) {
+                const std::int64_t bw = b - wb_ + 1;
+                window_line(w, a, bw, c0, nl);
+                finish_row(w, a, bw, c0, ncols);
+            }
+        }
+        for (std::int64_t b = Bw_; b < B_; ++b) finish_row(w, a, b, c0, ncols);
+    }
+
+    MPPCA_STAGE void sweep_mean(Work& w, std::int64_t a, std::int64_t c0, int ncols) const {
+        std::vector<double> acc(n_, 0.0);
+        for (int da = 0; da < wa_; ++da)
+            for (std::int64_t b = 0; b < B_; ++b) {
+                const T* base = data_ + (a + da) * g_.in_stride[0] + b * g_.in_stride[1] + c0 * g_.in_stride[2];
+                for (int col = 0; col < ncols; ++col)
+                    for (int t = 0; t < n_; ++t) acc[t] += base[col * g_.in_stride[2] + t * g_.in_stride[3]];
+            }
+        const double count = static_cast<double>(wa_) * B_ * ncols;
+        for (int t = 0; t < n_; ++t) w.ref[t] = static_cast<T>(acc[t] / count);
+    }
+
+    T* dring(Work& w, int slot, int da) const {
+        return w.dring.data() + (static_cast<std::size_t>(slot) * wa_ + da) * n_ * ncp_;
+    }
+
+    MPPCA_STAGE void load_row(Work& w, std::int64_t a, std::int64_t b, std::int64_t c0, int ncols, int slot) const {
+        const std::int64_t sc = g_.in_stride[2], st = g_.in_stride[3];
+        for (int da = 0; da < wa_; ++da) {
+            const T* base = data_ + (a + da) * g_.in_stride[0] + b * g_.in_stride[1] + c0 * sc;
+            T* dst = dring(w, slot, da);
+            if (std::abs(st) <= std::abs(sc)) {
+                for (int col = 0; col < ncols; ++col)
+                    for (int t = 0; t < n_; ++t) dst[t * ncp_ + col] = base[col * sc + t * st];
+            } else {
+                for (int t = 0; t < n_; ++t)
+                    for (int col = 0; col < ncols; ++col) dst[t * ncp_ + col] = base[col * sc + t * st];
+            }
+            for (int t = 0; t < n_; ++t)
+                for (int col = ncols; col < ncp_; ++col) dst[t * ncp_ + col] = T(0);
+        }
+    }
+
+    // Q_slot = sum over the wa rows of y y^T (packed) and of y, y = x - ref.
+    MPPCA_STAGE void row_products(Work& w, int slot, int ncols) const {
+        for (int da = 0; da < wa_; ++da) {
+            const T* src = dring(w, slot, da);
+            T* y = w.ybuf.data() + static_cast<std::size_t>(da) * n_ * ncp_;
+            for (int t = 0; t < n_; ++t) {
+                const T r = w.ref[t];
+                for (int col = 0; col < ncols; ++col) y[t * ncp_ + col] = src[t * ncp_ + col] - r;
+                for (int col = ncols; col < ncp_; ++col) y[t * ncp_ + col] = T(0);
+            }
+        }
+        T* q = w.qring.data() + static_cast<std::size_t>(slot) * nq_ * ncp_;
+        const std::size_t dstride = static_cast<std::size_t>(n_) * ncp_;
+        V yi[8];
+        for (int cv = 0; cv < ncv_; ++cv) {
+            const T* y0 = w.ybuf.data() + cv * L;
+            for (int i = 0; i < n_; ++i) {
+                for (int da0 = 0; da0 < wa_; da0 += 8) {
+                    const int nd = std::min(8, wa_ - da0);
+                    for (int k = 0; k < nd; ++k) yi[k] = load(y0 + (da0 + k) * dstride + i * ncp_);
+                    for (int j = 0; j <= i; ++j) {
+                        V acc = da0 == 0 ? V{} : load(q + packed(i, j) * ncp_ + cv * L);
+                        for (int k = 0; k < nd; ++k) acc += yi[k] * load(y0 + (da0 + k) * dstride + j * ncp_);
+                        store(q + packed(i, j) * ncp_ + cv * L, acc);
+                    }
+                }
+                V s1{};
+                for (int da = 0; da < wa_; ++da) s1 += load(y0 + da * dstride + i * ncp_);
+                store(q + (np_ + i) * ncp_ + cv * L, s1);
+            }
+        }
+    }
+
+    // Window sums of the L windows of line bw: S[x][lane].
+    MPPCA_STAGE void window_sums(Work& w) const {
+        T* ps = w.psum.data();
+        const std::size_t slot_stride = static_cast<std::size_t>(nq_) * ncp_;
+        for (std::size_t x = 0; x < static_cast<std::size_t>(nq_) * ncv_; ++x) {
+            V acc = load(w.qring.data() + x * L);
+            for (int s = 1; s < wb_; ++s) acc += load(w.qring.data() + s * slot_stride + x * L);
+            store(ps + x * L, acc);
+        }
+        for (int x = 0; x < nq_; ++x) {
+            const T* p = ps + static_cast<std::size_t>(x) * ncp_;
+            V acc = load(p);
+            for (int dc = 1; dc < wc_; ++dc) acc += load(p + dc);
+            w.s[x] = acc;
+        }
+    }
+
+    // ---- stage 2: per-window eigen-analysis ---------------------------------
+
+    MPPCA_STAGE void window_line(Work& w, std::int64_t a, std::int64_t bw, std::int64_t c0, int nl) const {
+        const int slot = static_cast<int>(bw % wb_);
+        bool group_active = false;
+        for (int l = 0; l < nl; ++l) group_active = group_active || window_active(a, bw, c0 + l);
+        std::int16_t* nc = ncomp_ + (a * Bw_ + bw) * Cw_ + c0;
+        if (!group_active) {
+            for (int l = 0; l < nl; ++l) nc[l] = -1;
+            w.slot_nonzero[slot] = 0;
+            return;
+        }
+        window_sums(w);
+        const int n = n_;
+        const T inv_n = T(1) / static_cast<T>(n_samples_);
+        const T inv_eff = T(1) / static_cast<T>(n_samples_ - 1);
+        // Centred covariance, scaled per lane so its largest diagonal entry is 1.
+        V scale{};
+        for (int i = 0; i < n; ++i) {
+            const V si = w.s[np_ + i];
+            for (int j = 0; j <= i; ++j) {
+                const V cij = (w.s[packed(i, j)] - si * (w.s[np_ + j] * inv_n)) * inv_eff;
+                w.amat[packed(i, j)] = cij;
+            }
+            const V cii = w.amat[packed(i, i)];
+            scale = cii > scale ? cii : scale;
+        }
+        scale = scale > 0 ? scale : splat(T(1));
+        const V inv_scale = splat(T(1)) / scale;
+        for (int x = 0; x < np_; ++x) w.amat[x] *= inv_scale;
+
+        tridiagonalize(w);
+        int p[L];
+        double sigma2[L];
+        eigen_classify(w, scale, nl, p, sigma2);
+        T theta[L], tvar[L];
+        int pmax = 0;
+        for (int l = 0; l < L; ++l) {
+            if (l >= nl) {
+                p[l] = 0;
+                theta[l] = tvar[l] = T(0);
+                continue;
+            }
+            const double th = 1.0 / (1.0 + p[l]);
+            theta[l] = static_cast<T>(th);
+            tvar[l] = static_cast<T>(th * sigma2[l]);
+            nc[l] = window_active(a, bw, c0 + l) ? static_cast<std::int16_t>(p[l]) : std::int16_t(-1);
+            pmax = std::max(pmax, p[l]);
+        }
+
+        // Signal eigenvectors (tridiagonal basis), then back to the frame basis.
+        V tiny{};
+        for (int i = 0; i < n; ++i) {
+            V row = vabs(w.d0[i]);
+            if (i + 1 < n) row += vabs(w.e0[i]);
+            if (i > 0) row += vabs(w.e0[i - 1]);
+            tiny = row > tiny ? row : tiny;
+        }
+        tiny = tiny * std::numeric_limits<T>::epsilon();
+        tiny = tiny > 0 ? tiny : splat(std::numeric_limits<T>::min());
+        for (int j = 0; j < pmax; ++j) {
+            V lam{};
+            MV keep{};
+            for (int l = 0; l < L; ++l) {
+                lam[l] = w.desc[static_cast<std::size_t>(l) * n + j];
+                keep[l] = j < p[l] ? -1 : 0;
+            }
+            V* y = w.ymat.data() + static_cast<std::size_t>(j) * n;
+            inverse_iteration(w, lam, tiny, j, y);
+            for (int i = 0; i < n; ++i) y[i] = keep ? y[i] : V{};
+            back_transform(w, y, w.umat.data() + static_cast<std::size_t>(j) * n);
+        }
+
+        // Weighted projector F (packed), offset g, theta, theta * sigma^2 -> fpad.
+        V th{}, tv{};
+        for (int l = 0; l < L; ++l) {
+            th[l] = theta[l];
+            tv[l] = tvar[l];
+        }
+        std::vector<V>& m = w.xv;  // window means (un-shifted)
+        for (int i = 0; i < n; ++i) m[i] = w.s[np_ + i] * inv_n + w.ref[i];
+        T* fp = w.fpad.data() + (wc_ - 1);
+        for (int i = 0; i < n; ++i)
+            for (int k = 0; k <= i; ++k) {
+                V acc{};
+                for (int j = 0; j < pmax; ++j) {
+                    const V* u = w.umat.data() + static_cast<std::size_t>(j) * n;
+                    acc += u[i] * u[k];
+                }
+                store(fp + packed(i, k) * padlen_, acc * th);
+            }
+        for (int i = 0; i < n; ++i) {
+            V acc = th * m[i];
+            for (int k = 0; k < n; ++k) {
+                const int x = i >= k ? static_cast<int>(packed(i, k)) : static_cast<int>(packed(k, i));
+                acc -= load(fp + static_cast<std::size_t>(x) * padlen_) * m[k];
+            }
+            store(fp + static_cast<std::size_t>(np_ + i) * padlen_, acc);
+        }
+        store(fp + static_cast<std::size_t>(np_ + n) * padlen_, th);
+        store(fp + static_cast<std::size_t>(np_ + n + 1) * padlen_, tv);
+
+        // Column box: G[col] = sum_{dc < wc} F[col - dc] (fpad holds zeros around the L lanes).
+        T* gslot = w.gring.data() + static_cast<std::size_t>(slot) * ne_ * ncp_;
+        for (int x = 0; x < ne_; ++x) {
+            const T* src = w.fpad.data() + static_cast<std::size_t>(x) * padlen_ + (wc_ - 1);
+            for (int cv = 0; cv < ncv_; ++cv) {
+                V acc{};
+                for (int dc = 0; dc < wc_; ++dc) acc += load(src + cv * L - dc);
+                store(gslot + static_cast<std::size_t>(x) * ncp_ + cv * L, acc);
+            }
+        }
+        w.slot_nonzero[slot] = 1;
+    }
+
+    // Householder tridiagonalisation (dsytd2's algorithm, lower) of w.amat in
+    // place: diagonal -> d0, off-diagonal -> e0 (e0[n-1] = 0), reflector v_k
+    // below the subdiagonal of column k (v_k[k+1] = 1 implicit), tau.  One
+    // pass over the trailing triangle per step: the rank-2 update of step k
+    // is fused with the matrix-vector product of step k + 1, whose reflector
+    // is formed first from the updated column k + 1.
+    MPPCA_STAGE void tridiagonalize(Work& w) const {
+        const int n = n_;
+        V* A = w.amat.data();
+        V* v = w.tmp.data();        // v_k
+        V* y = v + n;               // y_k
+        V* vn = y + n;              // v_{k+1}
+        V* yn = vn + n;             // y_{k+1}
+        for (int i = 0; i < n; ++i) w.e0[i] = w.tau[i] = V{};
+        if (n < 3) {
+            for (int i = 0; i < n; ++i) w.d0[i] = A[packed(i, i)];
+            if (n == 2) w.e0[0] = A[packed(1, 0)];
+            return;
+        }
+        V tau = reflector(w, A, 0, v);
+        for (int i = 1; i < n; ++i) y[i] = V{};
+        for (int i = 1; i < n; ++i) {  // y = A22 v (first step only)
+            const V* row = A + packed(i, 0);
+            const V vi = v[i];
+            V acc = row[i] * vi;
+            for (int j = 1; j < i; ++j) {
+                acc += row[j] * v[j];
+                y[j] += row[j] * vi;
+            }
+            y[i] += acc;
+        }
+        for (int k = 0; k + 2 < n; ++k) {
+            // y_k = tau A22 v - (tau/2)(y.v) v
+            V dot{};
+            for (int i = k + 1; i < n; ++i) {
+                y[i] *= tau;
+                dot += y[i] * v[i];
+            }
+            const V half = T(-0.5) * tau * dot;
+            for (int i = k + 1; i < n; ++i) y[i] += half * v[i];
+            w.d0[k] = A[packed(k, k)];
+            w.tau[k] = tau;
+            // Update column k + 1 (rows k+1..n-1) of the trailing block.
+            const int k1 = k + 1;
+            for (int i = k1; i < n; ++i) A[packed(i, k1)] -= v[i] * y[k1] + y[i] * v[k1];
+            if (k1 + 2 > n - 1) {
+                // Last step: the trailing 2 x 2 block.
+                for (int i = k1 + 1; i < n; ++i)
+                    for (int j = k1 + 1; j <= i; ++j) A[packed(i, j)] -= v[i] * y[j] + y[i] * v[j];
+                break;
+            }
+            const V taun = reflector(w, A, k1, vn);
+            for (int i = k1 + 1; i < n; ++i) yn[i] = V{};
+            for (int i = k1 + 1; i < n; ++i) {
+                V* row = A + packed(i, 0);
+                const V vi = v[i], yi = y[i], vni = vn[i];
+                V acc{};
+                for (int j = k1 + 1; j < i; ++j) {
+                    const V a = row[j] - (vi * y[j] + yi * v[j]);
+                    row[j] = a;
+                    acc += a * vn[j];
+                    yn[j] += a * vni;
+                }
+                const V aii = row[i] - (vi * y[i] + yi * v[i]);
+                row[i] = aii;
+                yn[i] += acc + aii * vni;
+            }
+            std::swap(v, vn);
+            std::swap(y, yn);
+            tau = taun;
+        }
+        w.d0[n - 2] = A[packed(n - 2, n - 2)];
+        w.e0[n - 2] = A[packed(n - 1, n - 2)];
+        w.d0[n - 1] = A[packed(n - 1, n - 1)];
+    }
+
+    // Reflector annihilating A(k+2.., k) (dlarfg): v (support k+1..n-1,
+    // v[k+1] = 1) is also stored below the subdiagonal of column k; the new
+    // subdiagonal beta goes to e0[k]; returns tau.
+    V reflector(Work& w, V* A, int k, V* v) const {
+        const int n = n_;
+        const V alpha = A[packed(k + 1, k)];
+        V xn2{};
+        for (int i = k + 2; i < n; ++i) xn2 += A[packed(i, k)] * A[packed(i, k)];
+        const MV trivial = xn2 == 0;
+        const V mag = vsqrt(alpha * alpha + xn2);
+        const V beta = trivial ? alpha : (alpha >= 0 ? -mag : mag);
+        const V tau = trivial ? V{} : (beta - alpha) / beta;
+        const V diff = alpha - beta;
+        const V sc = trivial ? V{} : splat(T(1)) / (trivial ? splat(T(1)) : diff);
+        v[k + 1] = splat(T(1));
+        for (int i = k + 2; i < n; ++i) {
+            v[i] = A[packed(i, k)] * sc;
+            A[packed(i, k)] = v[i];
+        }
+        w.e0[k] = beta;
+        return tau;
+    }
+
+    // Eigenvalues of the tridiagonal (d0, e0) with ascending indices kasc[c]
+    // (the same for every lane), NC of them at once: bisection on Sturm
+    // counts (LAPACK dstebz's rule), the NC chains interleaved so the
+    // divisions pipeline.  Accurate to ~2 eps ||T|| like any backward-stable
+    // method.  lo/hi: per-chain brackets, refined in place; result = midpoint.
+    template <int NC>
+    MPPCA_STAGE void bisect(const Work& w, const int* kasc, V* lo, V* hi) const {
+        const int n = n_;
+        const V* d = w.d0.data();
+        const V* e2 = w.e2.data();
+        const V pivmin = w.pivmin;
+        const V tol = w.bis_tol;
+        for (int it = 0; it < 4 * std::numeric_limits<T>::digits; ++it) {
+            V mid[NC], q[NC];
+            MV below[NC];
+            for (int c = 0; c < NC; ++c) {
+                mid[c] = (lo[c] + hi[c]) * T(0.5);
+                V t = d[0] - mid[c];
+                t = vabs(t) < pivmin ? -pivmin : t;
+                q[c] = t;
+                below[c] = MV{} - (t < 0);
+            }
+            for (int i = 1; i < n; ++i) {
+                const V di = d[i], ei = e2[i - 1];
+                for (int c = 0; c < NC; ++c) {
+                    V t = (di - mid[c]) - ei / q[c];
+                    t = vabs(t) < pivmin ? -pivmin : t;
+                    q[c] = t;
+                    below[c] -= (t < 0);
+                }
+            }
+            MV open{};
+            for (int c = 0; c < NC; ++c) {
+                const MV up = below[c] <= kasc[c];  // at most k eigenvalues below mid: lambda_k >= mid
+                lo[c] = up ? mid[c] : lo[c];
+                hi[c] = up ? hi[c] : mid[c];
+                open |= (hi[c] - lo[c]) > tol;
+            }
+            if (!any(open)) break;
+        }
+        for (int c = 0; c < NC; ++c) lo[c] = (lo[c] + hi[c]) * T(0.5);
+    }
+
+    // Eigenvalues as far as the Marchenko-Pastur rule needs them, and the
+    // rule itself, per lane: the smallest of the r largest eigenvalues, the
+    // trace, then the largest ones in batches until every lane has accepted
+    // its noise count.  Fills w.desc (lane-major, descending, scaled) for
+    // j < p, p, sigma2 (data units).
+    MPPCA_STAGE void eigen_classify(Work& w, V scale, int nl, int* p, double* sigma2) const {
+        constexpr int NC = 8;
+        const int n = n_, r = r_;
+        // Gershgorin bounds, pivot floor, tolerance.
+        V glo = w.d0[0], ghi = w.d0[0], emax{};
+        for (int i = 0; i < n; ++i) {
+            w.e2[i] = w.e0[i] * w.e0[i];
+            emax = w.e2[i] > emax ? w.e2[i] : emax;
+            const V rad = vabs(w.e0[i]) + (i > 0 ? vabs(w.e0[i - 1]) : V{});  // e0[n-1] = 0
+            const V a = w.d0[i] - rad, b = w.d0[i] + rad;
+            glo = a < glo ? a : glo;
+            ghi = b > ghi ? b : ghi;
+        }
+        const V one = splat(T(1));
+        w.pivmin = (emax > one ? emax : one) * std::numeric_limits<T>::min();
+        const V gmax = vabs(glo) > vabs(ghi) ? vabs(glo) : vabs(ghi);
+        w.bis_tol = T(2) * std::numeric_limits<T>::epsilon() * gmax + w.pivmin;
+        double trace[L], lam_min[L], topsum[L];
+        bool done[L];
+        for (int l = 0; l < L; ++l) {
+            trace[l] = 0.0;
+            for (int i = 0; i < n; ++i) trace[l] += static_cast<double>(w.d0[i][l]);
+            trace[l] = std::max(trace[l] * static_cast<double>(scale[l]), 0.0);
+            topsum[l] = 0.0;
+            done[l] = l >= nl;
+            p[l] = 0;
+            sigma2[l] = 0.0;
+        }
+        int j0 = 0;  // next descending index to compute
+        bool first = true;
+        while (true) {
+            int kasc[NC];
+            int nj = 0;  // descending indices in this batch
+            int c = 0;
+            if (first) kasc[c++] = n - r;  // smallest of the r largest
+            for (; c < NC && j0 + nj < r; ++c, ++nj) kasc[c] = n - 1 - (j0 + nj);
+            for (; c < NC; ++c) kasc[c] = kasc[c - 1];  // padding chains: repeat the last
+            V lo[NC], hi[NC];
+            for (int cc = 0; cc < NC; ++cc) {
+                lo[cc] = glo;
+                hi[cc] = ghi;
+            }
+            bisect<NC>(w, kasc, lo, hi);
+            const int off = first ? 1 : 0;
+            for (int l = 0; l < L; ++l) {
+                if (first) lam_min[l] = std::max(static_cast<double>(lo[0][l]) * static_cast<double>(scale[l]), 0.0);
+                for (int jj = 0; jj < nj; ++jj) w.desc[static_cast<std::size_t>(l) * n + j0 + jj] = lo[off + jj][l];
+                if (done[l]) continue;
+                for (int jj = 0; jj < nj && !done[l]; ++jj) {
+                    const int j = j0 + jj;
+                    const int k = r - j;  // candidate noise count
+                    const double lamk = std::max(static_cast<double>(lo[off + jj][l]) * scale[l], 0.0);
+                    const double csum = std::max(trace[l] - topsum[l], 0.0);
+                    const double q = static_cast<double>(q_);
+                    const double gamma = est_ == MpEstimator::Veraart ? k / q : k / (q - r + k);
+                    if (k == 1 || lamk - lam_min[l] <= 4.0 * std::sqrt(gamma) * (csum / k)) {
+                        done[l] = true;
+                        p[l] = j;
+                        sigma2[l] = csum / k;
+                    } else {
+                        topsum[l] += lamk;
+                    }
+                }
+            }
+            j0 += nj;
+            first = false;
+            bool all = true;
+            for (int l = 0; l < L; ++l) all = all && done[l];
+            if (all || j0 >= r) break;
+        }
+    }
+
+    // Unit eigenvector y of the tridiagonal (d0, e0) for eigenvalue lam (per
+    // lane), orthogonal to the j vectors found before (ymat rows 0..j-1).
+    MPPCA_STAGE void inverse_iteration(Work& w, V lam, V tiny, int j, V* y) const {
+        const int n = n_;
+        V* dl = w.tmp.data();
+        V* dd = dl + n;
+        V* du = dd + n;
+        V* du2 = du + n;
+        MV* piv = w.piv.data();
+        for (int i = 0; i < n; ++i) {
+            dd[i] = w.d0[i] - lam;
+            dl[i] = w.e0[i];
+            du[i] = w.e0[i];
+            du2[i] = V{};
+        }
+        // LU with partial pivoting (dgttrf).
+        for (int i = 0; i + 1 < n; ++i) {
+            const V di = dd[i], li = dl[i], ui = du[i], di1 = dd[i + 1];
+            const V ui1 = i + 2 < n ? du[i + 1] : V{};
+            const MV swap = vabs(di) < vabs(li);
+            const V fact_ns = li / (di != 0 ? di : splat(T(1)));
+            const V fact_s = di / (li != 0 ? li : splat(T(1)));
+            dl[i] = swap ? fact_s : fact_ns;
+            dd[i] = swap ? li : di;
+            du[i] = swap ? di1 : ui;
+            dd[i + 1] = swap ? ui - fact_s * di1 : di1 - fact_ns * ui;
+            if (i + 2 < n) {
+                du2[i] = swap ? ui1 : V{};
+                du[i + 1] = swap ? -fact_s * ui1 : ui1;
+            }
+            piv[i] = swap;
+        }
+        for (int i = 0; i < n; ++i) {
+            const MV small = vabs(dd[i]) < tiny;
+            dd[i] = small ? (dd[i] >= 0 ? tiny : -tiny) : dd[i];
+        }
+        // Start from a fixed, generic vector.
+        for (int i = 0; i < n; ++i) y[i] = splat(static_cast<T>(1.0 + 0.5 * std::fmod(0.6180339887 * (i + 1), 1.0)));
+        for (int it = 0; it < 3; ++it) {
+            orthonormalize(w, y, j);
+            for (int i = 0; i + 1 < n; ++i) {
+                const V yi = y[i], yi1 = y[i + 1];
+                const MV swap = piv[i];
+                y[i] = swap ? yi1 : yi;
+                y[i + 1] = swap ? yi - dl[i] * yi1 : yi1 - dl[i] * yi;
+            }
+            y[n - 1] = y[n - 1] / dd[n - 1];
+            if (n > 1) y[n - 2] = (y[n - 2] - du[n - 2] * y[n - 1]) / dd[n - 2];
+            for (int i = n - 3; i >= 0; --i) y[i] = (y[i] - du[i] * y[i + 1] - du2[i] * y[i + 2]) / dd[i];
+        }
+        orthonormalize(w, y, j);
+    }
+
+    void orthonormalize(Work& w, V* y, int j) const {
+        const int n = n_;
+        for (int jj = 0; jj < j; ++jj) {
+            const V* u = w.ymat.data() + static_cast<std::size_t>(jj) * n;
+            V dot{};
+            for (int i = 0; i < n; ++i) dot += u[i] * y[i];
+            for (int i = 0; i < n; ++i) y[i] -= dot * u[i];
+        }
+        V nrm{};
+        for (int i = 0; i < n; ++i) nrm += y[i] * y[i];
+        nrm = vsqrt(nrm);
+        const V inv = nrm > 0 ? splat(T(1)) / (nrm > 0 ? nrm : splat(T(1))) : V{};
+        for (int i = 0; i < n; ++i) y[i] *= inv;
+    }
+
+    // u = H_0 H_1 ... H_{n-3} y.
+    MPPCA_STAGE void back_transform(Work& w, const V* y, V* u) const {
+        const int n = n_;
+        const V* A = w.amat.data();
+        for (int i = 0; i < n; ++i) u[i] = y[i];
+        for (int k = n - 3; k >= 0; --k) {
+            V s = u[k + 1];
+            for (int i = k + 2; i < n; ++i) s += A[packed(i, k)] * u[i];
+            s *= w.tau[k];
+            u[k + 1] -= s;
+            for (int i = k + 2; i < n; ++i) u[i] -= s * A[packed(i, k)];
+        }
+    }
+
+    // ---- stage 3: recombination ----------------------------------------------
+
+    // Voxel rows (a + da0 .. a + da0 + ND - 1, b), column vector cv:
+    // out += R x + R1 with R the packed box-summed projector in w.rrow; each
+    // loaded entry of R serves the ND rows.
+    template <int ND>
+    void apply_rows(Work& w, std::int64_t a, std::int64_t b, std::int64_t c0, int ncols, int cv, int da0,
+                    int dslot) const {
+        const int n = n_;
+        const T* R = w.rrow.data();
+        V* xv = w.xv.data();  // ND x n
+        V* yv = w.yv.data();  // ND x n
+        for (int dd = 0; dd < ND; ++dd) {
+            const T* xrow = dring(w, dslot, da0 + dd);
+            for (int i = 0; i < n; ++i) {
+                xv[dd * n + i] = load(xrow + i * ncp_ + cv * L);
+                yv[dd * n + i] = load(R + static_cast<std::size_t>(np_ + i) * ncp_ + cv * L);
+            }
+        }
+        for (int i = 0; i < n; ++i) {
+            const T* Ri = R + packed(i, 0) * ncp_ + cv * L;
+            V xi[ND], acc[ND];
+            const V rii = load(Ri + static_cast<std::size_t>(i) * ncp_);
+            for (int dd = 0; dd < ND; ++dd) {
+                xi[dd] = xv[dd * n + i];
+                acc[dd] = rii * xi[dd];
+            }
+            for (int k = 0; k < i; ++k) {
+                const V rik = load(Ri + static_cast<std::size_t>(k) * ncp_);
+                for (int dd = 0; dd < ND; ++dd) {
+                    acc[dd] += rik * xv[dd * n + k];
+                    yv[dd * n + k] += rik * xi[dd];
+                }
+            }
+            for (int dd = 0; dd < ND; ++dd) yv[dd * n + i] += acc[dd];
+        }
+        const int cend = std::min(ncols - cv * L, L);
+        const std::int64_t oc = g_.out_stride[2], ot = g_.out_stride[3];
+        for (int dd = 0; dd < ND; ++dd) {
+            T* obase = out_ + (a + da0 + dd) * g_.out_stride[0] + b * g_.out_stride[1] + (c0 + cv * L) * oc;
+            const V* y = yv + dd * n;
+            if (std::abs(ot) <= std::abs(oc)) {
+                for (int l = 0; l < cend; ++l)
+                    for (int t = 0; t < n; ++t) obase[l * oc + t * ot] += y[t][l];
+            } else {
+                for (int t = 0; t < n; ++t)
+                    for (int l = 0; l < cend; ++l) obase[l * oc + t * ot] += y[t][l];
+            }
+        }
+    }
+
+    // Voxel row b of the c-chunk is complete for window plane a: add
+    // (sum F) x + sum g to each of the wa voxel rows (a + da, b).
+    MPPCA_STAGE void finish_row(Work& w, std::int64_t a, std::int64_t b, std::int64_t c0, int ncols) const {
+        const std::int64_t lo = std::max<std::int64_t>(0, b - wb_ + 1);
+        const std::int64_t hi = std::min<std::int64_t>(b, Bw_ - 1);
+        bool have = false;
+        const std::size_t nvec = static_cast<std::size_t>(ne_) * ncv_;
+        T* R = w.rrow.data();
+        for (std::int64_t bw = lo; bw <= hi; ++bw) {
+            const int slot = static_cast<int>(bw % wb_);
+            if (!w.slot_nonzero[slot]) continue;
+            const T* gsl = w.gring.data() + static_cast<std::size_t>(slot) * ne_ * ncp_;
+            if (!have) {
+                std::memcpy(R, gsl, nvec * L * sizeof(T));
+                have = true;
+            } else {
+                for (std::size_t x = 0; x < nvec; ++x) store(R + x * L, load(R + x * L) + load(gsl + x * L));
+            }
+        }
+        if (!have) return;
+        const int n = n_;
+        const int dslot = static_cast<int>(b % wb_);
+        for (int cv = 0; cv < ncv_; ++cv) {
+            for (int da0 = 0; da0 < wa_; da0 += 8) {
+                switch (std::min(8, wa_ - da0)) {
+                    case 1: apply_rows<1>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 2: apply_rows<2>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 3: apply_rows<3>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 4: apply_rows<4>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 5: apply_rows<5>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 6: apply_rows<6>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    case 7: apply_rows<7>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                    default: apply_rows<8>(w, a, b, c0, ncols, cv, da0, dslot); break;
+                }
+            }
+        }
+        const T* rt = R + static_cast<std::size_t>(np_ + n) * ncp_;
+        const T* rv = R + static_cast<std::size_t>(np_ + n + 1) * ncp_;
+        for (int da = 0; da < wa_; ++da) {
+            const std::size_t vbase = ((a + da) * B_ + b) * C_ + c0;
+            for (int col = 0; col < ncols; ++col) {
+                theta_sum_[vbase + col] += rt[col];
+                var_sum_[vbase + col] += rv[col];
+            }
+        }
+    }
+};
+
+}  // namespace
+
+template <typename T>
+void mppca_accumulate(const T* data, T* out, T* theta_sum, T* var_sum, const std::uint8_t* active,
+                      std::int16_t* n_components, const MppcaGeometry& geometry, MpEstimator estimator,
+                      int n_threads) {
+    Denoiser<T> den(data, out, theta_sum, var_sum, active, n_components, geometry, estimator);
+    const std::int64_t planes = den.window_planes();
+    // Blocks at least wa - 1 planes thick: blocks two apart write disjoint voxel planes.
+    const std::int64_t thick = std::max<std::int64_t>(1, geometry.window[0] - 1);
+    const std::int64_t n_blocks = (planes + thick - 1) / thick;
+    const int nt = n_threads > 0 ? n_threads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt)
+    {
+        typename Denoiser<T>::Work work;
+        den.init(work);
+        for (int phase = 0; phase < 2; ++phase) {
+#pragma omp for schedule(dynamic, 1)
+            for (std::int64_t blk = phase; blk < n_blocks; blk += 2)
+                den.run_block(work, blk * thick, std::min(planes, (blk + 1) * thick));
+        }
+    }
+}
+
+template void mppca_accumulate<float>(const float*, float*, float*, float*, const std::uint8_t*, std::int16_t*,
+                                      const MppcaGeometry&, MpEstimator, int);
+template void mppca_accumulate<double>(const double*, double*, double*, double*, const std::uint8_t*,
+                                       std::int16_t*, const MppcaGeometry&, MpEstimator, int);
+
+}  // namespace mrfengine
