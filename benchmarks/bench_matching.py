@@ -10,7 +10,8 @@ import pytest
 
 from mrfengine import match
 from mrfengine.backend import probe
-from mrfengine.dictionary import fingerprints, simulate_dictionary
+from mrfengine.demo import random_fingerprints
+from mrfengine.dictionary import simulate_dictionary
 from mrfengine.sequence import hermann2021
 
 BACKENDS = [b for b in ("numpy", "cpp", "numba") if probe(b).available]
@@ -20,16 +21,9 @@ BACKENDS = [b for b in ("numpy", "cpp", "numba") if probe(b).available]
 def case(full):
     seq = hermann2021(1)
     d = simulate_dictionary(seq, 30)
-    rng = np.random.default_rng(0)
-    n = 20000 if full else 2000
-    t1 = rng.uniform(600, 2000, n)
-    t2 = rng.uniform(25, 120, n)
-    b1 = rng.uniform(0.7, 1.3, n)
-    clean = fingerprints(seq, 30, t1, t2, b1, 0.8)
-    sigma = fingerprints(seq, 0, 830.0, 53.0, 1.0, 0.69).mean() / 50
-    noisy = np.hypot(clean + rng.normal(scale=sigma, size=clean.shape), rng.normal(scale=sigma, size=clean.shape))
+    noisy, _ = random_fingerprints(seq, 30, 20000 if full else 2000, np.random.default_rng(0), snr=50.0)
     d.normalized  # noqa: B018  (built once, outside the timing)
-    return d, noisy.astype(np.float32)
+    return d, noisy
 
 
 def _record(benchmark, n_vox, d):

@@ -9,7 +9,8 @@ import pytest
 
 from mrfengine import Dictionary, match
 from mrfengine.backend import probe
-from mrfengine.dictionary import ParameterGrid, fingerprints, simulate_dictionary
+from mrfengine.demo import random_fingerprints
+from mrfengine.dictionary import ParameterGrid, simulate_dictionary
 from mrfengine.errors import ValidationError
 from mrfengine.matching._gpu import abs_argmax, best_atoms_gemm_xp
 from mrfengine.matching._numpy import best_atoms_numpy
@@ -24,13 +25,8 @@ HAS_NUMBA = probe("numba").available
 def noisy_case():
     seq = hermann2021(1)
     d = simulate_dictionary(seq, 21)
-    rng = np.random.default_rng(11)
-    n = 3000
-    t1, t2, b1 = rng.uniform(600, 2000, n), rng.uniform(25, 120, n), rng.uniform(0.7, 1.3, n)
-    clean = fingerprints(seq, 21, t1, t2, b1, 0.8)
-    sigma = fingerprints(seq, 0, 830.0, 53.0, 1.0, 0.69).mean() / 50
-    noisy = np.hypot(clean + rng.normal(scale=sigma, size=clean.shape), rng.normal(scale=sigma, size=clean.shape))
-    return d, noisy.astype(np.float32), {"T1": t1, "T2star": t2, "B1": b1}
+    noisy, truth = random_fingerprints(seq, 21, 3000, np.random.default_rng(11), snr=50.0)
+    return d, noisy, truth
 
 
 def med_err(r, truth, key):

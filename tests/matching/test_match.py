@@ -183,18 +183,15 @@ def test_svd_compressed_search_rescored_exactly(backend, paper_slot7):
     "backend, method", [(b, m) for b in BACKENDS for m in ("brute", "structured") if (b, m) != ("numba", "structured")]
 )
 def test_noisy_matching_is_accurate(backend, method):
+    from mrfengine.demo import random_fingerprints
+
     seq = hermann2021(1)
     d = simulate_dictionary(seq, 12)
-    rng = np.random.default_rng(8)
-    n = 2000
-    t1, t2, b1 = rng.uniform(700, 1600, n), rng.uniform(30, 90, n), rng.uniform(0.7, 1.3, n)
-    clean = fingerprints(seq, 12, t1, t2, b1, 0.8)
-    sigma = fingerprints(seq, 0, 830.0, 53.0, 1.0, 0.69).mean() / 50  # SNR 50 w.r.t. white matter
-    noisy = np.hypot(clean + rng.normal(scale=sigma, size=clean.shape), rng.normal(scale=sigma, size=clean.shape))
+    noisy, truth = random_fingerprints(seq, 12, 2000, np.random.default_rng(8), snr=50.0)
     r = match(noisy, d, backend=backend, method=method)
     assert r.method == method
-    assert np.median(np.abs(r.params["T1"] / t1 - 1)) < 0.03
-    assert np.median(np.abs(r.params["T2star"] / t2 - 1)) < 0.03
+    assert np.median(np.abs(r.params["T1"] / truth["T1"] - 1)) < 0.03
+    assert np.median(np.abs(r.params["T2star"] / truth["T2star"] - 1)) < 0.03
     assert np.median(np.abs(r.m0 / 0.8 - 1)) < 0.03
 
 
