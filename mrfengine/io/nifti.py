@@ -90,6 +90,9 @@ def save_nifti(
     *,
     header: nib.Nifti1Header | None = None,
     xyzt_units: tuple[str, str] = ("mm", "sec"),
+    qform_code: int | None = None,
+    sform_code: int | None = None,
+    frame_interval: float | None = None,
 ) -> Path:
     """Write ``data`` as NIfTI-1 with ``affine`` (both qform and sform, code 1
     unless ``header`` carries others), atomically (temporary name, then rename).
@@ -105,6 +108,10 @@ def save_nifti(
         A header to copy geometry codes and voxel sizes from.
     xyzt_units : (str, str)
         Spatial and temporal units.
+    qform_code, sform_code : int, optional
+        Codes to write (0 keeps that form unset); override ``header``'s.
+    frame_interval : float, optional
+        The fourth voxel size (pixdim[4]) of a 4D image, in the time unit.
     """
     path = Path(path)
     suffix = nifti_suffix(path)
@@ -121,9 +128,13 @@ def save_nifti(
         scode = int(hdr["sform_code"]) or 1
     else:
         qcode = scode = 1
+    qcode = qcode if qform_code is None else int(qform_code)
+    scode = scode if sform_code is None else int(sform_code)
     img.set_qform(affine, code=qcode)
     img.set_sform(affine, code=scode)
     img.header.set_xyzt_units(*xyzt_units)
+    if frame_interval is not None and arr.ndim == 4:
+        img.header.set_zooms(img.header.get_zooms()[:3] + (float(frame_interval),))
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
     path.parent.mkdir(parents=True, exist_ok=True)

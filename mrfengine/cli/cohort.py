@@ -1,0 +1,160 @@
+"""Cohort commands: ``simulate``, ``import``, ``export``, ``show``, ``validate``."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import progress_option
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"expected NAME=PATH; got {v!r}", param_hint=option)
+        out[name] = path
+    return out
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(["tiny", "paper"]),
+              help="tiny: 6 small subjects in seconds (tests); paper: 48 subjects of 240x240x60 as in the paper.")
+@click.option("--subjects", "n_subjects", type=click.IntRange(1), default=None,
+              help="Number of subjects (default: the preset's); the split scales with it.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Same seed, same bytes.")
+@click.option("--distortion/--no-distortion", default=None,
+              help="Simulate EPI distortion along the phase-encoding direction (default: off).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
+              help="Processes simulating subjects in parallel.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing store at COHORT first (otherwise: resume).")
+@progress_option
+def simulate(cohort, preset, n_subjects, seed, distortion, workers, overwrite, show_progress) -> None:
+    """Simulate a synthetic MS cohort (MNI-based anatomy, lesions, MRF-EPI
+    signals with Rician noise, ground truth and simulated annotations) into a
+    zarr cohort store.  Rerunning the same command resumes an interrupted run."""
+    import time
+
+    from ..phantom import cohort_preset, simulate_cohort
+    from ._common import progress
+
+    cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion)
+    bar = progress(range(cfg.n_subjects), total=cfg.n_subjects, desc="subjects", enabled=show_progress)
+    done = {"done": 0, "skipped": 0}
+
+    def report(_sid: str, what: str) -> None:
+        done[what] += 1
+        next(bar, None)
+
+    t0 = time.perf_counter()
+    c = simulate_cohort(cohort, config=cfg, seed=seed, overwrite=overwrite, workers=workers, progress=report)
+    seconds = time.perf_counter() - t0
+    z, y, x = cfg.grid.shape_zyx
+    click.echo(f"{cohort}: {len(c.subjects)} subjects ({x}x{y}x{z}), {done['done']} simulated, "
+               f"{done['skipped']} already complete, in {seconds:.1f} s")
+
+
+@click.command("import")
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("--subject", "subject_id", required=True, help="Subject id, e.g. sub-01 (or 01).")
+@click.option("--mrf", "mrf_path", required=True, type=click.Path(dir_okay=False),
+              help="4D MRF NIfTI (X, Y, Z, frames); int16 with scaling or float; .nii or .nii.gz.")
+@click.option("--site", default="1", show_default=True, help="Site name (1 and 2: the hermann2021 protocols).")
+@click.option("--sequence", "sequence_spec", default=None,
+              help="Sequence of a new site: a preset or a file (default for sites 1 and 2: hermann2021).")
+@click.option("--split", default="none", show_default=True,
+              type=click.Choice(["train", "validation", "test", "none"]))
+@click.option("--group", default="unknown", show_default=True, type=click.Choice(["patient", "healthy", "unknown"]))
+@click.option("--brain-mask", type=click.Path(dir_okay=False), default=None, help="3D brain mask on the MRF grid.")
+@click.option("--annotation", "annotation_specs", multiple=True, metavar="NAME=PATH",
+              help="A 3D mask, e.g. lesion=sub-01_lesion.nii.gz (repeatable).")
+@click.option("--reference", "reference_specs", multiple=True, metavar="NAME=PATH",
+              help="A 3D reference image, e.g. T2w=sub-01_T2w.nii.gz (repeatable).")
+@click.option("--slice-axis", default=2, show_default=True, type=click.IntRange(0, 2),
+              help="Array axis of the MRF's slices.")
+@click.option("--overwrite", is_flag=True, help="Replace the subject if it is already in the cohort.")
+def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, brain_mask, annotation_specs,
+            reference_specs, slice_axis, overwrite) -> None:
+    """Import one subject's NIfTI files (MRF series, masks, reference images)
+    into a cohort store, creating it if needed."""
+    from ..io.importer import import_subject
+    from ..sequence import resolve_sequence
+
+    seq = resolve_sequence(sequence_spec) if sequence_spec else None
+    sid = import_subject(
+        cohort, subject_id, mrf_path, site=site, sequence=seq, split=split, group=group, brain_mask=brain_mask,
+        annotations=_pairs(annotation_specs, "--annotation"), references=_pairs(reference_specs, "--reference"),
+        slice_axis=slice_axis, overwrite=overwrite,
+    )
+    click.echo(f"{cohort}: imported {sid} (site {site}, split {split})")
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--subject", "subject_ids", multiple=True, help="Subject(s) to export (default: all).")
+@click.option("--array", "arrays", multiple=True,
+              help="Array path(s) such as truth/T1, mrf, annotations/lesion (default: all of the subject).")
+@click.option("--uncompressed", is_flag=True, help="Write .nii instead of .nii.gz.")
+def export(cohort, output_dir, subject_ids, arrays, uncompressed) -> None:
+    """Export arrays of cohort subjects to NIfTI (the subject's affine,
+    BIDS-style names such as sub-01_desc-truth_T1map.nii.gz, JSON sidecars
+    with units; T1 and T2* in seconds)."""
+    from ..io.cohort import Cohort
+    from ..io.exporter import export_subject
+
+    c = Cohort.open(cohort)
+    n = 0
+    for sid in subject_ids or c.subjects:
+        n += len(export_subject(c, sid, output_dir, arrays=arrays or None,
+                                ext=".nii" if uncompressed else ".nii.gz"))
+    click.echo(f"wrote {n} images to {output_dir}")
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("--subject", "subject_id", default=None, help="Subject (default: the first).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--slice", "slices", multiple=True, type=click.IntRange(0), help="Slice(s) to show (default: 3).")
+@click.option("--frame", "frames", multiple=True, type=click.IntRange(0), help="MRF frame(s), 0-based (default 0, 17).")
+def show(cohort, subject_id, output, slices, frames) -> None:
+    """Write a PNG mosaic of one subject: MRF frames, truth maps, tissue
+    fractions and lesion outlines on the T2-weighted reference."""
+    from ..io.cohort import Cohort
+    from ..report.mosaic import save_subject_mosaic
+
+    from ..errors import StoreError
+
+    c = Cohort.open(cohort)
+    if not c.subjects:
+        raise StoreError(f"{cohort}: no complete subject to show")
+    sid = subject_id or c.subjects[0]
+    path = save_subject_mosaic(c, sid, output, slices=slices or None, frames=frames or (0, 17))
+    click.echo(f"wrote {path}")
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("--deep", is_flag=True, help="Also read the data (finite values, fractions, binary masks).")
+@click.option("--allow-incomplete", is_flag=True, help="Incomplete subjects are warnings, not errors.")
+def validate(cohort, deep, allow_incomplete) -> None:
+    """Check a cohort store against its schema (docs/cohort-format.md) and
+    name every problem; exit status 1 if there is any."""
+    from ..errors import StoreError
+    from ..io.cohort import Cohort, validate_cohort
+
+    rep = validate_cohort(cohort, deep=deep, allow_incomplete=allow_incomplete)
+    for w in rep.warnings:
+        click.echo(f"warning: {w}", err=True)
+    for p in rep.problems:
+        click.echo(f"problem: {p}", err=True)
+    if not rep.ok:
+        raise StoreError(f"{cohort}: {len(rep.problems)} problem(s) found")
+    c = Cohort.open(cohort)
+    splits = {s: len(c.subjects_in(s)) for s in ("train", "validation", "test", "none")}
+    click.echo(f"{cohort}: valid (schema version {c.schema_version}); {rep.n_complete} complete subjects, sites "
+               f"{sorted(c.sites)}, split " + ", ".join(f"{k} {v}" for k, v in splits.items() if v))
+
+
+commands = [simulate, import_, export, show, validate]

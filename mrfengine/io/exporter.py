@@ -1,0 +1,198 @@
+"""Arrays of a cohort subject out to NIfTI, with BIDS-style names and sidecars.
+
+Each array leaves in NIfTI axis order ((X, Y, Z) or (X, Y, Z, frames)) with
+the subject's affine, qform/sform codes and units, so it overlays its source
+in any viewer.  Names follow BIDS derivatives (``docs/cohort-format.md``):
+
+=====================  =============================================
+array                  file
+=====================  =============================================
+``mrf``                ``sub-01_mrf.nii.gz``
+``brain_mask``         ``sub-01_desc-brain_mask.nii.gz``
+``truth/T1``           ``sub-01_desc-truth_T1map.nii.gz`` (seconds)
+``truth/T2star``       ``sub-01_desc-truth_T2starmap.nii.gz`` (seconds)
+``truth/B1``           ``sub-01_desc-truth_TB1map.nii.gz``
+``truth/PD``           ``sub-01_desc-truth_PDmap.nii.gz``
+``truth/GM`` ...       ``sub-01_label-GM_desc-truth_probseg.nii.gz``
+``truth/lesion_id``    ``sub-01_label-lesion_desc-truth_dseg.nii.gz``
+``annotations/lesion`` ``sub-01_label-lesion_mask.nii.gz``
+``annotations/X_Y``    ``sub-01_label-X_desc-Y_mask.nii.gz``
+``reference/T2w``      ``sub-01_T2w.nii.gz``
+=====================  =============================================
+
+Ground truth carries ``desc-truth`` so it never collides with the maps that
+``mrfengine match`` writes (``sub-01_T1map.nii.gz``).  Every image gets a JSON
+sidecar with ``Units`` (BIDS stores T1map and T2starmap in seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import StoreError
+from .bids import write_sidecar
+from .cohort import SCHEMA_VERSION, TRUTH_SPECS, Cohort, Subject
+from .nifti import save_nifti
+
+__all__ = ["export_name", "export_array", "export_subject"]
+
+log = logging.getLogger(__name__)
+
+_PROBSEG = ("GM", "WM", "CSF", "DGM", "lesion")
+# truth name -> (BIDS suffix, unit, scale from the store's unit)
+_TRUTH_MAPS = {
+    "T1": ("T1map", "s", 1e-3),
+    "T2star": ("T2starmap", "s", 1e-3),
+    "B1": ("TB1map", "1", 1.0),
+    "PD": ("PDmap", "1", 1.0),
+    "distortion": ("displacement", "voxel", 1.0),
+}
+
+
+def _alnum(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", text) or "x"
+
+
+def export_name(array_path: str) -> tuple[str, str, float]:
+    """The BIDS name part (after ``sub-XX_``), unit and scale of an array.
+
+    Returns
+    -------
+    name : str
+        E.g. ``desc-truth_T1map`` for ``truth/T1``.
+    unit : str
+        Unit of the exported values.
+    scale : float
+        Factor from the store's unit to the exported one (ms to s: 1e-3).
+    """
+    head, _, leaf = array_path.rpartition("/")
+    if array_path == "mrf":
+        return "mrf", "arbitrary", 1.0
+    if array_path == "brain_mask":
+        return "desc-brain_mask", "1", 1.0
+    if head == "truth":
+        if leaf in _TRUTH_MAPS:
+            suffix, unit, scale = _TRUTH_MAPS[leaf]
+            return f"desc-truth_{suffix}", unit, scale
+        if leaf in _PROBSEG:
+            return f"label-{leaf}_desc-truth_probseg", "fraction", 1.0
+        if leaf == "lesion_id":
+            return "label-lesion_desc-truth_dseg", "label", 1.0
+        return f"desc-truth{_alnum(leaf)}_map", TRUTH_SPECS.get(leaf, ("arbitrary",))[0], 1.0
+    if head == "annotations":
+        label, _, desc = leaf.partition("_")
+        return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), "1", 1.0
+    if head == "reference":
+        return (leaf if re.fullmatch(r"[A-Za-z0-9]+", leaf) else f"desc-{_alnum(leaf)}_reference"), "arbitrary", 1.0
+    return f"desc-{_alnum(array_path)}_map", "arbitrary", 1.0
+
+
+def _sequence_fields(subject: Subject) -> dict[str, Any]:
+    seq = subject.sequence
+    slot_ms = np.asarray(seq.repetition_time_ms) / seq.n_slots
+    return {
+        "SequenceName": seq.name,
+        "SequenceDigest": seq.digest(),
+        "EchoTime": [round(t / 1000, 6) for t in seq.echo_time_ms],
+        "FlipAngle": list(seq.flip_angle_deg),
+        "RepetitionTime": [round(t / 1000, 6) for t in seq.repetition_time_ms],
+        "MultibandAccelerationFactor": seq.sms_factor,
+        # Excitation time of each slice within the first measurement.
+        "SliceTiming": [round(float(seq.slot_of_slice(z)) * slot_ms[0] / 1000, 6) for z in range(seq.n_slices)],
+        "InversionBefore": [s is not None for s in seq.inversion_slot],
+    }
+
+
+def export_array(
+    cohort: Cohort | str | os.PathLike,
+    subject_id: str,
+    array_path: str,
+    output_dir: str | os.PathLike,
+    *,
+    ext: str = ".nii.gz",
+) -> Path:
+    """Write one array of a subject as NIfTI with a JSON sidecar.
+
+    Parameters
+    ----------
+    cohort : Cohort or path
+    subject_id : str
+    array_path : str
+        E.g. ``mrf``, ``truth/T1``, ``annotations/lesion``.
+    output_dir : path
+    ext : {".nii.gz", ".nii"}
+
+    Returns
+    -------
+    Path
+        The image written (the sidecar lies beside it, ``.json``).
+
+    Raises
+    ------
+    StoreError
+        No such cohort, subject or array.
+    """
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort.open(cohort)
+    subject = cohort[subject_id]
+    arr = subject.array(array_path)
+    name, unit, scale = export_name(array_path)
+    data = np.asarray(arr[...])
+    if data.ndim == 4:
+        data = data.transpose(3, 2, 1, 0)
+    elif data.ndim == 3:
+        data = data.transpose(2, 1, 0)
+    else:
+        raise StoreError(f"{subject_id}/{array_path} has {data.ndim} dimensions; expected 3 or 4")
+    if scale != 1.0:
+        data = data.astype(np.float32) * np.float32(scale)
+    a = subject.attrs
+    units = tuple(a.get("xyzt_units", ("mm", "sec")))
+    units = tuple(u if u != "unknown" else d for u, d in zip(units, ("mm", "sec")))
+    out = Path(output_dir) / f"{subject.id}_{name}{ext}"
+    path = save_nifti(
+        np.ascontiguousarray(data), subject.affine, out,
+        xyzt_units=units,  # type: ignore[arg-type]
+        qform_code=int(a.get("qform_code", 1)),
+        sform_code=int(a.get("sform_code", 1)),
+        frame_interval=float(a.get("frame_interval", 0.0)) or None,
+    )
+    attrs = dict(arr.attrs)
+    fields: dict[str, Any] = {
+        "Description": attrs.get("description", array_path),
+        "Units": unit,
+        "Sources": [f"{cohort.path.name}:{subject.id}/{array_path}"],
+        "CohortSchemaVersion": SCHEMA_VERSION,
+        "GeneratedBy": [{"Name": "mrfengine", "Version": __version__}],
+    }
+    if array_path == "mrf":
+        fields.update(_sequence_fields(subject))
+    if array_path.startswith("truth/") and cohort.generator:
+        fields["Simulated"] = True
+        fields["Seed"] = cohort.generator.get("seed")
+    write_sidecar(path.with_name(path.name[: -len(ext)] + ".json"), fields)
+    return path
+
+
+def export_subject(
+    cohort: Cohort | str | os.PathLike,
+    subject_id: str,
+    output_dir: str | os.PathLike,
+    *,
+    arrays: Iterable[str] | None = None,
+    ext: str = ".nii.gz",
+) -> list[Path]:
+    """Export several (default: all) arrays of one subject; returns the images."""
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort.open(cohort)
+    subject = cohort[subject_id]
+    paths = list(subject.arrays if arrays is None else arrays)
+    return [export_array(cohort, subject.id, p, output_dir, ext=ext) for p in paths]

@@ -1,0 +1,354 @@
+"""Settings of a synthetic cohort: frozen dataclasses and the two presets.
+
+``paper`` is the study of Hermann et al. 2021 (48 subjects, 6 healthy, two
+sites, 240 x 240 x 60 voxels of 1 x 1 x 2 mm, test and validation sets of 2
+site-1 and 3 site-2 subjects each).  ``tiny`` is a cohort small enough for
+tests: 6 subjects of 64 x 64 x 12 voxels of 3.5 x 3.5 x 6 mm.
+
+Every number here is a parameter of the simulation, not a constant of the
+code: :func:`cohort_preset` returns a :class:`CohortConfig` that callers may
+change with :func:`dataclasses.replace`.  ``to_dict`` gives the JSON stored in
+the cohort, so a resumed simulation can check it continues the same cohort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from ..errors import ValidationError
+
+__all__ = [
+    "GridConfig",
+    "SiteConfig",
+    "AnatomyConfig",
+    "TissueConfig",
+    "LesionConfig",
+    "AnnotationConfig",
+    "DistortionConfig",
+    "CohortConfig",
+    "PRESETS",
+    "cohort_preset",
+]
+
+PRESETS = ("tiny", "paper")
+
+
+def _positive(name: str, *values: float) -> None:
+    for v in values:
+        if not v > 0:
+            raise ValidationError(f"{name} must be positive; got {values}")
+
+
+def _range(name: str, lo_hi: tuple[float, float], *, lo: float = 0.0) -> None:
+    a, b = lo_hi
+    if not (lo <= a <= b):
+        raise ValidationError(f"{name} must be an increasing range ({lo} <= low <= high); got {lo_hi}")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The acquisition grid, axis-aligned RAS.
+
+    Attributes
+    ----------
+    shape_zyx : (int, int, int)
+        Slices, rows (posterior to anterior), columns (left to right).
+    voxel_size_mm : (float, float, float)
+        ``(dx, dy, dz)``; dz is the slice thickness (no gap).
+    slab_center_mm : float
+        MNI z of the slab's centre before the subject's own deformation.
+    center_mm : (float, float)
+        MNI (x, y) of the in-plane field-of-view centre.
+    """
+
+    shape_zyx: tuple[int, int, int] = (60, 240, 240)
+    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 2.0)
+    slab_center_mm: float = 21.0
+    center_mm: tuple[float, float] = (0.0, -17.0)
+
+    def __post_init__(self) -> None:
+        if len(self.shape_zyx) != 3 or any(int(s) < 1 for s in self.shape_zyx):
+            raise ValidationError(f"shape_zyx must be three positive ints; got {self.shape_zyx}")
+        _positive("voxel_size_mm", *self.voxel_size_mm)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One acquisition site.
+
+    Attributes
+    ----------
+    name : str
+        ``"1"`` or ``"2"``: the protocol of :func:`mrfengine.sequence.hermann2021`
+        (site 2: simultaneous multi-slice factor 3).
+    snr : float or None
+        Noise: SNR relative to the mean white-matter fingerprint magnitude
+        (:func:`mrfengine.demo.wm_signal_level`); None for noise-free data.
+    b1_center, b1_edge : float
+        B1 factor at the head's centre and about 8 cm from it (the 3 T
+        centre brightening); a smooth random term is added and the field is
+        clipped to ``b1_limits``.
+    b1_random_sd : float
+        Standard deviation of the smooth random B1 term.
+    """
+
+    name: str = "1"
+    snr: float | None = 40.0
+    b1_center: float = 1.15
+    b1_edge: float = 0.88
+    b1_random_sd: float = 0.03
+    b1_limits: tuple[float, float] = (0.7, 1.3)
+
+    def __post_init__(self) -> None:
+        if self.name not in ("1", "2"):
+            raise ValidationError(f"site name must be '1' or '2' (the hermann2021 protocols); got {self.name!r}")
+        if self.snr is not None and not self.snr > 0:
+            raise ValidationError(f"snr must be positive or None; got {self.snr}")
+        _range("b1_limits", self.b1_limits, lo=0.01)
+
+
+@dataclass(frozen=True)
+class AnatomyConfig:
+    """The random deformation that makes each subject's anatomy its own.
+
+    ``template = c + M (p - c) + t + d(p)``: ``M`` a rotation times a scaling
+    (global factor times per-axis factors), ``t`` a translation, ``d`` a smooth
+    random displacement (low-order cosine series, ``warp_sd_mm`` per axis).
+    """
+
+    scale_range: tuple[float, float] = (0.92, 1.08)
+    axis_scale_sd: float = 0.025
+    rotation_deg: tuple[float, float, float] = (6.0, 3.0, 3.0)
+    translation_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    warp_sd_mm: float = 2.0
+    warp_order: int = 3
+
+    def __post_init__(self) -> None:
+        _range("scale_range", self.scale_range, lo=0.5)
+        if self.warp_order < 1:
+            raise ValidationError(f"warp_order must be >= 1; got {self.warp_order}")
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """Per-subject and spatial variation of the tissue values of
+    :data:`mrfengine.tissue.TISSUES`.
+
+    T1 and T2* of each tissue are scaled per subject by ``1 + N(0, subject_sd)``
+    and in space by ``1 + smooth field`` with standard deviation
+    ``spatial_sd`` (independent fields per tissue and parameter).  Deep grey
+    matter and CSF values are drawn per subject from the ranges (the README's
+    literature ranges).  White-matter T1 also follows the template's T1-weighted
+    intensity (``wm_t1w_coupling``: relative T1 change per relative intensity
+    change, negative: brighter means shorter T1).
+    """
+
+    subject_sd: float = 0.04
+    spatial_sd: float = 0.025
+    field_order: int = 3
+    dgm_t1_ms: tuple[float, float] = (1100.0, 1400.0)
+    dgm_t2star_ms: tuple[float, float] = (30.0, 45.0)
+    csf_t1_ms: tuple[float, float] = (3800.0, 4300.0)
+    csf_t2star_ms: tuple[float, float] = (300.0, 700.0)
+    wm_t1w_coupling: float = -0.5
+
+
+@dataclass(frozen=True)
+class LesionConfig:
+    """MS-like white-matter lesions.
+
+    Count: negative binomial with mean ``count_mean`` and dispersion
+    ``count_dispersion``, clipped to ``count_range``.  Volume: log-normal
+    (median ``volume_median_mm3``, sigma ``volume_sigma``), a share
+    ``large_share`` drawn instead around ``large_median_mm3``, clipped to
+    ``volume_range_mm3``.  Shape: ellipsoids elongated by a factor in
+    ``elongation`` (periventricular ones radially, like Dawson's fingers),
+    with a mildly irregular, soft border (``edge_mm``).  Sites: periventricular,
+    deep and juxtacortical white matter with ``location_weights``.  Values:
+    T1 and T2* of the surrounding normal-appearing white matter times factors
+    drawn per lesion from the ranges (a working assumption:
+    :data:`mrfengine.tissue.LESION_T1_FACTOR`), PD ``pd``.
+    """
+
+    count_mean: float = 20.0
+    count_dispersion: float = 2.0
+    count_range: tuple[int, int] = (3, 70)
+    volume_median_mm3: float = 50.0
+    volume_sigma: float = 1.1
+    large_share: float = 0.15
+    large_median_mm3: float = 900.0
+    large_sigma: float = 0.8
+    volume_range_mm3: tuple[float, float] = (3.0, 8000.0)
+    elongation: tuple[float, float] = (1.0, 2.5)
+    irregularity: float = 0.12
+    edge_mm: float = 0.6
+    location_weights: tuple[float, float, float] = (0.6, 0.3, 0.1)
+    periventricular_mm: float = 10.0
+    t1_factor: tuple[float, float] = (1.3, 1.8)
+    t2star_factor: tuple[float, float] = (1.1, 1.4)
+    pd: float = 0.75
+
+    def __post_init__(self) -> None:
+        _range("volume_range_mm3", self.volume_range_mm3, lo=0.1)
+        _range("t1_factor", self.t1_factor, lo=0.1)
+        _range("t2star_factor", self.t2star_factor, lo=0.1)
+        if len(self.location_weights) != 3 or sum(self.location_weights) <= 0:
+            raise ValidationError(f"location_weights must be three non-negative weights; got {self.location_weights}")
+
+
+@dataclass(frozen=True)
+class AnnotationConfig:
+    """Simulated manual lesion masks (a human annotator, not the truth).
+
+    A session binarises ``lesion fraction + boundary_noise * smooth noise`` at
+    a threshold drawn from ``threshold`` (shifted per lesion by
+    ``lesion_threshold_sd``), near true lesions only; lesions under
+    ``miss_volume_mm3`` are missed with ``miss_probability``.  A share
+    ``repeat_share`` of patients gets a second, independent session (the
+    paper's intra-observer set: 10 of 42 patients, Dice 0.68 +- 0.15; these
+    defaults give about 0.68 between sessions on the paper grid).
+    """
+
+    threshold: tuple[float, float] = (0.35, 0.6)
+    lesion_threshold_sd: float = 0.1
+    boundary_noise: float = 0.2
+    boundary_smooth_mm: float = 1.2
+    miss_volume_mm3: float = 30.0
+    miss_probability: float = 0.25
+    repeat_share: float = 0.24
+
+
+@dataclass(frozen=True)
+class DistortionConfig:
+    """Optional EPI distortion along the phase-encoding direction (Y).
+
+    The displacement is largest near the frontal sinus and the temporal
+    bones (``max_mm``) plus a smooth random term; intensities follow the
+    Jacobian of the mapping.
+    """
+
+    enabled: bool = False
+    max_mm: float = 4.0
+    random_sd_mm: float = 0.4
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """Everything that defines a synthetic cohort besides the seed.
+
+    Attributes
+    ----------
+    preset : str
+    n_subjects : int
+    n_healthy : int
+        Healthy volunteers (no lesions); the rest are patients.
+    sites : tuple of SiteConfig
+        Subjects are divided over the sites in equal blocks (site 1 first).
+    test_per_site, validation_per_site : tuple of int
+        Patients per site in the test and validation splits; the rest train.
+    t2w_snr : float
+        SNR of the undistorted T2-weighted reference (relative to white matter).
+    quantize : bool
+        Round noisy MRF magnitudes to a power of two at most sigma / 32 (like an
+        ADC; the rounding noise is below 1% of sigma) so the store compresses.
+    """
+
+    preset: str = "paper"
+    n_subjects: int = 48
+    n_healthy: int = 6
+    sites: tuple[SiteConfig, ...] = (
+        SiteConfig("1", snr=40.0, b1_center=1.15, b1_edge=0.88),
+        SiteConfig("2", snr=30.0, b1_center=1.2, b1_edge=0.83),
+    )
+    test_per_site: tuple[int, ...] = (2, 3)
+    validation_per_site: tuple[int, ...] = (2, 3)
+    grid: GridConfig = field(default_factory=GridConfig)
+    anatomy: AnatomyConfig = field(default_factory=AnatomyConfig)
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    lesion: LesionConfig = field(default_factory=LesionConfig)
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    t2w_snr: float = 60.0
+    quantize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_subjects < 1:
+            raise ValidationError(f"n_subjects must be >= 1; got {self.n_subjects}")
+        if not 0 <= self.n_healthy <= self.n_subjects:
+            raise ValidationError(f"n_healthy must lie in [0, n_subjects={self.n_subjects}]; got {self.n_healthy}")
+        if not self.sites:
+            raise ValidationError("a cohort needs at least one site")
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValidationError(f"site names must be unique; got {names}")
+        for name in ("test_per_site", "validation_per_site"):
+            val = getattr(self, name)
+            if len(val) != len(self.sites) or min(val) < 0:
+                raise ValidationError(f"{name} needs one non-negative count per site ({len(self.sites)}); got {val}")
+        for s in self.sites:
+            if s.name == "2" and self.grid.shape_zyx[0] % 3:
+                raise ValidationError(
+                    "site 2 uses SMS factor 3: the number of slices must be a multiple of 3; "
+                    f"got {self.grid.shape_zyx[0]}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible description (tuples become lists)."""
+        return asdict(self)
+
+
+def _scaled_split(counts: tuple[int, ...], n_subjects: int, reference: int) -> tuple[int, ...]:
+    return tuple(int(round(c * n_subjects / reference)) for c in counts)
+
+
+def cohort_preset(
+    name: str = "paper", *, n_subjects: int | None = None, distortion: bool | None = None
+) -> CohortConfig:
+    """The configuration of a preset, optionally with another subject count.
+
+    Parameters
+    ----------
+    name : {"tiny", "paper"}
+    n_subjects : int, optional
+        Another cohort size; healthy subjects and the test and validation
+        splits scale with it (at least one patient trains).
+    distortion : bool, optional
+        Switch the EPI distortion on or off.
+
+    Raises
+    ------
+    ValidationError
+        Unknown preset or a subject count the split cannot fill.
+    """
+    if name == "paper":
+        cfg = CohortConfig()
+    elif name == "tiny":
+        cfg = CohortConfig(
+            preset="tiny",
+            n_subjects=6,
+            n_healthy=1,
+            test_per_site=(0, 1),
+            validation_per_site=(1, 0),
+            grid=GridConfig(shape_zyx=(12, 64, 64), voxel_size_mm=(3.5, 3.5, 6.0), slab_center_mm=17.0),
+            lesion=LesionConfig(count_mean=12.0, volume_median_mm3=150.0, large_median_mm3=1200.0),
+        )
+    else:
+        raise ValidationError(f"unknown cohort preset {name!r}; choose one of {PRESETS}")
+    if n_subjects is not None and n_subjects != cfg.n_subjects:
+        if n_subjects < 1:
+            raise ValidationError(f"n_subjects must be >= 1; got {n_subjects}")
+        ref = cfg.n_subjects
+        healthy = int(round(cfg.n_healthy * n_subjects / ref))
+        held = [list(_scaled_split(cfg.test_per_site, n_subjects, ref)),
+                list(_scaled_split(cfg.validation_per_site, n_subjects, ref))]
+        # Keep at least one training patient: shrink the largest held-out count first.
+        while sum(map(sum, held)) + healthy >= n_subjects and sum(map(sum, held)) > 0:
+            s, k = max(((s, k) for s in range(2) for k in range(len(held[s]))), key=lambda sk: held[sk[0]][sk[1]])
+            held[s][k] -= 1
+        test, val = tuple(held[0]), tuple(held[1])
+        healthy = min(healthy, max(0, n_subjects - sum(test) - sum(val) - 1))
+        cfg = replace(cfg, n_subjects=n_subjects, n_healthy=healthy, test_per_site=test, validation_per_site=val)
+    if distortion is not None:
+        cfg = replace(cfg, distortion=replace(cfg.distortion, enabled=bool(distortion)))
+    return cfg
