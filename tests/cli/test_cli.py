@@ -20,8 +20,17 @@ def test_help_and_version(capsys):
 def test_demo_prints_a_table(capsys):
     assert main(["demo", "--slices", "1", "--voxels", "256", "--no-cache"]) == 0
     out = capsys.readouterr().out
-    for word in ("WM", "GM", "DGM", "lesion", "T1 true", "voxels/s"):
+    for word in ("WM", "GM", "DGM", "lesion", "T1 true", "voxels/s", "tiny cohort", "sub-06"):
         assert word in out
+
+
+def test_demo_keeps_the_cohort_where_asked(tmp_path, capsys):
+    path = tmp_path / "demo.zarr"
+    assert main(["demo", "--slices", "1", "--voxels", "16", "--cohort", str(path)]) == 0
+    from mrfengine.io import validate_cohort
+
+    assert validate_cohort(path).ok
+    assert f"kept in {path}" in capsys.readouterr().out
 
 
 def test_info_lists_backends(capsys):
