@@ -49,8 +49,8 @@ py::tuple match_argmax(f32 x, f32 atoms, int n_threads) {
 template <typename T>
 void mppca_accumulate(py::array x, py::array out, py::array theta_sum, py::array var_sum, py::object active,
                       py::array n_components, std::array<std::int64_t, 3> window, int estimator, int n_threads) {
-    const auto dt = py::dtype::of<T>();
-    if (!x.dtype().is(dt) || !out.dtype().is(dt) || !theta_sum.dtype().is(dt) || !var_sum.dtype().is(dt))
+    auto is_t = [](const py::array& a) { return py::isinstance<py::array_t<T>>(a); };
+    if (!is_t(x) || !is_t(out) || !is_t(theta_sum) || !is_t(var_sum))
         throw std::invalid_argument("mppca_accumulate: x, out, theta_sum and var_sum must share the kernel dtype");
     if (x.ndim() != 4 || out.ndim() != 4 || !out.writeable())
         throw std::invalid_argument("mppca_accumulate: x and out must be 4-D, out writeable");
@@ -77,7 +77,7 @@ void mppca_accumulate(py::array x, py::array out, py::array theta_sum, py::array
     check_c(theta_sum, n_voxels, "theta_sum");
     check_c(var_sum, n_voxels, "var_sum");
     check_c(n_components, n_windows, "n_components");
-    if (!n_components.dtype().is(py::dtype::of<std::int16_t>()))
+    if (!py::isinstance<py::array_t<std::int16_t>>(n_components))
         throw std::invalid_argument("mppca_accumulate: n_components must be int16");
     const std::uint8_t* act = nullptr;
     py::array_t<std::uint8_t, py::array::c_style> act_arr;

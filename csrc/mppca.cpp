@@ -12,11 +12,17 @@
 //   neighbouring columns.  Data are shifted by the sweep's mean before the
 //   products, so float32 sums do not cancel catastrophically.
 // * Per lane group: Householder tridiagonalisation of the centred covariance
-//   (packed lower storage, LAPACK dsytd2's algorithm), implicit-shift QL for
-//   all eigenvalues (tqli, lanes masked once converged), the MP
-//   classification per lane in double, inverse iteration on the tridiagonal
+//   (packed lower storage, dsytd2's algorithm, each step's rank-2 update
+//   fused with the next step's matrix-vector product); only the eigenvalues
+//   the MP rule needs -- the smallest, then the largest down to the first
+//   below the MP edge -- by Sturm-count bisection, 8 chains interleaved (no
+//   lane waits for another to converge, unlike QL: measured 4x faster); the
+//   classification per lane in double; inverse iteration on the tridiagonal
 //   for the p signal eigenvectors (partial pivoting, re-orthogonalised every
 //   step, so clusters are safe), and the back-transformation.
+// * Windows whose covariance is at rounding level (constant or zero
+//   regions) are recomputed two-pass in double, so they give p = 0 and
+//   sigma = 0 exactly as the reference does.
 // * Recombination without scattering 125 patch estimates: each window's
 //   weighted projector F = theta U U^T (and offset g = theta m - F m) is
 //   box-summed into the voxels it covers, column-wise inside the lane group
@@ -345,24 +351,30 @@ class Denoiser {
         const T inv_n = T(1) / static_cast<T>(n_samples_);
         const T inv_eff = T(1) / static_cast<T>(n_samples_ - 1);
         // Centred covariance, scaled per lane so its largest diagonal entry is 1.
-        V scale{};
         for (int i = 0; i < n; ++i) {
             const V si = w.s[np_ + i];
-            for (int j = 0; j <= i; ++j) {
-                const V cij = (w.s[packed(i, j)] - si * (w.s[np_ + j] * inv_n)) * inv_eff;
-                w.amat[packed(i, j)] = cij;
-            }
-            const V cii = w.amat[packed(i, i)];
-            scale = cii > scale ? cii : scale;
+            for (int j = 0; j <= i; ++j) w.amat[packed(i, j)] = (w.s[packed(i, j)] - si * (w.s[np_ + j] * inv_n)) * inv_eff;
         }
+        exact_where_imprecise(w, a, bw, c0, nl);
+        V scale{};
+        for (int i = 0; i < n; ++i) scale = w.amat[packed(i, i)] > scale ? w.amat[packed(i, i)] : scale;
         scale = scale > 0 ? scale : splat(T(1));
         const V inv_scale = splat(T(1)) / scale;
         for (int x = 0; x < np_; ++x) w.amat[x] *= inv_scale;
 
+        // Mean square of each window, sum_t ((N-1)/N C_tt + m_t^2), for the zero floor.
+        V ev{};
+        const T biased = static_cast<T>(n_samples_ - 1) * inv_n;
+        for (int i = 0; i < n; ++i) {
+            const V m = w.s[np_ + i] * inv_n + w.ref[i];
+            ev += w.amat[packed(i, i)] * scale * biased + m * m;
+        }
+        double energy[L];
+        for (int l = 0; l < L; ++l) energy[l] = static_cast<double>(ev[l]);
         tridiagonalize(w);
         int p[L];
         double sigma2[L];
-        eigen_classify(w, scale, nl, p, sigma2);
+        eigen_classify(w, scale, energy, nl, p, sigma2);
         T theta[L], tvar[L];
         int pmax = 0;
         for (int l = 0; l < L; ++l) {
@@ -441,6 +453,47 @@ class Denoiser {
             }
         }
         w.slot_nonzero[slot] = 1;
+    }
+
+    // Windows whose covariance trace is below 2^8 eps times their mean square
+    // (of the shifted data: the scale of the rounding in the one-pass sums)
+    // are constant or nearly so; their covariance is recomputed two-pass in
+    // double from the data, so a constant window gives exactly 0.
+    MPPCA_STAGE void exact_where_imprecise(Work& w, std::int64_t a, std::int64_t bw, std::int64_t c0, int nl) const {
+        const int n = n_;
+        const T limit = T(256) * std::numeric_limits<T>::epsilon() / static_cast<T>(n_samples_);
+        V trace{}, energy{};
+        for (int i = 0; i < n; ++i) {
+            trace += w.amat[packed(i, i)];
+            energy += w.s[packed(i, i)];
+        }
+        const MV flagged = trace <= limit * energy;
+        if (!any(flagged)) return;
+        std::vector<double> patch(static_cast<std::size_t>(n_samples_) * n), mean(n);
+        for (int l = 0; l < nl; ++l) {
+            if (!flagged[l]) continue;
+            std::size_t v = 0;
+            for (int da = 0; da < wa_; ++da)
+                for (int db = 0; db < wb_; ++db)
+                    for (int dc = 0; dc < wc_; ++dc, ++v) {
+                        const T* x = data_ + (a + da) * g_.in_stride[0] + (bw + db) * g_.in_stride[1] +
+                                     (c0 + l + dc) * g_.in_stride[2];
+                        for (int t = 0; t < n; ++t) patch[v * n + t] = static_cast<double>(x[t * g_.in_stride[3]]);
+                    }
+            for (int t = 0; t < n; ++t) {
+                double acc = 0.0;
+                for (std::int64_t u = 0; u < n_samples_; ++u) acc += patch[u * n + t];
+                mean[t] = acc / static_cast<double>(n_samples_);
+            }
+            for (std::int64_t u = 0; u < n_samples_; ++u)
+                for (int t = 0; t < n; ++t) patch[u * n + t] -= mean[t];
+            for (int i = 0; i < n; ++i)
+                for (int j = 0; j <= i; ++j) {
+                    double acc = 0.0;
+                    for (std::int64_t u = 0; u < n_samples_; ++u) acc += patch[u * n + i] * patch[u * n + j];
+                    w.amat[packed(i, j)][l] = static_cast<T>(acc / static_cast<double>(n_samples_ - 1));
+                }
+        }
     }
 
     // Householder tridiagonalisation (dsytd2's algorithm, lower) of w.amat in
@@ -588,10 +641,11 @@ class Denoiser {
     // Eigenvalues as far as the Marchenko-Pastur rule needs them, and the
     // rule itself, per lane: the smallest of the r largest eigenvalues, the
     // trace, then the largest ones in batches until every lane has accepted
-    // its noise count.  Fills w.desc (lane-major, descending, scaled) for
+    // its noise count.  energy: the windows' mean squares (see
+    // _common.classify).  Fills w.desc (lane-major, descending, scaled) for
     // j < p, p, sigma2 (data units).
-    MPPCA_STAGE void eigen_classify(Work& w, V scale, int nl, int* p, double* sigma2) const {
-        constexpr int NC = 8;
+    MPPCA_STAGE void eigen_classify(Work& w, V scale, const double* energy, int nl, int* p, double* sigma2) const {
+        constexpr int NC = 8;  // interleaved bisection chains: the smallest + 7 largest, then 8 more at a time
         const int n = n_, r = r_;
         // Gershgorin bounds, pivot floor, tolerance.
         V glo = w.d0[0], ghi = w.d0[0], emax{};
@@ -607,14 +661,16 @@ class Denoiser {
         w.pivmin = (emax > one ? emax : one) * std::numeric_limits<T>::min();
         const V gmax = vabs(glo) > vabs(ghi) ? vabs(glo) : vabs(ghi);
         w.bis_tol = T(2) * std::numeric_limits<T>::epsilon() * gmax + w.pivmin;
-        double trace[L], lam_min[L], topsum[L];
-        bool done[L];
+        double trace[L], lam_min[L], topsum[L], floor[L], edge[L];
+        int state[L];  // 0: looking for the noise count, 1: counting eigenvalues above the edge, 2: done
+        const double q = static_cast<double>(q_);
+        const double edge_factor = (1.0 + std::sqrt(r / q)) * (1.0 + std::sqrt(r / q));
         for (int l = 0; l < L; ++l) {
             trace[l] = 0.0;
             for (int i = 0; i < n; ++i) trace[l] += static_cast<double>(w.d0[i][l]);
             trace[l] = std::max(trace[l] * static_cast<double>(scale[l]), 0.0);
             topsum[l] = 0.0;
-            done[l] = l >= nl;
+            state[l] = l >= nl ? 2 : 0;
             p[l] = 0;
             sigma2[l] = 0.0;
         }
@@ -635,29 +691,56 @@ class Denoiser {
             bisect<NC>(w, kasc, lo, hi);
             const int off = first ? 1 : 0;
             for (int l = 0; l < L; ++l) {
-                if (first) lam_min[l] = std::max(static_cast<double>(lo[0][l]) * static_cast<double>(scale[l]), 0.0);
-                for (int jj = 0; jj < nj; ++jj) w.desc[static_cast<std::size_t>(l) * n + j0 + jj] = lo[off + jj][l];
-                if (done[l]) continue;
-                for (int jj = 0; jj < nj && !done[l]; ++jj) {
+                if (first) {
+                    // Eigenvalues at or below n (eps lambda_max + eps64 E) are zero to working precision.
+                    const double top = nj > 0 ? static_cast<double>(lo[1][l]) * scale[l] : 0.0;
+                    floor[l] = n * (static_cast<double>(std::numeric_limits<T>::epsilon()) * top +
+                                    std::numeric_limits<double>::epsilon() * energy[l]);
+                    const double lm = static_cast<double>(lo[0][l]) * scale[l];
+                    lam_min[l] = lm > floor[l] ? lm : 0.0;
+                }
+                T* desc = w.desc.data() + static_cast<std::size_t>(l) * n;
+                for (int jj = 0; jj < nj; ++jj) desc[j0 + jj] = lo[off + jj][l];
+                for (int jj = 0; jj < nj && state[l] != 2; ++jj) {
                     const int j = j0 + jj;
+                    const double lk = static_cast<double>(desc[j]) * scale[l];
+                    const double lamk = lk > floor[l] ? lk : 0.0;
+                    if (state[l] == 1) {  // counting down the signal eigenvalues
+                        if (lamk > edge[l]) {
+                            ++p[l];
+                        } else {
+                            state[l] = 2;
+                        }
+                        continue;
+                    }
                     const int k = r - j;  // candidate noise count
-                    const double lamk = std::max(static_cast<double>(lo[off + jj][l]) * scale[l], 0.0);
-                    const double csum = std::max(trace[l] - topsum[l], 0.0);
-                    const double q = static_cast<double>(q_);
+                    // Sum of the k smallest; all zero to working precision when the largest of them is.
+                    const double csum = lamk > 0.0 ? std::max(trace[l] - topsum[l], 0.0) : 0.0;
                     const double gamma = est_ == MpEstimator::Veraart ? k / q : k / (q - r + k);
                     if (k == 1 || lamk - lam_min[l] <= 4.0 * std::sqrt(gamma) * (csum / k)) {
-                        done[l] = true;
-                        p[l] = j;
                         sigma2[l] = csum / k;
-                    } else {
-                        topsum[l] += lamk;
+                        edge[l] = sigma2[l] * edge_factor;
+                        // Retained: the eigenvalues above the Marchenko-Pastur edge, counted from the top.
+                        p[l] = 0;
+                        state[l] = 2;
+                        for (int jt = 0; jt < j0 + nj; ++jt) {
+                            const double lt = static_cast<double>(desc[jt]) * scale[l];
+                            if ((lt > floor[l] ? lt : 0.0) > edge[l]) {
+                                ++p[l];
+                            } else {
+                                break;
+                            }
+                        }
+                        if (p[l] == j0 + nj && j0 + nj < r) state[l] = 1;
+                        break;
                     }
+                    topsum[l] += lamk;
                 }
             }
             j0 += nj;
             first = false;
             bool all = true;
-            for (int l = 0; l < L; ++l) all = all && done[l];
+            for (int l = 0; l < L; ++l) all = all && state[l] == 2;
             if (all || j0 >= r) break;
         }
     }
