@@ -30,12 +30,26 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         os.environ["MRFENGINE_CACHE_DIR"] = old
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def _gpu_found() -> tuple[bool, str]:
     from mrfengine.backend import probe
 
-    if probe("cupy").available:
+    cupy = probe("cupy")
+    if cupy.available:
+        return True, cupy.detail
+    try:
+        import torch
+    except ImportError:
+        return False, cupy.detail
+    if torch.cuda.is_available():
+        return True, "torch CUDA"
+    return False, f"{cupy.detail}; torch sees no CUDA device"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    found, detail = _gpu_found()
+    if found:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (none found: " + probe("cupy").detail + ")")
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU (none found: {detail})")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
