@@ -1,0 +1,63 @@
+"""``mrfengine evaluate``: compare two sets of maps over a cohort store."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import backend_option, cache_option, method_option, no_cache_option
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for evaluation.json, table.md and the PNG figures.")
+@click.option("--pred", default="conventional", show_default=True,
+              help="Maps evaluated: truth, annotation, conventional (dictionary matching; lesion = annotation; "
+                   "NAWM/GM = truth as a stand-in) or derived:NAME (subjects/<sub>/derived/NAME/{T1,T2star,lesion,"
+                   "NAWM,GM}).")
+@click.option("--ref", default="truth", show_default=True, help="Reference maps (same choices as --pred).")
+@click.option("--subjects", "subject_ids", multiple=True, metavar="SUB",
+              help="Subject(s) to evaluate, repeatable or comma-separated (default: all complete subjects).")
+@click.option("--threshold", default=0.33, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="Operating threshold of the lesion probability (also binarises the reference's lesion map).")
+@click.option("--tissue-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="NAWM/GM threshold (tissue Dice and the WM/GM masks of the relative deviations).")
+@click.option("--no-figures", is_flag=True, help="Only the JSON and the table.")
+@backend_option
+@method_option
+@cache_option
+@no_cache_option
+def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_threshold, no_figures, backend, method,
+             cache_dir, no_cache) -> None:
+    """Evaluate PRED maps against REF maps on a cohort: lesion Dice and
+    detection rate, NAWM/GM Dice, T1/T2* relative deviation (overall and in
+    WM, GM, lesions), intra-observer Dice where a subject was annotated twice.
+    Writes evaluation.json (per subject and per split), table.md (test split,
+    mean ± SD, beside Hermann et al. 2021) and the figures (threshold sweeps,
+    per-lesion Dice and volume, reliability, one overlay per test subject)."""
+    from ..report.evaluate import evaluate_cohort
+    from ._common import make_cache
+
+    subjects = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
+    report = evaluate_cohort(
+        cohort, pred=pred, ref=ref, out_dir=output_dir, threshold=threshold, tissue_threshold=tissue_threshold,
+        subjects=subjects or None, backend=backend, method=method, cache=make_cache(cache_dir, no_cache),
+        figures=not no_figures,
+    )
+    split = "test" if "test" in report["splits"] else "all"
+    s = report["splits"][split]
+
+    def fmt(key: str, percent: bool = False) -> str:
+        v = s.get(key)
+        if not v or not v["n"]:
+            return "–"
+        return f"{100 * v['mean']:.1f}%" if percent else f"{v['mean']:.2f}"
+
+    click.echo(f"{report['settings']['pred']} vs {report['settings']['ref']}: {len(report['subjects'])} subjects; "
+               f"{split}: lesion Dice {fmt('lesion_dice')}, intra-observer Dice {fmt('intra_observer_dice')}, "
+               f"T1 deviation {fmt('T1_relative_deviation', True)}, T2* deviation "
+               f"{fmt('T2star_relative_deviation', True)}")
+    click.echo(f"wrote {report['files']['json']} and {len(report['files']) - 1} more file(s) to {output_dir}")
+
+
+commands = [evaluate]

@@ -1,0 +1,178 @@
+"""mrfengine evaluate on a tiny simulated cohort (simulated once per module)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mrfengine.cli import main
+from mrfengine.errors import StoreError, ValidationError
+from mrfengine.io import Cohort
+from mrfengine.metrics import dice
+from mrfengine.report.evaluate import evaluate_cohort, parse_source
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from mrfengine.phantom import simulate_cohort
+
+    root = tmp_path_factory.mktemp("evaluate")
+    path = root / "tiny.zarr"
+    simulate_cohort(path, preset="tiny", seed=0)
+    return path, root / "dictionaries"
+
+
+@pytest.fixture(scope="module")
+def conventional(tiny):
+    path, cache = tiny
+    out = path.parent / "conventional"
+    return evaluate_cohort(path, out_dir=out, cache=cache), out
+
+
+def _intra(cohort):
+    out = {}
+    for s in cohort:
+        if "lesion_repeat" in s.annotations:
+            out[s.id] = dice(np.asarray(s.annotations["lesion"][:]) > 0,
+                             np.asarray(s.annotations["lesion_repeat"][:]) > 0)
+    return out
+
+
+def test_truth_against_truth_is_perfect(tiny):
+    path, _ = tiny
+    rep = evaluate_cohort(path, pred="truth", ref="truth")
+    c = Cohort.open(path)
+    assert set(rep["subjects"]) == set(c.subjects)
+    for sid, rec in rep["subjects"].items():
+        s = rec["summary"]
+        assert rec["split"] == c.split[sid]
+        for key in ("T1", "T2star"):
+            assert s[f"{key}_relative_deviation"] == 0.0
+            for tissue in ("WM", "GM"):
+                assert s[f"{key}_relative_deviation_{tissue}"] == 0.0
+        assert s["NAWM_dice"] == 1.0 and s["GM_dice"] == 1.0
+        has_lesion = bool((np.asarray(c[sid].truth["lesion"][:]) >= 0.33).any())
+        assert s["lesion_dice"] == (1.0 if has_lesion else None)
+    assert rep["splits"]["test"]["lesion_dice"]["mean"] == 1.0
+
+
+def test_conventional_against_truth_json_table_and_figures(tiny, conventional):
+    path, _ = tiny
+    rep, out = conventional
+    c = Cohort.open(path)
+    assert rep["settings"]["pred"] == "conventional" and rep["settings"]["ref"] == "truth"
+    on_disk = json.loads((out / "evaluation.json").read_text())
+    assert on_disk["schema"] == "mrfengine.evaluation/1"
+    assert set(on_disk["subjects"]) == set(c.subjects)
+    assert set(on_disk["splits"]) == {"train", "validation", "test", "all"}
+    for sid, rec in on_disk["subjects"].items():
+        s = rec["summary"]
+        # The conventional lesion map is the annotation: its Dice with the true mask is known.
+        sub = c[sid]
+        ann = np.asarray(sub.annotations["lesion"][:]) > 0
+        true = np.asarray(sub.truth["lesion"][:]) >= 0.33
+        want = dice(ann, true)
+        assert s["lesion_dice"] == (None if np.isnan(want) else pytest.approx(want))
+        for key in ("T1", "T2star"):  # matching noisy, partial-volume data: small but not zero
+            assert 0.0 < s[f"{key}_relative_deviation"] < 0.3
+            assert 0.0 < s[f"{key}_relative_deviation_WM"] < 0.15
+        assert rec["n_unmatched"] == 0
+    test = on_disk["splits"]["test"]
+    for key in ("T1", "T2star"):
+        for tissue in ("WM", "GM", "lesion"):
+            assert test[f"{key}_relative_deviation_{tissue}"]["n"] == len(c.subjects_in("test"))
+    table = (out / "table.md").read_text()
+    assert "| T1 relative deviation, WM |" in table and "| T2* relative deviation, lesion |" in table
+    assert "| Intra-observer Dice" in table and "Lesion Dice (33%)" in table
+    assert "| Subject | Intra-observer Dice | Lesion Dice (conventional) |" in table
+    for name in ("threshold_sweep", "lesion_volume", "reliability", "overlays"):
+        png = out / f"{name}.png"
+        assert rep["files"][name] == str(png)
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 5000
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_intra_observer_dice_beside_the_model(tiny, conventional):
+    path, _ = tiny
+    rep, _ = conventional
+    want = _intra(Cohort.open(path))
+    assert want, "the tiny cohort should have a subject annotated twice"
+    io = rep["intra_observer"]
+    assert set(io["subjects"]) == set(want)
+    for sid, d in want.items():
+        assert 0.0 < d < 1.0
+        assert io["subjects"][sid]["intra_observer_dice"] == pytest.approx(d)
+        assert io["subjects"][sid]["lesion_dice"] == rep["subjects"][sid]["summary"]["lesion_dice"]
+        assert rep["subjects"][sid]["summary"]["intra_observer_dice"] == pytest.approx(d)
+    assert rep["splits"]["all"]["intra_observer_dice"]["n"] == len(want)
+
+
+def test_derived_source_reads_the_stage_group_and_skips_missing_maps(tiny, tmp_path):
+    import zarr
+
+    src, _ = tiny
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(src, path)
+    sid = "sub-05"
+    group = zarr.open_group(str(path / "subjects" / sid), mode="a")
+    t1 = np.asarray(group["truth/T1"][:])
+    group.create_array("derived/scaled/T1", data=(t1 * 1.25).astype(np.float32))
+    attrs = dict(group.attrs["mrfengine_subject"])
+    attrs["arrays"] = list(attrs["arrays"]) + ["derived/scaled/T1"]
+    group.attrs["mrfengine_subject"] = attrs
+    rep = evaluate_cohort(path, pred="derived:scaled", ref="truth", subjects=[sid])
+    rec = rep["subjects"][sid]
+    assert rec["maps"] == ["T1"]
+    s = rec["summary"]
+    assert s["T1_relative_deviation"] == pytest.approx(0.25, abs=1e-6)
+    assert s["T1_relative_deviation_WM"] == pytest.approx(0.25, abs=1e-6)
+    assert "lesion_dice" not in s and "T2star_relative_deviation" not in s
+    with pytest.raises(StoreError, match="derived/scaled"):
+        evaluate_cohort(path, pred="derived:scaled", subjects=["sub-01"])
+
+
+def test_bad_sources_and_subjects(tiny):
+    path, _ = tiny
+    with pytest.raises(ValidationError, match="map source"):
+        parse_source("magic")
+    with pytest.raises(ValidationError, match="stage name"):
+        parse_source("derived:")
+    with pytest.raises(StoreError, match="no subject 'sub-99'"):
+        evaluate_cohort(path, pred="truth", subjects=["sub-99"])
+    with pytest.raises(ValidationError, match="threshold"):
+        evaluate_cohort(path, pred="truth", threshold=0)
+
+    class OnlyT1:  # any object with name and maps() plugs in
+        name = "only-T1"
+
+        def maps(self, subject):
+            return {"T1": np.asarray(subject.truth["T1"][:])}
+
+    rep = evaluate_cohort(path, pred=OnlyT1(), ref="truth", subjects=["sub-02"])
+    assert rep["subjects"]["sub-02"]["summary"]["T1_relative_deviation"] == 0.0
+    with pytest.raises(ValidationError, match="share no map"):
+        evaluate_cohort(path, pred=OnlyT1(), ref="annotation", subjects=["sub-02"])
+
+
+def test_cli_exit_codes(tiny, tmp_path, capsys):
+    path, cache = tiny
+    out = tmp_path / "out"
+    code = main(["evaluate", str(path), "-o", str(out), "--pred", "truth", "--subjects", "05,sub-02",
+                 "--no-figures", "--cache-dir", str(cache)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "truth vs truth: 2 subjects" in text and "lesion Dice 1.00" in text
+    rep = json.loads((out / "evaluation.json").read_text())
+    assert sorted(rep["subjects"]) == ["sub-02", "sub-05"] and (out / "table.md").is_file()
+    assert not list(out.glob("*.png"))
+
+    assert main(["evaluate", str(tmp_path), "-o", str(tmp_path / "x")]) == 1
+    assert "not a cohort" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--pred", "magic"]) == 1
+    assert "map source" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--threshold", "2"]) == 2
