@@ -1,8 +1,9 @@
 """Peak memory of a whole-brain match beyond its input (target: < 2 GB).
 
-Resident-set peaks are per process and never go down, so the input is made
-in one subprocess and matched in a fresh one, which reports its peak before
-and after the match (C++ allocations included, unlike tracemalloc).
+Resident-set peaks never go down, so the input is made in one subprocess and
+matched in a fresh one, which reports its peak (``VmHWM``: C++ allocations
+included, unlike tracemalloc; ``ru_maxrss`` would carry the parent's peak
+over through fork/exec) before and after the match.
 """
 
 from __future__ import annotations
@@ -28,10 +29,14 @@ np.save(sys.argv[1], rician(clean, wm_signal_level(seq) / 50, rng).astype(np.flo
 """
 
 MATCH = """
-import json, resource, sys, numpy as np
+import json, sys, numpy as np
 from mrfengine import SliceDictionaries, match_slices
 from mrfengine.sequence import hermann2021
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 x = np.load(sys.argv[1])
 seq = hermann2021(1)
 per = [SliceDictionaries(seq, cache=False).for_slice(z) for z in range(x.shape[0])] if x.shape[0] < 60 else SliceDictionaries(seq, cache=False)

@@ -8,11 +8,10 @@ memory under 2 GB beyond the input.
 The numpy baseline and the exact C++ brute force are timed on a subset of
 slices (a whole brain would take ~40 s and ~15 s per round); all figures are
 voxels/s, stored in ``extra_info``.  Run with ``MRFENGINE_BENCH_SIZE=full``.
+Memory is measured in a fresh process by ``bench_memory.py``.
 """
 
 from __future__ import annotations
-
-import resource
 
 import numpy as np
 import pytest
@@ -23,10 +22,6 @@ from mrfengine.demo import rician, simulate_slab, wm_signal_level
 from mrfengine.sequence import hermann2021
 
 N_BRAIN = 750_000
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +47,12 @@ def _errors(r, truth):
 
 def _run(benchmark, data, *, rounds, **options):
     noisy, dicts, truth = data
-    before = _rss_mb()
     r = benchmark.pedantic(match_slices, args=(noisy, dicts), kwargs=dict(slice_axis=0, axis=-1, **options),
                            rounds=rounds, iterations=1)
     if benchmark.stats is not None:
         benchmark.extra_info["voxels"] = int(noisy.shape[0] * noisy.shape[1])
         benchmark.extra_info["voxels_per_s"] = round(noisy.shape[0] * noisy.shape[1] / benchmark.stats.stats.min)
         benchmark.extra_info["median_rel_error_pct"] = _errors(r, truth)
-        benchmark.extra_info["peak_rss_growth_mb"] = round(_rss_mb() - before)
         benchmark.extra_info["input_mb"] = round(noisy.nbytes / 2**20)
     return r
 
