@@ -1,0 +1,146 @@
+"""``mrfengine predict``: a 4D MRF NIfTI in, the network's maps out."""
+
+from __future__ import annotations
+
+import click
+
+from ._common import progress, progress_option
+
+_NO_DEFAULT_MODEL = ("--model is required: mrfengine ships no trained model yet; pass --model NAME.pt "
+                     "(a network saved by mrfengine, with NAME.card.json beside it)")
+
+
+def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
+    """BIDS-style ``(suffix, unit, scale)`` of a network output: ``T1`` and
+    ``T2star`` as ``T1map``/``T2starmap`` in seconds, probabilities as
+    ``label-<name>_probseg``, anything else as ``desc-<name>_map`` in its unit."""
+    from ..io import MAP_SPECS
+
+    if name in ("T1", "T2star") and unit == "ms":
+        suffix, bids_unit, scale, _ = MAP_SPECS[name]
+        return suffix, bids_unit, scale
+    if unit == "1":
+        return f"label-{name}_probseg", "1", 1.0
+    return f"desc-{name}_map", unit, 1.0
+
+
+@click.command()
+@click.argument("input_path", metavar="MRF.nii[.gz]", type=click.Path(dir_okay=False))
+@click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
+@click.option("--model", "model_path", default=None, type=click.Path(dir_okay=False),
+              help="The network: NAME.pt with NAME.card.json beside it (required: no model is shipped yet).")
+@click.option("--sequence", "sequence_spec", default=None,
+              help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
+              help="3D brain mask on the input's grid; the maps are 0 outside it.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Slices per forward pass.")
+@click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
+              help="bfloat16: about twice as fast on CPUs with AVX-512 BF16/AMX, about three significant digits.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
+              help="auto: the GPU when there is one.")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's choice).")
+@click.option("--prefix", default=None, help="Output name prefix (default: from the input name, e.g. sub-01).")
+@progress_option
+def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_size, precision, device, threads,
+            prefix, show_progress) -> None:
+    """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
+    frames; slices along the third axis) and write its maps as NIfTI with the
+    input's affine and JSON sidecars: T1map and T2starmap in seconds, and
+    label-NAWM/GM/lesion_probseg probabilities, as the model's outputs are.
+
+    The model's card must fit the data: the frame count and the sequence
+    (--sequence, default the model's own, whose slice count the input must
+    have) are checked, and a mismatch is refused."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from .. import __version__
+    from ..errors import InputFileError, ValidationError
+    from ..io import derivative_name, entity_prefix, load_nifti, save_nifti, write_sidecar
+    from ..nn import load_model, predict_volume, read_card
+    from ..sequence import Sequence, resolve_sequence
+
+    if model_path is None:
+        raise click.UsageError(_NO_DEFAULT_MODEL)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError("--device cuda requested but torch sees no CUDA device")
+
+    card = read_card(model_path)
+    if card.config.input_kind != "mrf":
+        raise ValidationError(f"{model_path}: network {card.name} takes {', '.join(card.config.input_names)} maps, "
+                              "not an MRF series; mrfengine predict runs MRF networks")
+    data, affine, header = load_nifti(input_path, ndim=4)
+    if sequence_spec:
+        seq = resolve_sequence(sequence_spec)
+    elif card.sequence is not None and isinstance(card.sequence.get("description"), dict):
+        seq = Sequence.from_dict(card.sequence["description"])
+    else:
+        raise ValidationError(f"{model_path}: the model card does not describe its sequence; pass --sequence")
+    try:
+        model = load_model(model_path, expect_channels=data.shape[3], expect_sequence=seq, expect_input_kind="mrf",
+                           device=device)
+    except ValidationError as exc:
+        raise ValidationError(f"{input_path} does not fit the model: {exc}") from exc
+    if data.shape[2] != seq.n_slices:
+        raise InputFileError(f"{input_path}: {data.shape[2]} slices along axis 2, but sequence {seq.name} (the "
+                             f"model's) has {seq.n_slices}; pass --sequence for this acquisition")
+    mask = None
+    if mask_path:
+        mask, m_aff, _ = load_nifti(mask_path, ndim=3)
+        if mask.shape != data.shape[:3]:
+            raise InputFileError(f"{mask_path}: mask shape {mask.shape} differs from the input's {data.shape[:3]}")
+        if not np.allclose(m_aff, affine, atol=1e-3):
+            raise InputFileError(f"{mask_path}: mask affine differs from the input's ({input_path})")
+        mask = mask != 0
+
+    bar = progress(range(data.shape[2]), desc="slices", enabled=show_progress)
+    done = [0]
+
+    def _advance(n_done: int) -> None:
+        for _ in range(n_done - done[0]):
+            next(bar, None)
+        done[0] = n_done
+
+    t0 = time.perf_counter()
+    # (X, Y, Z, C) -> (Z, C, Y, X) as a view; predict_volume copies a batch at a time.
+    maps = predict_volume(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
+                          precision=precision, progress=_advance)
+    seconds = time.perf_counter() - t0
+
+    prefix = prefix or entity_prefix(input_path)
+    out = Path(output_dir)
+    provenance = {
+        "mrfengine_version": __version__,
+        "Model": card.name,
+        "ModelFile": model.path.name,
+        "ModelSHA256": card.artifact_sha256,
+        "TrainingCohortHash": card.training_cohort_hash,
+        "Sequence": seq.name,
+        "SequenceDigest": seq.digest(),
+        "Precision": precision,
+        "Source": str(Path(input_path).name),
+    }
+    for spec in card.config.outputs:
+        suffix, unit, scale = output_file_spec(spec.name, spec.unit)
+        arr = maps[spec.name].transpose(2, 1, 0) * np.float32(scale)  # (Z, Y, X) -> (X, Y, Z)
+        if mask is not None:
+            arr = np.where(mask, arr, np.float32(0))
+        path = save_nifti(np.ascontiguousarray(arr, dtype=np.float32), affine, out / derivative_name(prefix, suffix),
+                          header=header)
+        write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
+                      {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
+                       **provenance})
+    click.echo(f"predicted {data.shape[2]} slices in {seconds:.1f} s ({device}, {precision}); "
+               f"maps in {out}/{prefix}_*.nii.gz")
+
+
+commands = [predict]

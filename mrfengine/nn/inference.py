@@ -1,0 +1,155 @@
+"""Whole-slice inference: a 4D volume in, one map per network output out.
+
+The network is fully convolutional, so whole slices go through it at once
+(no patches, no seams): each batch of slices is normalised with the card's
+per-channel mean and std, padded to a multiple of ``2**depth`` (16 for the
+paper's network) with what an empty voxel normalises to, run, cropped back,
+passed through the output activation (sigmoid for Dice outputs) and scaled
+to physical units (T1 and T2* in ms, probabilities in [0, 1] for a trained
+network; nothing clips them).
+
+Speed on CPU (``benchmarks/bench_nn.py``): channels-last memory layout lets
+oneDNN run the convolutions in its blocked layout without reordering, and
+bfloat16 autocast halves the arithmetic cost on CPUs with AVX-512 BF16 or
+AMX, at about three significant digits in the outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ValidationError
+from .export import LoadedModel
+from .training import to_physical_units
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PRECISIONS", "predict_volume", "pad_amounts"]
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def pad_amounts(size: int, multiple: int) -> tuple[int, int]:
+    """``(before, after)`` padding that makes ``size`` a multiple of ``multiple``, split evenly."""
+    total = (-size) % multiple
+    return total // 2, total - total // 2
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _read_slices(volume: Any, z0: int, z1: int, channel_axis: int) -> np.ndarray:
+    """Slices ``z0:z1`` as float32 (B, C, Y, X); works on numpy and lazily sliced arrays (zarr)."""
+    block = np.asarray(volume[z0:z1] if channel_axis == 1 else volume[:, z0:z1], dtype=np.float32)
+    return block if channel_axis == 1 else block.transpose(1, 0, 2, 3)
+
+
+def predict_volume(
+    volume: Any,
+    model: LoadedModel,
+    *,
+    channel_axis: int = 1,
+    batch_size: int = 4,
+    precision: str = "float32",
+    channels_last: bool = True,
+    device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run a network over every slice of a volume.
+
+    Parameters
+    ----------
+    volume : array_like, (Z, C, Y, X) or (C, Z, Y, X)
+        The MRF magnitude series (C = 35 frames) or, for a maps network, its
+        input maps in ms.  Any array that slices lazily (numpy, zarr) works:
+        only ``batch_size`` slices are read at a time.  Non-finite values are
+        replaced by 0 (a warning is logged).
+    model : LoadedModel
+        From :func:`mrfengine.nn.load_model`.
+    channel_axis : {1, 0}
+        1 for (Z, C, Y, X), 0 for (C, Z, Y, X) (the cohort store's ``mrf``).
+    batch_size : int
+        Slices per forward pass.
+    precision : {"float32", "bfloat16"}
+        bfloat16 runs the network under autocast (faster on CPUs with
+        AVX-512 BF16/AMX and on GPUs; about three significant digits).
+    channels_last : bool
+        Run in channels-last memory layout (faster with oneDNN and cuDNN).
+        The module's parameters are converted in place to the layout asked.
+    device : str or torch.device, optional
+        Where to run; default where the module's parameters are.  The module
+        is moved there.
+    progress : callable, optional
+        Called with the number of slices finished after each batch.
+
+    Returns
+    -------
+    dict of str to ndarray, (Z, Y, X) float32
+        One map per output of the card (e.g. ``T1``, ``T2star`` in ms,
+        ``NAWM``, ``GM``, ``lesion`` probabilities), in the card's units.
+
+    Raises
+    ------
+    ValidationError
+        On a volume that is not 4D, whose channel count is not the network's,
+        or on bad options.
+    """
+    card = model.card
+    cfg = card.config
+    if channel_axis not in (0, 1):
+        raise ValidationError(f"channel_axis must be 0 (C, Z, Y, X) or 1 (Z, C, Y, X); got {channel_axis!r}")
+    shape = tuple(getattr(volume, "shape", ()))
+    if len(shape) != 4:
+        raise ValidationError(f"volume must be 4D (Z, C, Y, X) or (C, Z, Y, X); got shape {shape}")
+    if shape[channel_axis] != cfg.in_channels:
+        raise ValidationError(f"volume must have {cfg.in_channels} channels along axis {channel_axis} for network "
+                              f"{cfg.name}; got shape {shape}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValidationError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if precision not in PRECISIONS:
+        raise ValidationError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    n_slices = shape[1 - channel_axis]
+    ny, nx = shape[2], shape[3]
+    dev = _module_device(model.module) if device is None else torch.device(device)
+    module = model.module.to(dev)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    module = module.to(memory_format=memory_format)
+    module.eval()
+
+    multiple = cfg.size_multiple
+    (top, bottom), (left, right) = pad_amounts(ny, multiple), pad_amounts(nx, multiple)
+    scale_np, offset_np = card.normalisation.scale_and_offset()
+    scale = torch.from_numpy(scale_np).to(dev).view(1, -1, 1, 1)
+    offset = torch.from_numpy(offset_np).to(dev).view(1, -1, 1, 1)
+    maps = {name: np.empty((n_slices, ny, nx), dtype=np.float32) for name in cfg.output_names}
+    n_bad = 0
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    with torch.inference_mode(), autocast:
+        for z0 in range(0, n_slices, batch_size):
+            z1 = min(n_slices, z0 + batch_size)
+            block = _read_slices(volume, z0, z1, channel_axis)
+            finite = np.isfinite(block)
+            if not finite.all():
+                n_bad += int(block.size - finite.sum())
+                block = np.where(finite, block, np.float32(0))
+            x = torch.from_numpy(np.ascontiguousarray(block)).to(dev)
+            # Padding holds what an empty (zero) voxel normalises to.
+            padded = offset.expand(z1 - z0, -1, ny + top + bottom, nx + left + right).contiguous(
+                memory_format=memory_format)
+            padded[:, :, top:top + ny, left:left + nx] = x * scale + offset
+            y = to_physical_units(module(padded)[:, :, top:top + ny, left:left + nx].float(), cfg).cpu().numpy()
+            for k, name in enumerate(cfg.output_names):
+                maps[name][z0:z1] = y[:, k]
+            if progress is not None:
+                progress(z1)
+    if n_bad:
+        log.warning("predict_volume: %d non-finite input values were replaced by 0", n_bad)
+    return maps

@@ -1,0 +1,139 @@
+"""Per-channel input normalisation, stored in the model card.
+
+The network sees ``(x - mean[c]) / std[c]`` for input channel ``c``; the same
+numbers must be used in training and inference, so they travel with the
+model (:mod:`mrfengine.nn.export`).  Voxels outside the brain are zero in the
+MRF magnitudes, and padding at inference adds more zeros: both normalise to
+``-mean / std``, the value the network saw for background during training.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import ValidationError
+
+__all__ = ["Normalisation", "fit_normalisation"]
+
+_KIND = "channel_zscore"
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """``(x - mean[c]) / std[c]`` per input channel.
+
+    Attributes
+    ----------
+    mean, std : tuple of float, (C,)
+        In the unit of the input (arbitrary units for MRF magnitudes, ms for
+        T1/T2* maps); ``std`` > 0 and everything finite.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        mean = tuple(float(v) for v in np.asarray(self.mean, dtype=np.float64).ravel())
+        std = tuple(float(v) for v in np.asarray(self.std, dtype=np.float64).ravel())
+        if len(mean) == 0 or len(mean) != len(std):
+            raise ValidationError(f"normalisation mean and std must be non-empty and of one length; got "
+                                  f"{len(mean)} and {len(std)}")
+        if not all(math.isfinite(v) for v in mean + std) or not all(v > 0 for v in std):
+            raise ValidationError("normalisation mean and std must be finite and std > 0")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def identity(cls, n_channels: int) -> Normalisation:
+        """Mean 0 and std 1 for every channel (no change)."""
+        return cls((0.0,) * n_channels, (1.0,) * n_channels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": _KIND, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Normalisation:
+        if not isinstance(data, dict) or data.get("kind") != _KIND or set(data) != {"kind", "mean", "std"}:
+            raise ValidationError(f"normalisation must be {{'kind': '{_KIND}', 'mean': [...], 'std': [...]}}; "
+                                  f"got {data!r}")
+        return cls(tuple(data["mean"]), tuple(data["std"]))
+
+    def scale_and_offset(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(1 / std, -mean / std)`` as float32 (C,): ``x * scale + offset``."""
+        std = np.asarray(self.std, dtype=np.float64)
+        mean = np.asarray(self.mean, dtype=np.float64)
+        return (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def fit_normalisation(
+    data: ArrayLike | Sequence[ArrayLike],
+    *,
+    channel_axis: int = 0,
+    mask: ArrayLike | Sequence[ArrayLike] | None = None,
+) -> Normalisation:
+    """Per-channel mean and standard deviation of training data.
+
+    Parameters
+    ----------
+    data : array_like or sequence of array_like
+        One array or several (e.g. one per training subject) with the
+        channels along ``channel_axis``, e.g. (35, Z, Y, X) as in the cohort
+        store.  Statistics are pooled over all of them (float64 sums).
+    channel_axis : int
+        Axis of the channels in every array.
+    mask : array_like or sequence, optional
+        Voxels that count (the arrays without their channel axis), e.g. the
+        brain masks; default all.
+
+    Returns
+    -------
+    Normalisation
+
+    Raises
+    ------
+    ValidationError
+        On arrays with different channel counts, masks of the wrong shape,
+        no voxel at all, or a constant channel (std 0).
+    """
+    arrays = list(data) if isinstance(data, (list, tuple)) else [data]
+    if mask is None:
+        masks = [None] * len(arrays)
+    else:
+        masks = list(mask) if isinstance(mask, (list, tuple)) else [mask]
+    if len(masks) != len(arrays):
+        raise ValidationError(f"mask must give one mask per data array ({len(arrays)}); got {len(masks)}")
+    total = total_sq = None
+    count = 0
+    for k, (arr, m) in enumerate(zip(arrays, masks)):
+        a = np.moveaxis(np.asarray(arr), channel_axis, 0)
+        flat = a.reshape(a.shape[0], -1)
+        if m is not None:
+            mm = np.asarray(m, dtype=bool)
+            if mm.shape != a.shape[1:]:
+                raise ValidationError(f"mask {k} must have shape {a.shape[1:]}; got {mm.shape}")
+            flat = flat[:, mm.ravel()]
+        flat = flat.astype(np.float64)
+        if total is not None and flat.shape[0] != total.shape[0]:
+            raise ValidationError(f"data array {k} has {flat.shape[0]} channels; the first had {total.shape[0]}")
+        s, s2 = flat.sum(axis=1), (flat * flat).sum(axis=1)
+        total = s if total is None else total + s
+        total_sq = s2 if total_sq is None else total_sq + s2
+        count += flat.shape[1]
+    if total is None or count == 0:
+        raise ValidationError("fit_normalisation needs at least one voxel")
+    mean = total / count
+    var = np.maximum(total_sq / count - mean * mean, 0.0)
+    std = np.sqrt(var)
+    if not np.all(std > 0):
+        raise ValidationError(f"channels {np.flatnonzero(~(std > 0)).tolist()} are constant: cannot normalise them")
+    return Normalisation(tuple(mean), tuple(std))

@@ -1,0 +1,107 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrfengine.cli import main
+from mrfengine.nn import Normalisation, get_config, load_model, predict_volume, save_model
+from mrfengine.sequence import hermann2021, save_sequence
+
+SEQ = hermann2021(1, n_slices=4)
+AFFINE = np.array([[-1.5, 0, 0, 30.0], [0, 1.5, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+OUTPUTS = {  # file suffix: (output, unit in the sidecar, scale from the network's unit)
+    "T1map": ("T1", "s", 1e-3),
+    "T2starmap": ("T2star", "s", 1e-3),
+    "label-NAWM_probseg": ("NAWM", "1", 1.0),
+    "label-GM_probseg": ("GM", "1", 1.0),
+    "label-lesion_probseg": ("lesion", "1", 1.0),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks gain nothing from threads (see tests/nn/conftest.py)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _model(tmp_path, name="MSE-5", n_channels=35, sequence=SEQ):
+    cfg = get_config(name).with_architecture(depth=2, base_filters=4)
+    path = tmp_path / "models" / f"{name.lower()}.pt"
+    rng = np.random.default_rng(0)
+    norm = Normalisation(tuple(rng.uniform(0.05, 0.2, n_channels)), tuple(rng.uniform(0.05, 0.1, n_channels)))
+    save_model(cfg.build(seed=3), path, config=cfg, normalisation=norm, sequence=sequence)
+    return path
+
+
+def _mrf(tmp_path, shape=(14, 11, 4, 35), name="sub-01_mrf.nii.gz"):
+    data = np.random.default_rng(1).uniform(0, 0.3, size=shape).astype(np.float32)
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, AFFINE), str(path))
+    return path, data
+
+
+def test_predict_writes_the_five_maps_with_units_and_the_affine(tmp_path, capsys):
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--batch-size", "3"]) == 0
+    assert "predicted 4 slices" in capsys.readouterr().out
+    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path), batch_size=3)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-01_{s}.nii.gz" for s in OUTPUTS)
+    for suffix, (name, unit, scale) in OUTPUTS.items():
+        img = nib.load(str(out / f"sub-01_{suffix}.nii.gz"))
+        np.testing.assert_allclose(img.affine, AFFINE)
+        arr = np.asarray(img.dataobj)
+        assert arr.shape == data.shape[:3] and arr.dtype == np.float32
+        np.testing.assert_allclose(arr, want[name].transpose(2, 1, 0) * scale, rtol=1e-6)
+        side = json.loads((out / f"sub-01_{suffix}.json").read_text())
+        assert side["Units"] == unit and side["Model"] == "MSE-5"
+        assert side["SequenceDigest"] == SEQ.digest() and side["Source"] == "sub-01_mrf.nii.gz"
+
+
+def test_mask_zeroes_the_maps_outside(tmp_path):
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    mask = np.zeros(data.shape[:3], np.uint8)
+    mask[3:9, 2:8, :] = 1
+    nib.save(nib.Nifti1Image(mask, AFFINE), str(tmp_path / "mask.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--mask",
+                 str(tmp_path / "mask.nii.gz"), "--prefix", "sub-02"]) == 0
+    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--prefix", "all"]) == 0
+    masked = np.asarray(nib.load(str(out / "sub-02_T1map.nii.gz")).dataobj)
+    full = np.asarray(nib.load(str(out / "all_T1map.nii.gz")).dataobj)
+    assert np.count_nonzero(full[mask == 0]) > 0
+    np.testing.assert_array_equal(masked, np.where(mask == 1, full, 0))
+
+
+def test_model_is_required_and_says_why(tmp_path, capsys):
+    mrf_path, _ = _mrf(tmp_path)
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 2
+    assert "ships no trained model yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case,match", [
+    ("frames", "does not fit the model: .*takes 35 input channels; the data have 34"),
+    ("sequence", "does not fit the model: .*trained for sequence"),
+    ("slices", "5 slices along axis 2, but sequence"),
+    ("maps", "takes T1, T2star maps, not an MRF series"),
+])
+def test_data_that_do_not_fit_the_model_are_refused(tmp_path, capsys, case, match):
+    model_path = _model(tmp_path, "MSE-2-1", 2, None) if case == "maps" else _model(tmp_path)
+    shape = {"frames": (14, 11, 4, 34), "slices": (14, 11, 5, 35)}.get(case, (14, 11, 4, 35))
+    mrf_path, _ = _mrf(tmp_path, shape=shape)
+    args = ["predict", str(mrf_path), "-o", str(tmp_path / "out"), "--model", str(model_path)]
+    if case == "sequence":
+        save_sequence(hermann2021(2, n_slices=6), tmp_path / "site2.json")
+        args += ["--sequence", str(tmp_path / "site2.json")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(match, err), err
+    assert not (tmp_path / "out").exists()
