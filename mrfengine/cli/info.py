@@ -27,6 +27,13 @@ def info() -> None:
     for b in backends():
         mark = "yes" if b.available else "no "
         click.echo(f"  {b.name:<10} {mark}  {b.detail}")
+    try:
+        from ..nn import triton_status
+
+        ok, detail = triton_status()
+        click.echo(f"  {'triton':<10} {'yes' if ok else 'no ':<3}  fused U-net loss kernel: {detail}")
+    except ImportError as exc:  # torch missing
+        click.echo(f"  {'triton':<10} no   fused U-net loss kernel needs torch: {exc}")
     click.echo("matching: method 'structured' on numpy, cpp and cupy for separable dictionaries; 'brute' everywhere")
     click.echo(f"dictionary cache: {default_cache_dir() / 'dictionaries'}")
 
