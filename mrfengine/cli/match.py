@@ -39,7 +39,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, method, ran
     from .. import __version__
     from ..dictionary import SliceDictionaries
     from ..errors import InputFileError
-    from ..io import MAP_SPECS, derivative_name, entity_prefix, load_nifti, save_nifti, write_sidecar
+    from ..io import MAP_SPECS, derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..matching import match_slices
     from ..sequence import resolve_sequence
     from ._common import make_cache
@@ -49,14 +49,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, method, ran
     if data.shape[slice_axis] != seq.n_slices:
         raise InputFileError(f"{input_path}: {data.shape[slice_axis]} slices along axis {slice_axis}, but "
                              f"sequence {seq.name} has {seq.n_slices}; pass --sequence for this acquisition")
-    mask = None
-    if mask_path:
-        mask, m_aff, _ = load_nifti(mask_path, ndim=3)
-        if mask.shape != data.shape[:3]:
-            raise InputFileError(f"{mask_path}: mask shape {mask.shape} differs from the input's {data.shape[:3]}")
-        if not np.allclose(m_aff, affine, atol=1e-3):
-            raise InputFileError(f"{mask_path}: mask affine differs from the input's ({input_path})")
-        mask = mask != 0
+    mask = load_mask_like(mask_path, data.shape[:3], affine, reference=input_path) if mask_path else None
     dicts = SliceDictionaries(seq, cache=make_cache(cache_dir, no_cache))
     bar = progress(range(seq.n_slices), desc="slices", enabled=show_progress)
     t0 = time.perf_counter()

@@ -59,7 +59,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
 
     from .. import __version__
     from ..errors import InputFileError, ValidationError
-    from ..io import derivative_name, entity_prefix, load_nifti, save_nifti, write_sidecar
+    from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..nn import load_model, predict_volume, read_card
     from ..sequence import Sequence, resolve_sequence
 
@@ -93,14 +93,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     if data.shape[2] != seq.n_slices:
         raise InputFileError(f"{input_path}: {data.shape[2]} slices along axis 2, but sequence {seq.name} (the "
                              f"model's) has {seq.n_slices}; pass --sequence for this acquisition")
-    mask = None
-    if mask_path:
-        mask, m_aff, _ = load_nifti(mask_path, ndim=3)
-        if mask.shape != data.shape[:3]:
-            raise InputFileError(f"{mask_path}: mask shape {mask.shape} differs from the input's {data.shape[:3]}")
-        if not np.allclose(m_aff, affine, atol=1e-3):
-            raise InputFileError(f"{mask_path}: mask affine differs from the input's ({input_path})")
-        mask = mask != 0
+    mask = load_mask_like(mask_path, data.shape[:3], affine, reference=input_path) if mask_path else None
 
     bar = progress(range(data.shape[2]), desc="slices", enabled=show_progress)
     done = [0]

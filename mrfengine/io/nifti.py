@@ -146,3 +146,22 @@ def save_nifti(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def load_mask_like(
+    path: str | os.PathLike, shape: tuple[int, ...], affine: np.ndarray, *, reference: str | os.PathLike
+) -> np.ndarray:
+    """A 3D mask (nonzero = inside) that must lie on the grid of ``reference``.
+
+    Raises
+    ------
+    InputFileError
+        The mask is not 3D, or its shape or affine differ from ``shape`` and
+        ``affine`` (those of ``reference``); the message names both files.
+    """
+    mask, m_aff, _ = load_nifti(path, ndim=3)
+    if mask.shape != tuple(shape):
+        raise InputFileError(f"{path}: mask shape {mask.shape} differs from the input's {tuple(shape)} ({reference})")
+    if not np.allclose(m_aff, affine, atol=1e-3):
+        raise InputFileError(f"{path}: mask affine differs from the input's ({reference})")
+    return mask != 0
