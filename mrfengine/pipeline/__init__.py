@@ -1,0 +1,22 @@
+"""Study-scale processing: named stages over arrays, derived groups in the cohort store, per-subject runs.
+
+:mod:`.stages` (``Stage``, ``Pipeline``), :mod:`.derived` (writing and checking
+``subjects/<sub>/derived/<pipeline>/``) and :mod:`.run` (``run_subject``).
+"""
+
+from .derived import DERIVED_ARRAYS, derived_complete, remove_derived, write_derived
+from .run import SubjectResult, run_subject
+from .stages import STAGES, Pipeline, Stage, slice_dictionaries
+
+__all__ = [
+    "DERIVED_ARRAYS",
+    "STAGES",
+    "Pipeline",
+    "Stage",
+    "SubjectResult",
+    "derived_complete",
+    "remove_derived",
+    "run_subject",
+    "slice_dictionaries",
+    "write_derived",
+]

@@ -1,0 +1,206 @@
+"""Writing a pipeline's maps into ``subjects/<sub>/derived/<pipeline>/`` so a crash never looks finished.
+
+Order of a write (``docs/cohort-format.md``, section *Derived maps*):
+
+1. an existing ``derived/<pipeline>/`` (incomplete, or complete and
+   ``force``d) is first removed from the subject's ``arrays`` attribute, then
+   deleted;
+2. the group is created with ``attributes["mrfengine_derived"]["complete"]``
+   false, and every array is written (float32, one chunk per slice, Blosc-zstd
+   like the rest of the store);
+3. the group's attributes are rewritten with timings, provenance, the array
+   list and ``complete: true``;
+4. **last**, the subject's ``arrays`` attribute is rewritten to list
+   ``derived/<pipeline>/<array>``, which is what readers
+   (:class:`mrfengine.io.Subject`, ``evaluate --pred derived:<pipeline>``) go by.
+
+:func:`derived_complete` requires both records (3 and 4), so an interruption
+anywhere leaves an output that readers ignore and the next run replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, ValidationError
+from ..io.cohort import SUBJECT_KEY, default_compressor, normalize_subject_id, read_cohort_attrs
+
+__all__ = ["DERIVED_KEY", "DERIVED_ARRAYS", "derived_complete", "derived_attrs", "remove_derived", "write_derived"]
+
+log = logging.getLogger(__name__)
+
+#: Key of the derived group's attributes.
+DERIVED_KEY = "mrfengine_derived"
+
+#: array name -> (units, description) of what the ``write`` stage produces.
+DERIVED_ARRAYS: dict[str, tuple[str, str]] = {
+    "T1": ("ms", "T1 of the best-matching dictionary atom (NaN where not matched)"),
+    "T2star": ("ms", "T2* of the best-matching dictionary atom (NaN where not matched)"),
+    "B1": ("1", "B1+ factor of the best-matching dictionary atom (NaN where not matched)"),
+    "M0": ("a.u.", "proton density: least-squares scale of the atom (0 where not matched)"),
+    "correlation": ("1", "normalised inner product with the best atom, [0, 1] (0 where not matched)"),
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _check_name(pipeline: str) -> str:
+    if not isinstance(pipeline, str) or not _NAME_RE.match(pipeline):
+        raise ValidationError(f"pipeline name must be letters, digits, '_', '.', '-'; got {pipeline!r}")
+    return pipeline
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def derived_attrs(cohort_path: str | os.PathLike, subject: str, pipeline: str) -> dict[str, Any] | None:
+    """The ``mrfengine_derived`` attributes of ``subjects/<subject>/derived/<pipeline>/``,
+    or None where the group does not exist or has none."""
+    sid = normalize_subject_id(subject)
+    doc = _read_json(Path(cohort_path) / "subjects" / sid / "derived" / _check_name(pipeline) / "zarr.json")
+    attrs = (doc or {}).get("attributes", {}).get(DERIVED_KEY)
+    return attrs if isinstance(attrs, dict) else None
+
+
+def derived_complete(cohort_path: str | os.PathLike, subject: str, pipeline: str) -> bool:
+    """Whether ``derived/<pipeline>/`` of ``subject`` is finished: its group carries
+    ``complete: true`` *and* every one of its arrays is listed in the subject's
+    ``arrays`` attribute (the record written last)."""
+    attrs = derived_attrs(cohort_path, subject, pipeline)
+    if not attrs or attrs.get("complete") is not True:
+        return False
+    sid = normalize_subject_id(subject)
+    doc = _read_json(Path(cohort_path) / "subjects" / sid / "zarr.json")
+    listed = set(((doc or {}).get("attributes", {}).get(SUBJECT_KEY) or {}).get("arrays", ()))
+    return all(f"derived/{pipeline}/{a}" in listed for a in attrs.get("arrays", ())) and bool(attrs.get("arrays"))
+
+
+def _open_subject(cohort_path: str | os.PathLike, sid: str):
+    import zarr
+
+    read_cohort_attrs(cohort_path)  # StoreError: not a cohort / wrong schema
+    root = zarr.open_group(str(cohort_path), mode="r+")
+    try:
+        group = root["subjects"][sid]
+    except KeyError:
+        raise StoreError(f"{cohort_path}: no subject group {sid!r}") from None
+    attrs = dict(group.attrs.get(SUBJECT_KEY) or {})
+    if attrs.get("complete") is not True:
+        raise StoreError(f"{sid} is incomplete in {cohort_path}; derived maps need a complete subject")
+    return group, attrs
+
+
+def _set_listed(group: Any, attrs: dict[str, Any], pipeline: str, names: list[str]) -> None:
+    """Rewrite the subject's ``arrays``: drop ``derived/<pipeline>/*`` and list ``names`` there."""
+    prefix = f"derived/{pipeline}/"
+    kept = [p for p in attrs.get("arrays", []) if not p.startswith(prefix)]
+    attrs["arrays"] = sorted(kept + [prefix + n for n in names])
+    group.attrs.update({SUBJECT_KEY: attrs})
+
+
+def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) -> bool:
+    """Delete ``derived/<pipeline>/`` of a subject: de-list its arrays first, then
+    delete the group.  Returns whether anything was there."""
+    sid = normalize_subject_id(subject)
+    _check_name(pipeline)
+    group, attrs = _open_subject(cohort_path, sid)
+    prefix = f"derived/{pipeline}/"
+    listed = any(p.startswith(prefix) for p in attrs.get("arrays", []))
+    if listed:
+        _set_listed(group, attrs, pipeline, [])
+    parent = group.get("derived")
+    present = parent is not None and pipeline in parent
+    if present:
+        del parent[pipeline]
+    return listed or present
+
+
+def _write_array(group: Any, name: str, data: np.ndarray) -> None:
+    z, y, x = data.shape
+    units, description = DERIVED_ARRAYS.get(name, ("", ""))
+    arr = group.create_array(name, shape=data.shape, chunks=(1, y, x), dtype="float32",
+                             compressors=default_compressor(), fill_value=0.0,
+                             attributes={"units": units, "description": description})
+    arr[...] = data
+
+
+def write_derived(
+    cohort_path: str | os.PathLike,
+    subject: str,
+    pipeline: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    attrs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Write a pipeline's maps into ``subjects/<subject>/derived/<pipeline>/``, atomically
+    in the sense of the module docstring (completion recorded last).
+
+    Whatever was there before is replaced (callers decide whether to skip a
+    complete group, see :func:`derived_complete`).
+
+    Parameters
+    ----------
+    cohort_path : path
+    subject : str
+        ``sub-XX`` (or ``XX``); must be complete.
+    pipeline : str
+        Name of the derived group.
+    arrays : mapping of str to ndarray
+        Name -> (Z, Y, X) map on the subject's grid; stored as float32.
+    attrs : mapping, optional
+        JSON-compatible facts for the group's attributes (timings, provenance).
+
+    Returns
+    -------
+    list of str
+        The array paths now listed in the subject, ``derived/<pipeline>/<name>``.
+
+    Raises
+    ------
+    StoreError
+        Not a cohort, no such or an incomplete subject.
+    ValidationError
+        A bad pipeline or array name, a map not of shape (Z, Y, X).
+    """
+    sid = normalize_subject_id(subject)
+    _check_name(pipeline)
+    if not arrays:
+        raise ValidationError(f"{sid}: nothing to write into derived/{pipeline}/")
+    group, sub_attrs = _open_subject(cohort_path, sid)
+    shape = tuple(int(v) for v in sub_attrs["shape_zyx"])
+    data = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise ValidationError(f"derived array names must be letters, digits, '_', '.', '-'; got {name!r}")
+        value = np.asarray(value, dtype=np.float32)
+        if value.shape != shape:
+            raise ValidationError(f"{sid}: derived/{pipeline}/{name} must have the subject's shape {shape} "
+                                  f"(Z, Y, X); got {value.shape}")
+        data[name] = value
+    extra = dict(attrs or {})
+    json.dumps(extra)  # fail before touching the store if the attributes are not JSON
+
+    if remove_derived(cohort_path, sid, pipeline):
+        log.info("%s: removed the previous derived/%s/", sid, pipeline)
+        group, sub_attrs = _open_subject(cohort_path, sid)
+    out = group.require_group("derived").create_group(pipeline)
+    record = {"pipeline": pipeline, **extra, "complete": False}
+    out.attrs.update({DERIVED_KEY: record})
+    for name in sorted(data):
+        _write_array(out, name, data[name])
+    record.update({"arrays": sorted(data), "complete": True})
+    out.attrs.update({DERIVED_KEY: record})
+    _set_listed(group, sub_attrs, pipeline, sorted(data))  # last: readers go by this list
+    return [f"derived/{pipeline}/{n}" for n in sorted(data)]

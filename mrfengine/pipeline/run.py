@@ -1,0 +1,160 @@
+"""Running a pipeline on one subject of a cohort: :func:`run_subject`.
+
+``run_subject`` takes only picklable arguments (a path, a subject id, a
+:class:`~mrfengine.pipeline.stages.Pipeline`), opens the store itself and
+returns a small :class:`SubjectResult`, so a Dask task can call it as it is.
+It never raises for a subject's failure: the error is caught, logged and
+reported in the result, and no completion record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import StoreError, ValidationError
+from ..io.cohort import Cohort, json_equal, normalize_subject_id
+from .derived import derived_attrs, derived_complete, remove_derived, write_derived
+from .stages import Pipeline, run_stages
+
+__all__ = ["SubjectResult", "run_subject"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubjectResult:
+    """What :func:`run_subject` did for one subject.
+
+    Attributes
+    ----------
+    subject : str
+    pipeline : str
+        The derived group's name.
+    status : {"ok", "skipped", "failed"}
+        ``skipped``: the derived group was already complete (no ``force``).
+    timings_s : dict of str to float
+        Seconds per step: ``read``, each stage, ``store`` and ``total``.
+    error : str or None
+        For ``failed``: the message, naming the subject and the error type.
+    arrays : tuple of str
+        Array paths written (``derived/<pipeline>/<name>``).
+    """
+
+    subject: str
+    pipeline: str
+    status: Literal["ok", "skipped", "failed"]
+    timings_s: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    arrays: tuple[str, ...] = ()
+
+
+def _load_inputs(cohort_path: str | os.PathLike, sid: str) -> dict[str, Any]:
+    cohort = Cohort.open(cohort_path)
+    subject = cohort[sid]  # StoreError naming an unknown or incomplete subject
+    try:
+        mrf = np.asarray(subject.mrf[:], dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any read failure of the array is a broken subject
+        raise StoreError(f"{sid}: cannot read its 'mrf' array ({type(exc).__name__}: {exc})") from exc
+    expect = (subject.sequence.n_measurements,) + subject.shape
+    if mrf.shape != expect:
+        raise StoreError(f"{sid}: 'mrf' has shape {mrf.shape}; expected {expect} (frames, Z, Y, X)")
+    mask = None if subject.brain_mask is None else np.asarray(subject.brain_mask[:]) > 0
+    region = mrf if mask is None else mrf[:, mask]
+    bad = int(np.count_nonzero(~np.isfinite(region)))
+    if bad:
+        where = "inside the brain mask" if mask is not None else ""
+        raise ValidationError(f"{sid}: 'mrf' holds {bad} NaN/Inf value(s) {where}; the subject's data are corrupt")
+    return {"mrf": mrf, "mask": mask, "sequence": subject.sequence}
+
+
+def run_subject(
+    cohort_path: str | os.PathLike,
+    subject_id: str,
+    pipeline: Pipeline | str,
+    *,
+    force: bool = False,
+    backend: str = "auto",
+) -> SubjectResult:
+    """Run ``pipeline`` on one subject and store its maps in ``derived/<pipeline.name>/``.
+
+    Parameters
+    ----------
+    cohort_path : path
+        The cohort store (opened read-write for the derived group only).
+    subject_id : str
+        ``sub-XX`` or ``XX``.
+    pipeline : Pipeline or str
+        A :class:`Pipeline`, or stage names such as ``"denoise,match"``
+        (:meth:`Pipeline.from_stages`).
+    force : bool
+        Recompute even when the derived group is complete (the old group is
+        removed before the stages run, so a failure leaves none).  Without it
+        a complete group made with the same configuration
+        (``pipeline.to_dict()``) is skipped; one made with another
+        configuration, or an incomplete one (an interrupted run), is removed
+        and redone.
+    backend : str
+        Backend of the denoising and matching kernels (``auto`` picks and logs).
+
+    Returns
+    -------
+    SubjectResult
+        ``ok``, ``skipped`` or ``failed`` (with ``error``); never raises for a
+        failure of the subject's data or of a stage.
+
+    Raises
+    ------
+    ValidationError
+        Only for a malformed ``subject_id`` or ``pipeline`` (caller errors,
+        before any work).
+    """
+    sid = normalize_subject_id(subject_id)
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.from_stages(pipeline)
+    if not isinstance(pipeline, Pipeline):
+        raise ValidationError(f"pipeline must be a Pipeline or stage names; got {type(pipeline).__name__}")
+    if not force and derived_complete(cohort_path, sid, pipeline.name):
+        stored = (derived_attrs(cohort_path, sid, pipeline.name) or {}).get("provenance", {}).get("config")
+        if json_equal(stored, pipeline.to_dict()):
+            log.info("%s: derived/%s/ is complete; skipped", sid, pipeline.name)
+            return SubjectResult(sid, pipeline.name, "skipped")
+        log.warning("%s: derived/%s/ was made with another configuration; recomputing", sid, pipeline.name)
+
+    from .. import __version__
+
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    try:
+        if force:
+            # The old maps go first, so a failed forced run leaves none that look current.
+            remove_derived(cohort_path, sid, pipeline.name)
+        t0 = time.perf_counter()
+        artifacts = _load_inputs(cohort_path, sid)
+        timings["read"] = time.perf_counter() - t0
+        state, stage_times, info = run_stages(pipeline, artifacts, backend=backend)
+        timings.update(stage_times)
+        provenance = {
+            "mrfengine_version": __version__,
+            "backend": backend,
+            "stages": info,
+            "config": pipeline.to_dict(),
+        }
+        t0 = time.perf_counter()
+        attrs = {"provenance": provenance, "timings_s": {k: round(v, 6) for k, v in timings.items()}}
+        paths = write_derived(cohort_path, sid, pipeline.name, state["derived"], attrs=attrs)
+        timings["store"] = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001 - one subject's failure must not stop a study
+        timings["total"] = time.perf_counter() - start
+        message = str(exc) if sid in str(exc) else f"{sid}: {exc}"
+        message = f"{type(exc).__name__}: {message}"
+        log.error("%s: pipeline %r failed: %s", sid, pipeline.name, message)
+        return SubjectResult(sid, pipeline.name, "failed", timings, message)
+    timings["total"] = time.perf_counter() - start
+    log.info("%s: derived/%s/ written in %.2f s", sid, pipeline.name, timings["total"])
+    return SubjectResult(sid, pipeline.name, "ok", timings, None, tuple(paths))

@@ -1,0 +1,106 @@
+"""Pipeline descriptions (parsing, validation) and the pure stages."""
+
+from __future__ import annotations
+
+import pickle
+import tomllib
+
+import numpy as np
+import pytest
+
+from mrfengine.errors import ValidationError
+from mrfengine.matching import MatchResult
+from mrfengine.pipeline import STAGES, Pipeline, slice_dictionaries
+from mrfengine.pipeline.stages import run_stages
+from mrfengine.sequence import hermann2021
+
+
+def test_from_stages_appends_write_and_fills_defaults():
+    p = Pipeline.from_stages("denoise, match")
+    assert p.name == "denoise-match"
+    assert p.stages == ("denoise", "match", "write")
+    assert p.options["denoise"] == {"patch_radius": 2, "estimator": "mp"}
+    assert p.options["match"] == {"method": "auto", "rank": None}
+    assert pickle.loads(pickle.dumps(p)) == p  # a Dask task can carry it
+
+
+def test_from_toml():
+    doc = tomllib.loads("""
+[pipeline]
+name = "mppca-brute"
+stages = ["denoise", "match"]
+[denoise]
+patch_radius = 1
+[match]
+method = "brute"
+""")
+    p = Pipeline.from_dict(doc)
+    assert p.name == "mppca-brute"
+    assert p.options["denoise"]["patch_radius"] == 1 and p.options["denoise"]["estimator"] == "mp"
+    assert p.options["match"]["method"] == "brute"
+    assert Pipeline.from_dict({"stages": "match"}).stages == ("match", "write")
+
+
+@pytest.mark.parametrize("stages, words", [
+    ("denoise,segment", ["unknown stage", "segment", "known stages"]),
+    ("denoise", ["'write' needs input", "maps", "'match'"]),
+    ("write", ["'write' needs input", "maps"]),
+    ("write,match", ["'write' must be the last stage"]),
+    ("match,match", ["once"]),
+    ("", ["at least one stage"]),
+])
+def test_bad_stage_lists(stages, words):
+    with pytest.raises(ValidationError) as info:
+        Pipeline.from_stages(stages)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_bad_configs():
+    with pytest.raises(ValidationError, match="needs 'stages'"):
+        Pipeline.from_dict({"name": "x"})
+    with pytest.raises(ValidationError, match=r"has no option\(s\) \['radius'\]"):
+        Pipeline.from_dict({"stages": ["denoise", "match"], "denoise": {"radius": 2}})
+    with pytest.raises(ValidationError, match="does not run"):
+        Pipeline.from_dict({"stages": ["match"], "denoise": {"patch_radius": 2}})
+    with pytest.raises(ValidationError, match="unknown key"):
+        Pipeline.from_dict({"stages": ["match"], "colour": "red"})
+    with pytest.raises(ValidationError, match="pipeline name"):
+        Pipeline.from_stages("match", name="a/b")
+
+
+def test_dictionaries_shared_per_sequence_digest():
+    a = slice_dictionaries(hermann2021(1))
+    assert slice_dictionaries(hermann2021(1)) is a
+    assert slice_dictionaries(hermann2021(2)) is not a
+
+
+def test_write_stage_maps_match_result_to_float32_arrays():
+    shape = (2, 3, 4)
+    params = {"T1": np.full(shape, 800.0), "T2star": np.full(shape, 60.0), "B1": np.ones(shape)}
+    params["T1"][0, 0, 0] = np.nan
+    result = MatchResult(params=params, m0=np.full(shape, 2.0), correlation=np.full(shape, 0.99, np.float32),
+                         index=np.zeros(shape, np.int64), matched=np.ones(shape, bool), backend="numpy")
+    out, _ = STAGES["write"].function({"maps": result}, {}, "auto")
+    derived = out["derived"]
+    assert sorted(derived) == ["B1", "M0", "T1", "T2star", "correlation"]
+    assert all(v.dtype == np.float32 and v.shape == shape for v in derived.values())
+    assert np.isnan(derived["T1"][0, 0, 0]) and derived["T1"][1, 2, 3] == 800.0 and derived["M0"][0, 0, 0] == 2.0
+
+
+def test_run_stages_match_on_exact_fingerprints():
+    """Noise-free fingerprints of known parameters come back through match and write."""
+    from mrfengine.dictionary import fingerprints
+
+    seq = hermann2021(1, n_slices=12)  # the tiny cohort's sequence: its dictionaries are shared
+    z, y, x = seq.n_slices, 2, 3
+    mrf = np.stack([fingerprints(seq, seq.slot_of_slice(k), t1_ms=np.full(y * x, 800.0),
+                                 t2star_ms=np.full(y * x, 60.0), b1=np.full(y * x, 1.0),
+                                 m0=np.full(y * x, 1.0)).T.reshape(-1, y, x) for k in range(z)], axis=1)
+    pipe = Pipeline.from_stages("match")
+    state, timings, info = run_stages(pipe, {"mrf": np.abs(mrf).astype(np.float32), "mask": None,
+                                             "sequence": seq})
+    t1 = state["derived"]["T1"]
+    assert t1.shape == (z, y, x)
+    np.testing.assert_allclose(t1, 800.0, rtol=0.03)
+    assert set(timings) == {"match", "write"} and info["match"]["sequence_digest"] == seq.digest()
