@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import MRFEngineError
 
 # Each module defines ``commands``: a list of click commands to register.
-_COMMAND_MODULES = ("demo", "dictionary", "match", "info", "cohort", "predict", "evaluate")
+_COMMAND_MODULES = ("demo", "dictionary", "match", "info", "cohort", "predict", "evaluate", "train")
 
 
 class _Main(click.Group):

@@ -1,0 +1,383 @@
+"""Training patches from the cohort store.
+
+:class:`PatchSampler` draws the paper's training examples: random square
+patches (64 x 64) of single slices, ``patches_per_slice`` per slice and epoch,
+slices with an annotated lesion drawn ``lesion_oversampling`` times as often
+(x5 in the paper), each patch rotated by a random multiple of 90 degrees and
+randomly flipped.  Inputs are the slice's 35 MRF magnitudes (or, for networks
+that take maps, its T1/T2* maps), normalised per channel with statistics of
+the *training split only*; targets are read where each output's
+``OutputSpec.target`` points (``truth/T1``, ``truth/WM``,
+``annotations/lesion``, ...) and scaled to network units
+(:func:`mrfengine.nn.training.to_network_units`).
+
+Slices are read lazily from zarr (one chunk per slice) through a small LRU
+cache, so memory stays bounded by ``cache_slices`` slices whatever the
+cohort's size.  Everything random comes from ``seed`` and the epoch number:
+the same seed gives the same batches, and epoch ``e`` can be drawn without
+drawing epochs ``0..e-1`` first (which makes resumed runs exact).
+
+References
+----------
+Hermann I, et al. Accelerated white matter lesion analysis based on
+simultaneous T1 and T2* quantification using magnetic resonance
+fingerprinting and deep learning. Magn Reson Med. 2021;86:471-486.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import StoreError, ValidationError
+from .configs import NetworkConfig
+from .normalisation import Normalisation
+from .training import to_network_units
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS"]
+
+SPLITS = ("train", "validation", "test")
+
+#: Quantitative outputs whose targets may come from a derived group instead of ``truth/``.
+_MAP_OUTPUTS = ("T1", "T2star")
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One slice of one subject; ``lesion`` when its annotation marks any voxel."""
+
+    subject: str
+    z: int
+    lesion: bool
+
+
+def _parse_map_source(map_source: str) -> str | None:
+    """``"truth"`` -> None; ``"derived:<name>"`` -> ``<name>``."""
+    if map_source == "truth":
+        return None
+    if isinstance(map_source, str) and map_source.startswith("derived:") and len(map_source) > len("derived:"):
+        return map_source[len("derived:"):]
+    raise ValidationError(f"map_source must be 'truth' or 'derived:<name>'; got {map_source!r}")
+
+
+def resolve_target(target: str, name: str, map_source: str = "truth") -> str:
+    """The array path of an output's training target in a subject group.
+
+    ``T1``/``T2star`` targets are read from ``derived/<name>/`` when
+    ``map_source`` is ``derived:<name>`` (e.g. dictionary-matched maps, as in
+    the paper); every other target from where its ``OutputSpec.target`` says.
+    """
+    derived = _parse_map_source(map_source)
+    if derived is not None and name in _MAP_OUTPUTS:
+        return f"derived/{derived}/{name}"
+    if not target:
+        raise ValidationError(f"output {name} names no target array (OutputSpec.target is empty)")
+    return target
+
+
+def _input_paths(config: NetworkConfig, map_source: str) -> list[str] | None:
+    """None for MRF inputs, else the array path of each input map."""
+    if config.input_kind == "mrf":
+        return None
+    derived = _parse_map_source(map_source)
+    return [f"derived/{derived}/{n}" if derived else f"truth/{n}" for n in config.input_names]
+
+
+def _subjects_of(cohort, split: str) -> list[str]:
+    if split not in SPLITS:
+        raise ValidationError(f"split must be one of {SPLITS}; got {split!r}")
+    return list(cohort.subjects_in(split))
+
+
+def _read_input_slice(subject, z: int, input_paths: list[str] | None) -> np.ndarray:
+    if input_paths is None:
+        return np.asarray(subject.mrf[:, z], dtype=np.float32)
+    return np.stack([np.asarray(subject.array(p)[z], dtype=np.float32) for p in input_paths])
+
+
+def _brain_slice(subject, z: int) -> np.ndarray | None:
+    bm = subject.brain_mask
+    return None if bm is None else np.asarray(bm[z]) > 0
+
+
+def fit_cohort_normalisation(
+    cohort,
+    config: NetworkConfig,
+    *,
+    split: str = "train",
+    map_source: str = "truth",
+) -> Normalisation:
+    """Per-channel mean and std of the inputs over the brain voxels of one split.
+
+    Streams slice by slice (float64 sums), so memory holds one slice at a
+    time; the result equals :func:`mrfengine.nn.fit_normalisation` on the
+    whole split's volumes with their brain masks.
+
+    Parameters
+    ----------
+    cohort : mrfengine.io.Cohort
+    config : NetworkConfig
+        Input kind and channels.
+    split : str
+        ``train`` (the default, and the only correct choice for training).
+    map_source : str
+        ``truth`` or ``derived:<name>`` (inputs of ``maps`` networks).
+
+    Raises
+    ------
+    ValidationError
+        No subject in the split, wrong channel count, or a constant channel.
+    """
+    sids = _subjects_of(cohort, split)
+    if not sids:
+        raise ValidationError(f"the cohort {cohort.path} has no {split!r} subject to compute the normalisation from")
+    paths = _input_paths(config, map_source)
+    total = np.zeros(config.in_channels)
+    total_sq = np.zeros(config.in_channels)
+    count = 0
+    for sid in sids:
+        subject = cohort[sid]
+        for z in range(subject.shape[0]):
+            x = _read_input_slice(subject, z, paths)
+            if x.shape[0] != config.in_channels:
+                raise ValidationError(f"{sid}: network {config.name} takes {config.in_channels} input channels; "
+                                      f"the cohort has {x.shape[0]}")
+            flat = x.reshape(x.shape[0], -1).astype(np.float64)
+            brain = _brain_slice(subject, z)
+            if brain is not None:
+                flat = flat[:, brain.ravel()]
+            total += flat.sum(axis=1)
+            total_sq += (flat * flat).sum(axis=1)
+            count += flat.shape[1]
+    if count == 0:
+        raise ValidationError(f"the {split!r} subjects have no brain voxel")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
+    if not np.all(std > 0):
+        raise ValidationError(f"input channels {np.flatnonzero(~(std > 0)).tolist()} are constant in the "
+                              f"{split!r} split: cannot normalise them")
+    return Normalisation(tuple(mean), tuple(std))
+
+
+class PatchSampler:
+    """Seeded random patches of the slices of one split.
+
+    Parameters
+    ----------
+    cohort : mrfengine.io.Cohort
+    config : NetworkConfig
+        Inputs, outputs (``OutputSpec.target``) and, unless overridden, the
+        patch size, patches per slice and lesion oversampling.
+    normalisation : Normalisation
+        Applied to the inputs; fit it on the training split
+        (:func:`fit_cohort_normalisation`), also when sampling validation data.
+    split : {"train", "validation", "test"}
+        Only subjects of this split are read.
+    patch_size, patches_per_slice, lesion_oversampling : int, optional
+        Default: the configuration's (64, 64, 5 in the paper).
+    augment : bool
+        Random 90-degree rotations and flips (default on).
+    seed : int
+        Same seed, same patches (and batches) for every epoch.
+    map_source : str
+        ``truth`` or ``derived:<name>``: where T1/T2* targets (and map inputs) come from.
+    cache_slices : int
+        Slices kept in memory (LRU); bounds the memory use.
+
+    Raises
+    ------
+    ValidationError
+        Unknown split, no subject in it, bad sizes, a missing target array.
+    """
+
+    def __init__(
+        self,
+        cohort,
+        config: NetworkConfig,
+        normalisation: Normalisation,
+        *,
+        split: str = "train",
+        patch_size: int | None = None,
+        patches_per_slice: int | None = None,
+        lesion_oversampling: int | None = None,
+        augment: bool = True,
+        seed: int = 0,
+        map_source: str = "truth",
+        cache_slices: int = 32,
+    ) -> None:
+        self.cohort = cohort
+        self.config = config
+        self.split = split
+        self.patch_size = _positive("patch_size", config.patch_size if patch_size is None else patch_size)
+        self.patches_per_slice = _positive("patches_per_slice",
+                                           config.patches_per_slice if patches_per_slice is None else patches_per_slice)
+        self.lesion_oversampling = _positive(
+            "lesion_oversampling", config.lesion_oversampling if lesion_oversampling is None else lesion_oversampling)
+        if self.patch_size % config.size_multiple:
+            raise ValidationError(f"patch_size must be a multiple of {config.size_multiple} for network "
+                                  f"{config.name}; got {self.patch_size}")
+        if normalisation.n_channels != config.in_channels:
+            raise ValidationError(f"normalisation has {normalisation.n_channels} channels; network {config.name} "
+                                  f"takes {config.in_channels}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValidationError(f"seed must be a non-negative integer; got {seed!r}")
+        self.seed = int(seed)
+        self.augment = bool(augment)
+        self.normalisation = normalisation
+        self._scale, self._offset = (a[:, None, None] for a in normalisation.scale_and_offset())
+        self._input_paths = _input_paths(config, map_source)
+        self._target_paths = [resolve_target(o.target, o.name, map_source) for o in config.outputs]
+        self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_size = _positive("cache_slices", cache_slices)
+        self.subjects = _subjects_of(cohort, split)
+        if not self.subjects:
+            raise ValidationError(f"the cohort {cohort.path} has no {split!r} subject to sample")
+        self.slices = self._index_slices()
+
+    # ------------------------------------------------------------ indexing
+    def _index_slices(self) -> list[SliceRef]:
+        lesion_path = next((p for p, o in zip(self._target_paths, self.config.outputs) if o.name == "lesion"),
+                           "annotations/lesion")
+        refs = []
+        for sid in self.subjects:
+            subject = self.cohort[sid]
+            for path in self._target_paths + (self._input_paths or []):
+                if path not in subject.arrays:
+                    raise ValidationError(f"{sid} has no array {path!r} needed by network {self.config.name}")
+            lesion = subject.array(lesion_path) if lesion_path in subject.arrays else None
+            for z in range(subject.shape[0]):
+                has = lesion is not None and bool(np.any(np.asarray(lesion[z]) >= 0.5))
+                refs.append(SliceRef(sid, z, has))
+        return refs
+
+    @property
+    def n_lesion_slices(self) -> int:
+        return sum(r.lesion for r in self.slices)
+
+    def patches_per_epoch(self) -> int:
+        """``patches_per_slice x (slices + (oversampling - 1) x lesion slices)``."""
+        n = len(self.slices) + (self.lesion_oversampling - 1) * self.n_lesion_slices
+        return n * self.patches_per_slice
+
+    def __len__(self) -> int:
+        return self.patches_per_epoch()
+
+    # ------------------------------------------------------------ the plan
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        """The patches of ``epoch`` in the order they are served.
+
+        Returns
+        -------
+        ndarray, (N, 5) int64
+            Per patch: slice index (into :attr:`slices`), top row, left
+            column, number of 90-degree rotations (0-3), flip (0/1).
+        """
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        repeats = np.array([self.lesion_oversampling if r.lesion else 1 for r in self.slices]) * self.patches_per_slice
+        idx = np.repeat(np.arange(len(self.slices)), repeats)
+        n = idx.size
+        shapes = {sid: self.cohort[sid].shape[1:] for sid in self.subjects}
+        hy = np.array([max(shapes[self.slices[i].subject][0] - self.patch_size, 0) for i in range(len(self.slices))])
+        hx = np.array([max(shapes[self.slices[i].subject][1] - self.patch_size, 0) for i in range(len(self.slices))])
+        y0 = np.floor(rng.random(n) * (hy[idx] + 1)).astype(np.int64)
+        x0 = np.floor(rng.random(n) * (hx[idx] + 1)).astype(np.int64)
+        if self.augment:
+            rot = rng.integers(0, 4, n)
+            flip = rng.integers(0, 2, n)
+        else:
+            rot = np.zeros(n, np.int64)
+            flip = np.zeros(n, np.int64)
+        plan = np.stack([idx, y0, x0, rot, flip], axis=1).astype(np.int64)
+        return plan[rng.permutation(n)]
+
+    # ------------------------------------------------------------ reading
+    def _slice(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        ref = self.slices[i]
+        key = (ref.subject, ref.z)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        subject = self.cohort[ref.subject]
+        x = _read_input_slice(subject, ref.z, self._input_paths)
+        if x.shape[0] != self.config.in_channels:
+            raise ValidationError(f"{ref.subject}: network {self.config.name} takes {self.config.in_channels} "
+                                  f"input channels; the cohort has {x.shape[0]}")
+        x = x * self._scale + self._offset
+        try:
+            y = np.stack([np.asarray(subject.array(p)[ref.z], dtype=np.float32) for p in self._target_paths])
+        except StoreError as exc:
+            raise ValidationError(f"{ref.subject}: a training target is missing: {exc}") from exc
+        y = to_network_units(torch.from_numpy(y[None]), self.config)[0].numpy()
+        self._cache[key] = (x.astype(np.float32), y)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return x, y
+
+    def _patch(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        i, y0, x0, rot, flip = (int(v) for v in row)
+        x, y = self._slice(i)
+        p = self.patch_size
+        xp, yp = _crop(x, y0, x0, p, self._offset), _crop(y, y0, x0, p, 0.0)
+        if flip:
+            xp, yp = xp[..., ::-1], yp[..., ::-1]
+        if rot:
+            xp, yp = np.rot90(xp, rot, axes=(1, 2)), np.rot90(yp, rot, axes=(1, 2))
+        return xp, yp
+
+    def batches(self, epoch: int, batch_size: int, *, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch``: ``(inputs, targets)`` float32 tensors of
+        shape (B, C_in, P, P) (normalised) and (B, C_out, P, P) (network
+        units); the last batch may be smaller.  ``start`` skips that many
+        batches (resuming inside an epoch)."""
+        batch_size = _positive("batch_size", batch_size)
+        plan = self.epoch_plan(epoch)
+        for b in range(start * batch_size, len(plan), batch_size):
+            pairs = [self._patch(row) for row in plan[b:b + batch_size]]
+            xs = np.stack([p[0] for p in pairs])
+            ys = np.stack([p[1] for p in pairs])
+            yield torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(np.ascontiguousarray(ys))
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-self.patches_per_epoch() // _positive("batch_size", batch_size))
+
+    @property
+    def target_paths(self) -> list[str]:
+        """Array path of each output's target in a subject group."""
+        return list(self._target_paths)
+
+    def normalised_input(self, i: int) -> np.ndarray:
+        """The whole normalised input of slice ``i`` (C_in, Y, X) float32."""
+        return self._slice(i)[0]
+
+    def background(self) -> np.ndarray:
+        """Normalised value of a zero input per channel (C_in,) float32: what
+        padding outside the field of view holds."""
+        return self._offset[:, 0, 0].copy()
+
+
+def _crop(a: np.ndarray, y0: int, x0: int, p: int, fill: np.ndarray | float) -> np.ndarray:
+    """``a[:, y0:y0+p, x0:x0+p]``, padded at the high end with ``fill`` (per
+    channel, (C, 1, 1), or a number) where the slice is smaller than the patch:
+    inputs with the normalised value of zero signal, as at inference; targets with 0.
+    """
+    out = a[:, y0:y0 + p, x0:x0 + p]
+    if out.shape[1:] == (p, p):
+        return out
+    padded = np.empty((a.shape[0], p, p), dtype=a.dtype)
+    padded[...] = fill
+    padded[:, :out.shape[1], :out.shape[2]] = out
+    return padded
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValidationError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)

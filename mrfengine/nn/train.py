@@ -1,0 +1,468 @@
+"""The training loop: ``mrfengine train CONFIG.toml``.
+
+One run trains one network configuration (Table 1 of the paper) on the
+training split of a cohort store with Adam, and after each epoch
+
+* validates on *whole* slices of the validation split: lesion Dice at a
+  probability threshold of 33% (:func:`mrfengine.metrics.dice`, one Dice over
+  all validation voxels) and the mean relative deviation of T1 and T2* inside
+  the brain (:func:`mrfengine.metrics.relative_deviation`), for the outputs
+  the network has;
+* writes ``checkpoint.pt`` (atomic; model, optimiser, history), the metrics
+  table ``metrics.csv`` and its plot ``metrics.png``.
+
+At the end the network is exported (TorchScript, :func:`mrfengine.nn.save_model`)
+to ``model.pt`` with its card ``model.card.json`` (input normalisation,
+sequence digest, cohort hash, validation metrics).
+
+A run is deterministic for a seed: the network's initial weights, the patches
+of epoch ``e`` and the dropout masks of epoch ``e`` all derive from
+``(seed, e)``, so a run resumed from the checkpoint of epoch ``e`` ends with
+the same weights as an uninterrupted one (on one device and thread setting).
+
+The settings file (TOML)::
+
+    cohort = "cohort.zarr"          # relative paths: to the settings file
+    network = "MSE-5"               # a Table 1 configuration
+    output_dir = "runs/mse5"
+    epochs = 100
+    batch_size = 64
+    learning_rate = 1e-4
+    patches_per_slice = 64
+    seed = 0
+    # optional: patch_size = 64, lesion_oversampling = 5, depth, base_filters,
+    # map_source = "truth" | "derived:<name>", device = "auto" | "cpu" | "cuda",
+    # bf16 = false, compile = false, threads
+
+References
+----------
+Hermann I, et al. Magn Reson Med. 2021;86:471-486 (training: Adam, lr 1e-4,
+64 x 64 patches, lesion slices oversampled x5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import BackendUnavailableError, InputFileError, ValidationError
+from .configs import NetworkConfig, get_config
+from .data import PatchSampler, fit_cohort_normalisation
+from .training import load_checkpoint, make_optimizer, save_checkpoint, to_physical_units, train_step
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TrainSettings", "TrainResult", "load_settings", "train", "cohort_hash", "validate",
+           "CHECKPOINT_NAME", "METRICS_CSV", "METRICS_PNG", "MODEL_NAME", "LESION_THRESHOLD"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_CSV = "metrics.csv"
+METRICS_PNG = "metrics.png"
+MODEL_NAME = "model.pt"
+#: Lesion probability threshold of the validation Dice (the paper's 33%).
+LESION_THRESHOLD = 0.33
+_CSV_FIELDS = ("epoch", "train_loss", "lesion_dice", "T1_reldev", "T2star_reldev")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``mrfengine train`` reads from its TOML file (see the module notes)."""
+
+    cohort: str
+    network: str
+    output_dir: str
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    patches_per_slice: int = 64
+    seed: int = 0
+    patch_size: int | None = None
+    lesion_oversampling: int | None = None
+    depth: int | None = None
+    base_filters: int | None = None
+    map_source: str = "truth"
+    device: str = "auto"
+    bf16: bool = False
+    compile: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("cohort", "network", "output_dir", "map_source", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ValidationError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
+        for key in ("epochs", "batch_size", "patches_per_slice"):
+            _check_int(key, getattr(self, key), minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        for key in ("patch_size", "lesion_oversampling", "depth", "base_filters", "threads"):
+            if getattr(self, key) is not None:
+                _check_int(key, getattr(self, key), minimum=1)
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+            raise ValidationError(f"learning_rate must be a positive number; got {lr!r}")
+        for key in ("bf16", "compile"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValidationError(f"{key} must be true or false; got {getattr(self, key)!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValidationError(f"device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
+
+    def network_config(self) -> NetworkConfig:
+        """The named configuration with this run's overrides applied."""
+        from dataclasses import replace
+
+        cfg = get_config(self.network)
+        if self.depth is not None or self.base_filters is not None:
+            cfg = cfg.with_architecture(depth=self.depth, base_filters=self.base_filters)
+        changes: dict[str, Any] = {"learning_rate": float(self.learning_rate), "batch_size": self.batch_size,
+                                   "epochs": self.epochs, "patches_per_slice": self.patches_per_slice}
+        if self.patch_size is not None:
+            changes["patch_size"] = self.patch_size
+        if self.lesion_oversampling is not None:
+            changes["lesion_oversampling"] = self.lesion_oversampling
+        return replace(cfg, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def load_settings(path: str | os.PathLike) -> TrainSettings:
+    """Read a training settings TOML file; relative ``cohort`` and
+    ``output_dir`` are taken relative to the file's folder.
+
+    Raises
+    ------
+    InputFileError
+        Missing or malformed file (names it).
+    ValidationError
+        Unknown or missing keys, bad values (the message names the file).
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputFileError(f"{path}: settings file not found") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InputFileError(f"{path}: cannot read the training settings: {exc}") from exc
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValidationError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+    missing = [k for k in ("cohort", "network", "output_dir") if k not in data]
+    if missing:
+        raise ValidationError(f"{path}: missing settings {missing}")
+    for key in ("cohort", "output_dir"):
+        if isinstance(data[key], str) and not Path(data[key]).is_absolute():
+            data[key] = str(path.parent / data[key])
+    try:
+        return TrainSettings(**data)
+    except ValidationError as exc:
+        raise ValidationError(f"{path}: {exc}") from exc
+
+
+def cohort_hash(cohort) -> str:
+    """SHA-256 of the cohort's root attributes and its complete subjects'
+    attributes (geometry, generator, split, lesion tables): identifies the
+    training data without reading the arrays."""
+    h = hashlib.sha256()
+    h.update(json.dumps(cohort.attrs, sort_keys=True, default=str).encode())
+    for sid in cohort.subjects:
+        h.update(json.dumps(cohort[sid].attrs, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where a finished run wrote its outputs, and its last validation metrics."""
+
+    output_dir: Path
+    model_path: Path
+    checkpoint_path: Path
+    metrics_csv: Path
+    metrics_png: Path
+    history: tuple[dict[str, float], ...]
+
+
+# ------------------------------------------------------------------ validation
+def _pad_to(x: np.ndarray, multiple: int, fill: np.ndarray) -> np.ndarray:
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not (ph or pw):
+        return x
+    out = np.empty(x.shape[:-2] + (h + ph, w + pw), dtype=x.dtype)
+    out[...] = fill
+    out[..., :h, :w] = x
+    return out
+
+
+def validate(
+    model: torch.nn.Module,
+    sampler: PatchSampler,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: bool = False,
+) -> dict[str, float]:
+    """Validation metrics on whole slices of ``sampler``'s split.
+
+    Returns
+    -------
+    dict
+        ``lesion_dice`` (at :data:`LESION_THRESHOLD`, pooled over all
+        voxels of the split; NaN when neither prediction nor annotation has a
+        lesion), ``T1_reldev``, ``T2star_reldev`` (mean relative deviation in
+        the brain); only for the outputs the network has.
+    """
+    from ..metrics import dice, relative_deviation
+
+    config = sampler.config
+    names = config.output_names
+    paths = sampler.target_paths
+    fill = sampler.background()[:, None, None]
+    lesion_p, lesion_r, rel = [], [], {n: ([], []) for n in ("T1", "T2star") if n in names}
+    was_training = model.training
+    model.eval()
+    try:
+        for i, ref_slice in enumerate(sampler.slices):
+            subject, z = sampler.cohort[ref_slice.subject], ref_slice.z
+            brain = subject.brain_mask
+            x = sampler.normalised_input(i)
+            h, w = x.shape[-2:]
+            xin = torch.from_numpy(_pad_to(x, config.size_multiple, fill)[None]).to(device)
+            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                 enabled=autocast):
+                out = model(xin)
+            pred = to_physical_units(out.float(), config)[0, :, :h, :w].cpu().numpy()
+            ref = np.asarray([np.asarray(subject.array(p)[z], dtype=np.float32) for p in paths])
+            b = np.ones((h, w), bool) if brain is None else np.asarray(brain[z]) > 0
+            for k, n in enumerate(names):
+                if n == "lesion":
+                    lesion_p.append(pred[k].ravel())
+                    lesion_r.append(ref[k].ravel() >= 0.5)
+                elif n in rel:
+                    rel[n][0].append(pred[k][b])
+                    rel[n][1].append(ref[k][b])
+    finally:
+        model.train(was_training)
+    metrics: dict[str, float] = {}
+    if lesion_p:
+        metrics["lesion_dice"] = float(dice(np.concatenate(lesion_p), np.concatenate(lesion_r),
+                                            threshold=LESION_THRESHOLD))
+    for n, (p, r) in rel.items():
+        metrics[f"{n}_reldev"] = float(relative_deviation(np.concatenate(p), np.concatenate(r)))
+    return metrics
+
+
+# ------------------------------------------------------------------ outputs
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else repr(row[k]) if isinstance(row.get(k), float)
+                             else row.get(k)) for k in _CSV_FIELDS})
+    _atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    ax_loss, ax_val = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
+    for key, label in (("lesion_dice", "lesion Dice @ 0.33"), ("T1_reldev", "T1 rel. deviation"),
+                       ("T2star_reldev", "T2* rel. deviation")):
+        values = [h.get(key) for h in history]
+        if any(v is not None for v in values):
+            ax_val.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
+    ax_val.set(xlabel="epoch", ylabel="validation")
+    if ax_val.lines:
+        ax_val.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    _atomic_write_bytes(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ the loop
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    """torch.use_deterministic_algorithms for the run (warn only where an op
+    has no deterministic kernel), restored afterwards."""
+    old = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch, 7]).integers(0, 2**62))
+
+
+def _training_sequence(cohort, subjects: list[str]):
+    sites = Counter(cohort[s].site for s in subjects)
+    site = sites.most_common(1)[0][0]
+    digests = {s: cohort.sequence(s).digest() for s in sites}
+    if len(set(digests.values())) > 1:
+        log.warning("training subjects come from sites with different sequences %s; the model card records "
+                    "site %s's", sorted(sites), site)
+    return cohort.sequence(site), digests
+
+
+def train(
+    settings: TrainSettings,
+    *,
+    resume: bool = False,
+    progress: Callable[[Any, int, str], Any] | None = None,
+) -> TrainResult:
+    """Train, validate, checkpoint and export one network.
+
+    Parameters
+    ----------
+    settings : TrainSettings
+    resume : bool
+        Continue from ``output_dir/checkpoint.pt`` (the settings must be the
+        same apart from ``epochs``).  Without it an existing checkpoint is
+        refused.
+    progress : callable, optional
+        ``progress(iterable, total, description)`` wrapping the batches of an
+        epoch (the CLI passes a tqdm bar).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValidationError
+        Bad settings, no training or validation subject, a checkpoint in the
+        way (or missing, with ``resume``), or one from other settings.
+    """
+    from ..io import Cohort
+    from .export import save_model
+
+    out = Path(settings.output_dir)
+    ckpt_path = out / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise ValidationError(f"{ckpt_path} exists: pass resume (--resume) to continue that run, or choose another "
+                              "output_dir")
+    if resume and not ckpt_path.exists():
+        raise ValidationError(f"cannot resume: {ckpt_path} not found")
+    device = _device(settings.device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cohort = Cohort.open(settings.cohort)
+    config = settings.network_config()
+    train_subjects = cohort.subjects_in("train")
+    if not train_subjects:
+        raise ValidationError(f"{settings.cohort}: no subject in the 'train' split")
+    if not cohort.subjects_in("validation"):
+        raise ValidationError(f"{settings.cohort}: no subject in the 'validation' split")
+
+    with _deterministic():
+        model = config.build(seed=settings.seed).to(device)
+        optimizer = make_optimizer(model, config)
+        history: list[dict[str, float]] = []
+        start_epoch = 0
+        if resume:
+            ckpt = load_checkpoint(ckpt_path, model=model, optimizer=optimizer, restore_rng=False,
+                                   map_location=device)
+            stored = dict(ckpt.extra.get("settings", {}))
+            now = settings.to_dict()
+            diff = sorted(k for k in now if k not in ("epochs", "output_dir", "cohort", "device", "threads")
+                          and stored.get(k) != now[k])
+            if diff:
+                raise ValidationError(f"{ckpt_path} was written with other settings ({', '.join(diff)}); "
+                                      "only epochs may change on resume")
+            normalisation = ckpt.normalisation
+            history = [dict(h) for h in ckpt.extra.get("history", [])]
+            start_epoch = ckpt.epoch
+            log.info("resuming %s after epoch %d", config.name, start_epoch)
+        else:
+            normalisation = fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
+        common = dict(seed=settings.seed, map_source=settings.map_source)
+        train_sampler = PatchSampler(cohort, config, normalisation, split="train", **common)
+        val_sampler = PatchSampler(cohort, config, normalisation, split="validation", augment=False, **common)
+        step_model: torch.nn.Module = model
+        if settings.compile:
+            step_model = torch.compile(model)
+        out.mkdir(parents=True, exist_ok=True)
+        amp = torch.autocast(device.type, dtype=torch.bfloat16) if settings.bf16 else contextlib.nullcontext()
+        for epoch in range(start_epoch, settings.epochs):
+            torch.manual_seed(_epoch_seed(settings.seed, epoch))
+            batches = train_sampler.batches(epoch, settings.batch_size)
+            n = train_sampler.n_batches(settings.batch_size)
+            if progress is not None:
+                batches = progress(batches, n, f"epoch {epoch + 1}/{settings.epochs}")
+            total = 0.0
+            for x, y in batches:
+                with amp:
+                    total += train_step(step_model, optimizer, x.to(device), y.to(device), config=config)
+            row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / n}
+            row.update(validate(model, val_sampler, device=device, autocast=settings.bf16))
+            history.append(row)
+            log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, epoch=epoch + 1, config=config,
+                            normalisation=normalisation,
+                            extra={"settings": _plain(settings.to_dict()), "history": [_plain(h) for h in history]})
+            _write_csv(out / METRICS_CSV, history)
+            _write_plot(out / METRICS_PNG, history, config.name)
+
+    sequence, digests = _training_sequence(cohort, train_subjects)
+    final = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
+    metrics = {"validation": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in final.items()},
+               "epochs": len(history), "seed": settings.seed, "training_site_sequences": digests,
+               "lesion_threshold": LESION_THRESHOLD}
+    model_path = out / MODEL_NAME
+    save_model(model.cpu(), model_path, config=config, normalisation=normalisation,
+               sequence=sequence if config.input_kind == "mrf" else None, cohort_hash=cohort_hash(cohort),
+               metrics=metrics)
+    return TrainResult(out, model_path, ckpt_path, out / METRICS_CSV, out / METRICS_PNG, tuple(history))
+
+
+def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Only what ``torch.load(weights_only=True)`` reads: numbers, strings, None."""
+    return {k: (None if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in d.items()}

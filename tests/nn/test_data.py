@@ -1,0 +1,120 @@
+"""PatchSampler: seeded patches of the cohort store, split, oversampling, normalisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from mrfengine.errors import ValidationError
+from mrfengine.io import Cohort
+from mrfengine.nn import fit_normalisation, get_config
+from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation, resolve_target
+
+from _tiny_cohort import tiny_cohort_path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return Cohort.open(tiny_cohort_path(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def config():
+    return get_config("MSE-5").with_architecture(depth=2, base_filters=4)
+
+
+@pytest.fixture(scope="module")
+def norm(cohort, config):
+    return fit_cohort_normalisation(cohort, config)
+
+
+def _sampler(cohort, config, norm, **kw):
+    kw.setdefault("patch_size", 32)
+    kw.setdefault("patches_per_slice", 2)
+    return PatchSampler(cohort, config, norm, **kw)
+
+
+def test_same_seed_same_batches_other_seed_others(cohort, config, norm):
+    a = list(_sampler(cohort, config, norm, seed=3).batches(1, 8))
+    b = list(_sampler(cohort, config, norm, seed=3).batches(1, 8))
+    c = list(_sampler(cohort, config, norm, seed=4).batches(1, 8))
+    assert len(a) == len(b) == len(c) > 1
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert xa.dtype == torch.float32 and xa.shape[1:] == (35, 32, 32) and ya.shape[1:] == (5, 32, 32)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not all(torch.equal(xa, xc) for (xa, _), (xc, _) in zip(a, c))
+    # epochs differ, and an epoch is drawn without the ones before it
+    s = _sampler(cohort, config, norm, seed=3)
+    assert not np.array_equal(s.epoch_plan(0), s.epoch_plan(1))
+    assert np.array_equal(s.epoch_plan(1), _sampler(cohort, config, norm, seed=3).epoch_plan(1))
+
+
+def test_split_is_respected(cohort, config, norm):
+    for split in ("train", "validation", "test"):
+        s = _sampler(cohort, config, norm, split=split)
+        expected = cohort.subjects_in(split)
+        assert s.subjects == expected
+        assert {r.subject for r in s.slices} == set(expected)
+    train = _sampler(cohort, config, norm)
+    assert not {r.subject for r in train.slices} & set(cohort.subjects_in("test") + cohort.subjects_in("validation"))
+    with pytest.raises(ValidationError, match="split"):
+        _sampler(cohort, config, norm, split="holdout")
+
+
+def test_lesion_slices_are_oversampled(cohort, config, norm):
+    s = _sampler(cohort, config, norm, patches_per_slice=3, lesion_oversampling=5)
+    expected_lesion = [bool(np.asarray(cohort[r.subject].annotations["lesion"][r.z]).any()) for r in s.slices]
+    assert [r.lesion for r in s.slices] == expected_lesion
+    assert 0 < sum(expected_lesion) < len(expected_lesion)
+    counts = np.bincount(s.epoch_plan(0)[:, 0], minlength=len(s.slices))
+    assert counts.tolist() == [15 if les else 3 for les in expected_lesion]
+    assert len(s) == 3 * (len(s.slices) + 4 * sum(expected_lesion))
+    assert sum(x.shape[0] for x, _ in s.batches(0, 64)) == len(s)
+
+
+def test_patches_are_rotated_flipped_crops_in_network_units(cohort, config, norm):
+    s = _sampler(cohort, config, norm, seed=1)
+    plan = s.epoch_plan(0)
+    assert set(plan[:, 3]) == {0, 1, 2, 3} and set(plan[:, 4]) == {0, 1}
+    scale, offset = norm.scale_and_offset()
+    x_batch, y_batch = next(s.batches(0, 6))
+    for k, (i, y0, x0, rot, flip) in enumerate(plan[:6]):
+        ref = s.slices[i]
+        sub = cohort[ref.subject]
+        x = np.asarray(sub.mrf[:, ref.z]) * scale[:, None, None] + offset[:, None, None]
+        t1 = np.asarray(sub.truth["T1"][ref.z]) / 1000.0
+        les = np.asarray(sub.annotations["lesion"][ref.z]).astype(np.float32)
+        crops = [a[..., y0:y0 + 32, x0:x0 + 32] for a in (x, t1, les)]
+        if flip:
+            crops = [c[..., ::-1] for c in crops]
+        crops = [np.rot90(c, rot, axes=(-2, -1)) for c in crops]
+        np.testing.assert_allclose(x_batch[k].numpy(), crops[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y_batch[k, 0].numpy(), crops[1], rtol=1e-6)
+        np.testing.assert_array_equal(y_batch[k, 4].numpy(), crops[2])
+
+
+def test_normalisation_comes_from_the_training_split_only(cohort, config, norm):
+    def stats(split):
+        sids = cohort.subjects_in(split)
+        return fit_normalisation([np.asarray(cohort[s].mrf[:]) for s in sids],
+                                 mask=[np.asarray(cohort[s].brain_mask[:]) > 0 for s in sids])
+
+    train_only = stats("train")
+    np.testing.assert_allclose(norm.mean, train_only.mean, rtol=1e-9)
+    np.testing.assert_allclose(norm.std, train_only.std, rtol=1e-9)
+    everyone = fit_normalisation([np.asarray(cohort[s].mrf[:]) for s in cohort.subjects],
+                                 mask=[np.asarray(cohort[s].brain_mask[:]) > 0 for s in cohort.subjects])
+    assert not np.allclose(norm.mean, everyone.mean, rtol=1e-6)
+
+
+def test_targets_from_a_derived_group_and_checks(cohort, config, norm):
+    assert resolve_target("truth/T1", "T1", "derived:unet") == "derived/unet/T1"
+    assert resolve_target("truth/GM", "GM", "derived:unet") == "truth/GM"
+    assert resolve_target("truth/T1", "T1") == "truth/T1"
+    with pytest.raises(ValidationError, match="map_source"):
+        resolve_target("truth/T1", "T1", "matched")
+    with pytest.raises(ValidationError, match="derived/none/T1"):
+        _sampler(cohort, config, norm, map_source="derived:none")
+    with pytest.raises(ValidationError, match="multiple of 4"):
+        _sampler(cohort, config, norm, patch_size=30)
+    with pytest.raises(ValidationError, match="channels"):
+        PatchSampler(cohort, get_config("MSE-2-1").with_architecture(depth=2, base_filters=4), norm)

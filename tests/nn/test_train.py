@@ -1,0 +1,133 @@
+"""The training loop: outputs, resume, determinism, the exported model."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from mrfengine.cli import main
+from mrfengine.errors import InputFileError, ValidationError
+from mrfengine.io import Cohort
+from mrfengine.nn import load_model, read_card
+from mrfengine.nn.train import TrainSettings, cohort_hash, load_settings, train
+from mrfengine.nn.training import load_checkpoint
+
+from _tiny_cohort import tiny_cohort_path
+
+_TOML = """\
+cohort = "{cohort}"
+network = "MSE-5"
+output_dir = "{out}"
+epochs = {epochs}
+batch_size = 32
+patches_per_slice = 1
+patch_size = 32
+depth = 2
+base_filters = 4
+seed = 5
+threads = 1
+"""
+
+
+def _write_settings(path, cohort, out, epochs):
+    path.write_text(_TOML.format(cohort=cohort, out=out, epochs=epochs))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cohort_path(tmp_path_factory):
+    return tiny_cohort_path(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def full_run(cohort_path, tmp_path_factory):
+    """An uninterrupted two-epoch run through the command line."""
+    root = tmp_path_factory.mktemp("train_full")
+    toml = _write_settings(root / "run.toml", cohort_path, "out", 2)
+    assert main(["train", str(toml), "--no-progress"]) == 0
+    return root / "out"
+
+
+def test_a_run_writes_checkpoint_metrics_plot_and_model(full_run, cohort_path):
+    for name in ("checkpoint.pt", "metrics.csv", "metrics.png", "model.pt", "model.card.json"):
+        assert (full_run / name).is_file(), name
+    assert not list(full_run.glob(".*tmp*"))
+    rows = list(csv.DictReader((full_run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for r in rows:
+        assert float(r["train_loss"]) > 0
+        assert 0 <= float(r["lesion_dice"]) <= 1
+        assert float(r["T1_reldev"]) > 0 and float(r["T2star_reldev"]) > 0
+    assert (full_run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = read_card(full_run / "model.card.json")
+    cohort = Cohort.open(cohort_path)
+    assert card.training_cohort_hash == cohort_hash(cohort)
+    site = cohort[cohort.subjects_in("train")[0]].site
+    assert card.sequence_digest == cohort.sequence(site).digest()
+    assert card.metrics["validation"]["T1_reldev"] == pytest.approx(float(rows[-1]["T1_reldev"]))
+    assert card.metrics["epochs"] == 2
+    ckpt = load_checkpoint(full_run / "checkpoint.pt", restore_rng=False)
+    assert card.normalisation == ckpt.normalisation
+    assert card.config == ckpt.config and card.config.learning_rate == 1e-4
+
+
+def test_resume_after_epoch_one_matches_the_uninterrupted_run(full_run, cohort_path, tmp_path):
+    settings = load_settings(_write_settings(tmp_path / "run.toml", cohort_path, "out", 1))
+    train(settings)
+    assert load_checkpoint(tmp_path / "out" / "checkpoint.pt", restore_rng=False).epoch == 1
+    with pytest.raises(ValidationError, match="resume"):
+        train(settings)  # a checkpoint is in the way
+    longer = load_settings(_write_settings(tmp_path / "run.toml", cohort_path, "out", 2))
+    result = train(longer, resume=True)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    a = torch.load(full_run / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    assert a["extra"]["history"] == b["extra"]["history"]
+
+
+def test_the_exported_model_loads_and_predicts_like_the_checkpoint(full_run, cohort_path):
+    cohort = Cohort.open(cohort_path)
+    sid = cohort.subjects_in("validation")[0]
+    loaded = load_model(full_run / "model.pt", expect_channels=35)
+    ckpt_state = torch.load(full_run / "checkpoint.pt", weights_only=True)
+    net = loaded.card.config.build()
+    net.load_state_dict(ckpt_state["model"])
+    net.eval()
+    scale, offset = loaded.card.normalisation.scale_and_offset()
+    x = np.asarray(cohort[sid].mrf[:, 5]) * scale[:, None, None] + offset[:, None, None]
+    xin = torch.from_numpy(x[None].astype(np.float32))
+    with torch.no_grad():
+        got, want = loaded.module(xin), net(xin)
+    assert got.shape == (1, 5, 64, 64)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want)
+
+
+def test_settings_are_checked(tmp_path, cohort_path):
+    with pytest.raises(InputFileError, match="not found"):
+        load_settings(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('cohort = "c.zarr"\nnetwork = "MSE-5"\noutput_dir = "o"\nlearning_rat = 1e-4\n')
+    with pytest.raises(ValidationError, match="learning_rat"):
+        load_settings(bad)
+    with pytest.raises(ValidationError, match="epochs"):
+        TrainSettings(cohort="c", network="MSE-5", output_dir="o", epochs=0)
+    s = load_settings(_write_settings(tmp_path / "ok.toml", cohort_path, "out", 1))
+    assert s.output_dir == str(tmp_path / "out") and s.learning_rate == 1e-4
+    cfg = s.network_config()
+    assert (cfg.depth, cfg.base_filters, cfg.patch_size, cfg.patches_per_slice) == (2, 4, 32, 1)
+    with pytest.raises(ValidationError, match="cannot resume"):
+        train(s, resume=True)
+
+
+def test_bf16_autocast_runs_and_validates(cohort_path, tmp_path):
+    toml = _write_settings(tmp_path / "run.toml", cohort_path, "out", 1)
+    toml.write_text(toml.read_text() + "bf16 = true\n")
+    result = train(load_settings(toml))
+    (row,) = result.history
+    assert np.isfinite(row["train_loss"]) and np.isfinite(row["T1_reldev"])
+    assert load_model(result.model_path).card.metrics["validation"]["T1_reldev"] == pytest.approx(row["T1_reldev"])
