@@ -96,20 +96,43 @@ def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, bra
 @click.option("--subject", "subject_ids", multiple=True, help="Subject(s) to export (default: all).")
 @click.option("--array", "arrays", multiple=True,
               help="Array path(s) such as truth/T1, mrf, annotations/lesion (default: all of the subject).")
+@click.option("--pipeline", "pipelines", multiple=True,
+              help="Export the maps of this derived group (mrfengine batch --name; e.g. denoise-match); repeatable.")
 @click.option("--uncompressed", is_flag=True, help="Write .nii instead of .nii.gz.")
-def export(cohort, output_dir, subject_ids, arrays, uncompressed) -> None:
+def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed) -> None:
     """Export arrays of cohort subjects to NIfTI (the subject's affine,
     BIDS-style names such as sub-01_desc-truth_T1map.nii.gz, JSON sidecars
-    with units; T1 and T2* in seconds)."""
+    with units; T1 and T2* in seconds).  With --pipeline, the maps a batch
+    wrote (sub-01_desc-denoisematch_T1map.nii.gz, ...) with the pipeline's
+    provenance in their sidecars; subjects whose maps are not complete are
+    reported and skipped."""
+    from ..errors import StoreError
     from ..io.cohort import Cohort
     from ..io.exporter import export_subject
 
     c = Cohort.open(cohort)
-    n = 0
+    n, missing = 0, []
     for sid in subject_ids or c.subjects:
-        n += len(export_subject(c, sid, output_dir, arrays=arrays or None,
-                                ext=".nii" if uncompressed else ".nii.gz"))
+        wanted = list(arrays)
+        if pipelines:
+            sub = c[sid]
+            for name in pipelines:
+                found = [a for a in sub.arrays if a.startswith(f"derived/{name}/")]
+                if not found:
+                    missing.append(f"{sid} ({name})")
+                wanted += found
+            if not wanted:
+                continue
+        try:
+            n += len(export_subject(c, sid, output_dir, arrays=wanted or None,
+                                    ext=".nii" if uncompressed else ".nii.gz"))
+        except StoreError as exc:
+            missing.append(f"{sid}: {exc}")
     click.echo(f"wrote {n} images to {output_dir}")
+    if missing:
+        click.secho(f"not exported (no complete maps; run mrfengine batch): {', '.join(missing)}", err=True, fg="yellow")
+        if not n:
+            click.get_current_context().exit(1)
 
 
 @click.command()

@@ -14,8 +14,8 @@ from ._common import backend_option, cache_option, make_cache, method_option, no
               help="SNR relative to the white-matter signal.")
 @click.option("--site", default=1, show_default=True, type=click.Choice(["1", "2"]), help="Protocol of site 1 or 2.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--cohort", "cohort_path", type=click.Path(file_okay=False), default=None,
-              help="Where to keep the simulated tiny cohort (default: a temporary folder, removed at the end).")
+@click.option("--cohort", "cohort_path", type=click.Path(file_okay=False), default="mrfengine-demo/tiny.zarr",
+              show_default=True, help="Where the tiny cohort and its maps are kept (reused when it exists).")
 @click.option("--no-cohort", is_flag=True, help="Skip the cohort part.")
 @backend_option
 @method_option
@@ -30,8 +30,9 @@ def demo(slices: int, voxels: int, snr: float, site: str, seed: int, cohort_path
     recovered against true values.
 
     2. The tiny synthetic MS cohort (6 subjects of both sites, MNI anatomy,
-    lesions, B1 field, Rician noise), every subject matched slice by slice
-    inside its brain mask: median errors against ground truth per tissue."""
+    lesions, B1 field, Rician noise) through the batch engine (MP-PCA
+    denoising, then matching slice by slice, on a local Dask cluster): median
+    errors against ground truth per tissue, and where the maps are."""
     from ..demo import run_demo
     from ..dictionary import SliceDictionaries
     from ..sequence import hermann2021
@@ -55,39 +56,47 @@ def demo(slices: int, voxels: int, snr: float, site: str, seed: int, cohort_path
     click.echo(f"\ndictionaries: {rep.n_slices} x {rep.n_atoms} atoms in {rep.dictionary_seconds:.2f} s; "
                f"matching ({rep.backend}, {rep.method}): {rep.n_voxels} voxels in {rep.match_seconds:.2f} s ({rate:,.0f} voxels/s)")
     if not no_cohort:
-        _cohort_part(cohort_path, seed, backend, method, make_cache(cache_dir, no_cache))
+        if cache_dir:  # the batch's worker processes read the cache from the environment
+            import os
+
+            os.environ["MRFENGINE_CACHE_DIR"] = str(cache_dir)
+        _cohort_part(cohort_path, seed, backend, method)
 
 
-def _cohort_part(cohort_path, seed, backend, method, cache) -> None:
-    import shutil
-    import tempfile
+def _cohort_part(cohort_path, seed, backend, method) -> None:
     import time
     from pathlib import Path
 
     from ..demo import run_cohort_demo
+    from .batch import _quiet_dask
 
-    tmp = None if cohort_path else tempfile.mkdtemp(prefix="mrfengine-demo-")
-    path = Path(cohort_path) if cohort_path else Path(tmp) / "tiny.zarr"
-    try:
-        click.echo(f"\nsimulating the tiny cohort in {path} and matching every subject ...")
-        t0 = time.perf_counter()
-        rows = run_cohort_demo(path, seed=seed, backend=backend, method=method, cache=cache)
-        total = time.perf_counter() - t0
-        click.echo("median relative error against ground truth (voxels with tissue fraction > 0.9)")
-        head = f"{'subject':<8}{'site':>6} {'group':>8} {'voxels':>7}  {'WM T1/T2*':>13}  {'GM T1/T2*':>13}  {'lesion T1/T2*':>13}"
-        click.echo(head)
-        click.echo("-" * len(head))
-        for r in rows:
-            cells = []
-            for tissue in ("WM", "GM", "lesion"):
-                e = r.errors.get(tissue)
-                cells.append(f"{e[0]:>6.1%}/{e[1]:<6.1%}" if e else f"{'-':>13}")
-            click.echo(f"{r.subject:<8}{r.site:>6} {r.group:>8} {r.n_voxels:>7}  " + "  ".join(cells))
-        click.echo(f"cohort simulated and matched in {total:.1f} s"
-                   + ("" if tmp else f"; the cohort is kept in {path}"))
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+    path = Path(cohort_path)
+    _quiet_dask()
+    click.echo(f"\nsimulating the tiny cohort in {path} and running `mrfengine batch` on it "
+               "(MP-PCA denoising, matching slice by slice) ...")
+    t0 = time.perf_counter()
+    rows, report = run_cohort_demo(path, seed=seed, backend=backend, method=method)
+    total = time.perf_counter() - t0
+    click.echo("median relative error against ground truth (voxels with tissue fraction > 0.9)")
+    head = f"{'subject':<8}{'site':>6} {'group':>8} {'voxels':>7}  {'WM T1/T2*':>13}  {'GM T1/T2*':>13}  {'lesion T1/T2*':>13}"
+    click.echo(head)
+    click.echo("-" * len(head))
+    for r in rows:
+        cells = []
+        for tissue in ("WM", "GM", "lesion"):
+            e = r.errors.get(tissue)
+            cells.append(f"{e[0]:>6.1%}/{e[1]:<6.1%}" if e else f"{'-':>13}")
+        click.echo(f"{r.subject:<8}{r.site:>6} {r.group:>8} {r.n_voxels:>7}  " + "  ".join(cells))
+    failed = [r for r in report.results if r.status == "failed"]
+    for r in failed:
+        click.secho(f"  {r.subject} failed: {r.error}", err=True, fg="red")
+    click.echo(f"cohort simulated and processed in {total:.1f} s ({report.n_workers} Dask workers, batch "
+               f"{report.wall_s:.1f} s)")
+    click.echo(f"maps: {path}/subjects/<subject>/derived/{report.pipeline}/ (T1, T2star, B1, M0, correlation)\n"
+               f"as NIfTI: mrfengine export {path} -o OUTDIR --pipeline {report.pipeline}\n"
+               f"the whole study: mrfengine batch {path}")
+    if failed:
+        click.get_current_context().exit(1)
 
 
 commands = [demo]

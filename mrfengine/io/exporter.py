@@ -18,7 +18,16 @@ array                  file
 ``annotations/lesion`` ``sub-01_label-lesion_mask.nii.gz``
 ``annotations/X_Y``    ``sub-01_label-X_desc-Y_mask.nii.gz``
 ``reference/T2w``      ``sub-01_T2w.nii.gz``
+``derived/P/T1``       ``sub-01_desc-P_T1map.nii.gz`` (seconds; P: the pipeline's name, letters and digits only)
+``derived/P/T2star``   ``sub-01_desc-P_T2starmap.nii.gz`` (seconds)
+``derived/P/B1``       ``sub-01_desc-P_TB1map.nii.gz``
+``derived/P/M0``       ``sub-01_desc-P_M0map.nii.gz``
+``derived/P/X``        ``sub-01_label-X_desc-P_probseg.nii.gz`` for probabilities, else ``sub-01_desc-PX_map.nii.gz``
 =====================  =============================================
+
+Derived maps carry their pipeline's provenance (package version, backend,
+stage configuration, dictionary digests, per-stage timings) in the sidecar's
+``GeneratedBy`` and ``PipelineProvenance``.
 
 Ground truth carries ``desc-truth`` so it never collides with the maps that
 ``mrfengine match`` writes (``sub-01_T1map.nii.gz``).  Every image gets a JSON
@@ -38,7 +47,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
-from .bids import write_sidecar
+from .bids import MAP_SPECS, write_sidecar
 from .cohort import SCHEMA_VERSION, TRUTH_SPECS, Cohort, Subject
 from .nifti import save_nifti
 
@@ -90,6 +99,14 @@ def export_name(array_path: str) -> tuple[str, str, float]:
     if head == "annotations":
         label, _, desc = leaf.partition("_")
         return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), "1", 1.0
+    if head.startswith("derived/") and head.count("/") == 1:
+        desc = _alnum(head.partition("/")[2])
+        if leaf in MAP_SPECS and leaf != "correlation":
+            suffix, unit, scale, _ = MAP_SPECS[leaf]
+            return f"desc-{desc}_{suffix}", unit, scale
+        if leaf in _PROBSEG or leaf in ("NAWM",):
+            return f"label-{leaf}_desc-{desc}_probseg", "fraction", 1.0
+        return f"desc-{desc}{_alnum(leaf)}_map", "arbitrary" if leaf != "correlation" else "1", 1.0
     if head == "reference":
         return (leaf if re.fullmatch(r"[A-Za-z0-9]+", leaf) else f"desc-{_alnum(leaf)}_reference"), "arbitrary", 1.0
     return f"desc-{_alnum(array_path)}_map", "arbitrary", 1.0
@@ -109,6 +126,37 @@ def _sequence_fields(subject: Subject) -> dict[str, Any]:
         "SliceTiming": [round(float(seq.slot_of_slice(z)) * slot_ms[0] / 1000, 6) for z in range(seq.n_slices)],
         "InversionBefore": [s is not None for s in seq.inversion_slot],
     }
+
+
+def _derived_fields(store: Path, subject: Subject, array_path: str, attrs: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Sidecar fields of a derived map: units from the array, the pipeline's provenance."""
+    pipeline = array_path.split("/")[1]
+    if attrs.get("units") == "ms":
+        fields["Units"] = "s"
+    record = _derived_record(store, subject, pipeline)
+    prov = dict(record.get("provenance") or {})
+    fields["GeneratedBy"] = [{
+        "Name": "mrfengine",
+        "Version": prov.get("mrfengine_version", __version__),
+        "Description": f"pipeline {pipeline}: " + " -> ".join((prov.get("config") or {}).get("stages", [])),
+    }]
+    fields["PipelineProvenance"] = prov
+    if record.get("timings_s"):
+        fields["PipelineTimings"] = record["timings_s"]
+
+
+def _derived_record(store: Path, subject: Subject, pipeline: str) -> dict[str, Any]:
+    import json
+
+    doc = store / "subjects" / subject.id / "derived" / pipeline / "zarr.json"
+    try:
+        record = json.loads(doc.read_text()).get("attributes", {}).get("mrfengine_derived", {})
+    except (OSError, ValueError):
+        record = {}
+    if record.get("complete") is not True:
+        raise StoreError(f"{subject.id}: derived/{pipeline}/ is not complete (an interrupted run?); "
+                         f"rerun mrfengine batch before exporting it")
+    return record
 
 
 def export_array(
@@ -175,6 +223,8 @@ def export_array(
     }
     if array_path == "mrf":
         fields.update(_sequence_fields(subject))
+    if array_path.startswith("derived/"):
+        _derived_fields(Path(cohort.path), subject, array_path, attrs, fields)
     if array_path.startswith("truth/") and cohort.generator:
         fields["Simulated"] = True
         fields["Seed"] = cohort.generator.get("seed")

@@ -9,6 +9,7 @@ reported in the result, and no completion record is written.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -22,7 +23,7 @@ from ..io.cohort import Cohort, json_equal, normalize_subject_id
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
 from .stages import Pipeline, run_stages
 
-__all__ = ["SubjectResult", "run_subject"]
+__all__ = ["SubjectResult", "run_subject", "load_inputs", "failed_result", "peak_memory_mb"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,12 @@ class SubjectResult:
         For ``failed``: the message, naming the subject and the error type.
     arrays : tuple of str
         Array paths written (``derived/<pipeline>/<name>``).
+    error_kind : {"input", "stage", "output", "worker"} or None
+        For ``failed``: the subject's data (``input``), a stage, writing the
+        results (``output``: a read-only or full store; a batch stops), or a
+        worker that died (``worker``).
+    peak_memory_mb : float or None
+        Peak resident memory of the process(es) that ran the subject.
     """
 
     subject: str
@@ -52,25 +59,52 @@ class SubjectResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     arrays: tuple[str, ...] = ()
+    error_kind: str | None = None
+    peak_memory_mb: float | None = None
 
 
-def _load_inputs(cohort_path: str | os.PathLike, sid: str) -> dict[str, Any]:
+def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Read and check the stage inputs of one subject, or of its planes ``[lo, hi)``.
+
+    Returns the :data:`~mrfengine.pipeline.stages.INITIAL_ARTIFACTS`: ``mrf``
+    (T, Z, Y, X) float32, ``mask`` (Z, Y, X) bool or None, ``sequence`` and
+    ``z0`` (= ``lo``).
+
+    Raises
+    ------
+    StoreError
+        No such or an incomplete subject, an unreadable ``mrf`` (a truncated
+        or corrupt chunk), a shape that does not fit the sequence.
+    ValidationError
+        NaN/Inf inside the brain mask (the message names the subject and how many).
+    """
+    sid = normalize_subject_id(subject_id)
     cohort = Cohort.open(cohort_path)
     subject = cohort[sid]  # StoreError naming an unknown or incomplete subject
+    expect = (subject.sequence.n_measurements,) + subject.shape
+    if tuple(subject.mrf.shape) != expect:
+        raise StoreError(f"{sid}: 'mrf' has shape {tuple(subject.mrf.shape)}; expected {expect} (frames, Z, Y, X)")
+    lo, hi = (0, subject.shape[0]) if planes is None else (int(planes[0]), int(planes[1]))
+    if not 0 <= lo < hi <= subject.shape[0]:
+        raise ValidationError(f"{sid}: planes [{lo}, {hi}) are outside its {subject.shape[0]} slices")
     try:
-        mrf = np.asarray(subject.mrf[:], dtype=np.float32)
+        mrf = np.asarray(subject.mrf[:, lo:hi], dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - any read failure of the array is a broken subject
         raise StoreError(f"{sid}: cannot read its 'mrf' array ({type(exc).__name__}: {exc})") from exc
-    expect = (subject.sequence.n_measurements,) + subject.shape
-    if mrf.shape != expect:
-        raise StoreError(f"{sid}: 'mrf' has shape {mrf.shape}; expected {expect} (frames, Z, Y, X)")
-    mask = None if subject.brain_mask is None else np.asarray(subject.brain_mask[:]) > 0
+    try:
+        mask = None if subject.brain_mask is None else np.asarray(subject.brain_mask[lo:hi]) > 0
+    except Exception as exc:  # noqa: BLE001
+        raise StoreError(f"{sid}: cannot read its 'brain_mask' array ({type(exc).__name__}: {exc})") from exc
     region = mrf if mask is None else mrf[:, mask]
     bad = int(np.count_nonzero(~np.isfinite(region)))
     if bad:
-        where = "inside the brain mask" if mask is not None else ""
-        raise ValidationError(f"{sid}: 'mrf' holds {bad} NaN/Inf value(s) {where}; the subject's data are corrupt")
-    return {"mrf": mrf, "mask": mask, "sequence": subject.sequence}
+        where = " inside the brain mask" if mask is not None else ""
+        span = "" if planes is None else f" (slices {lo}-{hi - 1})"
+        raise ValidationError(f"{sid}: 'mrf' holds {bad} NaN/Inf value(s){where}{span}; the subject's data are corrupt")
+    return {"mrf": mrf, "mask": mask, "sequence": subject.sequence, "z0": lo}
+
+
+_load_inputs = load_inputs
 
 
 def run_subject(
@@ -130,13 +164,16 @@ def run_subject(
 
     start = time.perf_counter()
     timings: dict[str, float] = {}
+    phase = "output"
     try:
         if force:
             # The old maps go first, so a failed forced run leaves none that look current.
             remove_derived(cohort_path, sid, pipeline.name)
+        phase = "input"
         t0 = time.perf_counter()
-        artifacts = _load_inputs(cohort_path, sid)
+        artifacts = load_inputs(cohort_path, sid)
         timings["read"] = time.perf_counter() - t0
+        phase = "stage"
         state, stage_times, info = run_stages(pipeline, artifacts, backend=backend)
         timings.update(stage_times)
         provenance = {
@@ -145,16 +182,55 @@ def run_subject(
             "stages": info,
             "config": pipeline.to_dict(),
         }
+        phase = "output"
         t0 = time.perf_counter()
         attrs = {"provenance": provenance, "timings_s": {k: round(v, 6) for k, v in timings.items()}}
         paths = write_derived(cohort_path, sid, pipeline.name, state["derived"], attrs=attrs)
         timings["store"] = time.perf_counter() - t0
     except Exception as exc:  # noqa: BLE001 - one subject's failure must not stop a study
         timings["total"] = time.perf_counter() - start
-        message = str(exc) if sid in str(exc) else f"{sid}: {exc}"
-        message = f"{type(exc).__name__}: {message}"
-        log.error("%s: pipeline %r failed: %s", sid, pipeline.name, message)
-        return SubjectResult(sid, pipeline.name, "failed", timings, message)
+        return failed_result(sid, pipeline.name, exc, phase, timings)
     timings["total"] = time.perf_counter() - start
     log.info("%s: derived/%s/ written in %.2f s", sid, pipeline.name, timings["total"])
-    return SubjectResult(sid, pipeline.name, "ok", timings, None, tuple(paths))
+    return SubjectResult(sid, pipeline.name, "ok", timings, None, tuple(paths), peak_memory_mb=peak_memory_mb())
+
+
+#: errno values that mean the output location cannot take the results.
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT})
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in OUTPUT_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def failed_result(sid: str, pipeline: str, exc: BaseException, phase: str,
+                  timings: dict[str, float] | None = None, *, quiet: bool = False) -> SubjectResult:
+    """The :class:`SubjectResult` of a failure in ``phase`` (``input``, ``stage``,
+    ``output``), logged (at debug level with ``quiet``); an OSError of a full or read-only location anywhere is
+    an ``output`` failure whatever the phase."""
+    oserr = _os_error(exc)
+    kind = "output" if oserr is not None else phase
+    if oserr is not None:
+        what = "no space left" if oserr.errno in (errno.ENOSPC, errno.EDQUOT) else "not writable"
+        where = f" ({oserr.filename})" if oserr.filename else ""
+        message = f"{sid}: cannot write the results: output location {what}{where}: {oserr.strerror or oserr}"
+    else:
+        message = str(exc) if sid in str(exc) else f"{sid}: {exc}"
+    message = f"{type(exc).__name__}: {message}"
+    log.log(logging.DEBUG if quiet else logging.ERROR, "%s: pipeline %r failed: %s", sid, pipeline, message)
+    return SubjectResult(sid, pipeline, "failed", dict(timings or {}), message, error_kind=kind,
+                         peak_memory_mb=peak_memory_mb())
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, MB (``ru_maxrss``)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except (ImportError, OSError):  # not on POSIX
+        return float("nan")

@@ -17,8 +17,8 @@ def test_help_and_version(capsys):
     assert main(["demo", "--snr", "zero"]) == 2
 
 
-def test_demo_prints_a_table(capsys):
-    assert main(["demo", "--slices", "1", "--voxels", "256", "--no-cache"]) == 0
+def test_demo_prints_a_table(capsys, tmp_path):
+    assert main(["demo", "--slices", "1", "--voxels", "256", "--no-cache", "--cohort", str(tmp_path / "c.zarr")]) == 0
     out = capsys.readouterr().out
     for word in ("WM", "GM", "DGM", "lesion", "T1 true", "voxels/s", "tiny cohort", "sub-06"):
         assert word in out
@@ -29,8 +29,12 @@ def test_demo_keeps_the_cohort_where_asked(tmp_path, capsys):
     assert main(["demo", "--slices", "1", "--voxels", "16", "--cohort", str(path)]) == 0
     from mrfengine.io import validate_cohort
 
+    from mrfengine.pipeline import derived_complete
+
     assert validate_cohort(path).ok
-    assert f"kept in {path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"maps: {path}/subjects/<subject>/derived/denoise-match/" in out
+    assert all(derived_complete(path, f"sub-0{i}", "denoise-match") for i in range(1, 7))
 
 
 def test_info_lists_backends(capsys):

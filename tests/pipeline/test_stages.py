@@ -43,8 +43,8 @@ method = "brute"
 
 @pytest.mark.parametrize("stages, words", [
     ("denoise,segment", ["unknown stage", "segment", "known stages"]),
-    ("denoise", ["'write' needs input", "maps", "'match'"]),
-    ("write", ["'write' needs input", "maps"]),
+    ("denoise", ["'write' needs one of", "maps", "'match'"]),
+    ("write", ["'write' needs one of", "maps"]),
     ("write,match", ["'write' must be the last stage"]),
     ("match,match", ["once"]),
     ("", ["at least one stage"]),

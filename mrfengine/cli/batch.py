@@ -1,0 +1,255 @@
+"""``mrfengine batch COHORT.zarr``: a pipeline over a whole cohort on Dask."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from ._common import progress_option
+
+DEFAULT_STAGES = "denoise,match"
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):  # NaN / inf
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class _Display:
+    """Progress of a batch: a tqdm bar on a terminal (subjects, stage times,
+    throughput, ETA), one log line per subject otherwise."""
+
+    def __init__(self, enabled: bool | None) -> None:
+        self.tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.slabs_total = 0
+        self.slabs_done = 0
+        self.stage_s: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def __call__(self, kind: str, payload: dict[str, Any]) -> None:
+        getattr(self, f"_on_{kind}")(payload)
+
+    def _rate(self) -> float:
+        elapsed = time.perf_counter() - self.t0
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def _stages(self) -> str:
+        if not self.done and not self.slabs_done:
+            return ""
+        n = max(1, self.done)
+        keys = [k for k in self.stage_s if k not in ("write",)]
+        return " ".join(f"{k} {self.stage_s[k] / n:.1f}s" for k in keys)
+
+    def _on_start(self, p: dict[str, Any]) -> None:
+        self.total = len(p["subjects"])
+        self.slabs_total = p["slabs"]
+        click.echo(f"{self.total} subject(s) to run, {len(p['skipped'])} already complete (skipped); "
+                   f"{p['slabs']} slab task(s) on {p['n_workers']} worker(s), {p['n_threads']} thread(s)", err=True)
+        self.t0 = time.perf_counter()
+        if self.tty and self.total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc="subjects", unit="subj", file=sys.stderr, dynamic_ncols=True)
+
+    def _on_slab(self, p: dict[str, Any]) -> None:
+        self.slabs_done += 1
+        for k, v in p["timings_s"].items():
+            self.stage_s[k] = self.stage_s.get(k, 0.0) + float(v)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"slabs {self.slabs_done}/{self.slabs_total} {self._stages()}", refresh=True)
+
+    def _on_subject(self, p: dict[str, Any]) -> None:
+        r = p["result"]
+        self.done += 1
+        self.failed += r.status == "failed"
+        if self.bar is not None:
+            self.bar.update(1)
+            if r.status == "failed":
+                self.bar.write(f"FAILED {r.error}", file=sys.stderr)
+            return
+        rate = self._rate()
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        state = "ok" if r.status == "ok" else f"FAILED: {r.error}"
+        took = r.timings_s.get("wall")
+        click.echo(f"[{self.done}/{self.total}] {r.subject} {state}"
+                   + (f" in {took:.1f} s" if took and r.status == "ok" else "")
+                   + f"; {rate * 60:.1f} subjects/min, ETA {_fmt_duration(eta)}", err=True)
+
+    def _on_stopped(self, p: dict[str, Any]) -> None:
+        self.close()
+        click.secho(f"error: {p['reason']}", err=True, fg="red")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _summary(report, cohort: str) -> None:
+    rows = report.results
+    failed = [r for r in rows if r.status == "failed"]
+    ran = [r for r in rows if r.status != "skipped"]
+    if ran:
+        head = f"{'subject':<10}{'status':<9}{'wall s':>8}  {'stages (task seconds)':<44}{'peak MB':>8}"
+        click.echo(head)
+        click.echo("-" * len(head))
+        for r in ran:
+            stages = " ".join(f"{k} {v:.1f}" for k, v in r.timings_s.items() if k not in ("wall", "total"))
+            total = r.timings_s.get("wall", r.timings_s.get("total", float("nan")))
+            peak = f"{r.peak_memory_mb:,.0f}" if r.peak_memory_mb == r.peak_memory_mb and r.peak_memory_mb else "-"
+            click.echo(f"{r.subject:<10}{r.status:<9}{total:>8.1f}  {stages[:44]:<44}{peak:>8}")
+    for r in failed:
+        click.secho(f"  {r.subject}: {r.error}", err=True, fg="red")
+    n_ok, n_skip = report.count("ok"), report.count("skipped")
+    throughput = n_ok / report.wall_s * 60 if report.wall_s > 0 else 0.0
+    click.echo(f"{len(rows)} subject(s): {n_ok} done, {n_skip} already complete, {len(failed)} failed"
+               + (f", {len(report.not_run)} not run" if report.not_run else "")
+               + f"; {_fmt_duration(report.wall_s)} wall, {throughput:.1f} subjects/min")
+    if n_ok or n_skip:
+        click.echo(f"maps: {cohort}/subjects/<subject>/derived/{report.pipeline}/ "
+                   f"(NIfTI: mrfengine export {cohort} -o OUTDIR --pipeline {report.pipeline})")
+
+
+def _write_report(path: str, report) -> None:
+    import dataclasses
+    import json
+    import os
+    import tempfile
+
+    doc = {"pipeline": report.pipeline, "wall_s": report.wall_s, "n_workers": report.n_workers,
+           "n_threads": report.n_threads, "stopped": report.stopped, "not_run": report.not_run,
+           "results": [dataclasses.asdict(r) for r in report.results]}
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _quiet_dask() -> None:
+    """Dask's INFO chatter (scheduler/nanny start and stop) hides the progress;
+    keep its warnings unless mrfengine runs at debug level."""
+    import logging
+
+    import distributed  # noqa: F401 - configures its loggers on import
+
+    level = logging.WARNING if logging.getLogger().level <= logging.DEBUG else logging.ERROR
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(level)
+
+
+def _pipeline(stages: str | None, config: str | None, name: str | None):
+    import tomllib
+
+    from ..errors import InputFileError
+    from ..pipeline import Pipeline
+
+    if config is not None:
+        if stages is not None:
+            raise click.UsageError("give --stages or --config, not both")
+        try:
+            with open(config, "rb") as fh:
+                doc = tomllib.load(fh)
+        except OSError as exc:
+            raise InputFileError(f"{config}: cannot read the pipeline configuration ({exc.strerror or exc})") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise InputFileError(f"{config}: not valid TOML ({exc})") from exc
+        try:
+            pipe = Pipeline.from_dict(doc)
+        except Exception as exc:
+            raise type(exc)(f"{config}: {exc}") from exc
+        if name is not None:
+            pipe = Pipeline(name, pipe.stages, pipe.options)
+        return pipe
+    return Pipeline.from_stages(stages or DEFAULT_STAGES, name=name)
+
+
+@click.command()
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.option("--stages", default=None,
+              help=f"Stages to run, comma-separated (default: {DEFAULT_STAGES}; 'write' is added). "
+                   "Known: denoise, match, write.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="A TOML pipeline description ([pipeline] name, stages; one table of options per stage).")
+@click.option("--name", default=None,
+              help="Name of the derived group written per subject (default: the stage names, e.g. denoise-match).")
+@click.option("--subjects", "subject_ids", multiple=True,
+              help="Subject(s) to run: sub-07 or 07, repeatable or comma-separated (default: all).")
+@click.option("--force", is_flag=True, help="Redo subjects whose maps are complete.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="A running dask.distributed scheduler (tcp://host:8786) whose workers see the cohort "
+                   "(default: a local cluster on this machine).")
+@click.option("--workers", "n_workers", type=click.IntRange(1), default=None,
+              help="Local workers (default: one per GPU, else one per core).")
+@click.option("--threads-per-worker", type=click.IntRange(1), default=1, show_default=True,
+              help="Tasks each local worker runs at once.")
+@click.option("--backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"]),
+              help="Kernel backend, chosen inside each task (auto: a worker's GPU, else C++, Numba, numpy).")
+@click.option("--slab-planes", type=click.IntRange(1), default=None,
+              help="Planes per slab task (default 32: a 60-slice subject makes two). Keep it when rerunning: "
+                   "the maps depend on it in the last bits.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the per-subject results (status, timings, errors, peak memory) as JSON.")
+@progress_option
+def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_workers, threads_per_worker, backend,
+          slab_planes, report_path, show_progress) -> None:
+    """Run a pipeline (default: MP-PCA denoising, then dictionary matching
+    with each slice's own dictionary) over every subject of a cohort, on a
+    local Dask cluster or an existing one (--scheduler).
+
+    Maps go into the cohort, subjects/<sub>/derived/<name>/, with per-stage
+    timings and provenance; a subject is complete only once its completion
+    record is written, last.  A rerun skips complete subjects and redoes
+    interrupted ones; a failing subject is reported while the others go on.
+
+    Exit status: 0 every selected subject complete, 1 some failed (see the
+    summary) or the store cannot be written, 2 usage error."""
+    from ..errors import MRFEngineError
+    from ..io.cohort import Cohort
+    from ..pipeline.batch import SLAB_PLANES, batch_client, dashboard_link, run_batch
+
+    pipe = _pipeline(stages, config_path, name)
+    ids = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
+    Cohort.open(cohort)  # a clear error before any cluster starts
+    display = _Display(show_progress)
+    _quiet_dask()
+    click.echo(f"pipeline {pipe.name}: {' -> '.join(pipe.stages)} on {cohort}", err=True)
+    try:
+        with batch_client(scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker) as client:
+            link = dashboard_link(client)
+            where = scheduler or "a local cluster"
+            click.echo(f"scheduler: {where}; dashboard: {link or 'not available (pip install bokeh)'}", err=True)
+            try:
+                report = run_batch(cohort, pipe, client, subjects=ids or None, force=force, backend=backend,
+                                   slab_planes=slab_planes or SLAB_PLANES, on_event=display)
+            finally:
+                display.close()
+    except KeyboardInterrupt:
+        display.close()
+        click.secho("interrupted: finished subjects are kept; rerun the same command to go on", err=True, fg="red")
+        click.get_current_context().exit(130)
+    except MRFEngineError:
+        raise
+    except OSError as exc:
+        raise MRFEngineError(f"cannot start or reach the Dask cluster ({exc})") from exc
+    _summary(report, cohort)
+    if report_path:
+        _write_report(report_path, report)
+    if not report.ok:
+        click.get_current_context().exit(1)
+
+
+commands = [batch]

@@ -1,0 +1,540 @@
+"""A pipeline over a whole cohort on Dask: :func:`run_batch` and :func:`batch_client`.
+
+Each subject becomes one or more *slab* tasks (planes ``[lo, hi)`` read with
+the halo the stages need, see :func:`plan_slabs`) and one *finalize* task that
+gathers the slabs' maps and writes ``derived/<pipeline>/`` with the completion
+record last (:func:`mrfengine.pipeline.derived.write_derived`).  Tasks take
+only paths, ids and the pipeline description, so they run unchanged on a
+:class:`distributed.LocalCluster` or on any ``dask.distributed`` scheduler
+whose workers see the cohort's path.
+
+A subject is split into slabs of about :data:`SLAB_PLANES` planes (a
+paper-sized subject of 60 slices: two), so one subject keeps two workers busy
+and many subjects keep many busy.  The slab plan depends only on the
+subject's shape and the pipeline, never on the cluster, so a rerun writes
+the same bytes; it equals a whole-volume run (:func:`run_subject`) up to the
+rounding of MP-PCA's running sums.
+
+Failures stay per subject: a corrupt subject, a failing stage or a worker
+that dies gives a ``failed`` :class:`~mrfengine.pipeline.run.SubjectResult`
+while the other subjects go on; an output location that is read-only or full
+stops the batch (no later subject could be written either).  Finished
+subjects are never touched again unless ``force`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError, ValidationError
+from ..io.cohort import Cohort, json_equal, normalize_subject_id
+from .derived import derived_attrs, derived_complete, remove_derived, write_derived
+from .run import SubjectResult, failed_result, load_inputs, peak_memory_mb
+from .stages import Pipeline, pipeline_halo, run_stages
+
+__all__ = ["SLAB_PLANES", "Slab", "SlabOutcome", "BatchReport", "plan_slabs", "run_slab", "finalize_subject",
+           "check_writable", "batch_client", "run_batch", "prepare_dictionaries"]
+
+log = logging.getLogger(__name__)
+
+#: Default planes per slab: a subject of 60 slices makes two tasks.
+SLAB_PLANES = 32
+
+
+# --------------------------------------------------------------------------- planning
+@dataclass(frozen=True)
+class Slab:
+    """Planes ``[keep_lo, keep_hi)`` of a subject, computed from ``[read_lo, read_hi)``."""
+
+    index: int
+    read_lo: int
+    read_hi: int
+    keep_lo: int
+    keep_hi: int
+
+
+def plan_slabs(n_planes: int, pipeline: Pipeline, slab_planes: int = SLAB_PLANES) -> tuple[Slab, ...]:
+    """Split ``n_planes`` planes into ``ceil(n_planes / slab_planes)`` slabs of
+    (nearly) equal size for ``pipeline``, each read with the pipeline's halo on
+    the sides that are not the volume's edge.  A pipeline with a whole-volume
+    stage, or slabs that would be thinner than the halo, give fewer slabs (at
+    least one)."""
+    if isinstance(slab_planes, bool) or not isinstance(slab_planes, (int, np.integer)) or slab_planes < 1:
+        raise ValidationError(f"slab_planes must be a positive integer; got {slab_planes!r}")
+    n_slabs = math.ceil(n_planes / int(slab_planes)) if n_planes > 0 else 1
+    if n_planes < 1:
+        raise ValidationError(f"a subject needs at least one plane; got {n_planes}")
+    halo = pipeline_halo(pipeline)
+    n_slabs = max(1, int(n_slabs))
+    if halo is None:
+        n_slabs = 1
+    else:
+        n_slabs = min(n_slabs, max(1, n_planes // max(1, halo)))
+    if n_slabs == 1:
+        return (Slab(0, 0, n_planes, 0, n_planes),)
+    bounds = [(i * n_planes) // n_slabs for i in range(n_slabs + 1)]  # sizes differ by at most one
+    slabs = []
+    for i in range(n_slabs):
+        keep_lo, keep_hi = bounds[i], bounds[i + 1]
+        slabs.append(Slab(i, max(0, keep_lo - halo), min(n_planes, keep_hi + halo), keep_lo, keep_hi))
+    return tuple(slabs)
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class SlabOutcome:
+    """What one slab task returns to its subject's finalize task."""
+
+    subject: str
+    slab: Slab
+    derived: dict[str, np.ndarray] | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    failure: SubjectResult | None = None
+    peak_memory_mb: float = float("nan")
+    started: float = float("nan")
+
+
+def run_slab(cohort_path: str, subject_id: str, pipeline: Pipeline, slab: Slab, *, backend: str = "auto",
+             n_threads: int = 1) -> SlabOutcome:
+    """Read a slab with its halo, run the stages, keep its planes.  Never raises
+    for the subject's data or a stage: the failure rides in the outcome."""
+    sid = normalize_subject_id(subject_id)
+    started = time.time()
+    timings: dict[str, float] = {}
+    phase = "input"
+    try:
+        t0 = time.perf_counter()
+        artifacts = load_inputs(cohort_path, sid, (slab.read_lo, slab.read_hi))
+        timings["read"] = time.perf_counter() - t0
+        phase = "stage"
+        state, stage_times, info = run_stages(
+            pipeline, artifacts, backend=backend, n_threads=n_threads,
+            crop=(slab.keep_lo - slab.read_lo, slab.read_hi - slab.keep_hi))
+        timings.update(stage_times)
+        derived = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state["derived"].items()}
+    except Exception as exc:  # noqa: BLE001 - reported per subject
+        return SlabOutcome(sid, slab, None, timings, {}, failed_result(sid, pipeline.name, exc, phase, timings, quiet=True),
+                           peak_memory_mb(), started)
+    return SlabOutcome(sid, slab, derived, timings, info, None, peak_memory_mb(), started)
+
+
+def _merge_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage provenance of a subject from its slabs: the first slab's, with the
+    dictionary digests of all slabs and the matched voxels summed."""
+    merged = {name: dict(value) for name, value in infos[0].items()}
+    for info in infos[1:]:
+        for name, value in info.items():
+            target = merged.setdefault(name, dict(value))
+            if "dictionary_digests" in value:
+                target["dictionary_digests"] = {**target.get("dictionary_digests", {}), **value["dictionary_digests"]}
+            if "n_matched" in value and target is not value:
+                target["n_matched"] = int(target.get("n_matched", 0)) + int(value["n_matched"])
+    for value in merged.values():
+        if "dictionary_digests" in value:
+            value["dictionary_digests"] = dict(sorted(value["dictionary_digests"].items(), key=lambda kv: int(kv[0])))
+    return merged
+
+
+def finalize_subject(cohort_path: str, subject_id: str, pipeline: Pipeline, outcomes: Sequence[SlabOutcome], *,
+                     backend: str = "auto") -> SubjectResult:
+    """Gather a subject's slab outcomes and write ``derived/<pipeline>/`` (completion
+    record last).  The first failed slab makes the subject fail, writing nothing.
+    ``timings_s["wall"]`` is the time from its first slab's start to the write's end."""
+    from .. import __version__
+
+    sid = normalize_subject_id(subject_id)
+    outcomes = sorted(outcomes, key=lambda o: o.slab.index)
+    peak = max([o.peak_memory_mb for o in outcomes] + [peak_memory_mb()])
+    timings: dict[str, float] = {}
+    for o in outcomes:
+        for k, v in o.timings_s.items():
+            timings[k] = timings.get(k, 0.0) + float(v)
+    for o in outcomes:
+        if o.failure is not None:
+            f = o.failure
+            log.error("%s: pipeline %r failed: %s", sid, pipeline.name, f.error)
+            return SubjectResult(sid, pipeline.name, "failed", timings, f.error, error_kind=f.error_kind,
+                                 peak_memory_mb=peak)
+    try:
+        t0 = time.perf_counter()
+        names = sorted(outcomes[0].derived)
+        derived = {n: np.concatenate([o.derived[n] for o in outcomes], axis=0) for n in names}
+        provenance = {
+            "mrfengine_version": __version__,
+            "backend": backend,
+            "stages": _merge_info([o.info for o in outcomes]),
+            "config": pipeline.to_dict(),
+            "slabs": [[o.slab.keep_lo, o.slab.keep_hi] for o in outcomes],
+        }
+        attrs = {"provenance": provenance, "timings_s": {k: round(v, 6) for k, v in timings.items()}}
+        paths = write_derived(cohort_path, sid, pipeline.name, derived, attrs=attrs)
+        timings["store"] = time.perf_counter() - t0
+    except Exception as exc:  # noqa: BLE001
+        return failed_result(sid, pipeline.name, exc, "output", timings)
+    starts = [o.started for o in outcomes if o.started == o.started]
+    if starts:
+        timings["wall"] = time.time() - min(starts)
+    log.info("%s: derived/%s/ written", sid, pipeline.name)
+    return SubjectResult(sid, pipeline.name, "ok", timings, None, tuple(paths), peak_memory_mb=peak)
+
+
+def _finalize_task(cohort_path, subject_id, pipeline, backend, *outcomes):
+    return finalize_subject(cohort_path, subject_id, pipeline, outcomes, backend=backend)
+
+
+# --------------------------------------------------------------------------- checks
+def check_writable(cohort_path: str | os.PathLike) -> None:
+    """Raise :class:`StoreError` naming the store if a file cannot be created in
+    its ``subjects/`` folder (read-only location, no permission, full disk)."""
+    folder = Path(cohort_path) / "subjects"
+    probe = folder / f".mrfengine-write-test-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as fh:
+            fh.write(b"x" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise StoreError(f"{cohort_path}: cannot write derived maps into the store ({exc.strerror or exc}); "
+                         f"the batch writes its results into the cohort, so it must be writable") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
+# --------------------------------------------------------------------------- client
+def _gpu_count() -> int:
+    try:
+        import cupy
+
+        return int(cupy.cuda.runtime.getDeviceCount()) if cupy.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no CuPy, no driver: no GPU
+        return 0
+
+
+@contextlib.contextmanager
+def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
+                 processes: bool = True, dashboard: bool = True) -> Iterator[Any]:
+    """A :class:`distributed.Client` for :func:`run_batch`, closed on exit.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``);
+        its workers must see the cohort's path and have mrfengine installed.
+        Default: a local cluster on this machine.
+    n_workers : int, optional
+        Local workers.  Default: one per GPU when GPUs are present (with
+        dask-cuda's ``LocalCUDACluster`` if installed), else one per core.
+    threads_per_worker : int
+        Tasks each local worker runs at once.
+    processes : bool
+        Local workers as processes (default) or threads of this process.
+    dashboard : bool
+        Serve the Dask dashboard (needs ``bokeh``) on a free port.
+    """
+    from distributed import Client, LocalCluster
+
+    from ..backend import cpu_threads
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except (OSError, ValueError, TypeError) as exc:  # unreachable, timed out, malformed address
+            raise StoreError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
+        try:
+            client.wait_for_workers(1, timeout=60)
+        except Exception as exc:  # noqa: BLE001 - dask raises TimeoutError/OSError
+            client.close()
+            raise StoreError(f"the scheduler at {scheduler} has no workers ({exc})") from exc
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    # A free port: the scheduler serves HTTP there anyway; the dashboard pages need bokeh.
+    dash = ":0" if dashboard else None
+    gpus = _gpu_count()
+    cluster = None
+    if gpus and n_workers is None:
+        try:
+            from dask_cuda import LocalCUDACluster
+
+            cluster = LocalCUDACluster(dashboard_address=dash, threads_per_worker=threads_per_worker,
+                                       silence_logs=logging.ERROR)
+        except ImportError:
+            log.warning("%d GPU(s) but dask-cuda is not installed: one local worker uses GPU 0 "
+                        "(pip install dask-cuda for one worker per GPU)", gpus)
+            n_workers = 1
+    if cluster is None:
+        n = n_workers or max(1, cpu_threads() // max(1, threads_per_worker))
+        memory = _total_memory()
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
+                               dashboard_address=dash, silence_logs=logging.ERROR,
+                               memory_limit=int(memory / n) if memory else "auto")
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def _total_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard URL of ``client``'s cluster, or None when none is served."""
+    try:
+        import bokeh  # noqa: F401 - the dashboard's pages need it
+    except ImportError:
+        return None
+    try:
+        info = client.scheduler_info()
+        services = info.get("services", {})
+        if "dashboard" not in services:
+            return None
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001
+        return None
+
+
+# --------------------------------------------------------------------------- batch
+@dataclass
+class BatchReport:
+    """What :func:`run_batch` did.
+
+    Attributes
+    ----------
+    results : list of SubjectResult
+        One per selected subject, in cohort order (``skipped`` for complete
+        ones; subjects not run because the batch stopped are absent).
+    stopped : str or None
+        Why the batch stopped early (an output location that cannot be written).
+    wall_s : float
+    n_workers, n_threads : int
+        Workers and worker threads of the cluster.
+    """
+
+    pipeline: str
+    results: list[SubjectResult] = field(default_factory=list)
+    stopped: str | None = None
+    wall_s: float = 0.0
+    n_workers: int = 0
+    n_threads: int = 0
+    not_run: list[str] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def ok(self) -> bool:
+        """True when every selected subject is complete (done now or before)."""
+        return self.stopped is None and not self.not_run and all(r.status != "failed" for r in self.results)
+
+
+Event = Callable[[str, dict[str, Any]], None]
+
+
+def _select(cohort: Cohort, subjects: Sequence[str] | None) -> list[str]:
+    if not subjects:
+        return list(cohort.subjects)
+    wanted = []
+    for s in subjects:
+        sid = normalize_subject_id(s)
+        if sid not in cohort.subjects and sid[4:].isdigit():
+            # "7" or "sub-7" for a store that pads its ids ("sub-07")
+            same = [c for c in cohort.subjects if c[4:].isdigit() and int(c[4:]) == int(sid[4:])]
+            sid = same[0] if len(same) == 1 else sid
+        if sid not in cohort.subjects:
+            raise StoreError(f"{cohort.path}: no complete subject {sid!r} (it has {len(cohort.subjects)} subjects: "
+                             f"{', '.join(cohort.subjects[:6])}{', ...' if len(cohort.subjects) > 6 else ''})")
+        if sid not in wanted:
+            wanted.append(sid)
+    return wanted
+
+
+def _is_current(cohort_path: str, sid: str, pipeline: Pipeline) -> bool:
+    if not derived_complete(cohort_path, sid, pipeline.name):
+        return False
+    stored = (derived_attrs(cohort_path, sid, pipeline.name) or {}).get("provenance", {}).get("config")
+    return json_equal(stored, pipeline.to_dict())
+
+
+def prepare_dictionaries(cohort: Cohort | str | os.PathLike, subjects: Sequence[str], pipeline: Pipeline) -> None:
+    """Simulate (or find in the disk cache) each sequence's dictionaries once,
+    here, so the workers only read the cache instead of all building them."""
+    if "match" not in pipeline.stages:
+        return
+    from ..dictionary import SliceDictionaries
+
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort.open(cohort)
+    seen = set()
+    for sid in subjects:
+        seq = cohort[sid].sequence
+        if seq.digest() in seen:
+            continue
+        seen.add(seq.digest())
+        t0 = time.perf_counter()
+        dictionaries = SliceDictionaries(seq)
+        if dictionaries.cache is None:
+            return  # no disk cache: each worker builds its own (once per process)
+        for slot in range(dictionaries.n_slots):
+            dictionaries[slot]
+        log.info("dictionaries of %s ready in %.1f s", seq.name, time.perf_counter() - t0)
+
+
+def run_batch(
+    cohort_path: str | os.PathLike,
+    pipeline: Pipeline | str,
+    client: Any,
+    *,
+    subjects: Sequence[str] | None = None,
+    force: bool = False,
+    backend: str = "auto",
+    slab_planes: int = SLAB_PLANES,
+    on_event: Event | None = None,
+) -> BatchReport:
+    """Run ``pipeline`` over the subjects of a cohort on a Dask ``client``.
+
+    Parameters
+    ----------
+    cohort_path : path
+        The cohort store; ``derived/<pipeline.name>/`` is written into it.
+    pipeline : Pipeline or str
+        E.g. ``"denoise,match"``.
+    client : distributed.Client
+        From :func:`batch_client` (or any client of a cluster whose workers
+        see ``cohort_path``).
+    subjects : list of str, optional
+        Subject ids (``sub-07`` or ``07``); default all complete subjects.
+    force : bool
+        Redo subjects whose derived group is complete (it is removed first).
+    backend : str
+        Kernel backend, chosen inside each task (``auto``: GPU where the
+        worker has one, else C++, Numba, numpy).
+    slab_planes : int
+        Planes per slab (:func:`plan_slabs`); the maps depend on it in the
+        last bits, so keep it when rerunning.
+    on_event : callable, optional
+        ``on_event(kind, payload)`` with kind ``start`` (``subjects``,
+        ``skipped``, ``slabs``), ``slab`` (``subject``, ``timings_s``),
+        ``subject`` (``result``), ``stopped`` (``reason``).
+
+    Returns
+    -------
+    BatchReport
+
+    Raises
+    ------
+    StoreError
+        Not a cohort, an unknown subject, a store that cannot be written.
+    ValidationError
+        A malformed pipeline.
+    """
+    from distributed import as_completed
+
+    t_start = time.perf_counter()
+    cohort_path = str(Path(cohort_path))
+    if isinstance(pipeline, str):
+        pipeline = Pipeline.from_stages(pipeline)
+    cohort = Cohort.open(cohort_path)
+    selected = _select(cohort, subjects)
+    check_writable(cohort_path)
+    emit = on_event or (lambda kind, payload: None)
+    report = BatchReport(pipeline.name)
+
+    todo, skipped = [], []
+    for sid in selected:
+        if not force and _is_current(cohort_path, sid, pipeline):
+            skipped.append(sid)
+        else:
+            todo.append(sid)
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    report.n_workers = len(workers)
+    report.n_threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+
+    if force:
+        # The old maps go first, so a failed forced run leaves none that look current.
+        for sid in todo:
+            remove_derived(cohort_path, sid, pipeline.name)
+    prepare_dictionaries(cohort, todo, pipeline)
+
+    plans: dict[str, tuple[Slab, ...]] = {}
+    for sid in todo:
+        plans[sid] = plan_slabs(cohort[sid].shape[0], pipeline, slab_planes)
+    emit("start", {"subjects": todo, "skipped": skipped, "slabs": sum(len(p) for p in plans.values()),
+                   "n_workers": report.n_workers, "n_threads": report.n_threads})
+
+    by_key: dict[str, tuple[str, str]] = {}
+    futures = []
+    for sid in todo:
+        slab_futures = []
+        for slab in plans[sid]:
+            f = client.submit(run_slab, cohort_path, sid, pipeline, slab, backend=backend, n_threads=1,
+                              key=f"slab-{pipeline.name}-{sid}-{slab.index}-{uuid.uuid4().hex[:8]}", pure=False)
+            by_key[f.key] = ("slab", sid)
+            slab_futures.append(f)
+        f = client.submit(_finalize_task, cohort_path, sid, pipeline, backend, *slab_futures,
+                          key=f"finalize-{pipeline.name}-{sid}-{uuid.uuid4().hex[:8]}", pure=False)
+        by_key[f.key] = ("subject", sid)
+        futures.extend(slab_futures)
+        futures.append(f)
+
+    results: dict[str, SubjectResult] = {sid: SubjectResult(sid, pipeline.name, "skipped") for sid in skipped}
+    pending = set(todo)
+    try:
+        for future in as_completed(futures):
+            kind, sid = by_key[future.key]
+            if kind == "slab":
+                if future.status == "finished":
+                    outcome = future.result()
+                    emit("slab", {"subject": sid, "timings_s": outcome.timings_s})
+                future.release()
+                continue
+            if future.status == "finished":
+                result = future.result()
+            elif future.status == "cancelled":
+                continue
+            else:
+                exc = future.exception()
+                name = type(exc).__name__
+                if name == "KilledWorker":
+                    message = (f"KilledWorker: {sid}: the worker running it died (out of memory, or a crash in "
+                               f"native code) more often than Dask retries")
+                    result = SubjectResult(sid, pipeline.name, "failed", {}, message, error_kind="worker")
+                else:
+                    result = failed_result(sid, pipeline.name, exc, "stage")
+            future.release()
+            results[sid] = result
+            pending.discard(sid)
+            emit("subject", {"result": result})
+            if result.status == "failed" and result.error_kind == "output":
+                report.stopped = (f"{cohort_path}: the output location cannot take the results "
+                                  f"({result.error}); stopped")
+                emit("stopped", {"reason": report.stopped})
+                break
+    finally:
+        if pending:
+            client.cancel([f for f in futures if not f.done()])
+    report.results = [results[s] for s in selected if s in results]
+    report.not_run = [s for s in selected if s not in results]
+    report.wall_s = time.perf_counter() - t_start
+    return report
