@@ -9,6 +9,9 @@ store.  The artifacts a run starts with (:data:`INITIAL_ARTIFACTS`) are
     (Z, Y, X) bool brain mask, or None (every voxel).
 ``sequence``
     The subject's :class:`~mrfengine.sequence.Sequence`.
+``z0``
+    Index of the first plane of ``mrf`` in the subject (0 for a whole
+    subject; a slab's offset when a batch splits subjects into slabs).
 
 The stages:
 
@@ -19,11 +22,28 @@ The stages:
     Dictionary matching slice by slice (:func:`mrfengine.matching.match_slices`)
     against the subject's per-slot dictionaries, built once per sequence
     (:func:`slice_dictionaries`, keyed by ``Sequence.digest()``); gives ``maps``.
+``unet``
+    Whole-slice inference of a trained U-net (:mod:`mrfengine.nn`; option
+    ``model``: a ``.pt`` saved by mrfengine, default the packaged model) on
+    ``mrf`` (an MRF network) or on the ``maps`` of ``match`` (a maps network);
+    gives ``nn_maps`` (T1, T2star in ms; NAWM, GM, lesion probabilities, as
+    the model's card says).  The card is checked against the subject's frame
+    count and sequence.  Option ``prefix`` names its arrays when ``match``
+    runs too (``T1`` would clash).
 ``write``
-    Turns ``maps`` into ``derived``, the float32 arrays of the derived group
+    Turns ``maps`` and/or ``nn_maps`` into ``derived``, the float32 arrays of the derived group
     (T1, T2star in ms, B1, M0, correlation; see
     :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`).  Persisting them is the
     runner's job (:func:`mrfengine.pipeline.run.run_subject`).
+
+Slabs.  A stage also states how many neighbouring planes each output plane
+depends on (:attr:`Stage.halo`, 0 for voxel- or slice-wise stages, ``None``
+for one that needs the whole volume).  From it :func:`run_stages` runs a slab
+read with a halo and crops it, so ``mrfengine batch`` can spread one subject
+over several workers.  A slab's maps equal the whole volume's up to
+floating-point rounding (the MP-PCA kernel's running sums start at the slab's
+first plane); the batch's slab plan depends only on the subject's shape and
+the pipeline, so reruns give the same bytes.
 
 A pipeline is the ordered list of stage names with their options, from a TOML
 table (:meth:`Pipeline.from_dict`) or ``--stages denoise,match``
@@ -52,19 +72,30 @@ __all__ = [
     "INITIAL_ARTIFACTS",
     "slice_dictionaries",
     "run_stages",
+    "pipeline_halo",
+    "VOLUME_AXES",
 ]
 
 #: Artifacts a run provides before the first stage.
-INITIAL_ARTIFACTS = ("mrf", "mask", "sequence")
+INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
+
+#: Artifacts that are volumes, with the axis along which planes (slices) run;
+#: :func:`run_stages` crops these when it drops a slab's halo.
+VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0})
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-StageFunction = Callable[[Mapping[str, Any], Mapping[str, Any], str], tuple[dict[str, Any], dict[str, Any]]]
+StageFunction = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
+
+
+def _no_halo(options: Mapping[str, Any]) -> int:
+    return 0
+
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One named step: ``function(inputs, options, backend) -> (outputs, info)``.
+    """One named step: ``function(inputs, options, backend, n_threads=0) -> (outputs, info)``.
 
     Attributes
     ----------
@@ -77,6 +108,14 @@ class Stage:
         Artifact names.
     options : mapping
         The options the stage accepts, with their defaults.
+    any_of : tuple of str
+        Artifacts of which at least one must be produced before the stage;
+        those present are passed too.
+    halo : callable
+        ``halo(options)``: planes on each side that one output plane depends on
+        (0: plane-wise; ``None``: the stage needs the whole volume, so the
+        subject is never split).  A stage with a halo must output only
+        :data:`VOLUME_AXES` artifacts, which :func:`run_stages` can crop.
     """
 
     name: str
@@ -84,13 +123,15 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
+    halo: Callable[[Mapping[str, Any]], int | None] = _no_halo
+    any_of: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- denoise
-def _denoise(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str):
+def _denoise(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
     from ..denoise import mppca
 
-    result = mppca(inputs["mrf"], axis=0, mask=inputs["mask"], backend=backend,
+    result = mppca(inputs["mrf"], axis=0, mask=inputs["mask"], backend=backend, n_threads=n_threads,
                    patch_radius=options["patch_radius"], estimator=options["estimator"])
     info = {"backend": result.backend, "estimator": result.estimator, "window": list(result.window)}
     return {"mrf": np.asarray(result.denoised, dtype=np.float32)}, info
@@ -112,41 +153,137 @@ def slice_dictionaries(sequence: Sequence):
     return _dictionaries_by_digest(sequence.digest(), json.dumps(sequence.to_dict(), sort_keys=True))
 
 
-def _match(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str):
+def _denoise_halo(options: Mapping[str, Any]) -> int:
+    from ..denoise._common import parse_patch_radius
+
+    # An output plane averages the windows that hold it; those reach r planes further.
+    return 2 * int(parse_patch_radius(options["patch_radius"])[0])
+
+
+def _match(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
     from ..matching import match_slices
 
     sequence: Sequence = inputs["sequence"]
     dictionaries = slice_dictionaries(sequence)
-    result = match_slices(inputs["mrf"], dictionaries, slice_axis=1, axis=0, mask=inputs["mask"],
+    z0 = int(inputs.get("z0", 0) or 0)
+    mrf = inputs["mrf"]
+    if z0 == 0 and mrf.shape[1] == sequence.n_slices:
+        per_slice = dictionaries  # checks the slice count itself
+    else:
+        if not 0 <= z0 <= sequence.n_slices - mrf.shape[1]:
+            raise ValidationError(f"a slab of {mrf.shape[1]} planes at plane {z0} does not fit the sequence's "
+                                  f"{sequence.n_slices} slices")
+        def per_slice(z: int):
+            return dictionaries.for_slice(z0 + z)
+    result = match_slices(mrf, per_slice, slice_axis=1, axis=0, mask=inputs["mask"], n_threads=n_threads,
                           backend=backend, method=options["method"], rank=options["rank"])
-    digests = {str(slot): dictionaries[slot].digest for slot in range(dictionaries.n_slots)}
+    slots = sorted({sequence.slot_of_slice(z0 + z) for z in range(mrf.shape[1])})
+    digests = {str(slot): dictionaries[slot].digest for slot in slots}
     info = {"backend": result.backend, "method": result.method, "rank": result.rank,
             "sequence_digest": sequence.digest(), "dictionary_digests": digests,
             "n_matched": int(np.count_nonzero(result.matched))}
     return {"maps": result}, info
 
 
+# --------------------------------------------------------------------------- unet
+@functools.lru_cache(maxsize=4)
+def _load_unet(path: str, mtime_ns: int, device: str):
+    from ..nn import load_model
+
+    return load_model(path, device=device)
+
+
+def _unet_path(model: str) -> str:
+    import os
+
+    if model in ("", "default"):
+        from ..nn.default import default_model_path
+
+        return str(default_model_path())
+    if not os.path.isfile(model):
+        from ..errors import InputFileError
+
+        raise InputFileError(f"{model}: no such model file (unet stage option 'model')")
+    return model
+
+
+def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    import os
+
+    import torch
+
+    from ..nn import check_card, predict_volume
+
+    path = _unet_path(str(options["model"]))
+    device = "cuda" if backend in ("auto", "cupy", "numba-cuda") and torch.cuda.is_available() else "cpu"
+    model = _load_unet(path, os.stat(path).st_mtime_ns, device)
+    card = model.card
+    sequence: Sequence = inputs["sequence"]
+    mask = inputs["mask"]
+    if card.config.input_kind == "maps":
+        maps = inputs.get("maps")
+        if maps is None:
+            raise ValidationError(f"{path}: network {card.config.name} takes maps "
+                                  f"({', '.join(card.config.input_names)}); run 'match' before 'unet'")
+        volume = np.stack([np.nan_to_num(np.asarray(maps.params[n], np.float32)) for n in card.config.input_names])
+        check_card(card, channels=volume.shape[0], input_kind="maps", source=path)
+    else:
+        volume = inputs["mrf"]
+        check_card(card, channels=volume.shape[0], sequence=sequence, input_kind="mrf", source=path)
+    old_threads = torch.get_num_threads()
+    if n_threads and device == "cpu":
+        torch.set_num_threads(int(n_threads))
+    try:
+        out = predict_volume(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
+                             precision=str(options["precision"]), device=device)
+    finally:
+        torch.set_num_threads(old_threads)
+    if mask is not None:
+        for name, value in out.items():
+            unit = next((o.unit for o in card.config.outputs if o.name == name), "1")
+            value[~mask] = np.nan if unit == "ms" else 0.0
+    prefix = str(options["prefix"])
+    info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
+            "precision": options["precision"], "sha256": card.artifact_sha256}
+    return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
+
+
 # --------------------------------------------------------------------------- write
-def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str):
-    result = inputs["maps"]
-    derived = {
-        "T1": result.params["T1"],
-        "T2star": result.params["T2star"],
-        "B1": result.params["B1"],
-        "M0": np.abs(result.m0),
-        "correlation": result.correlation,
-    }
+def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    derived: dict[str, np.ndarray] = {}
+    result = inputs.get("maps")
+    if result is not None:
+        derived.update({
+            "T1": result.params["T1"],
+            "T2star": result.params["T2star"],
+            "B1": result.params["B1"],
+            "M0": np.abs(result.m0),
+            "correlation": result.correlation,
+        })
+    nn_maps = inputs.get("nn_maps") or {}
+    clash = sorted(set(derived) & set(nn_maps))
+    if clash:
+        raise ValidationError(f"both 'match' and 'unet' produce {clash}; give the unet stage a prefix "
+                              f"(e.g. [unet] prefix = \"unet_\")")
+    derived.update(nn_maps)
     derived = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in derived.items()}
     return {"derived": derived}, {}
 
 
+#: Artifacts a stage reads when an earlier stage made them (the unet stage: match's maps).
+_OPTIONAL: Mapping[str, tuple[str, ...]] = MappingProxyType({"unet": ("maps",)})
+
 #: The known stages by name.
 STAGES: Mapping[str, Stage] = MappingProxyType({
     "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf",),
-                     MappingProxyType({"patch_radius": 2, "estimator": "mp"})),
-    "match": Stage("match", _match, ("mrf", "mask", "sequence"), ("maps",),
+                     MappingProxyType({"patch_radius": 2, "estimator": "mp"}),
+                     halo=_denoise_halo),
+    "match": Stage("match", _match, ("mrf", "mask", "sequence", "z0"), ("maps",),
                    MappingProxyType({"method": "auto", "rank": None})),
-    "write": Stage("write", _write, ("maps",), ("derived",)),
+    "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
+                  MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": ""}),
+                  any_of=()),
+    "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
 })
 
 
@@ -183,6 +320,12 @@ def _check_flow(names: tuple[str, ...]) -> None:
             raise ValidationError(
                 f"stage {name!r} needs input(s) {missing}, which no earlier stage produces (available: "
                 f"{sorted(available)}); add {' or '.join(repr(m) for m in makers)} before {name!r}"
+            )
+        if stage.any_of and not set(stage.any_of) & available:
+            makers = sorted({s.name for s in STAGES.values() if set(stage.any_of) & set(s.outputs)})
+            raise ValidationError(
+                f"stage {name!r} needs one of {list(stage.any_of)}, which no earlier stage produces; "
+                f"add {' or '.join(repr(m) for m in makers)} before {name!r}"
             )
         available.update(stage.outputs)
 
@@ -297,9 +440,51 @@ class Pipeline:
                 "options": {k: dict(v) for k, v in self.options.items()}}
 
 
-def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str = "auto",
+def pipeline_halo(pipeline: Pipeline) -> int | None:
+    """Planes of input needed on each side of a slab for exact output: the sum
+    of the stages' halos, or ``None`` if a stage needs the whole volume."""
+    total = 0
+    for name in pipeline.stages:
+        h = STAGES[name].halo(pipeline.options[name])
+        if h is None:
+            return None
+        total += int(h)
+    return total
+
+
+def _crop_planes(state: dict[str, Any], drop_lo: int, drop_hi: int) -> None:
+    if drop_lo == 0 and drop_hi == 0:
+        return
+    for key, axis in VOLUME_AXES.items():
+        value = state.get(key)
+        if value is None:
+            continue
+        index = [slice(None)] * value.ndim
+        index[axis] = slice(drop_lo, value.shape[axis] - drop_hi)
+        state[key] = value[tuple(index)]
+    state["z0"] = int(state.get("z0", 0) or 0) + drop_lo
+
+
+def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str = "auto", n_threads: int = 0,
+               crop: tuple[int, int] = (0, 0),
                clock: Callable[[], float] | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Run every stage of ``pipeline`` on ``artifacts`` (the :data:`INITIAL_ARTIFACTS`).
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    artifacts : mapping
+        ``mrf``, ``mask``, ``sequence`` and optionally ``z0`` (default 0).
+    backend : str
+        Backend of the kernels (``auto`` picks).
+    n_threads : int
+        CPU threads per kernel (0: all the process may use).
+    crop : (int, int)
+        Halo planes read below and above the planes wanted (a slab of a
+        batch).  Each stage sees just the halo the stages from it onwards
+        still need (:attr:`Stage.halo`); the result covers only the planes
+        wanted.  Must be at least the halo of the stages that follow, on each
+        side that is not the volume's edge (the caller's job).
 
     Returns
     -------
@@ -314,13 +499,30 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
 
     clock = clock or time.perf_counter
     state = dict(artifacts)
+    state.setdefault("z0", 0)
+    halos = []
+    for name in pipeline.stages:
+        h = STAGES[name].halo(pipeline.options[name])
+        halos.append(0 if h is None else int(h))
+    extra_lo, extra_hi = (int(c) for c in crop)
+    if min(extra_lo, extra_hi) < 0:
+        raise ValidationError(f"crop must be two planes counts >= 0; got {crop!r}")
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
-    for name in pipeline.stages:
+    for k, name in enumerate(pipeline.stages):
+        needed = sum(halos[k:])
+        drop_lo, drop_hi = max(0, extra_lo - needed), max(0, extra_hi - needed)
+        _crop_planes(state, drop_lo, drop_hi)
+        extra_lo, extra_hi = extra_lo - drop_lo, extra_hi - drop_hi
         stage = STAGES[name]
         t0 = clock()
-        outputs, stage_info = stage.function({k: state[k] for k in stage.inputs}, pipeline.options[name], backend)
+        given = {k2: state[k2] for k2 in stage.inputs}
+        given.update({k2: state[k2] for k2 in stage.any_of + _OPTIONAL.get(name, ()) if k2 in state})
+        outputs, stage_info = stage.function(given, pipeline.options[name], backend, n_threads=n_threads)
         timings[name] = clock() - t0
         info[name] = stage_info
         state.update(outputs)
+    if extra_lo or extra_hi:
+        raise ValidationError(f"the last stage {pipeline.stages[-1]!r} has a halo; a pipeline must end with "
+                              f"plane-wise stages")
     return state, timings, info
