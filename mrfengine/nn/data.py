@@ -273,6 +273,11 @@ class PatchSampler:
     def epoch_plan(self, epoch: int) -> np.ndarray:
         """The patches of ``epoch`` in the order they are served.
 
+        Slices are visited in a random order, in blocks of half the slice
+        cache; the patches of a block are shuffled together, so each slice is
+        read from the store about once per epoch and a batch mixes the
+        patches of many slices.
+
         Returns
         -------
         ndarray, (N, 5) int64
@@ -295,7 +300,13 @@ class PatchSampler:
             rot = np.zeros(n, np.int64)
             flip = np.zeros(n, np.int64)
         plan = np.stack([idx, y0, x0, rot, flip], axis=1).astype(np.int64)
-        return plan[rng.permutation(n)]
+        # Shuffle within blocks of slices that fit the slice cache (a shuffle buffer): a
+        # global permutation would read a slice from the store for nearly every patch.
+        block = max(1, self._cache_size // 2)
+        rank = np.empty(len(self.slices), dtype=np.int64)
+        rank[rng.permutation(len(self.slices))] = np.arange(len(self.slices))
+        order = np.lexsort((rng.random(n), rank[idx] // block))
+        return plan[order]
 
     # ------------------------------------------------------------ reading
     def _slice(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +326,9 @@ class PatchSampler:
             y = np.stack([np.asarray(subject.array(p)[ref.z], dtype=np.float32) for p in self._target_paths])
         except StoreError as exc:
             raise ValidationError(f"{ref.subject}: a training target is missing: {exc}") from exc
+        # Unmatched voxels of derived maps (NaN: outside the brain, invalid signal) are
+        # background, 0, as in the truth maps.
+        y = np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
         y = to_network_units(torch.from_numpy(y[None]), self.config)[0].numpy()
         self._cache[key] = (x.astype(np.float32), y)
         if len(self._cache) > self._cache_size:
