@@ -6,9 +6,6 @@ import click
 
 from ._common import progress, progress_option
 
-_NO_DEFAULT_MODEL = ("--model is required: mrfengine ships no trained model yet; pass --model NAME.pt "
-                     "(a network saved by mrfengine, with NAME.card.json beside it)")
-
 
 def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
     """BIDS-style ``(suffix, unit, scale)`` of a network output: ``T1`` and
@@ -28,7 +25,8 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @click.argument("input_path", metavar="MRF.nii[.gz]", type=click.Path(dir_okay=False))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
 @click.option("--model", "model_path", default=None, type=click.Path(dir_okay=False),
-              help="The network: NAME.pt with NAME.card.json beside it (required: no model is shipped yet).")
+              help="The network: NAME.pt with NAME.card.json beside it. Default: $MRFENGINE_MODEL if set, "
+                   "else the MSE-5 network shipped in mrfengine/models/mse5/.")
 @click.option("--sequence", "sequence_spec", default=None,
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
@@ -48,9 +46,11 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
     label-NAWM/GM/lesion_probseg probabilities, as the model's outputs are.
 
-    The model's card must fit the data: the frame count and the sequence
-    (--sequence, default the model's own, whose slice count the input must
-    have) are checked, and a mismatch is refused."""
+    Without --model the shipped MSE-5 network is used (or the model named by
+    the environment variable MRFENGINE_MODEL).  The model's card must fit the
+    data: the frame count and the sequence (--sequence, default the model's
+    own, whose slice count the input must have) are checked, and a mismatch
+    is refused."""
     import time
     from pathlib import Path
 
@@ -61,10 +61,11 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     from ..errors import InputFileError, ValidationError
     from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..nn import load_model, predict_volume, read_card
+    from ..nn.default import default_model_path
     from ..sequence import Sequence, resolve_sequence
 
     if model_path is None:
-        raise click.UsageError(_NO_DEFAULT_MODEL)
+        model_path = default_model_path()
     if threads:
         torch.set_num_threads(threads)
     if device == "auto":
@@ -132,8 +133,8 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
         write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
                       {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
                        **provenance})
-    click.echo(f"predicted {data.shape[2]} slices in {seconds:.1f} s ({device}, {precision}); "
-               f"maps in {out}/{prefix}_*.nii.gz")
+    click.echo(f"predicted {data.shape[2]} slices in {seconds:.1f} s ({device}, {precision}, model {card.name} "
+               f"from {model.path}); maps in {out}/{prefix}_*.nii.gz")
 
 
 commands = [predict]

@@ -51,11 +51,13 @@ _MAP_OUTPUTS = ("T1", "T2star")
 
 @dataclass(frozen=True)
 class SliceRef:
-    """One slice of one subject; ``lesion`` when its annotation marks any voxel."""
+    """One slice of one subject; ``lesion`` when its annotation marks any voxel,
+    ``lesion_yx`` the (row, column) of its lesion voxels (empty otherwise)."""
 
     subject: str
     z: int
     lesion: bool
+    lesion_yx: tuple[tuple[int, int], ...] = ()
 
 
 def _parse_map_source(map_source: str) -> str | None:
@@ -253,8 +255,8 @@ class PatchSampler:
                     raise ValidationError(f"{sid} has no array {path!r} needed by network {self.config.name}")
             lesion = subject.array(lesion_path) if lesion_path in subject.arrays else None
             for z in range(subject.shape[0]):
-                has = lesion is not None and bool(np.any(np.asarray(lesion[z]) >= 0.5))
-                refs.append(SliceRef(sid, z, has))
+                yx = np.argwhere(np.asarray(lesion[z]) >= 0.5) if lesion is not None else np.zeros((0, 2), int)
+                refs.append(SliceRef(sid, z, len(yx) > 0, tuple((int(a), int(b)) for a, b in yx)))
         return refs
 
     @property
@@ -273,7 +275,9 @@ class PatchSampler:
     def epoch_plan(self, epoch: int) -> np.ndarray:
         """The patches of ``epoch`` in the order they are served.
 
-        Slices are visited in a random order, in blocks of half the slice
+        A lesion slice appears ``lesion_oversampling`` times as often as
+        another; its extra patches are centred (up to a quarter patch off) on
+        one of its lesion voxels, so they hold lesion.  Slices are visited in a random order, in blocks of half the slice
         cache; the patches of a block are shuffled together, so each slice is
         read from the store about once per epoch and a batch mixes the
         patches of many slices.
@@ -293,6 +297,18 @@ class PatchSampler:
         hx = np.array([max(shapes[self.slices[i].subject][1] - self.patch_size, 0) for i in range(len(self.slices))])
         y0 = np.floor(rng.random(n) * (hy[idx] + 1)).astype(np.int64)
         x0 = np.floor(rng.random(n) * (hx[idx] + 1)).astype(np.int64)
+        # The extra (oversampled) patches of a lesion slice hold a lesion: centred on a random
+        # lesion voxel, shifted by up to a quarter patch; the first patches stay uniform.
+        first = np.zeros(n, bool)
+        starts = np.concatenate([[0], np.cumsum(repeats)[:-1]])
+        first[(np.arange(n) - np.repeat(starts, repeats)) < self.patches_per_slice] = True
+        p = self.patch_size
+        for k in np.flatnonzero(~first):
+            yx = self.slices[idx[k]].lesion_yx
+            cy, cx = yx[int(rng.integers(len(yx)))]
+            jy, jx = rng.integers(-(p // 4), p // 4 + 1, size=2)
+            y0[k] = min(max(cy - p // 2 + int(jy), 0), int(hy[idx[k]]))
+            x0[k] = min(max(cx - p // 2 + int(jx), 0), int(hx[idx[k]]))
         if self.augment:
             rot = rng.integers(0, 4, n)
             flip = rng.integers(0, 2, n)

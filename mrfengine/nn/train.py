@@ -347,8 +347,8 @@ def _training_sequence(cohort, subjects: list[str]):
     site = sites.most_common(1)[0][0]
     digests = {s: cohort.sequence(s).digest() for s in sites}
     if len(set(digests.values())) > 1:
-        log.warning("training subjects come from sites with different sequences %s; the model card records "
-                    "site %s's", sorted(sites), site)
+        log.info("training subjects come from sites with different sequences %s; the model card accepts each "
+                 "(site %s's is its main one)", sorted(sites), site)
     return cohort.sequence(site), digests
 
 
@@ -459,6 +459,8 @@ def train(
     model_path = out / MODEL_NAME
     save_model(model.cpu(), model_path, config=config, normalisation=normalisation,
                sequence=sequence if config.input_kind == "mrf" else None, cohort_hash=cohort_hash(cohort),
+               training_sequences=[cohort.sequence(site) for site in sorted(digests)]
+               if config.input_kind == "mrf" else (),
                metrics=metrics)
     return TrainResult(out, model_path, ckpt_path, out / METRICS_CSV, out / METRICS_PNG, tuple(history))
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mrfengine.cli import main
-from mrfengine.nn import Normalisation, get_config, load_model, predict_volume, save_model
+from mrfengine.nn import Normalisation, get_config, load_model, predict_volume, read_card, save_model
 from mrfengine.sequence import hermann2021, save_sequence
 
 SEQ = hermann2021(1, n_slices=4)
@@ -81,10 +81,68 @@ def test_mask_zeroes_the_maps_outside(tmp_path):
     np.testing.assert_array_equal(masked, np.where(mask == 1, full, 0))
 
 
-def test_model_is_required_and_says_why(tmp_path, capsys):
+@pytest.fixture
+def no_shipped_model(tmp_path, monkeypatch):
+    """An installation without a shipped model and without MRFENGINE_MODEL."""
+    from mrfengine.nn import default
+
+    folder = tmp_path / "site-packages" / "mrfengine" / "models" / "mse5"
+    monkeypatch.setattr(default, "DEFAULT_MODEL_DIR", folder)
+    monkeypatch.delenv(default.MODEL_ENV, raising=False)
+    return folder
+
+
+def test_without_a_model_and_none_shipped_the_error_says_what_to_do(tmp_path, capsys, no_shipped_model):
     mrf_path, _ = _mrf(tmp_path)
-    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 2
-    assert "ships no trained model yet" in capsys.readouterr().err
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "error: no default model is installed" in err and str(no_shipped_model) in err
+    assert "pass --model NAME.pt" in err and "MRFENGINE_MODEL" in err
+    assert not (tmp_path / "out").exists()
+
+
+def _maps(out, prefix="sub-01"):
+    return {suffix: np.asarray(nib.load(str(out / f"{prefix}_{suffix}.nii.gz")).dataobj) for suffix in OUTPUTS}
+
+
+def test_predict_without_model_uses_the_environment_variable(tmp_path, capsys, no_shipped_model, monkeypatch):
+    model_path = _model(tmp_path)
+    mrf_path, _ = _mrf(tmp_path)
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "given"), "--model", str(model_path)]) == 0
+    monkeypatch.setenv("MRFENGINE_MODEL", str(model_path))
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "env")]) == 0
+    assert f"model MSE-5 from {model_path}" in capsys.readouterr().out
+    given, env = _maps(tmp_path / "given"), _maps(tmp_path / "env")
+    for suffix in OUTPUTS:
+        np.testing.assert_array_equal(env[suffix], given[suffix])
+    side = json.loads((tmp_path / "env" / "sub-01_T1map.json").read_text())
+    assert side["ModelFile"] == model_path.name and side["ModelSHA256"] == read_card(model_path).artifact_sha256
+
+
+def test_predict_without_model_uses_the_shipped_float16_model(tmp_path, capsys, no_shipped_model):
+    from mrfengine.nn.default import package_model
+
+    model_path = _model(tmp_path)
+    shipped = package_model(model_path, no_shipped_model)
+    mrf_path, data = _mrf(tmp_path)
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 0
+    assert f"from {shipped}" in capsys.readouterr().out
+    got = _maps(tmp_path / "out")
+    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(shipped))
+    full = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path))
+    for suffix, (name, _, scale) in OUTPUTS.items():
+        np.testing.assert_allclose(got[suffix], want[name].transpose(2, 1, 0) * scale, rtol=1e-6)
+        # float16 storage: within the tolerance of tests/nn/test_default_model.py (relative L2 norm)
+        ref = full[name].transpose(2, 1, 0) * scale
+        assert np.linalg.norm(got[suffix] - ref) < 5e-3 * np.linalg.norm(ref)
+    side = json.loads((tmp_path / "out" / "sub-01_T1map.json").read_text())
+    assert side["ModelFile"] == "model.pt" and side["Model"] == "MSE-5"
+
+
+def test_help_names_the_default_model(capsys):
+    assert main(["predict", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "$MRFENGINE_MODEL" in help_text and "mrfengine/models/mse5/" in help_text
 
 
 @pytest.mark.parametrize("case,match", [

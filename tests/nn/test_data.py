@@ -71,6 +71,24 @@ def test_lesion_slices_are_oversampled(cohort, config, norm):
     assert sum(x.shape[0] for x, _ in s.batches(0, 64)) == len(s)
 
 
+def test_oversampled_lesion_patches_hold_lesion(cohort, config, norm):
+    s = _sampler(cohort, config, norm, patches_per_slice=3, lesion_oversampling=5, augment=False)
+    plan = s.epoch_plan(1)
+    p = s.patch_size
+    held, extra = 0, 0
+    for i, ref in enumerate(s.slices):
+        rows = plan[plan[:, 0] == i]
+        if not ref.lesion:
+            continue
+        yx = np.asarray(ref.lesion_yx)
+        inside = [bool(np.any((yx[:, 0] >= y0) & (yx[:, 0] < y0 + p) & (yx[:, 1] >= x0) & (yx[:, 1] < x0 + p)))
+                  for _, y0, x0, _, _ in rows]
+        held += sum(inside)
+        extra += 12  # 15 patches, of which 3 uniform
+        assert sum(inside) >= 12, (ref, inside)  # the 12 extra ones are centred on a lesion voxel (+- p/4)
+    assert held >= extra > 0
+
+
 def test_patches_are_rotated_flipped_crops_in_network_units(cohort, config, norm):
     s = _sampler(cohort, config, norm, seed=1)
     plan = s.epoch_plan(0)

@@ -67,7 +67,7 @@ def test_cards_that_do_not_fit_the_data_are_refused(saved_model):
                        match=r"mse5\.card\.json: network MSE-5 takes 35 input channels; the data have 34"):
         load_model(path, expect_channels=34)
     other = hermann2021(1, n_slices=6)
-    with pytest.raises(ValidationError, match=r"mse5\.card\.json: .*trained for sequence .*acquired with"):
+    with pytest.raises(ValidationError, match=r"mse5\.card\.json: .*trained for sequence\(s\) .*acquired with"):
         load_model(path, expect_sequence=other)
     with pytest.raises(ValidationError, match="takes an MRF series, but the data are maps"):
         load_model(path, expect_input_kind="maps")
