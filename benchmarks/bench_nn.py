@@ -187,3 +187,18 @@ def test_whole_brain_peak_memory(benchmark, setup, full, precision):
     res = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update({k: round(v) for k, v in res.items()})
     assert res["peak_mb"] < 4096
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_default_model_whole_brain(benchmark, setup, precision):
+    """The packaged default model (float16-stored weights, loaded as float32)."""
+    from mrfengine.nn.default import NoDefaultModelError, default_model_path
+
+    try:
+        path = default_model_path()
+    except NoDefaultModelError as exc:
+        pytest.skip(str(exc))
+    model = load_model(path)
+    maps = _run(benchmark, setup, model, precision=precision)
+    benchmark.extra_info["model"] = str(path)
+    assert set(maps) == {"T1", "T2star", "NAWM", "GM", "lesion"}

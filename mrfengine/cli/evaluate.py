@@ -13,7 +13,8 @@ from ._common import backend_option, cache_option, method_option, no_cache_optio
               help="Folder for evaluation.json, table.md and the PNG figures.")
 @click.option("--pred", default="conventional", show_default=True,
               help="Maps evaluated: truth, annotation, conventional (dictionary matching; lesion = annotation; "
-                   "NAWM/GM = truth as a stand-in) or derived:NAME (subjects/<sub>/derived/NAME/{T1,T2star,lesion,"
+                   "NAWM/GM = truth as a stand-in), conventional:NAME (the same with the T1/T2* a batch stored in "
+                   "derived/NAME, e.g. conventional:denoise-match) or derived:NAME (subjects/<sub>/derived/NAME/{T1,T2star,lesion,"
                    "NAWM,GM}).")
 @click.option("--ref", default="truth", show_default=True, help="Reference maps (same choices as --pred).")
 @click.option("--subjects", "subject_ids", multiple=True, metavar="SUB",

@@ -25,6 +25,10 @@ Map sources (``--pred`` / ``--ref`` on the command line):
     ``GM`` = the truth fractions.  The tissue maps are a *stand-in* until a
     segmentation stage exists: evaluating them against ``truth`` gives Dice 1
     by construction and says nothing about the pipeline.
+``conventional:<name>``
+    As ``conventional``, with the T1 and T2* maps a batch already stored in
+    ``derived/<name>/`` (e.g. ``conventional:denoise-match``, MP-PCA then
+    matching) instead of matching on the fly.
 ``derived:<name>``
     Maps a later pipeline stage wrote into the subject group, read from
     ``subjects/<sub>/derived/<name>/``: arrays ``T1``, ``T2star`` (ms),
@@ -91,7 +95,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Source names accepted by :func:`parse_source` (``derived:<name>`` takes a name).
-SOURCE_NAMES = ("truth", "annotation", "conventional", "derived:<name>")
+SOURCE_NAMES = ("truth", "annotation", "conventional", "conventional:<name>", "derived:<name>")
 
 TISSUES = ("WM", "GM", "lesion")
 
@@ -203,6 +207,33 @@ class DerivedSource:
         return out
 
 
+@dataclass(frozen=True)
+class StoredConventionalSource:
+    """``conventional`` with the matched maps a batch stored (``derived/<stage>/T1``,
+    ``T2star``, e.g. ``mrfengine batch``'s ``denoise-match``) instead of matching on
+    the fly; lesion = the annotation, NAWM/GM = the truth stand-ins, as ``conventional``."""
+
+    stage: str
+
+    @property
+    def name(self) -> str:
+        return f"conventional:{self.stage}"
+
+    def maps(self, subject: Subject) -> dict[str, np.ndarray]:
+        out = {}
+        for key in ("T1", "T2star"):
+            path = f"derived/{self.stage}/{key}"
+            if path not in subject.arrays:
+                raise StoreError(f"source {self.name!r}: {subject.id} has no {path}; run "
+                                 f"`mrfengine batch` (pipeline {self.stage!r}) first")
+            out[key] = np.asarray(subject.array(path)[:], dtype=np.float32)
+        out.update(AnnotationSource().maps(subject))
+        for key, path in (("NAWM", "truth/WM"), ("GM", "truth/GM")):
+            if path in subject.arrays:
+                out[key] = np.asarray(subject.array(path)[:], dtype=np.float32)
+        return out
+
+
 def parse_source(spec: str | MapSource, *, backend: str = "auto", method: str = "auto",
                  cache: Any = None) -> MapSource:
     """A :class:`MapSource` from its name (``truth``, ``annotation``, ``conventional``,
@@ -223,6 +254,12 @@ def parse_source(spec: str | MapSource, *, backend: str = "auto", method: str = 
         return AnnotationSource()
     if spec == "conventional":
         return ConventionalSource(backend=backend, method=method, cache=cache)
+    if spec.startswith("conventional:"):
+        stage = spec[len("conventional:"):]
+        if not stage or "/" in stage:
+            raise ValidationError(f"conventional:<name> needs a derived group name, e.g. conventional:denoise-match; "
+                                  f"got {spec!r}")
+        return StoredConventionalSource(stage)
     if spec.startswith("derived:"):
         stage = spec[len("derived:"):]
         if not stage or "/" in stage:

@@ -18,7 +18,8 @@ def test_help_and_version(capsys):
 
 
 def test_demo_prints_a_table(capsys, tmp_path):
-    assert main(["demo", "--slices", "1", "--voxels", "256", "--no-cache", "--cohort", str(tmp_path / "c.zarr")]) == 0
+    assert main(["demo", "--slices", "1", "--voxels", "256", "--no-cache", "--no-unet",
+                 "--cohort", str(tmp_path / "c.zarr")]) == 0
     out = capsys.readouterr().out
     for word in ("WM", "GM", "DGM", "lesion", "T1 true", "voxels/s", "tiny cohort", "sub-06"):
         assert word in out
@@ -26,7 +27,7 @@ def test_demo_prints_a_table(capsys, tmp_path):
 
 def test_demo_keeps_the_cohort_where_asked(tmp_path, capsys):
     path = tmp_path / "demo.zarr"
-    assert main(["demo", "--slices", "1", "--voxels", "16", "--cohort", str(path)]) == 0
+    assert main(["demo", "--slices", "1", "--voxels", "16", "--no-unet", "--cohort", str(path)]) == 0
     from mrfengine.io import validate_cohort
 
     from mrfengine.pipeline import derived_complete

@@ -136,6 +136,28 @@ def test_derived_source_reads_the_stage_group_and_skips_missing_maps(tiny, tmp_p
         evaluate_cohort(path, pred="derived:scaled", subjects=["sub-01"])
 
 
+def test_stored_conventional_source_reads_a_batch_group(tiny, tmp_path):
+    """conventional:<name> = the batch's matched T1/T2* + annotation lesion + truth tissue stand-ins."""
+    from mrfengine.pipeline import run_subject
+
+    src, _ = tiny
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(src, path)
+    sid = "sub-02"
+    assert run_subject(path, sid, "match").status == "ok"
+    stored = parse_source("conventional:match").maps(Cohort.open(path)[sid])
+    fly = parse_source("conventional").maps(Cohort.open(path)[sid])
+    assert set(stored) == set(fly) == {"T1", "T2star", "lesion", "NAWM", "GM"}
+    for key in stored:  # the same matcher, stored or on the fly
+        np.testing.assert_array_equal(stored[key], fly[key])
+    rep = evaluate_cohort(path, pred="conventional:match", ref="conventional", subjects=[sid], figures=False)
+    assert rep["subjects"][sid]["summary"]["T1_relative_deviation"] == pytest.approx(0.0, abs=1e-7)
+    with pytest.raises(StoreError, match="derived/match/T1"):
+        parse_source("conventional:match").maps(Cohort.open(path)["sub-01"])
+    with pytest.raises(ValidationError, match="conventional:<name>"):
+        parse_source("conventional:")
+
+
 def test_bad_sources_and_subjects(tiny):
     path, _ = tiny
     with pytest.raises(ValidationError, match="map source"):
