@@ -32,7 +32,9 @@ The settings file (TOML)::
     seed = 0
     # optional: patch_size = 64, lesion_oversampling = 5, depth, base_filters,
     # map_source = "truth" | "derived:<name>", device = "auto" | "cpu" | "cuda",
-    # bf16 = false, compile = false, threads
+    # bf16 = false, compile = false, threads,
+    # init_model = "mse5.pt"  (start from a saved network of the same configuration and
+    #                          keep its normalisation: continue training a shipped model)
 
 References
 ----------
@@ -100,6 +102,7 @@ class TrainSettings:
     bf16: bool = False
     compile: bool = False
     threads: int | None = None
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
         for key in ("cohort", "network", "output_dir", "map_source", "device"):
@@ -107,6 +110,8 @@ class TrainSettings:
                 raise ValidationError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
         for key in ("epochs", "batch_size", "patches_per_slice"):
             _check_int(key, getattr(self, key), minimum=1)
+        if self.init_model is not None and (not isinstance(self.init_model, str) or not self.init_model):
+            raise ValidationError(f"init_model must be the path of a saved model; got {self.init_model!r}")
         _check_int("seed", self.seed, minimum=0)
         for key in ("patch_size", "lesion_oversampling", "depth", "base_filters", "threads"):
             if getattr(self, key) is not None:
@@ -169,8 +174,8 @@ def load_settings(path: str | os.PathLike) -> TrainSettings:
     missing = [k for k in ("cohort", "network", "output_dir") if k not in data]
     if missing:
         raise ValidationError(f"{path}: missing settings {missing}")
-    for key in ("cohort", "output_dir"):
-        if isinstance(data[key], str) and not Path(data[key]).is_absolute():
+    for key in ("cohort", "output_dir", "init_model"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
             data[key] = str(path.parent / data[key])
     try:
         return TrainSettings(**data)
@@ -404,6 +409,9 @@ def train(
 
     with _deterministic():
         model = config.build(seed=settings.seed).to(device)
+        initial = _initial_model(settings, config) if settings.init_model and not resume else None
+        if initial is not None:
+            model.load_state_dict(initial.module.state_dict())
         optimizer = make_optimizer(model, config)
         history: list[dict[str, float]] = []
         start_epoch = 0
@@ -422,7 +430,8 @@ def train(
             start_epoch = ckpt.epoch
             log.info("resuming %s after epoch %d", config.name, start_epoch)
         else:
-            normalisation = fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
+            normalisation = initial.card.normalisation if initial is not None else \
+                fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
         common = dict(seed=settings.seed, map_source=settings.map_source)
         train_sampler = PatchSampler(cohort, config, normalisation, split="train", **common)
         val_sampler = PatchSampler(cohort, config, normalisation, split="validation", augment=False, **common)
@@ -463,6 +472,22 @@ def train(
                if config.input_kind == "mrf" else (),
                metrics=metrics)
     return TrainResult(out, model_path, ckpt_path, out / METRICS_CSV, out / METRICS_PNG, tuple(history))
+
+
+def _initial_model(settings: TrainSettings, config: NetworkConfig):
+    """The saved network ``init_model`` to start from; its configuration must be the run's."""
+    from .export import load_model
+
+    loaded = load_model(settings.init_model)
+    got, want = loaded.card.config, config
+    same = (got.name, got.in_channels, got.out_channels, got.depth, got.base_filters, got.output_names) == \
+        (want.name, want.in_channels, want.out_channels, want.depth, want.base_filters, want.output_names)
+    if not same:
+        raise ValidationError(f"{settings.init_model}: network {got.name} (depth {got.depth}, {got.base_filters} "
+                              f"filters) cannot start a run of {want.name} (depth {want.depth}, {want.base_filters} "
+                              "filters)")
+    log.info("starting from the weights and normalisation of %s", settings.init_model)
+    return loaded
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -131,3 +131,22 @@ def test_bf16_autocast_runs_and_validates(cohort_path, tmp_path):
     (row,) = result.history
     assert np.isfinite(row["train_loss"]) and np.isfinite(row["T1_reldev"])
     assert load_model(result.model_path).card.metrics["validation"]["T1_reldev"] == pytest.approx(row["T1_reldev"])
+
+
+def test_a_run_can_start_from_a_saved_model(full_run, cohort_path, tmp_path):
+    """init_model: the weights and normalisation of a saved network are the start
+    (learning rate ~0, so one epoch leaves them where they were)."""
+    start = load_model(full_run / "model.pt")
+    toml = _write_settings(tmp_path / "warm.toml", cohort_path, "warm", 1)
+    toml.write_text(toml.read_text() + f'learning_rate = 1e-12\ninit_model = "{full_run / "model.pt"}"\n')
+    result = train(load_settings(toml))
+    end = load_model(result.model_path)
+    assert end.card.normalisation.to_dict() == start.card.normalisation.to_dict()
+    a, b = start.module.state_dict(), end.module.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    bad = _write_settings(tmp_path / "bad.toml", cohort_path, "bad", 1)
+    bad.write_text(bad.read_text().replace("depth = 2", "depth = 3") + f'init_model = "{full_run / "model.pt"}"\n')
+    with pytest.raises(ValidationError, match="cannot start a run"):
+        train(load_settings(bad))
