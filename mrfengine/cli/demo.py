@@ -111,8 +111,13 @@ def _unet_part(cohort_path, seed) -> None:
     from pathlib import Path
 
     from ..demo import run_unet_demo
-    from ..nn.default import NoDefaultModelError
     from .batch import _quiet_dask
+
+    try:
+        from ..nn.default import NoDefaultModelError
+    except ImportError as exc:  # torch is an optional dependency
+        click.echo(f"\nU-net part skipped: it needs PyTorch ({exc}; pip install 'mrfengine[nn]')")
+        return
 
     path = Path(cohort_path).with_name("unet-subject.zarr")
     _quiet_dask()
