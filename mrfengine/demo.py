@@ -310,9 +310,13 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
                                    "unet": {"model": model, "precision": precision}})
     if client is None:
         with batch_client(n_workers=1, threads_per_worker=1, dashboard=False) as own:
-            report = _unet_batch(run_batch, path, pipeline, own)
+            report = run_batch(path, pipeline, own, force=True, slab_planes=60)
     else:
-        report = _unet_batch(run_batch, path, pipeline, client)
+        report = run_batch(path, pipeline, client, force=True, slab_planes=60)
+    if not report.ok:
+        from .errors import MRFEngineError
+
+        raise MRFEngineError(f"the U-net demo failed: {report.results[0].error}")
     result = report.results[0]
     sub = Cohort.open(path)[result.subject]
     brain = np.asarray(sub.brain_mask[:]) > 0
@@ -334,11 +338,3 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
         gm_dice=dice(derived("GM"), np.asarray(truth["GM"][:]), threshold=0.8),
     )
 
-
-def _unet_batch(run_batch, path, pipeline, client):
-    from .errors import MRFEngineError
-
-    report = run_batch(path, pipeline, client, force=True, slab_planes=60)
-    if not report.ok:
-        raise MRFEngineError(f"the U-net demo failed: {report.results[0].error}")
-    return report

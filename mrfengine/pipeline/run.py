@@ -104,9 +104,6 @@ def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[i
     return {"mrf": mrf, "mask": mask, "sequence": subject.sequence, "z0": lo}
 
 
-_load_inputs = load_inputs
-
-
 def run_subject(
     cohort_path: str | os.PathLike,
     subject_id: str,

@@ -111,6 +111,9 @@ class Stage:
     any_of : tuple of str
         Artifacts of which at least one must be produced before the stage;
         those present are passed too.
+    optional : tuple of str
+        Artifacts passed when an earlier stage made them (the unet stage:
+        match's maps, for networks that take maps).
     halo : callable
         ``halo(options)``: planes on each side that one output plane depends on
         (0: plane-wise; ``None``: the stage needs the whole volume, so the
@@ -125,6 +128,7 @@ class Stage:
     options: Mapping[str, Any] = field(default_factory=dict)
     halo: Callable[[Mapping[str, Any]], int | None] = _no_halo
     any_of: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- denoise
@@ -270,9 +274,6 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
     return {"derived": derived}, {}
 
 
-#: Artifacts a stage reads when an earlier stage made them (the unet stage: match's maps).
-_OPTIONAL: Mapping[str, tuple[str, ...]] = MappingProxyType({"unet": ("maps",)})
-
 #: The known stages by name.
 STAGES: Mapping[str, Stage] = MappingProxyType({
     "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf",),
@@ -282,7 +283,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                    MappingProxyType({"method": "auto", "rank": None})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
                   MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": ""}),
-                  any_of=()),
+                  optional=("maps",)),
     "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
 })
 
@@ -517,7 +518,7 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
         stage = STAGES[name]
         t0 = clock()
         given = {k2: state[k2] for k2 in stage.inputs}
-        given.update({k2: state[k2] for k2 in stage.any_of + _OPTIONAL.get(name, ()) if k2 in state})
+        given.update({k2: state[k2] for k2 in stage.any_of + stage.optional if k2 in state})
         outputs, stage_info = stage.function(given, pipeline.options[name], backend, n_threads=n_threads)
         timings[name] = clock() - t0
         info[name] = stage_info

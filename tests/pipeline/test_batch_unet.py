@@ -90,8 +90,10 @@ def test_unet_stage_in_a_batch(cohort, model, client, tmp_path):
     from mrfengine.report.evaluate import evaluate_cohort
 
     result = evaluate_cohort(path, pred="derived:unet", ref="truth", figures=False)
-    rows = getattr(result, "subjects", None) or getattr(result, "per_subject", None) or result
-    assert rows, "evaluate found no subject with derived:unet maps"
+    assert set(result["subjects"]) == set(c.subjects)
+    for rec in result["subjects"].values():
+        assert sorted(rec["maps"]) == ["GM", "NAWM", "T1", "T2star", "lesion"]
+        assert np.isfinite(rec["summary"]["T1_relative_deviation"])
 
 
 def test_unet_with_match_needs_a_prefix(cohort, model, client, tmp_path):
