@@ -464,7 +464,7 @@ def train(
     final = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
     metrics = {"validation": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in final.items()},
                "epochs": len(history), "seed": settings.seed, "training_site_sequences": digests,
-               "lesion_threshold": LESION_THRESHOLD}
+               "lesion_threshold": LESION_THRESHOLD, "training_run": _training_record(settings, history)}
     model_path = out / MODEL_NAME
     save_model(model.cpu(), model_path, config=config, normalisation=normalisation,
                sequence=sequence if config.input_kind == "mrf" else None, cohort_hash=cohort_hash(cohort),
@@ -488,6 +488,30 @@ def _initial_model(settings: TrainSettings, config: NetworkConfig):
                               "filters)")
     log.info("starting from the weights and normalisation of %s", settings.init_model)
     return loaded
+
+
+def _json_number(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def _training_record(settings: TrainSettings, history: list[dict[str, float]]) -> dict[str, Any]:
+    """How the network was trained, for its card: the settings (file names, not
+    this machine's paths), the per-epoch validation history and, for a run
+    started from ``init_model``, that network's SHA-256 and its own record, so
+    a card carries its whole training lineage."""
+    from .export import read_card
+
+    record: dict[str, Any] = {k: v for k, v in settings.to_dict().items() if k not in ("output_dir", "device")}
+    record["cohort"] = Path(settings.cohort).name
+    record["history"] = [{k: _json_number(v) for k, v in h.items()} for h in history]
+    if settings.init_model:
+        record["init_model"] = Path(settings.init_model).name
+        card = read_card(settings.init_model)
+        record["initialised_from"] = {"sha256": card.artifact_sha256,
+                                      "epochs": card.metrics.get("epochs"),
+                                      "validation": card.metrics.get("validation"),
+                                      "training_run": card.metrics.get("training_run")}
+    return record
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 import csv
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -146,6 +148,14 @@ def test_a_run_can_start_from_a_saved_model(full_run, cohort_path, tmp_path):
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    # the card carries the lineage: this run's settings and history, the start's hash and record
+    run = end.card.metrics["training_run"]
+    assert run["learning_rate"] == 1e-12 and run["init_model"] == "model.pt" and len(run["history"]) == 1
+    assert "output_dir" not in run and run["cohort"] == Path(cohort_path).name
+    origin = run["initialised_from"]
+    assert origin["sha256"] == start.card.artifact_sha256
+    assert origin["training_run"] == start.card.metrics["training_run"]
+    assert origin["epochs"] == start.card.metrics["epochs"]
     bad = _write_settings(tmp_path / "bad.toml", cohort_path, "bad", 1)
     bad.write_text(bad.read_text().replace("depth = 2", "depth = 3") + f'init_model = "{full_run / "model.pt"}"\n')
     with pytest.raises(ValidationError, match="cannot start a run"):
