@@ -253,3 +253,24 @@ def test_the_shipped_folder_is_package_data():
     for name in ("model.pt", "model.card.json"):
         assert any(fnmatch.fnmatch(str(rel / name), g) for g in globs), (rel / name, globs)
     assert (root / "models" / "README.md").is_file() and "models/README.md" in globs
+
+
+def test_the_shipped_training_files_are_the_cards_record():
+    """mse5/train.toml (phase 1) and finetune.toml (phase 2, from phase 1's network)
+    are valid settings, and the shipped card's training record says exactly them."""
+    from mrfengine.nn.train import load_settings
+
+    folder = default_mod.DEFAULT_MODEL_DIR
+    if not (folder / "model.card.json").is_file():
+        pytest.skip("no shipped model in this installation")
+    run = read_card(folder / "model.pt").metrics["training_run"]
+    phase1, phase2 = load_settings(folder / "train.toml"), load_settings(folder / "finetune.toml")
+    assert Path(phase2.init_model).resolve() == (Path(phase1.output_dir) / "model.pt").resolve()
+    stages = [(phase2, run), (phase1, run["initialised_from"]["training_run"])]
+    for settings, record in stages:
+        for key in ("network", "epochs", "batch_size", "learning_rate", "patches_per_slice", "seed",
+                    "lesion_oversampling", "map_source", "bf16"):
+            assert record[key] == getattr(settings, key), (key, record[key], getattr(settings, key))
+        assert record["cohort"] == Path(settings.cohort).name
+        assert len(record["history"]) == settings.epochs
+    assert run["init_model"] == "model.pt" and phase1.init_model is None
