@@ -387,7 +387,7 @@ def train(
         way (or missing, with ``resume``), or one from other settings.
     """
     from ..io import Cohort
-    from .export import save_model
+    from .export import read_card, save_model
 
     out = Path(settings.output_dir)
     ckpt_path = out / CHECKPOINT_NAME
@@ -412,6 +412,10 @@ def train(
         initial = _initial_model(settings, config) if settings.init_model and not resume else None
         if initial is not None:
             model.load_state_dict(initial.module.state_dict())
+        # the starting network's card goes into this run's record; read it now, so that a
+        # resumed run whose init_model has gone fails at once rather than after its epochs
+        origin = _origin_record(initial.card if initial is not None else read_card(settings.init_model)) \
+            if settings.init_model else None
         optimizer = make_optimizer(model, config)
         history: list[dict[str, float]] = []
         start_epoch = 0
@@ -462,9 +466,9 @@ def train(
 
     sequence, digests = _training_sequence(cohort, train_subjects)
     final = {k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"}
-    metrics = {"validation": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in final.items()},
+    metrics = {"validation": {k: _json_number(v) for k, v in final.items()},
                "epochs": len(history), "seed": settings.seed, "training_site_sequences": digests,
-               "lesion_threshold": LESION_THRESHOLD, "training_run": _training_record(settings, history)}
+               "lesion_threshold": LESION_THRESHOLD, "training_run": _training_record(settings, history, origin)}
     model_path = out / MODEL_NAME
     save_model(model.cpu(), model_path, config=config, normalisation=normalisation,
                sequence=sequence if config.input_kind == "mrf" else None, cohort_hash=cohort_hash(cohort),
@@ -494,23 +498,24 @@ def _json_number(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _training_record(settings: TrainSettings, history: list[dict[str, float]]) -> dict[str, Any]:
+def _origin_record(card) -> dict[str, Any]:
+    """What a run started from ``init_model`` records of that network: its SHA-256 and its own record."""
+    return {"sha256": card.artifact_sha256, "epochs": card.metrics.get("epochs"),
+            "validation": card.metrics.get("validation"), "training_run": card.metrics.get("training_run")}
+
+
+def _training_record(settings: TrainSettings, history: list[dict[str, float]],
+                     origin: dict[str, Any] | None) -> dict[str, Any]:
     """How the network was trained, for its card: the settings (file names, not
     this machine's paths), the per-epoch validation history and, for a run
-    started from ``init_model``, that network's SHA-256 and its own record, so
-    a card carries its whole training lineage."""
-    from .export import read_card
-
+    started from ``init_model``, :func:`_origin_record` of that network, so a
+    card carries its whole training lineage."""
     record: dict[str, Any] = {k: v for k, v in settings.to_dict().items() if k not in ("output_dir", "device")}
     record["cohort"] = Path(settings.cohort).name
     record["history"] = [{k: _json_number(v) for k, v in h.items()} for h in history]
-    if settings.init_model:
+    if origin is not None:
         record["init_model"] = Path(settings.init_model).name
-        card = read_card(settings.init_model)
-        record["initialised_from"] = {"sha256": card.artifact_sha256,
-                                      "epochs": card.metrics.get("epochs"),
-                                      "validation": card.metrics.get("validation"),
-                                      "training_run": card.metrics.get("training_run")}
+        record["initialised_from"] = origin
     return record
 
 

@@ -1,7 +1,6 @@
 """The training loop: outputs, resume, determinism, the exported model."""
 
 import csv
-
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +155,19 @@ def test_a_run_can_start_from_a_saved_model(full_run, cohort_path, tmp_path):
     assert origin["sha256"] == start.card.artifact_sha256
     assert origin["training_run"] == start.card.metrics["training_run"]
     assert origin["epochs"] == start.card.metrics["epochs"]
+    # resuming after the starting network has gone fails before any epoch, not at the export
+    copy = tmp_path / "start"
+    copy.mkdir()
+    for name in ("model.pt", "model.card.json"):
+        (copy / name).write_bytes((full_run / name).read_bytes())
+    gone = _write_settings(tmp_path / "gone.toml", cohort_path, "gone", 1)
+    gone.write_text(gone.read_text() + f'learning_rate = 1e-12\ninit_model = "{copy / "model.pt"}"\n')
+    train(load_settings(gone))
+    copy.rename(tmp_path / "moved")
+    gone.write_text(gone.read_text().replace("epochs = 1", "epochs = 2"))
+    with pytest.raises(InputFileError, match="start/model.card.json"):
+        train(load_settings(gone), resume=True)
+    assert load_checkpoint(tmp_path / "gone" / "checkpoint.pt").epoch == 1
     bad = _write_settings(tmp_path / "bad.toml", cohort_path, "bad", 1)
     bad.write_text(bad.read_text().replace("depth = 2", "depth = 3") + f'init_model = "{full_run / "model.pt"}"\n')
     with pytest.raises(ValidationError, match="cannot start a run"):
