@@ -263,8 +263,10 @@ def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, 
         finally:
             client.close()
         return
-    # A free port: the scheduler serves HTTP there anyway; the dashboard pages need bokeh.
-    dash = ":0" if dashboard else None
+    # The scheduler serves HTTP whether or not the dashboard pages are on (they need
+    # bokeh): always on a free port, never the default 8787 another cluster may hold.
+    dash = ":0"
+    no_pages = {} if dashboard else {"scheduler_kwargs": {"dashboard": False}}
     gpus = _gpu_count()
     cluster = None
     if gpus and n_workers is None:
@@ -272,7 +274,7 @@ def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, 
             from dask_cuda import LocalCUDACluster
 
             cluster = LocalCUDACluster(dashboard_address=dash, threads_per_worker=threads_per_worker,
-                                       silence_logs=logging.ERROR)
+                                       silence_logs=logging.ERROR, **no_pages)
         except ImportError:
             log.warning("%d GPU(s) but dask-cuda is not installed: one local worker uses GPU 0 "
                         "(pip install dask-cuda for one worker per GPU)", gpus)
@@ -282,7 +284,7 @@ def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, 
         memory = _total_memory()
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
                                dashboard_address=dash, silence_logs=logging.ERROR,
-                               memory_limit=int(memory / n) if memory else "auto")
+                               memory_limit=int(memory / n) if memory else "auto", **no_pages)
     client = Client(cluster)
     try:
         yield client

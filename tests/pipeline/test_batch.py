@@ -318,7 +318,7 @@ def test_runs_unchanged_on_an_existing_scheduler(pristine, reference, tmp_path):
 
     path = _copy(pristine, tmp_path)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:
         p = _cli("batch", str(path), "--scheduler", cluster.scheduler_address, "--slab-planes", str(SLAB),
                  "--subjects", "1,6")
         out, err = p.communicate(timeout=240)
@@ -334,3 +334,25 @@ def test_derived_arrays_listed(reference):
     sub = Cohort.open(reference)["sub-03"]
     for name in DERIVED_ARRAYS:
         assert f"derived/{PIPE.name}/{name}" in sub.arrays
+
+
+@pytest.mark.parametrize("dashboard", [False, True])
+def test_a_local_cluster_takes_a_free_port_not_the_default_8787(dashboard):
+    """Another cluster (or anything) on 8787 must not matter: no 'port already in use' warning."""
+    import socket
+    import warnings
+
+    holder = socket.socket()
+    try:
+        holder.bind(("", 8787))
+        holder.listen()
+    except OSError:
+        pass  # already held by something else: the same situation
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with batch_client(n_workers=1, processes=False, dashboard=dashboard) as client:
+                port = client.scheduler_info()["services"].get("dashboard")
+        assert port not in (None, 8787)
+    finally:
+        holder.close()
