@@ -34,13 +34,16 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Slices per forward pass.")
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
               help="bfloat16: about twice as fast on CPUs with AVX-512 BF16/AMX, about three significant digits.")
+@click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flip", "dihedral"]),
+              help="Test-time augmentation: average over the slice and its mirror (flip, 2x the time) or over "
+                   "all eight 90-degree rotations and mirrors (dihedral, 8x).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: the GPU when there is one.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's choice).")
 @click.option("--prefix", default=None, help="Output name prefix (default: from the input name, e.g. sub-01).")
 @progress_option
-def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_size, precision, device, threads,
-            prefix, show_progress) -> None:
+def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_size, precision, tta, device,
+            threads, prefix, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -107,7 +110,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     t0 = time.perf_counter()
     # (X, Y, Z, C) -> (Z, C, Y, X) as a view; predict_volume copies a batch at a time.
     maps = predict_volume(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
-                          precision=precision, progress=_advance)
+                          precision=precision, progress=_advance, tta=tta)
     seconds = time.perf_counter() - t0
 
     prefix = prefix or entity_prefix(input_path)
@@ -121,6 +124,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
         "Sequence": seq.name,
         "SequenceDigest": seq.digest(),
         "Precision": precision,
+        "TestTimeAugmentation": tta,
         "Source": str(Path(input_path).name),
     }
     for spec in card.config.outputs:

@@ -114,6 +114,9 @@ class Stage:
     optional : tuple of str
         Artifacts passed when an earlier stage made them (the unet stage:
         match's maps, for networks that take maps).
+    choices : mapping
+        Option name -> the values it may take, checked when a pipeline is
+        built (a typo fails before any subject runs).
     halo : callable
         ``halo(options)``: planes on each side that one output plane depends on
         (0: plane-wise; ``None``: the stage needs the whole volume, so the
@@ -126,6 +129,7 @@ class Stage:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     halo: Callable[[Mapping[str, Any]], int | None] = _no_halo
     any_of: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
@@ -239,7 +243,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
         torch.set_num_threads(int(n_threads))
     try:
         out = predict_volume(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
-                             precision=str(options["precision"]), device=device)
+                             precision=str(options["precision"]), device=device, tta=str(options["tta"]))
     finally:
         torch.set_num_threads(old_threads)
     if mask is not None:
@@ -248,7 +252,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
             value[~mask] = np.nan if unit == "ms" else 0.0
     prefix = str(options["prefix"])
     info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
-            "precision": options["precision"], "sha256": card.artifact_sha256}
+            "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256}
     return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
 
 
@@ -278,11 +282,16 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
 STAGES: Mapping[str, Stage] = MappingProxyType({
     "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf",),
                      MappingProxyType({"patch_radius": 2, "estimator": "mp"}),
+                     choices=MappingProxyType({"estimator": ("mp", "exp2")}),
                      halo=_denoise_halo),
     "match": Stage("match", _match, ("mrf", "mask", "sequence", "z0"), ("maps",),
-                   MappingProxyType({"method": "auto", "rank": None})),
+                   MappingProxyType({"method": "auto", "rank": None}),
+                   choices=MappingProxyType({"method": ("auto", "brute", "structured")})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
-                  MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": ""}),
+                  MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": "",
+                                    "tta": "none"}),
+                  choices=MappingProxyType({"precision": ("float32", "bfloat16"),
+                                            "tta": ("none", "flip", "dihedral")}),
                   optional=("maps",)),
     "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
 })
@@ -346,6 +355,10 @@ def _resolve_options(names: tuple[str, ...], options: Mapping[str, Any] | None) 
         if bad:
             raise ValidationError(f"stage {name!r} has no option(s) {bad}; it accepts {sorted(allowed) or 'none'}")
         resolved = {**allowed, **given}
+        for key, values in STAGES[name].choices.items():
+            if resolved[key] not in values:
+                raise ValidationError(f"option {key!r} of stage {name!r} must be one of {list(values)}; "
+                                      f"got {resolved[key]!r}")
         try:
             json.dumps(resolved)
         except TypeError as exc:

@@ -63,6 +63,18 @@ def test_predict_writes_the_five_maps_with_units_and_the_affine(tmp_path, capsys
         side = json.loads((out / f"sub-01_{suffix}.json").read_text())
         assert side["Units"] == unit and side["Model"] == "MSE-5"
         assert side["SequenceDigest"] == SEQ.digest() and side["Source"] == "sub-01_mrf.nii.gz"
+        assert side["TestTimeAugmentation"] == "none"
+
+
+def test_predict_with_test_time_augmentation(tmp_path):
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    out = tmp_path / "out"
+    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--tta", "flip"]) == 0
+    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path), tta="flip")
+    arr = np.asarray(nib.load(str(out / "sub-01_label-lesion_probseg.nii.gz")).dataobj)
+    np.testing.assert_allclose(arr, want["lesion"].transpose(2, 1, 0), rtol=1e-6)
+    assert json.loads((out / "sub-01_label-lesion_probseg.json").read_text())["TestTimeAugmentation"] == "flip"
 
 
 def test_mask_zeroes_the_maps_outside(tmp_path):

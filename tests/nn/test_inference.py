@@ -10,9 +10,10 @@ def _volume(shape, seed=0):
     return np.random.default_rng(seed).uniform(0.0, 0.3, size=shape).astype(np.float32)
 
 
-def _direct(model: LoadedModel, volume_zcyx: np.ndarray) -> dict:
+def _direct(model: LoadedModel, volume_zcyx: np.ndarray, transforms=((0, False),)) -> dict:
     """What predict_volume must return, computed by hand: normalise, pad with the
-    normalised zero, run, crop, activation, scale."""
+    normalised zero, [mirror, rotate,] run, [rotate back, mirror back,] activation,
+    [mean over the transforms,] crop, scale."""
     card = model.card
     mean = np.asarray(card.normalisation.mean, np.float32)[None, :, None, None]
     std = np.asarray(card.normalisation.std, np.float32)[None, :, None, None]
@@ -21,12 +22,17 @@ def _direct(model: LoadedModel, volume_zcyx: np.ndarray) -> dict:
     (t, b), (le, r) = pad_amounts(ny, m), pad_amounts(nx, m)
     x = np.pad(volume_zcyx, ((0, 0), (0, 0), (t, b), (le, r)))  # zeros, then normalised like the data
     x = (x - mean) / std
-    with torch.no_grad():
-        y = model.module(torch.from_numpy(x.astype(np.float32))).numpy()[:, :, t:t + ny, le:le + nx]
-    out = {}
-    for k, o in enumerate(card.config.outputs):
-        yk = 1 / (1 + np.exp(-y[:, k])) if o.activation == "sigmoid" else y[:, k]
-        out[o.name] = yk * o.scale
+    out = {o.name: 0.0 for o in card.config.outputs}
+    for turns, mirror in transforms:
+        xt = x[..., ::-1] if mirror else x
+        xt = np.rot90(xt, turns, axes=(2, 3))
+        with torch.no_grad():
+            y = model.module(torch.from_numpy(np.ascontiguousarray(xt, dtype=np.float32))).numpy()
+        y = np.rot90(y, -turns, axes=(2, 3))
+        y = (y[..., ::-1] if mirror else y)[:, :, t:t + ny, le:le + nx]
+        for k, o in enumerate(card.config.outputs):
+            yk = 1 / (1 + np.exp(-y[:, k])) if o.activation == "sigmoid" else y[:, k]
+            out[o.name] = out[o.name] + yk * o.scale / len(transforms)
     return out
 
 
@@ -48,6 +54,33 @@ def test_whole_slices_of_any_size_match_the_hand_computation(saved_model, size):
     for name in want:
         assert got[name].shape == (3, *size) and got[name].dtype == np.float32
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * np.abs(want[name]).max())
+
+
+@pytest.mark.parametrize("tta,transforms", [
+    ("flip", ((0, False), (0, True))),
+    ("dihedral", tuple((k, f) for f in (False, True) for k in range(4))),
+])
+def test_test_time_augmentation_matches_the_hand_computation(saved_model, tta, transforms):
+    model = load_model(saved_model[0])
+    vol = _volume((2, 35, 13, 22), seed=3)  # pads to 16 x 32: rotations change the slice's shape
+    got = predict_volume(vol, model, batch_size=2, tta=tta)
+    want = _direct(model, vol, transforms)
+    plain = predict_volume(vol, model, batch_size=2)
+    for name in want:
+        assert got[name].shape == (2, 13, 22)
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5 * np.abs(want[name]).max())
+    assert not np.allclose(got["T1"], plain["T1"])  # an untrained network is far from equivariant
+
+
+def test_dihedral_averaging_makes_the_prediction_equivariant(saved_model):
+    """With no padding, the mean over the eight transforms commutes with each of them."""
+    model = load_model(saved_model[0])
+    vol = _volume((1, 35, 16, 16), seed=4)
+    ref = predict_volume(vol, model, tta="dihedral")
+    turned = predict_volume(np.ascontiguousarray(np.rot90(vol[..., ::-1], 1, axes=(2, 3))), model, tta="dihedral")
+    for name in ref:
+        np.testing.assert_allclose(np.rot90(turned[name], -1, axes=(1, 2))[..., ::-1], ref[name],
+                                   rtol=1e-4, atol=1e-5 * np.abs(ref[name]).max())
 
 
 def test_layouts_batches_and_memory_formats_agree(saved_model):
@@ -130,6 +163,7 @@ def test_zarr_like_arrays_are_read_a_batch_at_a_time(saved_model):
     ({"channel_axis": 2}, (2, 35, 8, 8), "channel_axis"),
     ({"batch_size": 0}, (2, 35, 8, 8), "batch_size"),
     ({"precision": "float16"}, (2, 35, 8, 8), "precision"),
+    ({"tta": "rotate"}, (2, 35, 8, 8), "tta must be one of"),
 ])
 def test_bad_inputs_are_refused(saved_model, kwargs, shape, match):
     model = load_model(saved_model[0])

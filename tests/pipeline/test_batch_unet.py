@@ -78,6 +78,7 @@ def test_unet_stage_in_a_batch(cohort, model, client, tmp_path):
                 assert (arr[~brain] == 0).all() and np.isfinite(arr).all()
         info = derived_attrs(path, sid, "unet")["provenance"]["stages"]["unet"]
         assert info["network"] == "MSE-5" and info["device"] == "cpu" and len(info["sha256"]) == 64
+        assert info["tta"] == "none"
     # The slabs change nothing for a slice-wise network: a whole-volume run gives the same bytes.
     whole = tmp_path / "whole.zarr"
     shutil.copytree(cohort, whole)

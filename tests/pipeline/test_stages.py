@@ -67,6 +67,23 @@ def test_bad_configs():
         Pipeline.from_dict({"stages": ["match"], "colour": "red"})
     with pytest.raises(ValidationError, match="pipeline name"):
         Pipeline.from_stages("match", name="a/b")
+    with pytest.raises(ValidationError, match=r"option 'tta' of stage 'unet' must be one of \['none', 'flip'"):
+        Pipeline.from_dict({"stages": ["unet"], "unet": {"tta": "mirror"}})
+    with pytest.raises(ValidationError, match="option 'method' of stage 'match'"):
+        Pipeline.from_dict({"stages": ["match"], "match": {"method": "fast"}})
+
+
+def test_option_choices_are_the_implementations():
+    from mrfengine.denoise._common import ESTIMATORS
+    from mrfengine.matching.api import METHODS
+    from mrfengine.nn.inference import PRECISIONS, TTA_MODES
+
+    assert STAGES["denoise"].choices["estimator"] == ESTIMATORS
+    assert STAGES["match"].choices["method"] == METHODS
+    assert STAGES["unet"].choices == {"precision": PRECISIONS, "tta": tuple(TTA_MODES)}
+    for stage in STAGES.values():
+        for key, values in stage.choices.items():
+            assert stage.options[key] in values
 
 
 def test_dictionaries_shared_per_sequence_digest():
