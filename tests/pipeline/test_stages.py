@@ -121,3 +121,20 @@ def test_run_stages_match_on_exact_fingerprints():
     assert t1.shape == (z, y, x)
     np.testing.assert_allclose(t1, 800.0, rtol=0.03)
     assert set(timings) == {"match", "write"} and info["match"]["sequence_digest"] == seq.digest()
+
+
+def test_the_readme_lists_every_stage_option():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines()
+            if line.startswith("| `") and line.count("|") == 3}
+    for name, stage in STAGES.items():
+        if not stage.options:
+            continue
+        assert name in rows, f"README's stage table has no row for {name!r}"
+        for key in stage.options:
+            assert f"`{key}`" in rows[name], f"README's row for {name!r} does not name option {key!r}"
+        for key, values in stage.choices.items():
+            for v in values:
+                assert f"`{v}`" in rows[name], f"README's row for {name!r} does not name {key} = {v!r}"
