@@ -256,21 +256,28 @@ def test_the_shipped_folder_is_package_data():
 
 
 def test_the_shipped_training_files_are_the_cards_record():
-    """mse5/train.toml (phase 1) and finetune.toml (phase 2, from phase 1's network)
-    are valid settings, and the shipped card's training record says exactly them."""
+    """mse5/train.toml (phase 1) and each finetune*.toml (the next phase, from the
+    previous phase's network) are valid settings, and the shipped card's training
+    record, followed back through ``initialised_from``, says exactly them."""
     from mrfengine.nn.train import load_settings
 
     folder = default_mod.DEFAULT_MODEL_DIR
     if not (folder / "model.card.json").is_file():
         pytest.skip("no shipped model in this installation")
-    run = read_card(folder / "model.pt").metrics["training_run"]
-    phase1, phase2 = load_settings(folder / "train.toml"), load_settings(folder / "finetune.toml")
-    assert Path(phase2.init_model).resolve() == (Path(phase1.output_dir) / "model.pt").resolve()
-    stages = [(phase2, run), (phase1, run["initialised_from"]["training_run"])]
-    for settings, record in stages:
+    files = [folder / "train.toml", *sorted(folder.glob("finetune*.toml"), key=lambda p: (len(p.name), p.name))]
+    phases = [load_settings(f) for f in files]
+    assert phases[0].init_model is None
+    for before, after in zip(phases, phases[1:]):
+        assert Path(after.init_model).resolve() == (Path(before.output_dir) / "model.pt").resolve()
+    record = read_card(folder / "model.pt").metrics["training_run"]
+    for settings in reversed(phases):
         for key in ("network", "epochs", "batch_size", "learning_rate", "patches_per_slice", "seed",
                     "lesion_oversampling", "map_source", "bf16"):
             assert record[key] == getattr(settings, key), (key, record[key], getattr(settings, key))
         assert record["cohort"] == Path(settings.cohort).name
         assert len(record["history"]) == settings.epochs
-    assert run["init_model"] == "model.pt" and phase1.init_model is None
+        if settings.init_model is None:
+            assert record.get("initialised_from") is None
+        else:
+            assert record["init_model"] == "model.pt"
+            record = record["initialised_from"]["training_run"]
