@@ -131,9 +131,9 @@ def predict_volume(
     tta : {"none", "flip", "dihedral"}
         Test-time augmentation: average the network's outputs over the slice
         and its left-right mirror ("flip", 2 passes) or over all eight
-        90-degree rotations and mirrors ("dihedral", 8 passes).  Rotations
-        need a square padded slice or a network that takes any shape (all
-        of ours do).
+        90-degree rotations and mirrors ("dihedral", 8 passes).  A turned
+        slice keeps both padded sizes multiples of ``2**depth``, so any
+        slice shape works.
 
     Returns
     -------
