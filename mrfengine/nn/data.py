@@ -3,8 +3,9 @@
 :class:`PatchSampler` draws the paper's training examples: random square
 patches (64 x 64) of single slices, ``patches_per_slice`` per slice and epoch,
 slices with an annotated lesion drawn ``lesion_oversampling`` times as often
-(x5 in the paper), each patch rotated by a random multiple of 90 degrees and
-randomly flipped.  Inputs are the slice's 35 MRF magnitudes (or, for networks
+(x5 in the paper; the extra patches centred on a lesion voxel, or on a
+lesion, ``lesion_centring``), each patch rotated by a random multiple of 90
+degrees and randomly flipped.  Inputs are the slice's 35 MRF magnitudes (or, for networks
 that take maps, its T1/T2* maps), normalised per channel with statistics of
 the *training split only*; targets are read where each output's
 ``OutputSpec.target`` points (``truth/T1``, ``truth/WM``,
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 import torch
 
 from ..errors import StoreError, ValidationError
@@ -41,9 +43,11 @@ from .training import to_network_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS"]
+__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS", "LESION_CENTRING"]
 
 SPLITS = ("train", "validation", "test")
+#: How an oversampled patch picks its lesion (:class:`PatchSampler`).
+LESION_CENTRING = ("voxel", "lesion")
 
 #: Quantitative outputs whose targets may come from a derived group instead of ``truth/``.
 _MAP_OUTPUTS = ("T1", "T2star")
@@ -52,12 +56,14 @@ _MAP_OUTPUTS = ("T1", "T2star")
 @dataclass(frozen=True)
 class SliceRef:
     """One slice of one subject; ``lesion`` when its annotation marks any voxel,
-    ``lesion_yx`` the (row, column) of its lesion voxels (empty otherwise)."""
+    ``lesion_yx`` the (row, column) of its lesion voxels (empty otherwise) and
+    ``lesion_label`` the in-slice lesion (8-connected component, from 0) of each."""
 
     subject: str
     z: int
     lesion: bool
     lesion_yx: tuple[tuple[int, int], ...] = ()
+    lesion_label: tuple[int, ...] = ()
 
 
 def _parse_map_source(map_source: str) -> str | None:
@@ -192,6 +198,12 @@ class PatchSampler:
         ``truth`` or ``derived:<name>``: where T1/T2* targets (and map inputs) come from.
     cache_slices : int
         Slices kept in memory (LRU); bounds the memory use.
+    lesion_centring : {"voxel", "lesion"}
+        How an oversampled patch picks the lesion it is centred on: ``voxel``
+        (default) a lesion voxel of the slice drawn uniformly, so a large
+        lesion is drawn as often as it has voxels; ``lesion`` a lesion of the
+        slice (8-connected component) drawn uniformly, then one of its voxels,
+        so small lesions are seen as often as large ones.
 
     Raises
     ------
@@ -213,6 +225,7 @@ class PatchSampler:
         seed: int = 0,
         map_source: str = "truth",
         cache_slices: int = 32,
+        lesion_centring: str = "voxel",
     ) -> None:
         self.cohort = cohort
         self.config = config
@@ -231,6 +244,9 @@ class PatchSampler:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValidationError(f"seed must be a non-negative integer; got {seed!r}")
         self.seed = int(seed)
+        if lesion_centring not in LESION_CENTRING:
+            raise ValidationError(f"lesion_centring must be one of {LESION_CENTRING}; got {lesion_centring!r}")
+        self.lesion_centring = lesion_centring
         self.augment = bool(augment)
         self.normalisation = normalisation
         self._scale, self._offset = (a[:, None, None] for a in normalisation.scale_and_offset())
@@ -255,8 +271,14 @@ class PatchSampler:
                     raise ValidationError(f"{sid} has no array {path!r} needed by network {self.config.name}")
             lesion = subject.array(lesion_path) if lesion_path in subject.arrays else None
             for z in range(subject.shape[0]):
-                yx = np.argwhere(np.asarray(lesion[z]) >= 0.5) if lesion is not None else np.zeros((0, 2), int)
-                refs.append(SliceRef(sid, z, len(yx) > 0, tuple((int(a), int(b)) for a, b in yx)))
+                if lesion is None:
+                    refs.append(SliceRef(sid, z, False))
+                    continue
+                mask = np.asarray(lesion[z]) >= 0.5
+                yx = np.argwhere(mask)
+                labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+                refs.append(SliceRef(sid, z, len(yx) > 0, tuple((int(a), int(b)) for a, b in yx),
+                                     tuple(int(v) - 1 for v in labels[mask])))
         return refs
 
     @property
@@ -298,14 +320,26 @@ class PatchSampler:
         y0 = np.floor(rng.random(n) * (hy[idx] + 1)).astype(np.int64)
         x0 = np.floor(rng.random(n) * (hx[idx] + 1)).astype(np.int64)
         # The extra (oversampled) patches of a lesion slice hold a lesion: centred on a random
-        # lesion voxel, shifted by up to a quarter patch; the first patches stay uniform.
+        # lesion voxel (or a voxel of a random lesion), shifted by up to a quarter patch; the
+        # first patches stay uniform.
         first = np.zeros(n, bool)
         starts = np.concatenate([[0], np.cumsum(repeats)[:-1]])
         first[(np.arange(n) - np.repeat(starts, repeats)) < self.patches_per_slice] = True
         p = self.patch_size
+        members_of: dict[int, list[np.ndarray]] = {}
+        if self.lesion_centring == "lesion":
+            for i in np.unique(idx[~first]):
+                label = np.asarray(self.slices[i].lesion_label)
+                members_of[int(i)] = [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
         for k in np.flatnonzero(~first):
-            yx = self.slices[idx[k]].lesion_yx
-            cy, cx = yx[int(rng.integers(len(yx)))]
+            ref = self.slices[idx[k]]
+            yx = ref.lesion_yx
+            if self.lesion_centring == "voxel":
+                cy, cx = yx[int(rng.integers(len(yx)))]
+            else:
+                members = members_of[idx[k]]
+                one = members[int(rng.integers(len(members)))]
+                cy, cx = yx[int(one[int(rng.integers(len(one)))])]
             jy, jx = rng.integers(-(p // 4), p // 4 + 1, size=2)
             y0[k] = min(max(cy - p // 2 + int(jy), 0), int(hy[idx[k]]))
             x0[k] = min(max(cx - p // 2 + int(jx), 0), int(hx[idx[k]]))

@@ -33,6 +33,10 @@ The settings file (TOML)::
     # optional: patch_size = 64, lesion_oversampling = 5, depth, base_filters,
     # map_source = "truth" | "derived:<name>", device = "auto" | "cpu" | "cuda",
     # bf16 = false, compile = false, threads,
+    # lesion_centring = "voxel" | "lesion"  (what an oversampled patch is centred on: a
+    #                          random lesion voxel, or a random lesion, so small ones count),
+    # loss_weights = { lesion = 2.0 }  (per-output loss weights replacing the network's;
+    #                          outputs not named keep theirs),
     # init_model = "mse5.pt"  (start from a saved network of the same configuration and
     #                          keep its normalisation: continue training a shipped model)
 
@@ -64,7 +68,7 @@ import torch
 
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from .configs import NetworkConfig, get_config
-from .data import PatchSampler, fit_cohort_normalisation
+from .data import LESION_CENTRING, PatchSampler, fit_cohort_normalisation
 from .training import load_checkpoint, make_optimizer, save_checkpoint, to_physical_units, train_step
 
 log = logging.getLogger(__name__)
@@ -103,6 +107,8 @@ class TrainSettings:
     compile: bool = False
     threads: int | None = None
     init_model: str | None = None
+    lesion_centring: str = "voxel"
+    loss_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         for key in ("cohort", "network", "output_dir", "map_source", "device"):
@@ -124,6 +130,21 @@ class TrainSettings:
                 raise ValidationError(f"{key} must be true or false; got {getattr(self, key)!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValidationError(f"device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
+        if self.lesion_centring not in LESION_CENTRING:
+            raise ValidationError(f"lesion_centring must be one of {LESION_CENTRING}; got {self.lesion_centring!r}")
+        if self.loss_weights is not None:
+            if not isinstance(self.loss_weights, Mapping) or not self.loss_weights:
+                raise ValidationError("loss_weights must be a table of output name = weight, e.g. "
+                                      f"{{ lesion = 2.0 }}; got {self.loss_weights!r}")
+            outputs = [o.name for o in get_config(self.network).outputs]
+            for name, w in self.loss_weights.items():
+                if name not in outputs:
+                    raise ValidationError(f"loss_weights names {name!r}, which network {self.network} does not "
+                                          f"output (its outputs: {', '.join(outputs)})")
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and w >= 0):
+                    raise ValidationError(f"loss_weights.{name} must be a number >= 0; got {w!r}")
+            # Plain floats: the settings travel in checkpoints and cards (weights_only, JSON).
+            object.__setattr__(self, "loss_weights", {k: float(v) for k, v in self.loss_weights.items()})
 
     def network_config(self) -> NetworkConfig:
         """The named configuration with this run's overrides applied."""
@@ -138,6 +159,9 @@ class TrainSettings:
             changes["patch_size"] = self.patch_size
         if self.lesion_oversampling is not None:
             changes["lesion_oversampling"] = self.lesion_oversampling
+        if self.loss_weights is not None:
+            changes["outputs"] = tuple(replace(o, weight=self.loss_weights.get(o.name, o.weight))
+                                       for o in cfg.outputs)
         return replace(cfg, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -424,8 +448,10 @@ def train(
                                    map_location=device)
             stored = dict(ckpt.extra.get("settings", {}))
             now = settings.to_dict()
+            # A checkpoint from before a setting existed ran with its default.
+            defaults = {f.name: f.default for f in fields(TrainSettings)}
             diff = sorted(k for k in now if k not in ("epochs", "output_dir", "cohort", "device", "threads")
-                          and stored.get(k) != now[k])
+                          and stored.get(k, defaults.get(k)) != now[k])
             if diff:
                 raise ValidationError(f"{ckpt_path} was written with other settings ({', '.join(diff)}); "
                                       "only epochs may change on resume")
@@ -437,7 +463,8 @@ def train(
             normalisation = initial.card.normalisation if initial is not None else \
                 fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
         common = dict(seed=settings.seed, map_source=settings.map_source)
-        train_sampler = PatchSampler(cohort, config, normalisation, split="train", **common)
+        train_sampler = PatchSampler(cohort, config, normalisation, split="train",
+                                     lesion_centring=settings.lesion_centring, **common)
         val_sampler = PatchSampler(cohort, config, normalisation, split="validation", augment=False, **common)
         step_model: torch.nn.Module = model
         if settings.compile:

@@ -89,6 +89,54 @@ def test_oversampled_lesion_patches_hold_lesion(cohort, config, norm):
     assert held >= extra > 0
 
 
+def test_lesion_labels_are_the_slices_connected_lesions(cohort, config, norm):
+    from scipy import ndimage
+
+    s = _sampler(cohort, config, norm)
+    for ref in s.slices:
+        mask = np.asarray(cohort[ref.subject].annotations["lesion"][ref.z]) >= 0.5
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        assert len(ref.lesion_label) == len(ref.lesion_yx) == int(mask.sum())
+        assert sorted(set(ref.lesion_label)) == list(range(n))
+        for (y, x), k in zip(ref.lesion_yx, ref.lesion_label):
+            assert labels[y, x] == k + 1
+
+
+def _two_lesion_centres(cohort, config, norm, centring, epochs=3):
+    """A 64 x 64 slice with a 10 x 10 lesion at the top left and a one-voxel one at
+    the bottom right: which lesion is each oversampled patch centred on?"""
+    from mrfengine.nn.data import SliceRef
+
+    s = _sampler(cohort, config, norm, patch_size=16, patches_per_slice=50, lesion_oversampling=5,
+                 augment=False, lesion_centring=centring)
+    big = [(y, x) for y in range(5, 15) for x in range(5, 15)]
+    sid = s.slices[0].subject
+    assert cohort[sid].shape[1:] == (64, 64)
+    s.slices = [SliceRef(sid, 0, True, tuple(big) + ((58, 58),), (0,) * len(big) + (1,))]
+    small = []
+    for e in range(epochs):
+        plan = s.epoch_plan(e)
+        assert plan.shape[0] == 250
+        cy, cx = plan[:, 1] + 8, plan[:, 2] + 8
+        near_small = (np.abs(cy - 58) <= 6) & (np.abs(cx - 58) <= 6)
+        near_big = (cy >= 5 - 4) & (cy < 15 + 4) & (cx >= 5 - 4) & (cx < 15 + 4)
+        small.append(int(near_small.sum()))
+        assert int((near_small | near_big).sum()) >= 200  # the 200 oversampled patches, at least, sit on one
+    return np.array(small) / 200
+
+
+def test_lesion_centring_draws_small_lesions_as_often_as_large_ones(cohort, config, norm):
+    by_voxel = _two_lesion_centres(cohort, config, norm, "voxel")
+    by_lesion = _two_lesion_centres(cohort, config, norm, "lesion")
+    assert np.all(by_voxel < 0.08)  # 1 voxel in 101 (+ uniform patches that land there)
+    assert np.all((by_lesion > 0.38) & (by_lesion < 0.65))  # one lesion in two
+    # "voxel" is the default, and draws what the sampler always drew
+    a = _sampler(cohort, config, norm, seed=7).epoch_plan(2)
+    assert np.array_equal(a, _sampler(cohort, config, norm, seed=7, lesion_centring="voxel").epoch_plan(2))
+    with pytest.raises(ValidationError, match="lesion_centring"):
+        _sampler(cohort, config, norm, lesion_centring="component")
+
+
 def test_patches_are_rotated_flipped_crops_in_network_units(cohort, config, norm):
     s = _sampler(cohort, config, norm, seed=1)
     plan = s.epoch_plan(0)

@@ -274,6 +274,9 @@ def test_the_shipped_training_files_are_the_cards_record():
         for key in ("network", "epochs", "batch_size", "learning_rate", "patches_per_slice", "seed",
                     "lesion_oversampling", "map_source", "bf16"):
             assert record[key] == getattr(settings, key), (key, record[key], getattr(settings, key))
+        # settings added after a phase ran: absent from its record, which means their default
+        assert record.get("lesion_centring", "voxel") == settings.lesion_centring
+        assert record.get("loss_weights") == settings.loss_weights
         assert record["cohort"] == Path(settings.cohort).name
         assert len(record["history"]) == settings.epochs
         if settings.init_model is None:

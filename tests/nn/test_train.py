@@ -125,6 +125,41 @@ def test_settings_are_checked(tmp_path, cohort_path):
         train(s, resume=True)
 
 
+def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
+    toml = _write_settings(tmp_path / "run.toml", cohort_path, "out", 1)
+    toml.write_text(toml.read_text() + 'lesion_centring = "lesion"\nloss_weights = { lesion = 2, GM = 0.5 }\n')
+    s = load_settings(toml)
+    assert s.loss_weights == {"lesion": 2.0, "GM": 0.5} and s.lesion_centring == "lesion"
+    weights = {o.name: o.weight for o in s.network_config().outputs}
+    assert weights == {"T1": 1.0, "T2star": 1.0, "NAWM": 1.0, "GM": 0.5, "lesion": 2.0}
+    assert TrainSettings(cohort="c", network="MSE-5", output_dir="o").network_config().loss_weights == (1.0,) * 5
+    for bad, match in ((dict(loss_weights={"WM": 1.0}), "does not output"),
+                       (dict(loss_weights={"lesion": -1.0}), "lesion must be a number"),
+                       (dict(loss_weights={"lesion": True}), "lesion must be a number"),
+                       (dict(loss_weights={}), "table of output name"),
+                       (dict(lesion_centring="component"), "lesion_centring")):
+        with pytest.raises(ValidationError, match=match):
+            TrainSettings(cohort="c", network="MSE-5", output_dir="o", **bad)
+    # the run records both in its checkpoint and card; a checkpoint from before the
+    # settings existed resumes as if they had their defaults
+    result = train(s)
+    run = load_model(result.model_path).card.metrics["training_run"]
+    assert run["lesion_centring"] == "lesion" and run["loss_weights"] == {"lesion": 2.0, "GM": 0.5}
+    plain = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 1))
+    train(plain)
+    ckpt_path = tmp_path / "plain" / "checkpoint.pt"
+    state = torch.load(ckpt_path, weights_only=True)
+    for key in ("lesion_centring", "loss_weights"):
+        del state["extra"]["settings"][key]
+    torch.save(state, ckpt_path)
+    longer = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 2))
+    assert len(train(longer, resume=True).history) == 2
+    weighted = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 3))
+    weighted = TrainSettings(**{**weighted.to_dict(), "loss_weights": {"lesion": 3.0}})
+    with pytest.raises(ValidationError, match="loss_weights"):
+        train(weighted, resume=True)
+
+
 def test_bf16_autocast_runs_and_validates(cohort_path, tmp_path):
     toml = _write_settings(tmp_path / "run.toml", cohort_path, "out", 1)
     toml.write_text(toml.read_text() + "bf16 = true\n")
