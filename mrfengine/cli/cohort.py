@@ -112,7 +112,7 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed) -> 
 
     c = Cohort.open(cohort)
     n, missing = 0, []
-    for sid in subject_ids or c.subjects:
+    for sid in c.select(subject_ids):
         wanted = list(arrays)
         if pipelines:
             sub = c[sid]
@@ -152,7 +152,7 @@ def show(cohort, subject_id, output, slices, frames) -> None:
     c = Cohort.open(cohort)
     if not c.subjects:
         raise StoreError(f"{cohort}: no complete subject to show")
-    sid = subject_id or c.subjects[0]
+    sid = c.select([subject_id])[0] if subject_id else c.subjects[0]
     path = save_subject_mosaic(c, sid, output, slices=slices or None, frames=frames or (0, 17))
     click.echo(f"wrote {path}")
 

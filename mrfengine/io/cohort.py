@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,6 +414,38 @@ class Cohort:
         if split not in SPLITS:
             raise ValidationError(f"split must be one of {SPLITS}; got {split!r}")
         return [s for s in self.subjects if self.entries[s].split == split]
+
+    def select(self, subject_ids: Iterable[str] | None) -> list[str]:
+        """The complete subjects named in ``subject_ids`` (all of them for none),
+        in the order given, without repeats.
+
+        A name may leave out ``sub-`` and, for a store with zero-padded numbers,
+        the padding: ``7``, ``sub-7``, ``07`` and ``sub-07`` all name ``sub-07``.
+
+        Raises
+        ------
+        ValidationError
+            A name that is no BIDS subject id.
+        StoreError
+            A subject the store lacks or has incomplete (names the store).
+        """
+        if not subject_ids:
+            return list(self.subjects)
+        wanted: list[str] = []
+        for name in subject_ids:
+            sid = normalize_subject_id(name)
+            if sid not in self.subjects and sid[4:].isdigit():
+                same = [c for c in self.subjects if c[4:].isdigit() and int(c[4:]) == int(sid[4:])]
+                sid = same[0] if len(same) == 1 else sid
+            if sid not in self.subjects:
+                why = "its writer was interrupted; rerun the command that writes it" if sid in self.entries \
+                    else "not in the store"
+                raise StoreError(f"{self.path}: no complete subject {sid!r} ({why}); it has {len(self.subjects)} "
+                                 f"complete subjects: {', '.join(self.subjects[:6])}"
+                                 f"{', ...' if len(self.subjects) > 6 else ''}")
+            if sid not in wanted:
+                wanted.append(sid)
+        return wanted
 
     def sequence(self, site: str) -> Sequence:
         """The acquisition of ``site``."""

@@ -354,21 +354,7 @@ Event = Callable[[str, dict[str, Any]], None]
 
 
 def _select(cohort: Cohort, subjects: Sequence[str] | None) -> list[str]:
-    if not subjects:
-        return list(cohort.subjects)
-    wanted = []
-    for s in subjects:
-        sid = normalize_subject_id(s)
-        if sid not in cohort.subjects and sid[4:].isdigit():
-            # "7" or "sub-7" for a store that pads its ids ("sub-07")
-            same = [c for c in cohort.subjects if c[4:].isdigit() and int(c[4:]) == int(sid[4:])]
-            sid = same[0] if len(same) == 1 else sid
-        if sid not in cohort.subjects:
-            raise StoreError(f"{cohort.path}: no complete subject {sid!r} (it has {len(cohort.subjects)} subjects: "
-                             f"{', '.join(cohort.subjects[:6])}{', ...' if len(cohort.subjects) > 6 else ''})")
-        if sid not in wanted:
-            wanted.append(sid)
-    return wanted
+    return cohort.select(subjects)
 
 
 def _is_current(cohort_path: str, sid: str, pipeline: Pipeline) -> bool:

@@ -75,7 +75,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import StoreError, ValidationError
-from ..io.cohort import Cohort, Subject, normalize_subject_id
+from ..io.cohort import Cohort, Subject
 from ..metrics import dice, evaluate_subject
 from ..metrics.subject import MAP_KEYS
 from .tables import build_report, markdown_table, summarize, write_json, write_text
@@ -448,11 +448,9 @@ def evaluate_cohort(
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
             raise ValidationError(f"{name} must be a number in (0, 1]; got {value!r}")
     c = cohort if isinstance(cohort, Cohort) else Cohort.open(cohort)
-    sids = list(c.subjects) if not subjects else list(dict.fromkeys(normalize_subject_id(s) for s in subjects))
+    sids = c.select(subjects)  # StoreError naming an unknown or incomplete subject, before any work
     if not sids:
         raise StoreError(f"{c.path}: no complete subject to evaluate")
-    for sid in sids:
-        c[sid]  # StoreError naming an unknown or incomplete subject, before any work
     pred_src = parse_source(pred, backend=backend, method=method, cache=cache)
     ref_src = parse_source(ref, backend=backend, method=method, cache=cache)
 

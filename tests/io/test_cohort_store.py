@@ -94,6 +94,29 @@ def test_subject_counts_only_when_complete(tmp_path):
     assert Cohort.open(path).subjects == []
 
 
+def test_select_names_subjects_as_users_type_them(tmp_path):
+    """batch, evaluate and export select subjects alike: ``7``, ``07``, ``sub-7``
+    and ``sub-07`` name ``sub-07``; unknown and incomplete ones are named."""
+    path = tmp_path / "c.zarr"
+    seq = hermann2021(1, n_slices=3)
+    entries = {sid: SubjectEntry("1", "train") for sid in ("sub-01", "sub-07", "sub-10", "sub-11")}
+    root = create_cohort(path, sites={"1": SiteEntry(seq)}, subjects=entries)
+    for sid in ("sub-01", "sub-07", "sub-10", "sub-11"):
+        w = _writer(root, seq, sid=sid)
+        w.write("mrf", np.ones((35, 3, 4, 5), np.float32))
+        if sid != "sub-11":
+            w.finish()
+    c = Cohort.open(path)
+    assert c.select(None) == c.select([]) == ["sub-01", "sub-07", "sub-10"]
+    assert c.select(["7", "sub-10", "07", "sub-7", "1"]) == ["sub-07", "sub-10", "sub-01"]
+    with pytest.raises(StoreError, match=r"no complete subject 'sub-42' \(not in the store\).*sub-01, sub-07"):
+        c.select(["42"])
+    with pytest.raises(StoreError, match="'sub-11' .*writer was interrupted"):
+        c.select(["11"])
+    with pytest.raises(ValidationError, match="BIDS"):
+        c.select(["sub_01"])
+
+
 def test_writer_checks_its_input(tmp_path):
     root, seq = _new(tmp_path / "c.zarr")
     with pytest.raises(ValidationError, match="affine"):

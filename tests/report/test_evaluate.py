@@ -164,7 +164,7 @@ def test_bad_sources_and_subjects(tiny):
         parse_source("magic")
     with pytest.raises(ValidationError, match="stage name"):
         parse_source("derived:")
-    with pytest.raises(StoreError, match="no subject 'sub-99'"):
+    with pytest.raises(StoreError, match="no complete subject 'sub-99'"):
         evaluate_cohort(path, pred="truth", subjects=["sub-99"])
     with pytest.raises(ValidationError, match="threshold"):
         evaluate_cohort(path, pred="truth", threshold=0)
@@ -184,7 +184,7 @@ def test_bad_sources_and_subjects(tiny):
 def test_cli_exit_codes(tiny, tmp_path, capsys):
     path, cache = tiny
     out = tmp_path / "out"
-    code = main(["evaluate", str(path), "-o", str(out), "--pred", "truth", "--subjects", "05,sub-02",
+    code = main(["evaluate", str(path), "-o", str(out), "--pred", "truth", "--subjects", "5,sub-02",
                  "--no-figures", "--cache-dir", str(cache)])
     assert code == 0
     text = capsys.readouterr().out
