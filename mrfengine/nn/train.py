@@ -547,5 +547,7 @@ def _training_record(settings: TrainSettings, history: list[dict[str, float]],
 
 
 def _plain(d: Mapping[str, Any]) -> dict[str, Any]:
-    """Only what ``torch.load(weights_only=True)`` reads: numbers, strings, None."""
-    return {k: (None if v is None else v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in d.items()}
+    """Only what ``torch.load(weights_only=True)`` reads: numbers, strings, None
+    and tables of them (``loss_weights``); anything else as its string."""
+    return {k: (v if v is None or isinstance(v, (bool, int, float, str)) else
+                _plain(v) if isinstance(v, Mapping) else str(v)) for k, v in d.items()}

@@ -145,6 +145,8 @@ def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
     result = train(s)
     run = load_model(result.model_path).card.metrics["training_run"]
     assert run["lesion_centring"] == "lesion" and run["loss_weights"] == {"lesion": 2.0, "GM": 0.5}
+    toml.write_text(toml.read_text().replace("epochs = 1", "epochs = 2"))
+    assert len(train(load_settings(toml), resume=True).history) == 2  # the same settings resume
     plain = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 1))
     train(plain)
     ckpt_path = tmp_path / "plain" / "checkpoint.pt"
