@@ -353,10 +353,6 @@ class BatchReport:
 Event = Callable[[str, dict[str, Any]], None]
 
 
-def _select(cohort: Cohort, subjects: Sequence[str] | None) -> list[str]:
-    return cohort.select(subjects)
-
-
 def _is_current(cohort_path: str, sid: str, pipeline: Pipeline) -> bool:
     if not derived_complete(cohort_path, sid, pipeline.name):
         return False
@@ -443,7 +439,7 @@ def run_batch(
     if isinstance(pipeline, str):
         pipeline = Pipeline.from_stages(pipeline)
     cohort = Cohort.open(cohort_path)
-    selected = _select(cohort, subjects)
+    selected = cohort.select(subjects)
     check_writable(cohort_path)
     emit = on_event or (lambda kind, payload: None)
     report = BatchReport(pipeline.name)
