@@ -33,10 +33,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 import torch
 
 from ..errors import StoreError, ValidationError
+from ..metrics.lesions import connectivity_structure
 from .configs import NetworkConfig
 from .normalisation import Normalisation
 from .training import to_network_units
@@ -261,6 +261,9 @@ class PatchSampler:
 
     # ------------------------------------------------------------ indexing
     def _index_slices(self) -> list[SliceRef]:
+        from scipy import ndimage
+
+        eight = connectivity_structure(8, 2)
         lesion_path = next((p for p, o in zip(self._target_paths, self.config.outputs) if o.name == "lesion"),
                            "annotations/lesion")
         refs = []
@@ -276,7 +279,7 @@ class PatchSampler:
                     continue
                 mask = np.asarray(lesion[z]) >= 0.5
                 yx = np.argwhere(mask)
-                labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+                labels, _ = ndimage.label(mask, structure=eight)
                 refs.append(SliceRef(sid, z, len(yx) > 0, tuple((int(a), int(b)) for a, b in yx),
                                      tuple(int(v) - 1 for v in labels[mask])))
         return refs
@@ -332,8 +335,7 @@ class PatchSampler:
                 label = np.asarray(self.slices[i].lesion_label)
                 members_of[int(i)] = [np.flatnonzero(label == c) for c in range(int(label.max()) + 1)]
         for k in np.flatnonzero(~first):
-            ref = self.slices[idx[k]]
-            yx = ref.lesion_yx
+            yx = self.slices[idx[k]].lesion_yx
             if self.lesion_centring == "voxel":
                 cy, cx = yx[int(rng.integers(len(yx)))]
             else:
