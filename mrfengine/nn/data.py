@@ -4,7 +4,8 @@
 patches (64 x 64) of single slices, ``patches_per_slice`` per slice and epoch,
 slices with an annotated lesion drawn ``lesion_oversampling`` times as often
 (x5 in the paper; the extra patches centred on a lesion voxel, or on a
-lesion, ``lesion_centring``), each patch rotated by a random multiple of 90
+lesion, ``lesion_centring``), the other patches placed uniformly in the slice
+or centred on a brain voxel (``patch_centring``), each patch rotated by a random multiple of 90
 degrees and randomly flipped.  Inputs are the slice's 35 MRF magnitudes (or, for networks
 that take maps, its T1/T2* maps), normalised per channel with statistics of
 the *training split only*; targets are read where each output's
@@ -43,11 +44,14 @@ from .training import to_network_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS", "LESION_CENTRING"]
+__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS", "LESION_CENTRING",
+           "PATCH_CENTRING"]
 
 SPLITS = ("train", "validation", "test")
 #: How an oversampled patch picks its lesion (:class:`PatchSampler`).
 LESION_CENTRING = ("voxel", "lesion")
+#: Where the ``patches_per_slice`` patches of a slice lie (:class:`PatchSampler`).
+PATCH_CENTRING = ("uniform", "brain")
 
 #: Quantitative outputs whose targets may come from a derived group instead of ``truth/``.
 _MAP_OUTPUTS = ("T1", "T2star")
@@ -204,6 +208,14 @@ class PatchSampler:
         lesion is drawn as often as it has voxels; ``lesion`` a lesion of the
         slice (8-connected component) drawn uniformly, then one of its voxels,
         so small lesions are seen as often as large ones.
+    patch_centring : {"uniform", "brain"}
+        Where the ``patches_per_slice`` patches of every slice lie:
+        ``uniform`` (default, the paper's random patches) anywhere in the
+        slice; ``brain`` centred on a voxel of the subject's brain mask drawn
+        uniformly (slices without brain, or subjects without a mask, fall back
+        to uniform).  On a 240 x 240 field of view 64 x 64 uniform patches
+        hold about 40% brain and one in nine none at all; brain-centred ones
+        about 70%, so an epoch spends less compute on background.
 
     Raises
     ------
@@ -226,6 +238,7 @@ class PatchSampler:
         map_source: str = "truth",
         cache_slices: int = 32,
         lesion_centring: str = "voxel",
+        patch_centring: str = "uniform",
     ) -> None:
         self.cohort = cohort
         self.config = config
@@ -247,6 +260,9 @@ class PatchSampler:
         if lesion_centring not in LESION_CENTRING:
             raise ValidationError(f"lesion_centring must be one of {LESION_CENTRING}; got {lesion_centring!r}")
         self.lesion_centring = lesion_centring
+        if patch_centring not in PATCH_CENTRING:
+            raise ValidationError(f"patch_centring must be one of {PATCH_CENTRING}; got {patch_centring!r}")
+        self.patch_centring = patch_centring
         self.augment = bool(augment)
         self.normalisation = normalisation
         self._scale, self._offset = (a[:, None, None] for a in normalisation.scale_and_offset())
@@ -258,6 +274,9 @@ class PatchSampler:
         if not self.subjects:
             raise ValidationError(f"the cohort {cohort.path} has no {split!r} subject to sample")
         self.slices = self._index_slices()
+        self._brain: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if patch_centring == "brain":
+            self._brain = {sid: self._brain_voxels(sid) for sid in self.subjects}
 
     # ------------------------------------------------------------ indexing
     def _index_slices(self) -> list[SliceRef]:
@@ -284,6 +303,18 @@ class PatchSampler:
                                      tuple(int(v) - 1 for v in labels[mask])))
         return refs
 
+    def _brain_voxels(self, sid: str) -> tuple[np.ndarray, np.ndarray]:
+        """In-slice flat indices of the brain voxels of every slice of ``sid``,
+        concatenated, and each slice's start in them (Z + 1,)."""
+        subject = self.cohort[sid]
+        z, h, w = subject.shape[:3]
+        mask = subject.brain_mask
+        if mask is None:
+            return np.zeros(0, np.int32), np.zeros(z + 1, np.int64)
+        dtype = np.uint16 if h * w <= 1 << 16 else np.int32
+        flat = [np.flatnonzero(np.asarray(mask[k]) > 0).astype(dtype) for k in range(z)]
+        return np.concatenate(flat), np.concatenate([[0], np.cumsum([f.size for f in flat])]).astype(np.int64)
+
     @property
     def n_lesion_slices(self) -> int:
         return sum(r.lesion for r in self.slices)
@@ -300,7 +331,9 @@ class PatchSampler:
     def epoch_plan(self, epoch: int) -> np.ndarray:
         """The patches of ``epoch`` in the order they are served.
 
-        A lesion slice appears ``lesion_oversampling`` times as often as
+        A slice's first ``patches_per_slice`` patches lie uniformly in it, or
+        are centred on a random brain voxel (``patch_centring="brain"``).  A
+        lesion slice appears ``lesion_oversampling`` times as often as
         another; its extra patches are centred (up to a quarter patch off) on
         one of its lesion voxels, so they hold lesion.  Slices are visited in a random order, in blocks of half the slice
         cache; the patches of a block are shuffled together, so each slice is
@@ -322,13 +355,26 @@ class PatchSampler:
         hx = np.array([max(shapes[self.slices[i].subject][1] - self.patch_size, 0) for i in range(len(self.slices))])
         y0 = np.floor(rng.random(n) * (hy[idx] + 1)).astype(np.int64)
         x0 = np.floor(rng.random(n) * (hx[idx] + 1)).astype(np.int64)
+        p = self.patch_size
         # The extra (oversampled) patches of a lesion slice hold a lesion: centred on a random
         # lesion voxel (or a voxel of a random lesion), shifted by up to a quarter patch; the
         # first patches stay uniform.
         first = np.zeros(n, bool)
         starts = np.concatenate([[0], np.cumsum(repeats)[:-1]])
         first[(np.arange(n) - np.repeat(starts, repeats)) < self.patches_per_slice] = True
-        p = self.patch_size
+        if self.patch_centring == "brain":
+            # drawn after the uniform positions, so uniform plans stay as they were
+            u = rng.random(n)
+            for k in np.flatnonzero(first):
+                ref = self.slices[idx[k]]
+                voxels, start = self._brain[ref.subject]
+                lo, hi = int(start[ref.z]), int(start[ref.z + 1])
+                if hi == lo:
+                    continue
+                width = shapes[ref.subject][1]
+                cy, cx = divmod(int(voxels[lo + min(int(u[k] * (hi - lo)), hi - lo - 1)]), width)
+                y0[k] = min(max(cy - p // 2, 0), int(hy[idx[k]]))
+                x0[k] = min(max(cx - p // 2, 0), int(hx[idx[k]]))
         members_of: dict[int, list[np.ndarray]] = {}
         if self.lesion_centring == "lesion":
             for i in np.unique(idx[~first]):

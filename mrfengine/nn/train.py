@@ -3,11 +3,11 @@
 One run trains one network configuration (Table 1 of the paper) on the
 training split of a cohort store with Adam, and after each epoch
 
-* validates on *whole* slices of the validation split: lesion Dice at a
-  probability threshold of 33% (:func:`mrfengine.metrics.dice`, one Dice over
-  all validation voxels) and the mean relative deviation of T1 and T2* inside
-  the brain (:func:`mrfengine.metrics.relative_deviation`), for the outputs
-  the network has;
+* validates on *whole* slices of the validation split (:func:`validate`):
+  lesion Dice and detection rate at a probability threshold of 33%, NAWM and
+  GM Dice at 80% (mean over slices) and the mean relative deviation of T1 and
+  T2* inside the brain, for the outputs the network has: the paper's
+  measures, so an epoch can be chosen on every one of them;
 * writes ``checkpoint.pt`` (atomic; model, optimiser, history), the metrics
   table ``metrics.csv`` and its plot ``metrics.png``.
 
@@ -35,6 +35,8 @@ The settings file (TOML)::
     # bf16 = false, compile = false, threads,
     # lesion_centring = "voxel" | "lesion"  (what an oversampled patch is centred on: a
     #                          random lesion voxel, or a random lesion, so small ones count),
+    # patch_centring = "uniform" | "brain"  (where the other patches lie: anywhere in the
+    #                          slice, or centred on a brain voxel, less compute on background),
     # loss_weights = { lesion = 2.0 }  (per-output loss weights replacing the network's;
     #                          outputs not named keep theirs),
     # init_model = "mse5.pt"  (start from a saved network of the same configuration and
@@ -68,13 +70,14 @@ import torch
 
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from .configs import NetworkConfig, get_config
-from .data import LESION_CENTRING, PatchSampler, fit_cohort_normalisation
+from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
 from .training import load_checkpoint, make_optimizer, save_checkpoint, to_physical_units, train_step
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainSettings", "TrainResult", "load_settings", "train", "cohort_hash", "validate",
-           "CHECKPOINT_NAME", "METRICS_CSV", "METRICS_PNG", "MODEL_NAME", "LESION_THRESHOLD"]
+           "CHECKPOINT_NAME", "METRICS_CSV", "METRICS_PNG", "MODEL_NAME", "LESION_THRESHOLD",
+           "TISSUE_THRESHOLD"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_CSV = "metrics.csv"
@@ -82,7 +85,10 @@ METRICS_PNG = "metrics.png"
 MODEL_NAME = "model.pt"
 #: Lesion probability threshold of the validation Dice (the paper's 33%).
 LESION_THRESHOLD = 0.33
-_CSV_FIELDS = ("epoch", "train_loss", "lesion_dice", "T1_reldev", "T2star_reldev")
+#: NAWM/GM probability threshold of the validation Dice (the paper's 80%).
+TISSUE_THRESHOLD = 0.8
+_CSV_FIELDS = ("epoch", "train_loss", "lesion_dice", "lesion_detection_rate", "NAWM_dice", "GM_dice",
+               "T1_reldev", "T2star_reldev")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ class TrainSettings:
     threads: int | None = None
     init_model: str | None = None
     lesion_centring: str = "voxel"
+    patch_centring: str = "uniform"
     loss_weights: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
@@ -132,6 +139,8 @@ class TrainSettings:
             raise ValidationError(f"device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
         if self.lesion_centring not in LESION_CENTRING:
             raise ValidationError(f"lesion_centring must be one of {LESION_CENTRING}; got {self.lesion_centring!r}")
+        if self.patch_centring not in PATCH_CENTRING:
+            raise ValidationError(f"patch_centring must be one of {PATCH_CENTRING}; got {self.patch_centring!r}")
         if self.loss_weights is not None:
             if not isinstance(self.loss_weights, Mapping) or not self.loss_weights:
                 raise ValidationError("loss_weights must be a table of output name = weight, e.g. "
@@ -251,21 +260,40 @@ def validate(
 ) -> dict[str, float]:
     """Validation metrics on whole slices of ``sampler``'s split.
 
+    The prediction is set to 0 outside the subject's brain mask, as the
+    ``unet`` stage of ``mrfengine batch`` writes it, and the metrics follow
+    ``mrfengine evaluate`` (the paper's definitions).
+
     Returns
     -------
     dict
-        ``lesion_dice`` (at :data:`LESION_THRESHOLD`, pooled over all
-        voxels of the split; NaN when neither prediction nor annotation has a
-        lesion), ``T1_reldev``, ``T2star_reldev`` (mean relative deviation in
-        the brain); only for the outputs the network has.
+        For the outputs the network has:
+
+        ``lesion_dice``
+            At :data:`LESION_THRESHOLD`, pooled over all voxels of the split;
+            NaN when neither prediction nor annotation has a lesion.
+        ``lesion_detection_rate``
+            The paper's rule (:func:`mrfengine.metrics.lesion_detection_rate`:
+            3D lesions of at least 10 voxels, detected by one voxel at
+            :data:`LESION_THRESHOLD`), per subject, averaged over the subjects
+            with lesions; NaN when none has one.
+        ``NAWM_dice``, ``GM_dice``
+            At :data:`TISSUE_THRESHOLD` (80%), the mean over the slices of all
+            subjects where either mask is non-empty (the paper's "mean dice
+            coefficients along all subjects and slices").
+        ``T1_reldev``, ``T2star_reldev``
+            Mean relative deviation inside the brain.
     """
-    from ..metrics import dice, relative_deviation
+    from ..metrics import dice, lesion_detection_rate, relative_deviation
+    from ..metrics.overlap import dice_from_counts
 
     config = sampler.config
     names = config.output_names
     paths = sampler.target_paths
     fill = sampler.background()[:, None, None]
     lesion_p, lesion_r, rel = [], [], {n: ([], []) for n in ("T1", "T2star") if n in names}
+    tissue = {n: [] for n in ("NAWM", "GM") if n in names}
+    volumes: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     was_training = model.training
     model.eval()
     try:
@@ -283,8 +311,18 @@ def validate(
             b = np.ones((h, w), bool) if brain is None else np.asarray(brain[z]) > 0
             for k, n in enumerate(names):
                 if n == "lesion":
-                    lesion_p.append(pred[k].ravel())
-                    lesion_r.append(ref[k].ravel() >= 0.5)
+                    p_les = np.where(b, pred[k], 0.0).astype(np.float32)
+                    r_les = ref[k] >= 0.5
+                    lesion_p.append(p_les.ravel())
+                    lesion_r.append(r_les.ravel())
+                    vol = volumes.setdefault(ref_slice.subject, ([], []))
+                    vol[0].append(p_les)
+                    vol[1].append(r_les)
+                elif n in tissue:
+                    pm = b & (pred[k] >= TISSUE_THRESHOLD)
+                    rm = ref[k] >= TISSUE_THRESHOLD
+                    tissue[n].append(float(dice_from_counts(np.count_nonzero(pm & rm), np.count_nonzero(pm),
+                                                            np.count_nonzero(rm))))
                 elif n in rel:
                     rel[n][0].append(pred[k][b])
                     rel[n][1].append(ref[k][b])
@@ -294,6 +332,13 @@ def validate(
     if lesion_p:
         metrics["lesion_dice"] = float(dice(np.concatenate(lesion_p), np.concatenate(lesion_r),
                                             threshold=LESION_THRESHOLD))
+        rates = [lesion_detection_rate(np.stack(p), np.stack(r), threshold=LESION_THRESHOLD)
+                 for p, r in volumes.values()]
+        rates = [r for r in rates if np.isfinite(r)]
+        metrics["lesion_detection_rate"] = float(np.mean(rates)) if rates else float("nan")
+    for n, values in tissue.items():
+        v = np.asarray(values, dtype=np.float64)
+        metrics[f"{n}_dice"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
     for n, (p, r) in rel.items():
         metrics[f"{n}_reldev"] = float(relative_deviation(np.concatenate(p), np.concatenate(r)))
     return metrics
@@ -331,8 +376,9 @@ def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None
     ax_loss, ax_val = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
-    for key, label in (("lesion_dice", "lesion Dice @ 0.33"), ("T1_reldev", "T1 rel. deviation"),
-                       ("T2star_reldev", "T2* rel. deviation")):
+    for key, label in (("lesion_dice", "lesion Dice @ 0.33"), ("lesion_detection_rate", "detection rate @ 0.33"),
+                       ("NAWM_dice", "NAWM Dice @ 0.8"), ("GM_dice", "GM Dice @ 0.8"),
+                       ("T1_reldev", "T1 rel. deviation"), ("T2star_reldev", "T2* rel. deviation")):
         values = [h.get(key) for h in history]
         if any(v is not None for v in values):
             ax_val.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
@@ -464,7 +510,8 @@ def train(
                 fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
         common = dict(seed=settings.seed, map_source=settings.map_source)
         train_sampler = PatchSampler(cohort, config, normalisation, split="train",
-                                     lesion_centring=settings.lesion_centring, **common)
+                                     lesion_centring=settings.lesion_centring,
+                                     patch_centring=settings.patch_centring, **common)
         val_sampler = PatchSampler(cohort, config, normalisation, split="validation", augment=False, **common)
         step_model: torch.nn.Module = model
         if settings.compile:

@@ -137,6 +137,38 @@ def test_lesion_centring_draws_small_lesions_as_often_as_large_ones(cohort, conf
         _sampler(cohort, config, norm, lesion_centring="component")
 
 
+def test_brain_centred_patches_sit_on_the_brain(cohort, config, norm):
+    """patch_centring="brain": each slice's patches are centred on a brain voxel (up to
+    the clipping at the slice's edge), hold more brain than uniform ones, and the
+    slices' patch counts and the oversampled patches' rule stay as they were."""
+    kw = dict(patch_size=16, patches_per_slice=8, augment=False, seed=2)
+    uniform = _sampler(cohort, config, norm, **kw)
+    brain = _sampler(cohort, config, norm, patch_centring="brain", **kw)
+    assert np.array_equal(uniform.epoch_plan(1), _sampler(cohort, config, norm, patch_centring="uniform",
+                                                          **kw).epoch_plan(1))
+    a, b = uniform.epoch_plan(1), brain.epoch_plan(1)
+    assert np.array_equal(np.bincount(a[:, 0]), np.bincount(b[:, 0]))
+    p = 16
+    fraction = {"uniform": [], "brain": []}
+    centred = 0
+    for name, plan, sampler in (("uniform", a, uniform), ("brain", b, brain)):
+        for i, ref in enumerate(sampler.slices):
+            mask = np.asarray(cohort[ref.subject].brain_mask[ref.z]) > 0
+            if ref.lesion or not mask.any():  # lesion slices: their extra patches follow the lesions
+                continue
+            h, w = mask.shape
+            for _, y0, x0, _, _ in plan[plan[:, 0] == i]:
+                fraction[name].append(mask[y0:y0 + p, x0:x0 + p].mean())
+                if name == "brain" and 0 < y0 < h - p and 0 < x0 < w - p:
+                    assert mask[y0 + p // 2, x0 + p // 2], (ref.subject, ref.z, y0, x0)  # the drawn voxel
+                    centred += 1
+    assert centred > 20
+    assert np.mean(fraction["brain"]) > np.mean(fraction["uniform"]) + 0.1
+    assert min(fraction["brain"]) > 0
+    with pytest.raises(ValidationError, match="patch_centring"):
+        _sampler(cohort, config, norm, patch_centring="mask")
+
+
 def test_patches_are_rotated_flipped_crops_in_network_units(cohort, config, norm):
     s = _sampler(cohort, config, norm, seed=1)
     plan = s.epoch_plan(0)

@@ -276,6 +276,7 @@ def test_the_shipped_training_files_are_the_cards_record():
             assert record[key] == getattr(settings, key), (key, record[key], getattr(settings, key))
         # settings added after a phase ran: absent from its record, which means their default
         assert record.get("lesion_centring", "voxel") == settings.lesion_centring
+        assert record.get("patch_centring", "uniform") == settings.patch_centring
         assert record.get("loss_weights") == settings.loss_weights
         assert record["cohort"] == Path(settings.cohort).name
         assert len(record["history"]) == settings.epochs

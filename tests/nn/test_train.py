@@ -59,6 +59,7 @@ def test_a_run_writes_checkpoint_metrics_plot_and_model(full_run, cohort_path):
     for r in rows:
         assert float(r["train_loss"]) > 0
         assert 0 <= float(r["lesion_dice"]) <= 1
+        assert 0 <= float(r["NAWM_dice"]) <= 1 and 0 <= float(r["GM_dice"]) <= 1
         assert float(r["T1_reldev"]) > 0 and float(r["T2star_reldev"]) > 0
     assert (full_run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = read_card(full_run / "model.card.json")
@@ -127,9 +128,11 @@ def test_settings_are_checked(tmp_path, cohort_path):
 
 def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
     toml = _write_settings(tmp_path / "run.toml", cohort_path, "out", 1)
-    toml.write_text(toml.read_text() + 'lesion_centring = "lesion"\nloss_weights = { lesion = 2, GM = 0.5 }\n')
+    toml.write_text(toml.read_text() + 'lesion_centring = "lesion"\npatch_centring = "brain"\n'
+                    'loss_weights = { lesion = 2, GM = 0.5 }\n')
     s = load_settings(toml)
     assert s.loss_weights == {"lesion": 2.0, "GM": 0.5} and s.lesion_centring == "lesion"
+    assert s.patch_centring == "brain"
     weights = {o.name: o.weight for o in s.network_config().outputs}
     assert weights == {"T1": 1.0, "T2star": 1.0, "NAWM": 1.0, "GM": 0.5, "lesion": 2.0}
     assert TrainSettings(cohort="c", network="MSE-5", output_dir="o").network_config().loss_weights == (1.0,) * 5
@@ -137,7 +140,8 @@ def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
                        (dict(loss_weights={"lesion": -1.0}), "lesion must be a number"),
                        (dict(loss_weights={"lesion": True}), "lesion must be a number"),
                        (dict(loss_weights={}), "table of output name"),
-                       (dict(lesion_centring="component"), "lesion_centring")):
+                       (dict(lesion_centring="component"), "lesion_centring"),
+                       (dict(patch_centring="mask"), "patch_centring")):
         with pytest.raises(ValidationError, match=match):
             TrainSettings(cohort="c", network="MSE-5", output_dir="o", **bad)
     # the run records both in its checkpoint and card; a checkpoint from before the
@@ -145,13 +149,14 @@ def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
     result = train(s)
     run = load_model(result.model_path).card.metrics["training_run"]
     assert run["lesion_centring"] == "lesion" and run["loss_weights"] == {"lesion": 2.0, "GM": 0.5}
+    assert run["patch_centring"] == "brain"
     toml.write_text(toml.read_text().replace("epochs = 1", "epochs = 2"))
     assert len(train(load_settings(toml), resume=True).history) == 2  # the same settings resume
     plain = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 1))
     train(plain)
     ckpt_path = tmp_path / "plain" / "checkpoint.pt"
     state = torch.load(ckpt_path, weights_only=True)
-    for key in ("lesion_centring", "loss_weights"):
+    for key in ("lesion_centring", "patch_centring", "loss_weights"):
         del state["extra"]["settings"][key]
     torch.save(state, ckpt_path)
     longer = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 2))
@@ -209,3 +214,55 @@ def test_a_run_can_start_from_a_saved_model(full_run, cohort_path, tmp_path):
     bad.write_text(bad.read_text().replace("depth = 2", "depth = 3") + f'init_model = "{full_run / "model.pt"}"\n')
     with pytest.raises(ValidationError, match="cannot start a run"):
         train(load_settings(bad))
+
+
+def test_validation_metrics_are_the_evaluation_measures(cohort_path):
+    """validate() gives what mrfengine.metrics gives on the masked whole volumes:
+    lesion Dice and detection rate at 33%, NAWM/GM Dice at 80% as a mean over
+    all slices, relative deviations in the brain."""
+    from mrfengine.metrics import dice, lesion_detection_rate, relative_deviation, tissue_dice
+    from mrfengine.nn import get_config
+    from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation
+    from mrfengine.nn.train import validate
+    from mrfengine.nn.training import to_physical_units
+
+    cohort = Cohort.open(cohort_path)
+    config = get_config("MSE-5")
+    norm = fit_cohort_normalisation(cohort, config)
+    sampler = PatchSampler(cohort, config, norm, split="validation", augment=False, patch_size=32)
+    torch.manual_seed(0)
+    # a 1x1 convolution: any in-plane size, outputs that cross both thresholds somewhere
+    model = torch.nn.Conv2d(config.in_channels, len(config.outputs), 1)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([1.0, 0.6, 0.7, 0.7, 0.2]))
+        model.weight.mul_(0.3)
+    got = validate(model, sampler)
+
+    names = config.output_names
+    per_subject: dict[str, list] = {}
+    for i, ref_slice in enumerate(sampler.slices):
+        subject = cohort[ref_slice.subject]
+        x = torch.from_numpy(sampler.normalised_input(i)[None])
+        with torch.no_grad():
+            pred = to_physical_units(model(x), config)[0].numpy()
+        brain = np.asarray(subject.brain_mask[ref_slice.z]) > 0
+        ref = [np.asarray(subject.array(p)[ref_slice.z], dtype=np.float32) for p in sampler.target_paths]
+        per_subject.setdefault(ref_slice.subject, []).append((np.where(brain, pred, 0.0), np.asarray(ref), brain))
+    pred = {s: np.stack([p for p, _, _ in v]) for s, v in per_subject.items()}
+    ref = {s: np.stack([r for _, r, _ in v]) for s, v in per_subject.items()}
+    brain = {s: np.stack([b for _, _, b in v]) for s, v in per_subject.items()}
+    P, R, B = (np.concatenate(list(d.values())) for d in (pred, ref, brain))
+    k = {n: names.index(n) for n in names}
+
+    assert got["lesion_dice"] == pytest.approx(dice(P[:, k["lesion"]], R[:, k["lesion"]] >= 0.5, threshold=0.33))
+    rates = [lesion_detection_rate(pred[s][:, k["lesion"]], ref[s][:, k["lesion"]] >= 0.5, threshold=0.33)
+             for s in pred]
+    rates = [r for r in rates if np.isfinite(r)]
+    assert rates, "the tiny cohort's validation split should have a lesion"
+    assert got["lesion_detection_rate"] == pytest.approx(np.mean(rates))
+    for n in ("NAWM", "GM"):
+        expected = tissue_dice(P[:, k[n]], R[:, k[n]], threshold=0.8, axis=0).slice_mean
+        assert 0 < expected < 1
+        assert got[f"{n}_dice"] == pytest.approx(expected)
+    for n in ("T1", "T2star"):
+        assert got[f"{n}_reldev"] == pytest.approx(relative_deviation(P[:, k[n]][B], R[:, k[n]][B]))
