@@ -372,19 +372,25 @@ def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None
     from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(8, 3.2), layout="constrained")
-    ax_loss, ax_val = fig.subplots(1, 2)
+    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    ax_loss, ax_overlap, ax_dev = fig.subplots(1, 3)
     ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
-    for key, label in (("lesion_dice", "lesion Dice @ 0.33"), ("lesion_detection_rate", "detection rate @ 0.33"),
-                       ("NAWM_dice", "NAWM Dice @ 0.8"), ("GM_dice", "GM Dice @ 0.8"),
-                       ("T1_reldev", "T1 rel. deviation"), ("T2star_reldev", "T2* rel. deviation")):
-        values = [h.get(key) for h in history]
-        if any(v is not None for v in values):
-            ax_val.plot(epochs, [np.nan if v is None else v for v in values], "o-", label=label)
-    ax_val.set(xlabel="epoch", ylabel="validation")
-    if ax_val.lines:
-        ax_val.legend(fontsize="small")
+    panels = (
+        (ax_overlap, "validation overlap", 1.0,
+         (("lesion_dice", "lesion Dice @ 0.33"), ("lesion_detection_rate", "detection rate @ 0.33"),
+          ("NAWM_dice", "NAWM Dice @ 0.8"), ("GM_dice", "GM Dice @ 0.8"))),
+        (ax_dev, "validation rel. deviation (%)", 100.0,
+         (("T1_reldev", "T1"), ("T2star_reldev", "T2*"))),
+    )
+    for ax, ylabel, factor, series in panels:
+        for key, label in series:
+            values = [h.get(key) for h in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else factor * v for v in values], "o-", label=label)
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        if ax.lines:
+            ax.legend(fontsize="small")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     _atomic_write_bytes(path, buf.getvalue())
