@@ -285,7 +285,6 @@ def validate(
             Mean relative deviation inside the brain.
     """
     from ..metrics import dice, lesion_detection_rate, relative_deviation
-    from ..metrics.overlap import dice_from_counts
 
     config = sampler.config
     names = config.output_names
@@ -318,11 +317,8 @@ def validate(
                     vol = volumes.setdefault(ref_slice.subject, ([], []))
                     vol[0].append(p_les)
                     vol[1].append(r_les)
-                elif n in tissue:
-                    pm = b & (pred[k] >= TISSUE_THRESHOLD)
-                    rm = ref[k] >= TISSUE_THRESHOLD
-                    tissue[n].append(float(dice_from_counts(np.count_nonzero(pm & rm), np.count_nonzero(pm),
-                                                            np.count_nonzero(rm))))
+                elif n in tissue:  # one Dice per slice, NaN where both masks are empty
+                    tissue[n].append(dice(np.where(b, pred[k], 0.0), ref[k], threshold=TISSUE_THRESHOLD))
                 elif n in rel:
                     rel[n][0].append(pred[k][b])
                     rel[n][1].append(ref[k][b])
