@@ -26,11 +26,16 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Same seed, same bytes.")
 @click.option("--distortion/--no-distortion", default=None,
               help="Simulate EPI distortion along the phase-encoding direction (default: off).")
+@click.option("--tissue-fractions", default="subject", show_default=True,
+              type=click.Choice(["subject", "population"]),
+              help="subject: one brain's crisp tissues with partial volume at their boundaries; population: "
+                   "the MNI template's population probabilities as fractions (cohorts made before version 2).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Processes simulating subjects in parallel.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store at COHORT first (otherwise: resume).")
 @progress_option
-def simulate(cohort, preset, n_subjects, seed, distortion, workers, overwrite, show_progress) -> None:
+def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, workers, overwrite,
+             show_progress) -> None:
     """Simulate a synthetic MS cohort (MNI-based anatomy, lesions, MRF-EPI
     signals with Rician noise, ground truth and simulated annotations) into a
     zarr cohort store.  Rerunning the same command resumes an interrupted run."""
@@ -39,7 +44,7 @@ def simulate(cohort, preset, n_subjects, seed, distortion, workers, overwrite, s
     from ..phantom import cohort_preset, simulate_cohort
     from ._common import progress
 
-    cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion)
+    cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion, tissue_fractions=tissue_fractions)
     bar = progress(range(cfg.n_subjects), total=cfg.n_subjects, desc="subjects", enabled=show_progress)
     done = {"done": 0, "skipped": 0}
 

@@ -9,6 +9,16 @@ the target voxel (a box of width ``w`` has variance ``w^2 / 12``), so each
 grid voxel gets approximately the tissue fractions of its whole volume:
 partial volumes, not point samples.
 
+Tissue fractions (``fractions``): the template's GM and WM maps are
+*population* probabilities, averages of many registered brains, so the
+cortex is a broad band of 0.5-0.9 grey matter where any one brain has a
+ribbon of nearly pure grey matter with partial volume only at its edges.
+``"subject"`` (the default) gives each 1 mm template voxel its most likely
+tissue (CSF, GM or WM) before the partial-volume blur and the sampling, so
+one subject's fractions are crisp inside tissues and mixed at boundaries, as
+in a real brain (and as in a segmentation of it); ``"population"`` keeps
+the probabilities themselves as fractions (generator version 1).
+
 Fractions: ``CSF = brain - GM - WM``; deep grey matter is the grey and white
 matter inside soft ellipsoids around the thalamus, caudate, putamen and
 pallidum (MNI coordinates; the template files these nuclei partly as white
@@ -26,10 +36,12 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..errors import ValidationError
 from .config import AnatomyConfig, GridConfig
 from .fields import SmoothField, grid_axes_mm
 
@@ -43,6 +55,7 @@ __all__ = [
     "Anatomy",
     "subject_anatomy",
     "DEEP_NUCLEI_MM",
+    "FRACTION_MODELS",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,6 +71,7 @@ DEEP_NUCLEI_MM: tuple[tuple[tuple[float, float, float], tuple[float, float, floa
 # The lateral ventricles lie inside this ellipsoid (MNI mm).
 VENTRICLE_REGION_MM = ((0.0, -14.0, 14.0), (28.0, 44.0, 21.0))
 _VENTRICLE_DEPTH_MM = 10.0
+FRACTION_MODELS = ("subject", "population")
 
 
 @dataclass(frozen=True)
@@ -82,11 +96,28 @@ class Template:
     affine: np.ndarray
 
 
-@functools.lru_cache(maxsize=2)
-def load_template(voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Template:
+@functools.lru_cache(maxsize=4)
+def load_template(
+    voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    fractions: Literal["subject", "population"] = "subject",
+) -> Template:
     """Load nilearn's MNI152 2009 maps (no download) and prepare them for a grid
-    of ``voxel_size_mm`` = (dx, dy, dz); cached per process."""
+    of ``voxel_size_mm`` = (dx, dy, dz); cached per process.
+
+    ``fractions="subject"`` turns the population probabilities into one
+    brain's tissues (each 1 mm voxel its most likely tissue) before the
+    partial-volume blur; ``"population"`` keeps the probabilities (see the
+    module docstring).
+
+    Raises
+    ------
+    ValidationError
+        ``fractions`` is not one of :data:`FRACTION_MODELS`.
+    """
     from nilearn import datasets
+
+    if fractions not in FRACTION_MODELS:
+        raise ValidationError(f"fractions must be one of {FRACTION_MODELS}; got {fractions!r}")
 
     imgs = (
         datasets.load_mni152_gm_template(resolution=1),
@@ -105,6 +136,11 @@ def load_template(voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -
     wm[over] /= total[over]
     wm_level = float(np.median(t1w[wm > 0.95]))
     t1w = t1w / np.float32(wm_level)
+    if fractions == "subject":
+        # Most likely tissue per 1 mm voxel (ties go to the first: CSF, GM, WM).
+        label = np.argmax(np.stack([brain - gm - wm, gm, wm]), axis=0)
+        gm = ((label == 1) * brain).astype(np.float32)
+        wm = ((label == 2) * brain).astype(np.float32)
     # Crop to the brain plus a margin: less to blur and to sample.
     idx = np.nonzero(brain)
     lo = [max(0, int(i.min()) - 6) for i in idx]

@@ -115,6 +115,10 @@ class AnatomyConfig:
     ``template = c + M (p - c) + t + d(p)``: ``M`` a rotation times a scaling
     (global factor times per-axis factors), ``t`` a translation, ``d`` a smooth
     random displacement (low-order cosine series, ``warp_sd_mm`` per axis).
+    ``tissue_fractions``: ``"subject"`` (one brain's crisp tissues with
+    partial volume at their boundaries) or ``"population"`` (the template's
+    population probabilities as fractions; the generator before version 2);
+    see :mod:`mrfengine.phantom.anatomy`.
     """
 
     scale_range: tuple[float, float] = (0.92, 1.08)
@@ -123,9 +127,13 @@ class AnatomyConfig:
     translation_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)
     warp_sd_mm: float = 2.0
     warp_order: int = 3
+    tissue_fractions: str = "subject"
 
     def __post_init__(self) -> None:
         _range("scale_range", self.scale_range, lo=0.5)
+        if self.tissue_fractions not in ("subject", "population"):
+            raise ValidationError(
+                f"tissue_fractions must be 'subject' or 'population'; got {self.tissue_fractions!r}")
         if self.warp_order < 1:
             raise ValidationError(f"warp_order must be >= 1; got {self.warp_order}")
 
@@ -303,7 +311,11 @@ def _scaled_split(counts: tuple[int, ...], n_subjects: int, reference: int) -> t
 
 
 def cohort_preset(
-    name: str = "paper", *, n_subjects: int | None = None, distortion: bool | None = None
+    name: str = "paper",
+    *,
+    n_subjects: int | None = None,
+    distortion: bool | None = None,
+    tissue_fractions: str | None = None,
 ) -> CohortConfig:
     """The configuration of a preset, optionally with another subject count.
 
@@ -315,6 +327,9 @@ def cohort_preset(
         splits scale with it (at least one patient trains).
     distortion : bool, optional
         Switch the EPI distortion on or off.
+    tissue_fractions : {"subject", "population"}, optional
+        The anatomy's tissue-fraction model (default: ``"subject"``; see
+        :class:`AnatomyConfig`).
 
     Raises
     ------
@@ -351,4 +366,6 @@ def cohort_preset(
         cfg = replace(cfg, n_subjects=n_subjects, n_healthy=healthy, test_per_site=test, validation_per_site=val)
     if distortion is not None:
         cfg = replace(cfg, distortion=replace(cfg.distortion, enabled=bool(distortion)))
+    if tissue_fractions is not None:
+        cfg = replace(cfg, anatomy=replace(cfg.anatomy, tissue_fractions=tissue_fractions))
     return cfg

@@ -58,7 +58,7 @@ __all__ = ["SubjectPlan", "plan_cohort", "site_sequence", "simulate_subject", "s
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "mrfengine.phantom/1"
+GENERATOR = "mrfengine.phantom/2"
 _STAGES = ("anatomy", "tissue", "b1", "lesions", "annotations", "reference", "noise", "distortion")
 
 
@@ -197,6 +197,8 @@ def simulate_subject(
     voxel_volume = float(np.prod(grid.voxel_size_mm))
 
     deformation = random_deformation(config.anatomy, grid, rng["anatomy"])
+    if template is None:
+        template = load_template(tuple(float(v) for v in grid.voxel_size_mm), config.anatomy.tissue_fractions)
     anat = subject_anatomy(grid, deformation, template)
     lap("anatomy")
 
@@ -310,7 +312,7 @@ def _worker(path: str, config: CohortConfig, plans: list[SubjectPlan], seed: int
     import zarr
 
     root = zarr.open_group(path, mode="r+")
-    template = load_template(tuple(float(v) for v in config.grid.voxel_size_mm))
+    template = load_template(tuple(float(v) for v in config.grid.voxel_size_mm), config.anatomy.tissue_fractions)
     return [(p.id, simulate_subject(root, config, p, seed, template=template)) for p in plans]
 
 
@@ -399,7 +401,7 @@ def simulate_cohort(
         else:
             todo.append(p)
     if workers == 1 or len(todo) <= 1:
-        template = load_template(tuple(float(v) for v in config.grid.voxel_size_mm))
+        template = load_template(tuple(float(v) for v in config.grid.voxel_size_mm), config.anatomy.tissue_fractions)
         for p in todo:
             simulate_subject(root, config, p, seed, template=template)
             if progress:

@@ -65,3 +65,46 @@ def test_subjects_differ_and_repeat():
     a, b, a2 = make(1), make(2), make(1)
     np.testing.assert_array_equal(a.gm, a2.gm)
     assert np.abs(a.gm - b.gm).mean() > 0.01
+
+
+def test_subject_tissues_are_the_most_likely_tissue_of_each_template_voxel():
+    pop = load_template((1.0, 1.0, 1.0), "population")
+    sub = load_template((1.0, 1.0, 1.0), "subject")
+    np.testing.assert_array_equal(sub.brain, pop.brain)
+    np.testing.assert_array_equal(sub.t1w, pop.t1w)
+    # No partial-volume blur at the template's own voxel size: crisp labels.
+    assert set(np.unique(sub.gm)) <= {0.0, 1.0} and set(np.unique(sub.wm)) <= {0.0, 1.0}
+    assert np.all(sub.gm + sub.wm <= sub.brain)
+    csf = pop.brain - pop.gm - pop.wm
+    clear_gm = (pop.gm > pop.wm + 0.05) & (pop.gm > csf + 0.05)
+    clear_wm = (pop.wm > pop.gm + 0.05) & (pop.wm > csf + 0.05)
+    assert np.all(sub.gm[clear_gm] == 1) and np.all(sub.wm[clear_wm] == 1)
+    # Same tissue volumes within 15%: the labels redistribute, they do not invent tissue.
+    for s, p in ((sub.gm, pop.gm), (sub.wm, pop.wm)):
+        assert abs(s.sum() / p.sum() - 1) < 0.15
+
+
+def test_subject_fractions_are_crisp_inside_tissues_and_mixed_at_boundaries():
+    grid = GridConfig(shape_zyx=(6, 96, 96), voxel_size_mm=(1.0, 1.0, 2.0), slab_center_mm=30.0)
+    deformation = random_deformation(AnatomyConfig(), grid, np.random.default_rng(4))
+    mixed = {}
+    for model in ("subject", "population"):
+        a = subject_anatomy(grid, deformation, load_template((1.0, 1.0, 2.0), model))
+        np.testing.assert_allclose(a.gm + a.wm + a.csf, a.brain, atol=1e-4)
+        gm = a.gm[a.brain >= 0.5]
+        mixed[model] = float(np.mean((gm > 0.1) & (gm < 0.9)))
+        if model == "subject":
+            assert np.mean(gm >= 0.99) > 0.1  # pure grey matter exists
+    # A population map is mostly mixture; one brain is mostly pure tissue.
+    assert mixed["subject"] < 0.5 * mixed["population"]
+
+
+def test_unknown_fraction_model_is_refused():
+    import pytest
+
+    from mrfengine.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="fractions"):
+        load_template((1.0, 1.0, 1.0), "smooth")
+    with pytest.raises(ValidationError, match="tissue_fractions"):
+        AnatomyConfig(tissue_fractions="smooth")
