@@ -279,7 +279,8 @@ def subject_anatomy(
     grid : GridConfig
     deformation : Deformation
     template : Template, optional
-        Defaults to :func:`load_template` for the grid's voxel size.
+        Defaults to :func:`load_template` for the grid's voxel size (subject
+        tissue fractions; pass a template to choose the population model).
 
     Returns
     -------

@@ -304,6 +304,24 @@ def simulate_subject(
     return times
 
 
+def _differences(stored: Any, asked: Any, key: str = "") -> list[str]:
+    """``"KEY: STORED (asked: ASKED)"`` for each leaf where two JSON-like values differ."""
+    if isinstance(stored, dict) and isinstance(asked, dict):
+        out = []
+        for k in sorted(set(stored) | set(asked), key=str):
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in stored:
+                out.append(f"{sub}: absent (asked: {asked[k]!r})")
+            elif k not in asked:
+                out.append(f"{sub}: {stored[k]!r} (not a setting of this version)")
+            else:
+                out.extend(_differences(stored[k], asked[k], sub))
+        return out
+    if json_equal(stored, asked):
+        return []
+    return [f"{key or 'value'}: {stored!r} (asked: {asked!r})"]
+
+
 def _generator_attrs(config: CohortConfig, seed: int) -> dict[str, Any]:
     return {"name": GENERATOR, "mrfengine_version": __version__, "seed": int(seed), "config": config.to_dict()}
 
@@ -379,9 +397,13 @@ def simulate_cohort(
         old = attrs.get("generator") or {}
         if not json_equal({k: old.get(k) for k in ("name", "seed", "config")},
                           {k: generator[k] for k in ("name", "seed", "config")}):
-            what = "was not simulated" if not old else (
-                f"was simulated with other settings (seed {old.get('seed')}, preset "
-                f"{(old.get('config') or {}).get('preset')!r}; asked: seed {seed}, preset {config.preset!r})")
+            if not old:
+                what = "was not simulated"
+            else:
+                diff = _differences({"generator": old.get("name"), "seed": old.get("seed"), "config": old.get("config")},
+                                    {"generator": generator["name"], "seed": seed, "config": generator["config"]})
+                more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+                what = f"was simulated with other settings ({'; '.join(diff[:4])}{more})"
             raise StoreError(f"{path}: {what}; choose another path or overwrite it")
         import zarr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,12 @@ def test_interrupted_simulation_resumes_to_the_same_bytes(tmp_path, monkeypatch)
 def test_resume_refuses_other_settings(tmp_path):
     cfg = cohort_preset("tiny", n_subjects=1)
     simulate_cohort(tmp_path / "x.zarr", config=cfg, seed=1)
-    with pytest.raises(StoreError, match="other settings"):
+    with pytest.raises(StoreError, match=r"other settings \(seed: 1 \(asked: 2\)\)"):
         simulate_cohort(tmp_path / "x.zarr", config=cfg, seed=2)
+    # The message names each setting that differs, nested ones by their path.
+    other = replace(cfg, anatomy=replace(cfg.anatomy, tissue_fractions="population"))
+    with pytest.raises(StoreError, match=r"config\.anatomy\.tissue_fractions: 'subject' \(asked: 'population'\)"):
+        simulate_cohort(tmp_path / "x.zarr", config=other, seed=1)
     os.makedirs(tmp_path / "plain")
     with pytest.raises(StoreError, match="not a cohort"):
         simulate_cohort(tmp_path / "plain", config=cfg, seed=1)
