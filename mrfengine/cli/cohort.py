@@ -27,7 +27,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--distortion/--no-distortion", default=None,
               help="Simulate EPI distortion along the phase-encoding direction (default: off).")
 @click.option("--tissue-fractions", default="subject", show_default=True,
-              type=click.Choice(["subject", "population"]),
+              type=click.Choice(["subject", "population"]),  # phantom.config.FRACTION_MODELS (lazy import)
               help="subject: one brain's crisp tissues with partial volume at their boundaries; population: "
                    "the MNI template's population probabilities as fractions (cohorts made before version 2).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),

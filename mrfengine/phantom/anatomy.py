@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import ValidationError
-from .config import AnatomyConfig, GridConfig
+from .config import FRACTION_MODELS, AnatomyConfig, GridConfig
 from .fields import SmoothField, grid_axes_mm
 
 __all__ = [
@@ -71,7 +71,6 @@ DEEP_NUCLEI_MM: tuple[tuple[tuple[float, float, float], tuple[float, float, floa
 # The lateral ventricles lie inside this ellipsoid (MNI mm).
 VENTRICLE_REGION_MM = ((0.0, -14.0, 14.0), (28.0, 44.0, 21.0))
 _VENTRICLE_DEPTH_MM = 10.0
-FRACTION_MODELS = ("subject", "population")
 
 
 @dataclass(frozen=True)

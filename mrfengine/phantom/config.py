@@ -108,6 +108,10 @@ class SiteConfig:
         _range("b1_limits", self.b1_limits, lo=0.01)
 
 
+FRACTION_MODELS = ("subject", "population")
+"""Tissue-fraction models of :class:`AnatomyConfig` (see :mod:`mrfengine.phantom.anatomy`)."""
+
+
 @dataclass(frozen=True)
 class AnatomyConfig:
     """The random deformation that makes each subject's anatomy its own.
@@ -131,9 +135,8 @@ class AnatomyConfig:
 
     def __post_init__(self) -> None:
         _range("scale_range", self.scale_range, lo=0.5)
-        if self.tissue_fractions not in ("subject", "population"):
-            raise ValidationError(
-                f"tissue_fractions must be 'subject' or 'population'; got {self.tissue_fractions!r}")
+        if self.tissue_fractions not in FRACTION_MODELS:
+            raise ValidationError(f"tissue_fractions must be one of {FRACTION_MODELS}; got {self.tissue_fractions!r}")
         if self.warp_order < 1:
             raise ValidationError(f"warp_order must be >= 1; got {self.warp_order}")
 

@@ -395,15 +395,12 @@ def simulate_cohort(
     if path.exists() and not overwrite:
         attrs = read_cohort_attrs(path)
         old = attrs.get("generator") or {}
-        if not json_equal({k: old.get(k) for k in ("name", "seed", "config")},
-                          {k: generator[k] for k in ("name", "seed", "config")}):
-            if not old:
-                what = "was not simulated"
-            else:
-                diff = _differences({"generator": old.get("name"), "seed": old.get("seed"), "config": old.get("config")},
-                                    {"generator": generator["name"], "seed": seed, "config": generator["config"]})
-                more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
-                what = f"was simulated with other settings ({'; '.join(diff[:4])}{more})"
+        diff = _differences({"generator": old.get("name"), "seed": old.get("seed"), "config": old.get("config")},
+                            {"generator": generator["name"], "seed": generator["seed"], "config": generator["config"]})
+        if diff:
+            more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+            what = "was not simulated" if not old else \
+                f"was simulated with other settings ({'; '.join(diff[:4])}{more})"
             raise StoreError(f"{path}: {what}; choose another path or overwrite it")
         import zarr
 

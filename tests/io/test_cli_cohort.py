@@ -64,3 +64,11 @@ def test_mosaic_of_a_subject(tmp_path, small_cohort):
 
     with pytest.raises(ValidationError, match="frame 35"):
         subject_mosaic(sub, frames=(35,))
+
+
+def test_simulate_offers_the_phantoms_tissue_fraction_models():
+    from mrfengine.cli.cohort import simulate
+    from mrfengine.phantom.config import FRACTION_MODELS
+
+    option = next(p for p in simulate.params if p.name == "tissue_fractions")
+    assert tuple(option.type.choices) == FRACTION_MODELS

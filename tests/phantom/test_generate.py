@@ -121,6 +121,13 @@ def test_resume_refuses_other_settings(tmp_path):
     other = replace(cfg, anatomy=replace(cfg.anatomy, tissue_fractions="population"))
     with pytest.raises(StoreError, match=r"config\.anatomy\.tissue_fractions: 'subject' \(asked: 'population'\)"):
         simulate_cohort(tmp_path / "x.zarr", config=other, seed=1)
+    # An imported cohort is not resumed as a simulation either.
+    from mrfengine.io.cohort import SiteEntry, create_cohort
+    from mrfengine.sequence import hermann2021
+
+    create_cohort(tmp_path / "imported.zarr", sites={"1": SiteEntry(hermann2021(1, n_slices=12))})
+    with pytest.raises(StoreError, match="imported.zarr: was not simulated"):
+        simulate_cohort(tmp_path / "imported.zarr", config=cfg, seed=1)
     os.makedirs(tmp_path / "plain")
     with pytest.raises(StoreError, match="not a cohort"):
         simulate_cohort(tmp_path / "plain", config=cfg, seed=1)
