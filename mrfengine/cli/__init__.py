@@ -23,10 +23,22 @@ class _Main(click.Group):
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
         try:
             return super().invoke(ctx)
-        except MRFEngineError as exc:
+        except (MRFEngineError, OSError) as exc:
+            # OSError: a file the user named cannot be read or written (permissions, a
+            # file where a folder is needed, a full disk); its message names the path.
             logging.getLogger("mrfengine").debug("failure", exc_info=True)
-            click.secho(f"error: {exc}", err=True, fg="red")
+            click.secho(f"error: {_one_line(exc)}", err=True, fg="red")
             ctx.exit(1)
+        except MemoryError:
+            logging.getLogger("mrfengine").debug("failure", exc_info=True)
+            click.secho("error: out of memory (the input is larger than this machine can hold)", err=True, fg="red")
+            ctx.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error message on one line (a multi-line message is joined with '; ')."""
+    text = str(exc) or type(exc).__name__
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
