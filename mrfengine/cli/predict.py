@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import progress, progress_option
+from ._outputs import force_option, prefix_option
 
 
 def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
@@ -40,10 +41,11 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: the GPU when there is one.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's choice).")
-@click.option("--prefix", default=None, help="Output name prefix (default: from the input name, e.g. sub-01).")
+@prefix_option
+@force_option
 @progress_option
 def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_size, precision, tta, device,
-            threads, prefix, show_progress) -> None:
+            threads, prefix, force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -53,7 +55,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     the environment variable MRFENGINE_MODEL).  The model's card must fit the
     data: the frame count and the sequence (--sequence, default the model's
     own, whose slice count the input must have) are checked, and a mismatch
-    is refused."""
+    is refused.  Existing maps are not replaced unless --force."""
     import time
     from pathlib import Path
 
@@ -63,6 +65,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     from .. import __version__
     from ..errors import InputFileError, ValidationError
     from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
+    from ..io.outputs import check_outputs, check_prefix
     from ..nn import load_model, predict_volume, read_card
     from ..nn.default import default_model_path
     from ..sequence import Sequence, resolve_sequence
@@ -82,6 +85,11 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     if card.config.input_kind != "mrf":
         raise ValidationError(f"{model_path}: network {card.name} takes {', '.join(card.config.input_names)} maps, "
                               "not an MRF series; mrfengine predict runs MRF networks")
+    # Every output is checked before any work: a plain prefix, inside -o, nothing replaced without --force.
+    prefix = prefix or check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+    suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    check_outputs(output_dir, [derivative_name(prefix, s, ext) for s in suffixes for ext in (".nii.gz", ".json")],
+                  force=force, sources={derivative_name(prefix, s, ".json"): Path(input_path).name for s in suffixes[:1]})
     data, affine, header = load_nifti(input_path, ndim=4)
     if sequence_spec:
         seq = resolve_sequence(sequence_spec)
@@ -113,7 +121,6 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
                           precision=precision, progress=_advance, tta=tta)
     seconds = time.perf_counter() - t0
 
-    prefix = prefix or entity_prefix(input_path)
     out = Path(output_dir)
     provenance = {
         "mrfengine_version": __version__,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,25 @@ MAP_SPECS: dict[str, tuple[str, str, float, str]] = {
 
 def entity_prefix(path: str | os.PathLike) -> str:
     """``sub-01_ses-1`` from ``.../sub-01_ses-1_mrf.nii.gz``: the name without
-    its suffix and last underscore part (the whole stem if it has no ``_``)."""
+    its extension and its BIDS suffix.
+
+    The last ``_`` part is dropped only when it is a suffix (no ``-``) after
+    BIDS entities (``key-value`` parts); any other name is kept whole, so
+    ``x.nii.gz`` gives ``x`` and ``x_s1.nii.gz`` gives ``x_s1``.  Two files
+    of one subject (``sub-01_mrf`` and ``sub-01_bold``) still share
+    ``sub-01``: the commands refuse to replace the first one's outputs
+    (``--force``, or another ``--prefix``).
+    """
     name = Path(path).name
     for ext in (".nii.gz", ".nii"):
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
-    head, sep, _ = name.rpartition("_")
-    return head if sep and head else name
+    head, sep, tail = name.rpartition("_")
+    if sep and head and tail and "-" not in tail and all(
+            re.fullmatch(r"[A-Za-z0-9]+-[A-Za-z0-9]+", part) for part in head.split("_")):
+        return head
+    return name
 
 
 def derivative_name(prefix: str, suffix: str, ext: str = ".nii.gz") -> str:
