@@ -83,7 +83,7 @@ INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
 #: :func:`run_stages` crops these when it drops a slab's halo.
 VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
 
 StageFunction = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
 
@@ -390,7 +390,7 @@ class Pipeline:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise ValidationError(f"pipeline name must be letters, digits, '_', '.', '-' (it names the derived "
                                   f"group); got {self.name!r}")
         names = _parse_stage_names(self.stages)
