@@ -54,7 +54,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, method, ran
     check_outputs(output_dir, names, force=force,
                   sources={derivative_name(prefix, MAP_SPECS["T1"][0], ".json"): Path(input_path).name})
     seq = resolve_sequence(sequence_spec)
-    data, affine, header = load_nifti(input_path, ndim=4, n_frames=seq.n_measurements)
+    data, affine, header = load_nifti(input_path, ndim=4, n_frames=seq.n_measurements, magnitude=True)
     if data.shape[slice_axis] != seq.n_slices:
         raise InputFileError(f"{input_path}: {data.shape[slice_axis]} slices along axis {slice_axis}, but "
                              f"sequence {seq.name} has {seq.n_slices}; pass --sequence for this acquisition")

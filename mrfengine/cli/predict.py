@@ -90,7 +90,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
     check_outputs(output_dir, [derivative_name(prefix, s, ext) for s in suffixes for ext in (".nii.gz", ".json")],
                   force=force, sources={derivative_name(prefix, s, ".json"): Path(input_path).name for s in suffixes[:1]})
-    data, affine, header = load_nifti(input_path, ndim=4)
+    data, affine, header = load_nifti(input_path, ndim=4, magnitude=True)
     if sequence_spec:
         seq = resolve_sequence(sequence_spec)
     elif card.sequence is not None and isinstance(card.sequence.get("description"), dict):

@@ -180,7 +180,7 @@ def import_subject(
     if sequence is not None and existing_seq is not None and sequence.digest() != existing_seq.digest():
         raise StoreError(f"{cohort_path}: site {site!r} already has sequence {existing_seq.name!r} with another "
                          "timing; one site, one sequence")
-    data, affine, header = load_nifti(mrf_path, ndim=4)
+    data, affine, header = load_nifti(mrf_path, ndim=4, magnitude=True)
     data, affine = _slice_axis_last(data, affine, slice_axis)
     nx, ny, nz = data.shape[:3]
     seq = existing_seq if existing_seq is not None else _site_sequence(site, sequence, nz, mrf_path)

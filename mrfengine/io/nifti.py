@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from pathlib import Path
@@ -9,9 +10,127 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import InputFileError
+from ..errors import InputFileError, ValidationError
 
-__all__ = ["load_nifti", "save_nifti", "nifti_suffix"]
+__all__ = ["load_nifti", "save_nifti", "nifti_suffix", "check_nifti_header", "max_nifti_bytes"]
+
+MAX_NIFTI_BYTES_ENV = "MRFENGINE_MAX_NIFTI_BYTES"
+"""Environment variable that overrides :data:`DEFAULT_MAX_NIFTI_BYTES` (a byte count, e.g. ``32e9``)."""
+
+DEFAULT_MAX_NIFTI_BYTES = 8 * 2**30
+"""The most memory one NIfTI image may claim (in its file dtype, and again as the
+float32/float64 array it is read into): 8 GiB, many times an MRF series of a whole
+brain (256 x 256 x 60 x 35 float32 is 0.5 GiB)."""
+
+GZIP_MAX_RATIO = 1100
+"""The most a ``.nii.gz`` may claim to expand, uncompressed bytes over file bytes.
+DEFLATE cannot compress more than 1032:1 (a run of one byte value), so a header
+that claims more than this is lying or the file is truncated; it is refused
+before anything is read.  Real images stay far below: measured with gzip, an
+MRF series with noise (float32) 1.2:1, a brain mask 170:1 (uint8) and 370:1
+(float32), a volume of zeros 1026:1."""
+
+MAX_NIFTI_DIMS = 5
+"""Images may have at most this many dimensions, the fifth a singleton."""
+
+_MAGNITUDE_TOLERANCE = 1e-6
+"""Negative values of a magnitude series within this fraction of its largest
+value (rounding of a scaled integer file) are set to 0; beyond it the file is refused."""
+
+
+def max_nifti_bytes() -> int:
+    """The memory limit of one NIfTI image: ``$MRFENGINE_MAX_NIFTI_BYTES`` or :data:`DEFAULT_MAX_NIFTI_BYTES`.
+
+    Raises
+    ------
+    ValidationError
+        The environment variable is not a positive number of bytes.
+    """
+    raw = os.environ.get(MAX_NIFTI_BYTES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_NIFTI_BYTES
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 1 and value < 2**63):
+        raise ValidationError(f"{MAX_NIFTI_BYTES_ENV}={raw!r}: expected a positive number of bytes (e.g. 32e9)")
+    return int(value)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n >= 2**28 else f"{n:,} bytes"
+
+
+def check_nifti_header(path: str | os.PathLike, header, *, out_itemsize: int = 4) -> tuple[int, ...]:
+    """Refuse a header whose claims cannot be true of its file, or are too large to read.
+
+    Called by :func:`load_nifti` after the header is read and before any voxel
+    data are: nothing is allocated for a claim that is refused.
+
+    Checks, each naming the file and the numbers:
+
+    * dimensions: at most :data:`MAX_NIFTI_DIMS` (the fifth a singleton), every
+      one at least 1;
+    * the voxel type: real numbers only; complex (``complex64``/``complex128``)
+      and RGB/structured types are refused (reading them as real would keep a
+      part of the data silently);
+    * ``.nii``: the file holds ``vox_offset + voxels x bytes per voxel`` bytes;
+    * ``.nii.gz``: the claimed bytes are at most :data:`GZIP_MAX_RATIO` times
+      the file's (beyond DEFLATE's limit: a lie or a truncated file);
+    * both: the claimed bytes, and the float array they are read into
+      (``out_itemsize`` bytes a voxel), are within :func:`max_nifti_bytes`.
+
+    Returns
+    -------
+    tuple of int
+        The data shape.
+
+    Raises
+    ------
+    InputFileError
+    """
+    path = Path(path)
+    try:
+        shape = tuple(int(s) for s in header.get_data_shape())
+        dtype = np.dtype(header.get_data_dtype())
+        offset = int(header.get_data_offset())
+    except Exception as exc:  # noqa: BLE001 - any malformed field
+        raise InputFileError(f"{path}: malformed NIfTI header: {exc}") from exc
+    if not shape or len(shape) > MAX_NIFTI_DIMS or (len(shape) == MAX_NIFTI_DIMS and shape[-1] != 1):
+        raise InputFileError(
+            f"{path}: header claims {len(shape)} dimensions {shape}; at most 4 (and a singleton fifth) are read"
+        )
+    if min(shape) < 1:
+        raise InputFileError(f"{path}: header claims an empty dimension in shape {shape}")
+    if dtype.kind == "c":
+        raise InputFileError(
+            f"{path}: complex data ({dtype}); pass magnitude images (e.g. numpy.abs of the complex series)"
+        )
+    if dtype.kind not in "biuf" or dtype.fields is not None:
+        raise InputFileError(f"{path}: voxel type {dtype} (RGB or structured) is not a real-valued image")
+    n_voxels = math.prod(shape)
+    claimed = n_voxels * dtype.itemsize
+    limit = max_nifti_bytes()
+    in_memory = n_voxels * max(int(out_itemsize), dtype.itemsize)
+    if max(claimed, in_memory) > limit:
+        raise InputFileError(
+            f"{path}: header claims shape {shape} ({dtype}), {_gib(in_memory)} in memory, over the limit of "
+            f"{_gib(limit)}; raise {MAX_NIFTI_BYTES_ENV} if the image is real"
+        )
+    size = path.stat().st_size
+    if nifti_suffix(path) == ".nii":
+        need = offset + claimed
+        if size < need:
+            raise InputFileError(f"{path}: truncated: header claims {need:,} bytes, file has {size:,}")
+    else:
+        need = max(offset, 348) + claimed
+        if need > GZIP_MAX_RATIO * size:
+            raise InputFileError(
+                f"{path}: header claims {need:,} bytes uncompressed, more than gzip can hold in a "
+                f"{size:,}-byte file (at most {GZIP_MAX_RATIO}:1); truncated or corrupt"
+            )
+    return shape
 
 
 def nifti_suffix(path: str | os.PathLike) -> str:
@@ -29,8 +148,15 @@ def load_nifti(
     ndim: int | None = None,
     n_frames: int | None = None,
     dtype: type = np.float32,
+    magnitude: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     """Read a NIfTI image with its scaling applied, checking what was asked.
+
+    The header is checked before any voxel data are read
+    (:func:`check_nifti_header`): a claimed size the file cannot hold, or one
+    over :func:`max_nifti_bytes`, complex or RGB voxels, and more than 4
+    dimensions are refused.  Every NIfTI read of mrfengine (``import``,
+    ``match``, ``predict``, masks and references) goes through here.
 
     Parameters
     ----------
@@ -43,6 +169,11 @@ def load_nifti(
         Required length of the last axis (frames of a 4D series).
     dtype : float32 or float64
         Output dtype; integer data with ``scl_slope``/``scl_inter`` are scaled.
+    magnitude : bool
+        The image is a magnitude series (MRF input): negative values are
+        refused (NaN/Inf are left to the caller).  Values above
+        ``-1e-6 x`` the largest magnitude (rounding of scaled integers) are
+        set to 0.
 
     Returns
     -------
@@ -54,21 +185,34 @@ def load_nifti(
     Raises
     ------
     InputFileError
-        Missing, unreadable, truncated or corrupt file, or the wrong shape;
-        the message names the file.
+        Missing, unreadable, truncated or corrupt file, a header that claims
+        more than the file holds or more than the memory limit, complex or RGB
+        voxels, negative magnitudes, or the wrong shape; the message names the
+        file.
     """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"{path}: file not found")
     if not nifti_suffix(path):
         raise InputFileError(f"{path}: not a NIfTI file name (expected .nii or .nii.gz)")
+    out_dtype = np.float64 if dtype == np.float64 else np.float32
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float64 if dtype == np.float64 else np.float32)
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise InputFileError(f"{path}: cannot read NIfTI data (truncated or corrupt?): {exc}") from exc
+        img = nib.load(str(path))  # the header only
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as exc:
+        raise InputFileError(f"{path}: cannot read the NIfTI header (truncated or corrupt?): {exc}") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputFileError(f"{path}: not a NIfTI-1/2 image ({type(img).__name__})")
+    shape = check_nifti_header(path, img.header, out_itemsize=np.dtype(out_dtype).itemsize)
+    try:
+        data = np.asarray(img.dataobj, dtype=out_dtype)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError,
+            nib.spatialimages.HeaderDataError) as exc:
+        raise InputFileError(f"{path}: cannot read NIfTI data (truncated or corrupt?): {exc}") from exc
+    if data.shape != shape:
+        raise InputFileError(f"{path}: read shape {data.shape}, but the header claims {shape}")
+    if magnitude:
+        data = _check_magnitude(path, data)
     while ndim is not None and data.ndim > ndim and data.shape[-1] == 1:
         data = data[..., 0]
     if ndim is not None and data.ndim != ndim:
@@ -81,6 +225,26 @@ def load_nifti(
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputFileError(f"{path}: the affine is singular or not finite:\n{affine}")
     return data, affine, img.header
+
+
+def _check_magnitude(path: Path, data: np.ndarray) -> np.ndarray:
+    """Refuse negative values of a magnitude series; clear rounding-sized ones."""
+    with np.errstate(invalid="ignore"):
+        negative = data < 0
+        if not negative.any():
+            return data
+        finite = np.isfinite(data)
+        peak = float(np.max(np.abs(data), where=finite, initial=0.0))
+        tol = _MAGNITUDE_TOLERANCE * peak
+        bad = negative & (data < -tol)
+    if bad.any():
+        voxels = int(bad.reshape(-1, data.shape[-1]).any(axis=1).sum()) if data.ndim > 1 else int(bad.sum())
+        raise InputFileError(
+            f"{path}: {voxels} voxel(s) have negative values (min {float(data[bad].min()):.6g}); MRF input must "
+            "be magnitude images (e.g. numpy.abs of the complex series)"
+        )
+    data[negative] = 0.0
+    return data
 
 
 def save_nifti(
