@@ -3,8 +3,12 @@
 The default model is the MSE-5 U-net of Hermann et al. (2021, Table 1)
 trained on the synthetic cohort, stored as package data::
 
-    mrfengine/models/mse5/model.pt          TorchScript, float16 weights
+    mrfengine/models/mse5/model.pt          a state dict (weights only), float16
     mrfengine/models/mse5/model.card.json   its model card
+
+The weights are data: :func:`mrfengine.nn.load_model` reads them with
+``torch.load(weights_only=True)`` into mrfengine's own U-net built from the
+card's configuration, so loading the shipped model runs no code from a file.
 
 ``mrfengine predict`` uses it when no ``--model`` is given.  The environment
 variable ``MRFENGINE_MODEL`` (a ``NAME.pt`` with ``NAME.card.json`` beside it)
@@ -12,8 +16,9 @@ replaces it, e.g. for a network trained on one's own data.
 
 :func:`package_model` turns a training run's ``model.pt`` (float32, as
 ``mrfengine train`` writes it) into the shipped files: the weights stored as
-float16 to halve the size (31.2 MB -> 15.6 MB for MSE-5), the card's
-normalisation, sequence, metrics and training cohort hash kept.  See
+float16 to halve the size (31.2 MB -> 15.6 MB for MSE-5) as a data-only
+state dict, the card's normalisation, sequence, metrics and training cohort
+hash kept.  See
 ``mrfengine/models/README.md``.
 
 References
@@ -99,6 +104,8 @@ def package_model(
     dst_dir: str | os.PathLike,
     *,
     weights_dtype: str = "float16",
+    format: str = "state_dict",
+    trust_model_code: bool = False,
 ) -> Path:
     """Write a trained network as a shippable model: ``dst_dir/model.pt`` and ``model.card.json``.
 
@@ -113,6 +120,12 @@ def package_model(
     weights_dtype : {"float16", "float32"}
         Storage of the weights (float16 halves the file; the network still
         computes in float32 after loading).
+    format : {"state_dict", "torchscript"}
+        The shipped file's format: a data-only state dict (the default; what
+        ``mrfengine predict`` loads without running code from the file).
+    trust_model_code : bool
+        Accept a TorchScript ``src`` (it runs code stored in the file): only
+        for a run of one's own.
 
     Returns
     -------
@@ -125,6 +138,7 @@ def package_model(
         As :func:`mrfengine.nn.export.resave_model`.
     """
     dst = Path(dst_dir) / DEFAULT_MODEL_FILE
-    card: ModelCard = resave_model(src, dst, weights_dtype=weights_dtype)
+    card: ModelCard = resave_model(src, dst, weights_dtype=weights_dtype, format=format,
+                                   trust_model_code=trust_model_code)
     log.info("packaged %s (%s) into %s: %d bytes", src, card.name, dst, dst.stat().st_size)
     return dst

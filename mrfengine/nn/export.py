@@ -2,8 +2,8 @@
 
 A saved model is two files side by side::
 
-    NAME.pt          the network: TorchScript (the deployment format, runs
-                     without mrfengine's model code) or a state dict, its
+    NAME.pt          the network: a state dict (weights only, the default) or
+                     TorchScript (an export format for deployment), its
                      weights stored in float32 or, at half the size, float16
     NAME.card.json   the model card: inputs, outputs with units and target
                      scaling, input normalisation, the acquisition sequence
@@ -14,20 +14,33 @@ The card is written last (after the artifact, both atomically), so a crash
 never leaves a model that loads.  :func:`load_model` refuses a card that does
 not fit the data (channel count, sequence) or its artifact (hash), with a
 :class:`~mrfengine.errors.ValidationError` that names the file and the
-mismatch.  State dicts are read with ``torch.load(weights_only=True)``, which
-unpickles tensors only, never arbitrary objects.
+mismatch.
 
-TorchScript is deprecated in torch >= 2.9 in favour of ``torch.export``, but
-it is still the one format that ``torch.jit.load`` runs anywhere without the
-Python model code; its deprecation warnings are silenced here, and only
-those (:func:`_quiet_torchscript`).
+Model files from elsewhere run no code.  A state dict is read with
+``torch.load(weights_only=True)``, which unpickles tensors and plain
+containers only (a file holding any other object is refused, naming it), into
+mrfengine's own :class:`~mrfengine.nn.UNet2d` built from the card's
+configuration; ``load_model(..., script=True)`` turns that module into
+TorchScript from our own code.  A TorchScript *file* holds code (its
+``forward``, ``__setstate__``) that runs when it is loaded and used, and the
+card's SHA-256 is no protection (whoever ships the file ships the card), so
+:func:`load_model` refuses one unless the caller passes
+``trust_model_code=True`` (``--trust-model-code`` on the command line,
+``trust_model_code = true`` in a batch ``[unet]`` table or training
+settings), and also refuses a TorchScript archive whose card claims a state
+dict.  A card's artifact must be a plain file name beside the card.
+
+TorchScript is deprecated in torch >= 2.9 in favour of ``torch.export``; its
+deprecation warnings are silenced here, and only those
+(:func:`_quiet_torchscript`).
 
 Half-precision storage (``weights_dtype="float16"``) rounds every weight to
 float16 (11 significant bits) to halve the file, e.g. 31.2 MB -> 15.6 MB for
 the paper's MSE-5 network; the card records the stored dtype and
 :func:`load_model` always returns a float32 module, so inference computes in
 float32 with the rounded weights (for a freshly initialised MSE-5 network the
-outputs differ from float32 storage by 6e-4, relative L2 norm).  :func:`resave_model` converts an existing artifact.
+outputs differ from float32 storage by 6e-4, relative L2 norm).  :func:`resave_model` converts an existing artifact
+(its dtype, and its format: e.g. a trusted TorchScript file to a state dict).
 """
 
 from __future__ import annotations
@@ -65,6 +78,8 @@ __all__ = [
     "resave_model",
     "load_model",
     "read_card",
+    "UntrustedModelError",
+    "TRUST_HINT",
     "check_card",
 ]
 
@@ -72,6 +87,14 @@ CARD_SCHEMA = "mrfengine.model_card/1"
 FORMATS = ("torchscript", "state_dict")
 WEIGHTS_DTYPES = ("float32", "float16")
 _CARD_SUFFIX = ".card.json"
+
+TRUST_HINT = ("TorchScript files run code stored in the file; load only models you trust, with "
+              "--trust-model-code (the batch [unet] stage and training settings: trust_model_code = true)")
+"""Why a TorchScript artifact is refused, and how to opt in: ends every refusal's message."""
+
+
+class UntrustedModelError(ValidationError):
+    """A model file that would run code (TorchScript) and was not trusted explicitly."""
 
 
 @contextmanager
@@ -116,7 +139,8 @@ class ModelCard:
     format : str
         ``torchscript`` or ``state_dict``.
     artifact : str
-        File name of the network beside the card.
+        File name of the network beside the card (a plain name: no folder,
+        not ``..``).
     artifact_sha256 : str
         SHA-256 of that file.
     sequence : dict or None
@@ -158,6 +182,11 @@ class ModelCard:
                                       f"got {entry!r}")
         if self.format not in FORMATS:
             raise ValidationError(f"model format must be one of {FORMATS}; got {self.format!r}")
+        art = self.artifact
+        if not isinstance(art, str) or art in ("", ".", "..") or any(c in art for c in "/\\\0") \
+                or os.path.isabs(art) or Path(art).name != art:
+            raise ValidationError(f"the artifact must be a plain file name beside the card (no folder, not '.' "
+                                  f"or '..'); got {art!r}")
         if self.weights_dtype not in WEIGHTS_DTYPES:
             raise ValidationError(f"weights_dtype must be one of {WEIGHTS_DTYPES}; got {self.weights_dtype!r}")
         if self.normalisation.n_channels != self.config.in_channels:
@@ -407,7 +436,7 @@ def save_model(
     sequence: Sequence | None = None,
     cohort_hash: str | None = None,
     metrics: Mapping[str, Any] | None = None,
-    format: str = "torchscript",
+    format: str = "state_dict",
     weights_dtype: str = "float32",
     training_sequences: Iterable[Sequence] = (),
 ) -> ModelCard:
@@ -429,9 +458,11 @@ def save_model(
         Identifies the training cohort.
     metrics : mapping, optional
         JSON-serialisable evaluation results.
-    format : {"torchscript", "state_dict"}
-        TorchScript runs without the model code; a state dict is rebuilt from
-        the configuration (and loads with ``weights_only=True``).
+    format : {"state_dict", "torchscript"}
+        A state dict (the default) holds weights only: it is rebuilt from the
+        configuration and read with ``weights_only=True``.  TorchScript runs
+        without mrfengine's model code (for deployment elsewhere), but holds
+        code, so :func:`load_model` loads it only with ``trust_model_code=True``.
     weights_dtype : {"float32", "float16"}
         How the weights are stored.  float16 halves the file (15.6 MB instead
         of 31.2 MB for MSE-5) and rounds each weight to 11 significant bits;
@@ -486,11 +517,13 @@ def resave_model(
     dst: str | os.PathLike,
     *,
     weights_dtype: str = "float16",
+    format: str | None = None,
+    trust_model_code: bool = False,
 ) -> ModelCard:
     """Write a saved network again with its weights stored as ``weights_dtype``.
 
     The source is loaded with :func:`load_model` (so its card and hash are
-    checked) and written to ``dst`` in the same format.  The new card keeps
+    checked) and written to ``dst`` in ``format`` (default: the source's).  The new card keeps
     the configuration, normalisation, sequence, training cohort hash and
     metrics of the source; the artifact's file name, SHA-256 and weights
     dtype are the new file's.  ``software`` names the versions that wrote
@@ -507,6 +540,11 @@ def resave_model(
     weights_dtype : {"float16", "float32"}
         Storage of the new file's weights.  float32 from a float16 source is
         exact but does not restore the rounded digits.
+    format : {"state_dict", "torchscript"}, optional
+        Format of the new file; default the source's.  ``"state_dict"``
+        turns a (trusted) TorchScript file into data-only weights.
+    trust_model_code : bool
+        Load a TorchScript source (:func:`load_model`); only for files you trust.
 
     Returns
     -------
@@ -520,16 +558,24 @@ def resave_model(
         weight beyond the float16 range.
     """
     _check_weights_dtype(weights_dtype)
+    if format is not None and format not in FORMATS:
+        raise ValidationError(f"format must be one of {FORMATS}; got {format!r}")
     dst = _check_artifact_path(dst)
-    loaded = load_model(src)
+    loaded = load_model(src, trust_model_code=trust_model_code)
     old = loaded.card
-    _write_artifact(loaded.module, dst, format=old.format, weights_dtype=weights_dtype)
+    format = old.format if format is None else format
+    module = loaded.module
+    if isinstance(module, torch.jit.ScriptModule):  # a trusted TorchScript source: its weights into our own network
+        own = old.config.build()
+        own.load_state_dict(module.state_dict(), strict=True)
+        module = own.eval()
+    _write_artifact(module, dst, format=format, weights_dtype=weights_dtype)
     trained = {k: v for k, v in old.software.items() if k.startswith("trained_")} \
         or {f"trained_{k}": v for k, v in old.software.items()}
     card = ModelCard(
         config=old.config,
         normalisation=old.normalisation,
-        format=old.format,
+        format=format,
         artifact=dst.name,
         artifact_sha256=_sha256(dst),
         sequence=old.sequence,
@@ -540,7 +586,8 @@ def resave_model(
         training_sequences=old.training_sequences,
     )
     _write_card(card, dst)
-    log.info("re-saved %s as %s (%s weights, %d bytes)", loaded.path, dst, weights_dtype, dst.stat().st_size)
+    log.info("re-saved %s as %s (%s, %s weights, %d bytes)", loaded.path, dst, format, weights_dtype,
+             dst.stat().st_size)
     return card
 
 
@@ -617,6 +664,78 @@ def check_card(
                 "the fingerprints differ, so its predictions would be meaningless")
 
 
+def _is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript zip archive (it holds ``code/`` or ``constants.pkl``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):  # not a zip: torch.load judges it
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative line of a torch error (whose first lines are boilerplate)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln:
+            return ln
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_state_dict(artifact: Path, cpath: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The weights of a state-dict artifact, read as data only (``weights_only=True``).
+
+    Raises
+    ------
+    UntrustedModelError
+        The file is a TorchScript archive (code), whatever its card says.
+    InputFileError
+        The file holds objects other than tensors (refused by the
+        ``weights_only`` unpickler, which never runs them), is no weights file,
+        or is not a mapping of names to tensors.
+    """
+    import pickle
+
+    if _is_torchscript_archive(artifact):
+        raise UntrustedModelError(f"{artifact}: the file is a TorchScript archive, but its card {cpath.name} says "
+                                  f"state_dict; refused: {TRUST_HINT}")
+    try:
+        state = torch.load(artifact, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputFileError(f"{artifact}: the file holds objects other than tensors (or is no weights file); "
+                             f"refused (weights_only): {_first_line(exc)}") from exc
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
+        raise InputFileError(f"{artifact}: cannot read the weights: {_first_line(exc)}") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise InputFileError(f"{artifact}: the file is not a state dict (a mapping of names to tensors); "
+                             f"got {type(state).__name__}")
+    return state
+
+
+def _fit_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], artifact: Path, cpath: Path) -> None:
+    """Copy ``state`` into ``module`` (converting to its float32), or say in one line why the weights do not fit."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    unexpected = [k for k in state if k not in want]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(want[k].shape)})" for k in want
+              if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} weights ({', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unknown weights ({', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} of other shapes ({', '.join(shapes[:2])})")
+    if problems:
+        raise ValidationError(f"{artifact}: the weights do not fit the network its card {cpath.name} describes "
+                              f"({'; '.join(problems)}); the file or its card was changed or damaged")
+    with torch.no_grad():
+        module.load_state_dict(state, strict=True)  # copies (and so converts) into the float32 parameters
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -624,8 +743,15 @@ def load_model(
     expect_sequence: Sequence | str | None = None,
     expect_input_kind: str | None = None,
     device: str | torch.device = "cpu",
+    trust_model_code: bool = False,
+    script: bool = False,
 ) -> LoadedModel:
     """Load a saved network after checking its card against the data.
+
+    A state dict is read as data only (``torch.load(weights_only=True)``) into
+    mrfengine's own network built from the card's configuration.  A
+    TorchScript artifact runs code stored in the file, so it is refused unless
+    ``trust_model_code`` is true.
 
     Parameters
     ----------
@@ -639,6 +765,14 @@ def load_model(
         Refused when the network takes the other kind.
     device : str or torch.device
         Where the module is placed.
+    trust_model_code : bool
+        Load a TorchScript artifact (``torch.jit.load``, which runs the code
+        stored in the file).  Only for models from a source you trust.
+    script : bool
+        Return a TorchScript module compiled from mrfengine's own code
+        (``torch.jit.script`` of the network filled with the file's weights)
+        instead of the eager module; a trusted TorchScript artifact is
+        TorchScript already.
 
     Returns
     -------
@@ -649,12 +783,17 @@ def load_model(
 
     Raises
     ------
+    UntrustedModelError
+        A TorchScript artifact without ``trust_model_code``, or a TorchScript
+        archive whose card says state_dict (names the file and says why).
     InputFileError
-        Card or artifact missing or unreadable (names the file).
+        Card or artifact missing or unreadable, or a state dict holding
+        objects other than tensors (names the file).
     ValidationError
         The card does not fit the data, is malformed, its hash does not
-        match the artifact, or the artifact's weights are not stored in the
-        dtype the card says (names the file and the mismatch).
+        match the artifact, the weights do not fit the card's network, or
+        they are not stored in the dtype the card says (names the file and
+        the mismatch).
     """
     cpath = card_path(path)
     card = read_card(cpath)
@@ -662,35 +801,38 @@ def load_model(
     artifact = cpath.with_name(card.artifact)
     if not artifact.is_file():
         raise InputFileError(f"{artifact}: model file named by its card {cpath.name} not found")
+    if card.format == "torchscript" and not trust_model_code:
+        raise UntrustedModelError(f"{artifact}: a TorchScript model (its card {cpath.name} says so); refused: "
+                                  f"{TRUST_HINT}")
     digest = _sha256(artifact)
     if digest != card.artifact_sha256:
         raise ValidationError(f"{artifact}: the file does not match its card {cpath.name} (sha256 {digest[:12]}, "
                               f"card says {card.artifact_sha256[:12]}); it was changed or replaced after saving")
     device = torch.device(device)
-    try:
-        if card.format == "torchscript":
+    if card.format == "torchscript":
+        try:
             with _quiet_torchscript():
                 module = torch.jit.load(str(artifact), map_location=device)
-            state = module.state_dict()
-        else:
-            state = torch.load(artifact, map_location=device, weights_only=True)
-            module = card.config.build().to(device)
-    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
-        raise InputFileError(f"{artifact}: cannot load the {card.format} model: {exc}") from exc
+        except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
+            raise InputFileError(f"{artifact}: cannot load the {card.format} model: {_first_line(exc)}") from exc
+        state = module.state_dict()
+    else:
+        state = _read_state_dict(artifact, cpath, device)
+        module = card.config.build().to(device)
     stored = sorted({str(t.dtype).removeprefix("torch.") for t in state.values()
                      if isinstance(t, torch.Tensor) and t.is_floating_point()})
     if stored not in ([], [card.weights_dtype]):
         raise ValidationError(f"{artifact}: the weights are stored as {', '.join(stored)}, but its card "
                               f"{cpath.name} says {card.weights_dtype}")
     if card.format == "state_dict":
-        try:
-            module.load_state_dict(state, strict=True)  # copies (and so converts) into the float32 parameters
-        except (RuntimeError, KeyError) as exc:
-            raise InputFileError(f"{artifact}: cannot load the {card.format} model: {exc}") from exc
+        _fit_state_dict(module, state, artifact, cpath)
     _cast_floating(module, torch.float32)  # float16 storage computes in float32: inference code never sees the stored dtype
     module.eval()
     got = (getattr(module, "in_channels", None), getattr(module, "out_channels", None))
     if got != (card.config.in_channels, card.config.out_channels):
         raise ValidationError(f"{artifact}: the network has (in, out) channels {got}; its card says "
                               f"({card.config.in_channels}, {card.config.out_channels})")
+    if script and not isinstance(module, torch.jit.ScriptModule):
+        with _quiet_torchscript():
+            module = torch.jit.script(module)
     return LoadedModel(module=module, card=card, path=artifact)

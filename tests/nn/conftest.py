@@ -46,7 +46,7 @@ def tiny_normalisation():
 
 @pytest.fixture
 def saved_model(tmp_path, tiny_sequence):
-    """A tiny MSE-5 network saved as TorchScript: (path, config, module)."""
+    """A tiny MSE-5 network saved (a state dict, the default format): (path, config, module)."""
     cfg = _tiny_config()
     net = cfg.build(seed=1)
     path = tmp_path / "model" / "mse5.pt"

@@ -48,7 +48,7 @@ def _x(seed=0, shape=(2, 35, 16, 12)):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _save_pair(tmp_path, net, cfg, norm, seq, fmt="torchscript"):
+def _save_pair(tmp_path, net, cfg, norm, seq, fmt="state_dict"):
     p32, p16 = tmp_path / f"{fmt}32.pt", tmp_path / f"{fmt}16.pt"
     kw = dict(config=cfg, normalisation=norm, sequence=seq, cohort_hash="c0ffee", metrics={"test": {"dice": 0.5}},
               format=fmt)
@@ -68,10 +68,12 @@ def test_float16_storage_saves_two_bytes_per_weight_and_loads_as_float32(tmp_pat
     saved = p32.stat().st_size - p16.stat().st_size
     # Each float32 weight becomes 2 bytes; the zip archive aligns each tensor record to 64 bytes.
     assert abs(saved - 2 * n_floats) <= 64 * n_tensors, (saved, n_floats)
-    model = load_model(p16, expect_channels=35, expect_sequence=tiny_sequence)
+    trust = fmt == "torchscript"  # a TorchScript file runs code: loaded only when trusted explicitly
+    model = load_model(p16, expect_channels=35, expect_sequence=tiny_sequence, trust_model_code=trust)
     assert {t.dtype for t in model.module.state_dict().values() if t.is_floating_point()} == {torch.float32}
     assert not model.module.training
-    assert model.card.weights_dtype == "float16" and load_model(p32).card.weights_dtype == "float32"
+    assert model.card.weights_dtype == "float16"
+    assert load_model(p32, trust_model_code=trust).card.weights_dtype == "float32"
     assert {t.dtype for t in net.state_dict().values()} == {torch.float32}  # the caller's network is not converted
 
 
@@ -90,7 +92,7 @@ def test_float16_model_computes_in_float32_with_the_rounded_weights(tmp_path, ti
     cfg = tiny_config()
     net = cfg.build(seed=5).eval()
     _, p16 = _save_pair(tmp_path, net, cfg, tiny_normalisation(35), tiny_sequence, fmt)
-    model = load_model(p16)
+    model = load_model(p16, trust_model_code=fmt == "torchscript")
     x = _x()
     with torch.no_grad():
         got = model.module(x)
@@ -113,8 +115,8 @@ def test_card_records_the_stored_dtype_and_old_cards_mean_float32(tmp_path, tiny
         del data["weights_dtype"]
         card_path(path).write_text(json.dumps(data))
     assert load_model(p32).card.weights_dtype == "float32"
-    with pytest.raises(ValidationError, match=r"torchscript16\.pt: the weights are stored as float16, but its card "
-                                              r"torchscript16\.card\.json says float32"):
+    with pytest.raises(ValidationError, match=r"state_dict16\.pt: the weights are stored as float16, but its card "
+                                              r"state_dict16\.card\.json says float32"):
         load_model(p16)
 
 
@@ -155,12 +157,13 @@ def test_package_model_keeps_the_card_and_stores_float16(tmp_path, tiny_sequence
     cfg = tiny_config()
     net = cfg.build(seed=6).eval()
     src, _ = _save_pair(tmp_path / "run", net, cfg, tiny_normalisation(35), tiny_sequence, fmt)
-    dst = package_model(src, tmp_path / "pkg" / "mse5")
+    dst = package_model(src, tmp_path / "pkg" / "mse5", trust_model_code=fmt == "torchscript")
     assert dst == tmp_path / "pkg" / "mse5" / "model.pt"
     assert sorted(p.name for p in dst.parent.iterdir()) == ["model.card.json", "model.pt"]  # no temporaries
     old, new = read_card(src), read_card(dst)
-    assert (new.config, new.normalisation, new.sequence, new.training_cohort_hash, new.metrics, new.format) == \
-        (old.config, old.normalisation, old.sequence, old.training_cohort_hash, old.metrics, old.format)
+    assert (new.config, new.normalisation, new.sequence, new.training_cohort_hash, new.metrics) == \
+        (old.config, old.normalisation, old.sequence, old.training_cohort_hash, old.metrics)
+    assert old.format == fmt and new.format == "state_dict"  # shipped as data-only weights, whatever the source
     assert new.metrics == {"test": {"dice": 0.5}} and new.training_cohort_hash == "c0ffee"
     assert new.sequence["digest"] == tiny_sequence.digest()
     import hashlib

@@ -19,8 +19,9 @@ def test_saved_and_loaded_model_gives_identical_outputs(tmp_path, tiny_sequence,
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the TorchScript deprecation warnings are silenced, nothing else shows
         save_model(net, path, config=cfg, normalisation=tiny_normalisation(35), sequence=tiny_sequence, format=fmt)
-        model = load_model(path, expect_channels=35, expect_sequence=tiny_sequence)
-        again = load_model(card_path(path))
+        trust = fmt == "torchscript"  # a TorchScript file runs code: only loaded when trusted explicitly
+        model = load_model(path, expect_channels=35, expect_sequence=tiny_sequence, trust_model_code=trust)
+        again = load_model(card_path(path), trust_model_code=trust)
     assert net.training
     x = torch.randn(2, 35, 16, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -45,7 +46,7 @@ def test_model_card_contents(saved_model, tiny_sequence, tiny_normalisation):
     cpath = card_path(path)
     assert cpath.name == "mse5.card.json"
     data = json.loads(cpath.read_text())
-    assert data["schema"] == CARD_SCHEMA and data["name"] == "MSE-5" and data["format"] == "torchscript"
+    assert data["schema"] == CARD_SCHEMA and data["name"] == "MSE-5" and data["format"] == "state_dict"
     assert data["inputs"]["kind"] == "mrf" and data["inputs"]["channels"] == 35 and data["inputs"]["size_multiple"] == 4
     assert [(o["name"], o["unit"], o["scale"]) for o in data["outputs"]] == [
         ("T1", "ms", 1000.0), ("T2star", "ms", 100.0), ("NAWM", "1", 1.0), ("GM", "1", 1.0), ("lesion", "1", 1.0)]
