@@ -483,8 +483,10 @@ def create_cohort(
         JSON-compatible description of how the data are made (preset, seed,
         configuration); a resumed simulation must match it.
     overwrite : bool
-        Delete whatever is at ``path`` first; otherwise an existing path is an
-        error.
+        Replace an existing cohort store at ``path`` (see :func:`_remove`:
+        only a folder whose root ``zarr.json`` carries the cohort attribute,
+        and only if it holds nothing but the store's own files); otherwise an
+        existing path is an error.
 
     Returns
     -------
@@ -494,15 +496,12 @@ def create_cohort(
     Raises
     ------
     StoreError
-        ``path`` exists and ``overwrite`` is false.
+        ``path`` exists and ``overwrite`` is false, or it is no cohort store
+        (nothing is deleted then).
     """
     from .. import __version__
 
     path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise StoreError(f"{path}: already exists; choose a new path or overwrite it")
-        _remove(path)
     if kind not in ("simulated", "imported"):
         raise ValidationError(f"kind must be 'simulated' or 'imported'; got {kind!r}")
     frames = {s.sequence.n_measurements for s in sites.values()}
@@ -517,8 +516,13 @@ def create_cohort(
         "subjects": {sid: e.to_dict() for sid, e in sorted((subjects or {}).items())},
         "generator": None if generator is None else dict(generator),
     }
+    if os.path.lexists(path):
+        if not overwrite:
+            raise StoreError(f"{path}: already exists; choose a new path or overwrite it")
+        _remove(path)
     zarr = _zarr()
-    tmp_root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    # Mode "a", never "w": zarr's "w" empties the whole folder.
+    tmp_root = zarr.open_group(str(path), mode="a", zarr_format=3)
     tmp_root.require_group("subjects")
     # The root attributes last: until they exist the folder is not a cohort.
     tmp_root.attrs.update({ROOT_KEY: attrs})
@@ -569,10 +573,66 @@ def register_subjects(
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+    """Delete the cohort store at ``path``, and nothing that is not provably its own.
+
+    Raises
+    ------
+    StoreError
+        ``path`` is a link or a file, its root ``zarr.json`` lacks the
+        ``mrfengine_cohort`` attribute (not a cohort: refused), or the store
+        holds files that zarr and mrfengine did not write (refused, named).
+        Nothing is deleted then.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        raise StoreError(f"{path}: is not an mrfengine cohort (not a folder); refusing to delete it")
+    try:
+        doc = json.loads((path / "zarr.json").read_text())
+        ok = isinstance(doc, dict) and isinstance(doc.get("attributes", {}).get(ROOT_KEY), dict)
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise StoreError(f"{path}: is not an mrfengine cohort (no {ROOT_KEY!r} attribute in its zarr.json); "
+                         "refusing to delete it")
+    ours: list[Path] = []
+    foreign: list[Path] = []  # other files and links: not ours to delete
+
+    def is_array(folder: Path) -> bool:
+        try:
+            return json.loads((folder / "zarr.json").read_text()).get("node_type") == "array"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def walk(folder: Path, in_chunks: bool) -> None:
+        # Ours: every node's zarr.json, the chunks under an array's c/, a batch's write probes.
+        array = not in_chunks and is_array(folder)
+        for entry in sorted(folder.iterdir()):
+            if entry.is_symlink():
+                foreign.append(entry)
+            elif entry.is_dir():
+                walk(entry, in_chunks or (array and entry.name == "c"))
+            elif entry.name == "zarr.json" or in_chunks or entry.name.startswith(".mrfengine-write-test-"):
+                ours.append(entry)
+            else:
+                foreign.append(entry)
+
+    try:
+        walk(path, False)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the store to replace it ({exc.strerror or exc})") from exc
+    if foreign:
+        names = ", ".join(str(p.relative_to(path)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise StoreError(f"{path}: holds {len(foreign)} file(s) that are not the cohort's ({names}); refusing to "
+                         "delete the store: move them out first")
+    try:
+        for f in ours:
+            f.unlink()
+        for folder in sorted({d for f in ours for d in f.parents if path in d.parents},
+                             key=lambda d: len(d.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot delete the old store ({exc.strerror or exc})") from exc
 
 
 class SubjectWriter:
