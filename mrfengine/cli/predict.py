@@ -28,6 +28,10 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @click.option("--model", "model_path", default=None, type=click.Path(dir_okay=False),
               help="The network: NAME.pt with NAME.card.json beside it. Default: $MRFENGINE_MODEL if set, "
                    "else the MSE-5 network shipped in mrfengine/models/mse5/.")
+@click.option("--trust-model-code", is_flag=True,
+              help="Also load a TorchScript model file (--model or $MRFENGINE_MODEL). TorchScript files run code "
+                   "stored in the file: use it only for models you trust. Without it they are refused; models "
+                   "saved as weights only (state_dict, the default and the shipped one) never need it.")
 @click.option("--sequence", "sequence_spec", default=None,
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
@@ -44,8 +48,8 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @prefix_option
 @force_option
 @progress_option
-def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_size, precision, tta, device,
-            threads, prefix, force, show_progress) -> None:
+def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, batch_size, precision,
+            tta, device, threads, prefix, force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -55,7 +59,8 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     the environment variable MRFENGINE_MODEL).  The model's card must fit the
     data: the frame count and the sequence (--sequence, default the model's
     own, whose slice count the input must have) are checked, and a mismatch
-    is refused.  Existing maps are not replaced unless --force."""
+    is refused.  A model is read as weights only; a TorchScript file (it
+    runs code stored in the file) is refused unless --trust-model-code.  Existing maps are not replaced unless --force."""
     import time
     from pathlib import Path
 
@@ -66,7 +71,7 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     from ..errors import InputFileError, ValidationError
     from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..io.outputs import check_outputs, check_prefix
-    from ..nn import load_model, predict_volume, read_card
+    from ..nn import card_path, check_card, load_model, predict_volume, read_card
     from ..nn.default import default_model_path
     from ..sequence import Sequence, resolve_sequence
 
@@ -98,10 +103,11 @@ def predict(input_path, output_dir, model_path, sequence_spec, mask_path, batch_
     else:
         raise ValidationError(f"{model_path}: the model card does not describe its sequence; pass --sequence")
     try:
-        model = load_model(model_path, expect_channels=data.shape[3], expect_sequence=seq, expect_input_kind="mrf",
-                           device=device)
+        check_card(card, channels=data.shape[3], sequence=seq, input_kind="mrf", source=card_path(model_path))
     except ValidationError as exc:
         raise ValidationError(f"{input_path} does not fit the model: {exc}") from exc
+    # the model's own files (hash, format, weights) are judged apart from the data: a changed model says so
+    model = load_model(model_path, device=device, trust_model_code=trust_model_code)
     if data.shape[2] != seq.n_slices:
         raise InputFileError(f"{input_path}: {data.shape[2]} slices along axis 2, but sequence {seq.name} (the "
                              f"model's) has {seq.n_slices}; pass --sequence for this acquisition")
