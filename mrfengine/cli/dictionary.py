@@ -56,10 +56,11 @@ def with_grid(f):
 @with_grid
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
               help="Also write each slot's dictionary to OUTPUT/slot-NNN.npz.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT/slot-NNN.npz files that already exist.")
 @cache_option
 @no_cache_option
 @progress_option
-def build(sequence_spec, slots, step, t1, t2star, b1, output, cache_dir, no_cache, show_progress) -> None:
+def build(sequence_spec, slots, step, t1, t2star, b1, output, force, cache_dir, no_cache, show_progress) -> None:
     """Simulate (or load from the cache) the dictionaries of SLOTS."""
     import time
     from pathlib import Path
@@ -71,6 +72,10 @@ def build(sequence_spec, slots, step, t1, t2star, b1, output, cache_dir, no_cach
     seq = resolve_sequence(sequence_spec)
     dicts = SliceDictionaries(seq, _grid(step, t1, t2star, b1), cache=make_cache(cache_dir, no_cache))
     chosen = _slots(slots, seq.n_slots)
+    if output:
+        from ..io.outputs import check_outputs
+
+        check_outputs(output, [f"slot-{slot:03d}.npz" for slot in chosen], force=force)
     t0 = time.perf_counter()
     for slot in progress(chosen, desc="dictionaries", enabled=show_progress):
         d = dicts[slot]
@@ -124,18 +129,21 @@ def inspect(sequence_spec, slot, step, t1, t2star, b1, cache_dir, no_cache) -> N
 @dictionary.command(name="clear-cache")
 @cache_option
 def clear_cache(cache_dir) -> None:
-    """Delete every cached dictionary."""
-    import shutil
-
+    """Delete the cached dictionaries: only the cache's own entries
+    (<key>.npz), only in a folder that carries mrfengine's CACHEDIR.TAG;
+    the folder itself only when it is then empty and the cache made it."""
     from ..dictionary import DictionaryCache
 
-    root = DictionaryCache(cache_dir).root
-    if root.exists():
-        n = len(list(root.glob("*.npz")))
-        shutil.rmtree(root)
-        click.echo(f"removed {n} cached dictionaries from {root}")
-    else:
+    cache = DictionaryCache(cache_dir)
+    root = cache.root
+    if not root.exists():
         click.echo(f"no cache at {root}")
+        return
+    n, left, removed = cache.clear()
+    click.echo(f"removed {n} cached dictionaries from {root}" + (" and the folder" if removed else ""))
+    if left:
+        click.echo(f"warning: left {len(left)} file(s) in {root} that are not cache entries: "
+                   f"{', '.join(left[:5])}{', ...' if len(left) > 5 else ''}", err=True)
 
 
 commands = [dictionary]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,10 +109,101 @@ class DictionaryCache:
     (not its name), the slot, the grid and the dtype, so a changed input never returns a stale
     dictionary.  Entries are written to a temporary name and renamed: a crash
     never leaves a half-written entry under a valid key.
+
+    The folder carries a ``CACHEDIR.TAG`` (the Cache Directory Tagging
+    specification, https://bford.info/cachedir/) naming mrfengine, written
+    when the cache creates the folder or finds it empty (or holding only
+    cache entries, as caches made before the tag did).  :meth:`clear`
+    deletes only the cache's own entries, and only in a tagged folder.
     """
+
+    TAG = "CACHEDIR.TAG"
+    SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"
+    _OWNER = "# mrfengine dictionary cache"
+    _CREATED = "# mrfengine created this folder"
+    _ENTRY = re.compile(r"[0-9a-f]{32}\.npz")
+    _TEMP = re.compile(r"\.[0-9a-f]{32}\.npz\.tmp[0-9]+")
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "dictionaries"
+
+    @classmethod
+    def is_own_file(cls, name: str) -> bool:
+        """Whether ``name`` is a file the cache writes: an entry (``<32 hex>.npz``) or its temporary."""
+        return bool(cls._ENTRY.fullmatch(name) or cls._TEMP.fullmatch(name))
+
+    def is_tagged(self) -> bool:
+        """Whether the folder carries mrfengine's ``CACHEDIR.TAG``."""
+        try:
+            lines = (self.root / self.TAG).read_text(errors="replace").splitlines()
+        except OSError:
+            return False
+        return bool(lines) and lines[0].strip() == self.SIGNATURE and self._OWNER in lines
+
+    def _tag(self, created: bool) -> None:
+        text = (f"{self.SIGNATURE}\n{self._OWNER}\n" + (f"{self._CREATED}\n" if created else "")
+                + "# This file is a cache directory tag: backup tools may skip this folder.\n"
+                  "# For information about cache directory tags, see https://bford.info/cachedir/\n"
+                  "# mrfengine dictionary clear-cache deletes only the <key>.npz entries here.\n")
+        tmp = self.root / f".{self.TAG}.tmp{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, self.root / self.TAG)
+
+    def _prepare(self) -> bool:
+        """Create and tag the folder; False if it is someone else's (untagged, other files): not written to."""
+        if self.is_tagged():
+            return True
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if created or all(self.is_own_file(p.name) and p.is_file() and not p.is_symlink()
+                          for p in self.root.iterdir()):
+            self._tag(created)
+            return True
+        return False
+
+    def clear(self) -> tuple[int, list[str], bool]:
+        """Delete the cache's entries.
+
+        Returns
+        -------
+        n : int
+            Entries deleted.
+        left : list of str
+            Other files left in the folder (not the cache's).
+        removed : bool
+            Whether the folder itself was removed (empty then, and made by the cache).
+
+        Raises
+        ------
+        StoreError
+            The folder does not carry mrfengine's ``CACHEDIR.TAG``: nothing is deleted.
+        """
+        from ..errors import StoreError
+
+        if not self.is_tagged():
+            raise StoreError(
+                f"{self.root}: not an mrfengine dictionary cache (no mrfengine {self.TAG} in it); refusing to delete "
+                "anything in it (a cache made before mrfengine tagged its caches holds <32 hex digits>.npz files: "
+                "delete those by hand)")
+        n, left = 0, []
+        for p in sorted(self.root.iterdir()):
+            if p.name == self.TAG:
+                continue
+            if self.is_own_file(p.name) and p.is_file() and not p.is_symlink():
+                p.unlink()
+                n += 1
+            else:
+                left.append(p.name)
+        created = self._CREATED in (self.root / self.TAG).read_text(errors="replace").splitlines()
+        removed = False
+        if created and not left:
+            (self.root / self.TAG).unlink()
+            try:
+                self.root.rmdir()
+                removed = True
+            except OSError:  # something appeared meanwhile: keep the folder, and its tag
+                self._tag(created)
+        return n, left, removed
 
     @staticmethod
     def key(sequence: Sequence, slot: int, grid: ParameterGrid, dtype: np.dtype) -> str:
@@ -143,7 +235,10 @@ class DictionaryCache:
 
     def put(self, key: str, dictionary: Dictionary) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self._prepare():
+                log.warning("not writing dictionary cache entries into %s: it holds other files and no mrfengine "
+                            "%s (choose an empty or new --cache-dir)", self.root, self.TAG)
+                return
             dictionary.save(self.path(key))
         except OSError as exc:  # a read-only or full cache must not stop the work
             log.warning("could not write dictionary cache entry to %s (%s)", self.root, exc)
