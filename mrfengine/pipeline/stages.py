@@ -29,7 +29,9 @@ The stages:
     gives ``nn_maps`` (T1, T2star in ms; NAWM, GM, lesion probabilities, as
     the model's card says).  The card is checked against the subject's frame
     count and sequence.  Option ``prefix`` names its arrays when ``match``
-    runs too (``T1`` would clash).
+    runs too (``T1`` would clash).  The model is read as weights only; a
+    TorchScript model file runs code stored in it and is refused unless
+    ``trust_model_code = true`` (only for models you trust).
 ``write``
     Turns ``maps`` and/or ``nn_maps`` into ``derived``, the float32 arrays of the derived group
     (T1, T2star in ms, B1, M0, correlation; see
@@ -195,10 +197,10 @@ def _match(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
 
 # --------------------------------------------------------------------------- unet
 @functools.lru_cache(maxsize=4)
-def _load_unet(path: str, mtime_ns: int, device: str):
+def _load_unet(path: str, mtime_ns: int, device: str, trust_model_code: bool = False):
     from ..nn import load_model
 
-    return load_model(path, device=device)
+    return load_model(path, device=device, trust_model_code=trust_model_code)
 
 
 def _unet_path(model: str) -> str:
@@ -224,7 +226,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
 
     path = _unet_path(str(options["model"]))
     device = "cuda" if backend in ("auto", "cupy", "numba-cuda") and torch.cuda.is_available() else "cpu"
-    model = _load_unet(path, os.stat(path).st_mtime_ns, device)
+    model = _load_unet(path, os.stat(path).st_mtime_ns, device, options.get("trust_model_code") is True)
     card = model.card
     sequence: Sequence = inputs["sequence"]
     mask = inputs["mask"]
@@ -289,9 +291,10 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                    choices=MappingProxyType({"method": ("auto", "brute", "structured")})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
                   MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": "",
-                                    "tta": "none"}),
+                                    "tta": "none", "trust_model_code": False}),
                   choices=MappingProxyType({"precision": ("float32", "bfloat16"),
-                                            "tta": ("none", "flip", "dihedral")}),
+                                            "tta": ("none", "flip", "dihedral"),
+                                            "trust_model_code": (False, True)}),
                   optional=("maps",)),
     "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
 })

@@ -80,7 +80,8 @@ def test_option_choices_are_the_implementations():
 
     assert STAGES["denoise"].choices["estimator"] == ESTIMATORS
     assert STAGES["match"].choices["method"] == METHODS
-    assert STAGES["unet"].choices == {"precision": PRECISIONS, "tta": tuple(TTA_MODES)}
+    assert STAGES["unet"].choices == {"precision": PRECISIONS, "tta": tuple(TTA_MODES),
+                                      "trust_model_code": (False, True)}
     for stage in STAGES.values():
         for key, values in stage.choices.items():
             assert stage.options[key] in values
@@ -137,4 +138,5 @@ def test_the_readme_lists_every_stage_option():
             assert f"`{key}`" in rows[name], f"README's row for {name!r} does not name option {key!r}"
         for key, values in stage.choices.items():
             for v in values:
-                assert f"`{v}`" in rows[name], f"README's row for {name!r} does not name {key} = {v!r}"
+                word = str(v).lower() if isinstance(v, bool) else v  # as TOML spells it
+                assert f"`{word}`" in rows[name], f"README's row for {name!r} does not name {key} = {v!r}"
