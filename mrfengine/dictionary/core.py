@@ -117,7 +117,11 @@ class Dictionary:
         JSON-compatible provenance (sequence, slot, grid, ...).
     norms : array_like, optional
         The atoms' L2 norms, (n_atoms,), when already known (e.g. read from
-        disk); computed otherwise.
+        disk).  Never trusted: the norms are always computed from the atoms
+        (O(atoms x frames), cheap next to matching) and given ones must agree
+        with them within :attr:`NORMS_RTOL` (relative), else
+        :class:`~mrfengine.errors.DictionaryError`; they only check that a
+        file's atoms and norms belong together.
     separable : Separable, optional
         A factorisation of the atoms (checked on a sample), which fast
         matchers exploit; mrfengine's own dictionaries carry one.
@@ -125,8 +129,8 @@ class Dictionary:
     Raises
     ------
     DictionaryError
-        On a wrong shape, a non-finite value, an all-zero atom or a parameter
-        of the wrong length.
+        On a wrong shape, a non-finite value, an all-zero atom, a parameter
+        of the wrong length, or ``norms`` that are not the atoms' own.
 
     Examples
     --------
@@ -171,16 +175,13 @@ class Dictionary:
         self._atoms = _readonly(np.ascontiguousarray(arr))
         self._params = table
         self.metadata: dict[str, Any] = dict(metadata or {})
-        if norms is not None:
-            nv = np.asarray(norms, dtype=np.float64)
-            if nv.shape != (arr.shape[0],) or not np.all(np.isfinite(nv)):
-                raise DictionaryError(f"norms must be finite with shape ({arr.shape[0]},); got {nv.shape}")
-            self.__dict__["norms"] = _readonly(nv)  # fills the cached property
         zero = np.flatnonzero(self.norms == 0)
         if zero.size:
             raise DictionaryError(
                 f"{zero.size} atom(s) are all zero (first indices {zero[:5].tolist()}); they cannot be normalised"
             )
+        if norms is not None:
+            self._check_norms(norms)
         self._svd: dict[tuple[str, float], SVDCompression] = {}
         if separable is not None:
             separable = Separable(
@@ -192,6 +193,31 @@ class Dictionary:
             separable.check(self._atoms)
         self.separable: Separable | None = separable
         self._cache: dict[str, Any] = {}  # derived data of matchers, keyed by matcher
+
+    NORMS_RTOL = 1e-4
+    """How far given ``norms`` may differ from the atoms' own (relative):
+    float32 rounding of a norm summed over thousands of frames stays below
+    1e-5; a larger difference means the norms belong to other atoms."""
+
+    def _check_norms(self, norms: ArrayLike) -> None:
+        """Given norms must be the atoms' own: shape, finite, positive, within :attr:`NORMS_RTOL`."""
+        try:
+            nv = np.asarray(norms, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise DictionaryError(f"norms must be numbers; got {type(norms).__name__} ({exc})") from None
+        if nv.shape != (self.n_atoms,):
+            raise DictionaryError(f"norms must have shape ({self.n_atoms},) (one per atom); got {nv.shape}")
+        if not np.all(np.isfinite(nv)) or not np.all(nv > 0):
+            bad = int(np.sum(~(np.isfinite(nv) & (nv > 0))))
+            raise DictionaryError(f"norms must be finite and positive; {bad} are not")
+        own = self.norms
+        off = np.abs(nv - own) > self.NORMS_RTOL * own
+        if off.any():
+            i = int(np.flatnonzero(off)[0])
+            raise DictionaryError(
+                f"norms differ from the atoms' L2 norms in {int(off.sum())} of {self.n_atoms} atom(s) (first: atom "
+                f"{i}, given {nv[i]:.6g}, actual {own[i]:.6g}); they would scale M0 wrongly: omit norms to compute them"
+            )
 
     # ------------------------------------------------------------ properties
     @property

@@ -44,7 +44,13 @@ class MatchResult:
         mrfengine's dictionaries); float arrays.
     m0 : ndarray
         Proton density: the least-squares scale ``<x, d> / <d, d>`` between
-        the voxel ``x`` and its atom ``d`` (complex for complex data).
+        the voxel ``x`` and its atom ``d`` (complex for complex data).  For
+        real data it is signed: atoms are chosen by ``|<x, d>|``, so a signal
+        anti-parallel to its atom (signed real fingerprints from other
+        projects) gets a negative M0, consistent with ``x ~ m0 d``.  Magnitude
+        data and non-negative atoms (MRF, mrfengine's dictionaries) give
+        ``m0 >= 0``; the command line refuses negative magnitudes in its
+        NIfTI input.
     correlation : ndarray, float32
         ``|<x, d>| / (|x| |d|)`` in [0, 1].
     index : ndarray, int64
@@ -196,11 +202,18 @@ def match(
     MatchResult
         T1/T2star in ms (``params``), M0, correlation, atom index.
 
+    Notes
+    -----
+    Scale: each voxel is scaled by a power of two to unit size before the
+    search (exact), so ``match(a * x)`` gives the parameters, index and
+    correlation of ``match(x)`` and ``a`` times its M0, for any ``a`` that
+    keeps ``a * x`` a normal float (1e-37 to 1e38 in float32).
+
     Raises
     ------
     ValidationError
-        Wrong frame count, mask shape, non-numeric data, or invalid voxels
-        with ``invalid="raise"``.
+        Wrong frame count, mask shape, non-numeric data, invalid voxels
+        with ``invalid="raise"``, or an M0 beyond the float32 range.
     BackendUnavailableError
         An explicitly requested backend cannot run here.
 
@@ -229,6 +242,7 @@ def match(
         x = x.astype(np.complex128 if x.dtype == np.complex128 else np.complex64, copy=False)
     elif x.dtype != dictionary.dtype:
         x = x.astype(np.result_type(x.dtype, dictionary.dtype), copy=False)
+    x, shift = _unit_scale(x)
     if how == "structured":
         best = _run_structured(name, x, dictionary, n_threads=n_threads)
     else:
@@ -241,7 +255,15 @@ def match(
     ip = np.einsum("ij,ij->i", x.astype(np.complex128 if complex_data else np.float64), dn.conj())
     xnorm = np.linalg.norm(x.astype(np.complex128 if complex_data else np.float64), axis=1)
     corr = np.abs(ip) / xnorm
-    m0 = ip / dictionary.norms[best]
+    m0 = np.ldexp(1.0, shift) * (ip / dictionary.norms[best])
+    m0_dtype = np.complex64 if complex_data else np.float32
+    with np.errstate(over="ignore"):
+        big = ~np.isfinite(m0.astype(m0_dtype))
+    if big.any():
+        raise ValidationError(
+            f"M0 of {int(big.sum())} voxel(s) exceeds the float32 range (signals near the largest float32 "
+            "against atoms of norm below 1); rescale the signals"
+        )
 
     n = flat.shape[0]
     index = np.full(n, -1, dtype=np.int64)
@@ -266,6 +288,30 @@ def match(
         rank=None if comp is None else comp.rank,
         method=how,
     )
+
+
+def _unit_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ``x`` scaled by a power of two to a largest magnitude in [0.5, 1).
+
+    Exact (a power of two), and the best atom of a row does not depend on its
+    scale, so matching is scale-equivariant over the whole float range: the
+    backends' float32 inner products neither overflow (signals near 1e38) nor
+    lose bits to subnormals (near 1e-38).  Returns the scaled rows and each
+    row's exponent (``x = scaled * 2**shift``).
+    """
+    if x.shape[0] == 0:
+        return x, np.zeros(0, dtype=np.int64)
+    peak = np.abs(x).max(axis=1)
+    shift = np.frexp(peak)[1].astype(np.int64)
+    if not shift.any():
+        return x, shift
+    if np.iscomplexobj(x):
+        part = np.empty(x.shape, dtype=x.real.dtype)
+        out = np.empty_like(x)
+        out.real = np.ldexp(x.real, -shift[:, None], out=part)
+        out.imag = np.ldexp(x.imag, -shift[:, None], out=part)
+        return out, shift
+    return np.ldexp(x, -shift[:, None]).astype(x.dtype, copy=False), shift
 
 
 def _run_backend(name: str, x: np.ndarray, atoms: np.ndarray, *, chunk: int | None, n_threads: int) -> np.ndarray:
