@@ -78,9 +78,12 @@ class _Display:
             if r.status == "failed":
                 self.bar.write(f"FAILED {r.error}", file=sys.stderr)
             return
+        state = "ok" if r.status == "ok" else f"FAILED: {r.error}"
+        if not r.timings_s:  # refused before any work (an unreadable subject): no rate to show
+            click.echo(f"[{self.done}/{self.total}] {r.subject} {state}", err=True)
+            return
         rate = self._rate()
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-        state = "ok" if r.status == "ok" else f"FAILED: {r.error}"
         took = r.timings_s.get("wall")
         click.echo(f"[{self.done}/{self.total}] {r.subject} {state}"
                    + (f" in {took:.1f} s" if took and r.status == "ok" else "")
@@ -137,6 +140,26 @@ def _write_report(path: str, report) -> None:
     os.replace(tmp, path)
 
 
+def _check_report_path(path: str) -> None:
+    """Refuse a ``--report`` file that could not be written, before any work."""
+    import os
+    import tempfile
+
+    from ..errors import InputFileError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint="--report")
+    if not os.path.isdir(folder):
+        raise click.BadParameter(f"{path}: its folder {folder} does not exist", param_hint="--report")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe-")
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot write the report there ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _quiet_dask() -> None:
     """Dask's INFO chatter (scheduler/nanny start and stop) hides the progress;
     keep its warnings unless mrfengine runs at debug level."""
@@ -153,7 +176,7 @@ def _quiet_dask() -> None:
 def _pipeline(stages: str | None, config: str | None, name: str | None):
     import tomllib
 
-    from ..errors import InputFileError
+    from ..errors import InputFileError, MRFEngineError
     from ..pipeline import Pipeline
 
     if config is not None:
@@ -166,10 +189,15 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
             raise InputFileError(f"{config}: cannot read the pipeline configuration ({exc.strerror or exc})") from exc
         except tomllib.TOMLDecodeError as exc:
             raise InputFileError(f"{config}: not valid TOML ({exc})") from exc
+        except UnicodeDecodeError as exc:  # a binary file: TOML is UTF-8 text
+            raise InputFileError(f"{config}: not a TOML text file (not UTF-8: byte {exc.start} is "
+                                 f"0x{exc.object[exc.start]:02x})") from exc
         try:
             pipe = Pipeline.from_dict(doc)
-        except Exception as exc:
+        except MRFEngineError as exc:
             raise type(exc)(f"{config}: {exc}") from exc
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise InputFileError(f"{config}: not a pipeline description ({type(exc).__name__}: {exc})") from exc
         if name is not None:
             pipe = Pipeline(name, pipe.stages, pipe.options)
         return pipe
@@ -223,6 +251,11 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
 
     pipe = _pipeline(stages, config_path, name)
     ids = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
+    if subject_ids and not ids:
+        raise click.BadParameter(f"no subject named in {' '.join(map(repr, subject_ids))}; leave --subjects out "
+                                 "to run every subject", param_hint="--subjects")
+    if report_path:
+        _check_report_path(report_path)
     Cohort.open(cohort)  # a clear error before any cluster starts
     display = _Display(show_progress)
     _quiet_dask()

@@ -40,6 +40,9 @@ def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_thres
     from ._common import make_cache
 
     subjects = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
+    if subject_ids and not subjects:
+        raise click.BadParameter(f"no subject named in {' '.join(map(repr, subject_ids))}; leave --subjects out "
+                                 "to evaluate every subject", param_hint="--subjects")
     report = evaluate_cohort(
         cohort, pred=pred, ref=ref, out_dir=output_dir, threshold=threshold, tissue_threshold=tissue_threshold,
         subjects=subjects or None, backend=backend, method=method, cache=make_cache(cache_dir, no_cache),

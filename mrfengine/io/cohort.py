@@ -66,6 +66,11 @@ __all__ = [
     "subject_complete",
     "json_equal",
     "ValidationReport",
+    "CHUNKS_KEY",
+    "StoreArray",
+    "expected_dtype",
+    "stored_chunk_keys",
+    "array_write_config",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,9 +99,211 @@ TRUTH_SPECS: dict[str, tuple[str, str]] = {
 }
 REQUIRED_TRUTH = ("T1", "T2star", "B1", "PD", "GM", "WM", "CSF", "lesion")
 
-_SUBJECT_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("sub-01\n").
+_SUBJECT_RE = re.compile(r"sub-[A-Za-z0-9]+\Z")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _GROUPS_OF_SUBJECT = ("reference", "truth", "annotations")
+
+#: Subject attribute (and derived-group attribute) written with the completion record:
+#: array path -> number of chunks the writer stored.  Writers store every chunk, empty
+#: ones included (:func:`array_write_config`), so a reader of a recorded array treats an
+#: absent chunk as damage (``StoreError``), never as zeros.  Arrays without a record
+#: (stores written before it existed, where all-zero chunks are legitimately absent) are
+#: read as before, with a warning once per store.
+CHUNKS_KEY = "stored_chunks"
+
+_legacy_warned: set[str] = set()
+
+
+def array_write_config() -> dict[str, Any]:
+    """zarr's per-array configuration of every array mrfengine writes: every chunk is
+    stored, even one equal to the fill value, so an absent chunk always means damage."""
+    return {"write_empty_chunks": True}
+
+
+def expected_dtype(path: str) -> str | None:
+    """The dtype the schema gives the array at ``path`` of a subject (None: not fixed)."""
+    if path == "mrf":
+        return "float32"
+    if path == "brain_mask" or path.startswith("annotations/"):
+        return "uint8"
+    if path == "truth/lesion_id":
+        return "uint16"
+    if path.startswith(("truth/", "reference/", "derived/")):
+        return "float32"
+    return None
+
+
+def stored_chunk_keys(array: Any) -> set[str]:
+    """Keys (relative to the array, e.g. ``c/0/3/0/0``) of the chunks stored for a zarr array:
+    one listing of its prefix in the store."""
+    from zarr.core.sync import sync
+
+    store_path = array.store_path
+    prefix = f"{store_path.path}/" if store_path.path else ""
+
+    async def collect() -> list[str]:
+        return [k async for k in store_path.store.list_prefix(prefix)]
+
+    return {k[len(prefix):] for k in sync(collect())}
+
+
+def _chunk_coords(array: Any) -> Iterator[tuple[int, ...]]:
+    import itertools
+
+    return itertools.product(*(range(n) for n in array.cdata_shape))
+
+
+def _schema_problem(path: str, array: Any, shape_zyx: tuple[int, ...], n_frames: int | None) -> str | None:
+    """What is wrong with an array's metadata against the schema (dtype, shape), or None."""
+    zarr = _zarr()
+    if not isinstance(array, zarr.Array):
+        return f"{path!r} is not an array"
+    want = expected_dtype(path)
+    if want is not None and str(array.dtype) != want:
+        return f"array {path!r} has dtype {array.dtype}; the schema says {want}"
+    if path == "mrf":
+        expect = ((n_frames,) if n_frames is not None else tuple(array.shape[:1])) + tuple(shape_zyx)
+        if len(array.shape) != 4 or tuple(array.shape) != expect:
+            return f"array 'mrf' has shape {tuple(array.shape)}; expected {expect} (frames, Z, Y, X)"
+    elif tuple(array.shape) != tuple(shape_zyx):
+        return f"array {path!r} has shape {tuple(array.shape)}; expected {tuple(shape_zyx)} (Z, Y, X)"
+    return None
+
+
+class StoreArray:
+    """One array of a subject, opened for reading and checked.
+
+    Behaves like the :class:`zarr.Array` it wraps (``shape``, ``dtype``,
+    ``chunks``, ``attrs``; index it to read) with two guarantees:
+
+    * an array whose writer recorded its chunks (``recorded``, from the
+      subject's ``stored_chunks``) is read only when every chunk is stored: a
+      missing chunk is a :class:`StoreError` naming the subject, the array and
+      the chunk (slice), never zeros;
+    * a chunk that cannot be decoded (truncated, corrupt, unreadable) is a
+      :class:`StoreError` naming the same.
+
+    Parameters
+    ----------
+    array : zarr.Array
+    subject_id, path : str
+        Named in every error.
+    recorded : int or None
+        Chunks the writer recorded; None for arrays of older stores (no check
+        of missing chunks: an all-zero chunk there is legitimately absent).
+    """
+
+    def __init__(self, array: Any, subject_id: str, path: str, *, recorded: int | None) -> None:
+        self._array = array
+        self.subject_id = subject_id
+        self.path = path
+        self.recorded = recorded
+        self._complete = False
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_array":
+            raise AttributeError(name)
+        return getattr(self._array, name)
+
+    def __repr__(self) -> str:
+        return f"StoreArray({self.subject_id}/{self.path}, shape={tuple(self._array.shape)}, dtype={self._array.dtype})"
+
+    def __len__(self) -> int:
+        return int(self._array.shape[0])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    @property
+    def zarr_array(self) -> Any:
+        """The wrapped :class:`zarr.Array` (unchecked reads)."""
+        return self._array
+
+    def where(self, coords: tuple[int, ...]) -> str:
+        """``chunk c/0/3/0/0 (slice 3)``: a chunk by its key and the planes it holds."""
+        key = self._array.metadata.encode_chunk_key(coords)
+        axis = self._array.ndim - 3 if self._array.ndim >= 3 else 0
+        size = self._array.chunks[axis]
+        lo = coords[axis] * size
+        hi = min(lo + size, self._array.shape[axis])
+        planes = f"slice {lo}" if hi - lo == 1 else f"slices {lo}-{hi - 1}"
+        return f"chunk {key} ({planes})"
+
+    def missing_chunks(self) -> list[tuple[int, ...]]:
+        """Coordinates of the chunks not stored (one listing of the store)."""
+        present = stored_chunk_keys(self._array)
+        encode = self._array.metadata.encode_chunk_key
+        return [c for c in _chunk_coords(self._array) if encode(c) not in present]
+
+    def _missing_message(self, missing: list[tuple[int, ...]]) -> str:
+        names = ", ".join(self.where(c) for c in missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        return (f"{self.subject_id}: array {self.path!r} is missing {len(missing)} of its {self._array.nchunks} "
+                f"chunk(s): {names}; the store is damaged (a missing chunk would read as zeros)")
+
+    def check_chunks(self) -> None:
+        """Raise :class:`StoreError` if a recorded array lacks a chunk (checked once)."""
+        if self._complete or self.recorded is None:
+            return
+        missing = self.missing_chunks()
+        if missing:
+            raise StoreError(self._missing_message(missing))
+        if self.recorded != self._array.nchunks:
+            raise StoreError(f"{self.subject_id}: array {self.path!r} has {self._array.nchunks} chunks but its writer "
+                             f"recorded {self.recorded}; the store was altered")
+        self._complete = True
+
+    def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
+        """One chunk, decoded; :class:`StoreError` naming it when it cannot be."""
+        try:
+            return self._array.get_block_selection(coords)
+        except (IndexError, TypeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is a damaged chunk
+            raise StoreError(self._undecodable(coords, exc)) from exc
+
+    def _undecodable(self, coords: tuple[int, ...] | None, exc: BaseException) -> str:
+        where = self.where(coords) if coords is not None else "a chunk"
+        return (f"{self.subject_id}: array {self.path!r}: {where} cannot be read (truncated or corrupt: "
+                f"{type(exc).__name__}: {exc})")
+
+    def __getitem__(self, selection: Any) -> Any:
+        self.check_chunks()
+        try:
+            return self._array[selection]
+        except (IndexError, TypeError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - locate the damaged chunk for the message
+            bad = None
+            for coords in _chunk_coords(self._array):
+                try:
+                    self._array.get_block_selection(coords)
+                except Exception:  # noqa: BLE001
+                    bad = coords
+                    break
+            raise StoreError(self._undecodable(bad, exc)) from exc
+
+    def verify(self, check: Any = None) -> list[str]:
+        """Read every chunk; the problems found (missing and undecodable chunks, and
+        whatever ``check(chunk_data)`` returns for a chunk, a string or None)."""
+        problems: list[str] = []
+        missing = set(self.missing_chunks())
+        if missing and self.recorded is not None:
+            problems.append(self._missing_message(sorted(missing)))
+        for coords in _chunk_coords(self._array):
+            if coords in missing:
+                continue
+            try:
+                data = self.read_chunk(coords)
+            except StoreError as exc:
+                problems.append(str(exc))
+                continue
+            if check is not None:
+                found = check(data)
+                if found:
+                    problems.append(f"{self.subject_id}: array {self.path!r} {self.where(coords)}: {found}")
+        return problems
 
 
 def default_compressor():
@@ -114,7 +321,7 @@ def normalize_subject_id(subject_id: str) -> str:
     if not isinstance(subject_id, str):
         raise ValidationError(f"subject id must be a string; got {subject_id!r}")
     sid = subject_id if subject_id.startswith("sub-") else f"sub-{subject_id}"
-    if not _SUBJECT_RE.match(sid):
+    if not _SUBJECT_RE.fullmatch(sid):
         raise ValidationError(f"subject id must be 'sub-' followed by letters or digits (BIDS); got {subject_id!r}")
     return sid
 
@@ -159,7 +366,7 @@ class SubjectEntry:
     group: str = "unknown"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.site, str) or not _NAME_RE.match(self.site):
+        if not isinstance(self.site, str) or not _NAME_RE.fullmatch(self.site):
             raise ValidationError(f"site must be a short name such as '1'; got {self.site!r}")
         if self.split not in SPLITS:
             raise ValidationError(f"split must be one of {SPLITS}; got {self.split!r}")
@@ -222,23 +429,55 @@ def _parse_sites(path: Path, attrs: Mapping[str, Any]) -> dict[str, SiteEntry]:
 
 
 def _parse_subjects(path: Path, attrs: Mapping[str, Any]) -> dict[str, SubjectEntry]:
-    out = {}
-    for sid, entry in dict(attrs.get("subjects", {})).items():
-        try:
-            out[sid] = SubjectEntry(**entry)
-        except (ValidationError, TypeError) as exc:
-            raise StoreError(f"{path}: subject {sid!r} has a malformed entry {entry!r}: {exc}") from exc
+    out, bad = _parse_subjects_lenient(path, attrs)
+    if bad:
+        raise StoreError(f"{path}: {next(iter(bad.values()))}")
     return out
 
 
-def _subject_attrs(path: Path, sid: str) -> dict[str, Any] | None:
-    meta = path / "subjects" / sid / "zarr.json"
+def _parse_subjects_lenient(path: Path, attrs: Mapping[str, Any]) -> tuple[dict[str, SubjectEntry], dict[str, str]]:
+    """The well-formed subject entries, and why each other one is malformed (one bad
+    subject must not make the whole cohort unreadable)."""
+    subjects = attrs.get("subjects", {})
+    if not isinstance(subjects, dict):
+        raise StoreError(f"{path}: the root attribute 'subjects' is not an object; the store is damaged")
+    out, bad = {}, {}
+    for sid, entry in subjects.items():
+        try:
+            if not isinstance(entry, dict):
+                raise TypeError("not an object")
+            out[sid] = SubjectEntry(**entry)
+        except (ValidationError, TypeError) as exc:
+            bad[sid] = f"subject {sid!r} has a malformed entry in the root attributes {entry!r}: {exc}"
+    return out, bad
+
+
+def _subject_state(path: Path, sid: str) -> tuple[dict[str, Any] | None, str | None]:
+    """A subject's attributes, and why it is not complete (None when it is)."""
+    folder = path / "subjects" / sid
+    meta = folder / "zarr.json"
+    if not folder.is_dir():
+        return None, "its folder is missing"
     try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
-    attrs = doc.get("attributes", {}).get(SUBJECT_KEY)
-    return attrs if isinstance(attrs, dict) else None
+        doc = json.loads(meta.read_bytes())
+    except FileNotFoundError:
+        return None, "incomplete (no zarr.json: its writer was interrupted)"
+    except OSError as exc:
+        return None, f"its zarr.json cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"its zarr.json is not valid JSON ({type(exc).__name__}); the store is damaged"
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        return None, "its zarr.json does not describe a zarr group; the store is damaged"
+    attrs = doc.get("attributes", {}).get(SUBJECT_KEY) if isinstance(doc.get("attributes"), dict) else None
+    if not isinstance(attrs, dict):
+        return None, f"its zarr.json has no {SUBJECT_KEY!r} attributes; the store is damaged"
+    if attrs.get("complete") is not True:
+        return attrs, "incomplete (no completion marker: its writer was interrupted)"
+    return attrs, None
+
+
+def _subject_attrs(path: Path, sid: str) -> dict[str, Any] | None:
+    return _subject_state(path, sid)[0]
 
 
 def _is_complete(attrs: Mapping[str, Any] | None) -> bool:
@@ -274,8 +513,13 @@ class Subject:
         All subject attributes (``docs/cohort-format.md``).
     """
 
-    def __init__(self, group: Any, entry: SubjectEntry, site: SiteEntry, attrs: dict[str, Any]) -> None:
+    def __init__(self, group: Any, entry: SubjectEntry, site: SiteEntry, attrs: dict[str, Any], *,
+                 store: str | os.PathLike | None = None) -> None:
         self._group = group
+        self._store = str(store) if store is not None else None
+        problem = _attrs_problem(attrs, getattr(group, "basename", None) or attrs.get("id"))
+        if problem:
+            raise StoreError(f"{attrs.get('id', '?')}: {problem}")
         self.id: str = attrs["id"]
         self.site = entry.site
         self.split = entry.split
@@ -285,24 +529,52 @@ class Subject:
         self.affine = np.asarray(attrs["affine"], dtype=np.float64)
         self.voxel_size_mm = tuple(float(v) for v in attrs["voxel_size_mm"])
         self.shape = tuple(int(v) for v in attrs["shape_zyx"])
+        self._opened: dict[str, StoreArray] = {}
 
     def __repr__(self) -> str:
         return (f"Subject({self.id!r}, site={self.site!r}, split={self.split!r}, group={self.group!r}, "
                 f"shape={self.shape})")
 
-    @property
-    def mrf(self):
-        """The MRF magnitudes, zarr array (n_frames, Z, Y, X) float32."""
-        return self._group["mrf"]
+    def _open(self, path: str) -> StoreArray:
+        """The array at ``path``, its dtype and shape checked against the schema."""
+        if path in self._opened:
+            return self._opened[path]
+        try:
+            arr = self._group[path]
+        except KeyError:
+            raise StoreError(f"{self.id}: array {path!r} is listed but missing from the store") from None
+        except Exception as exc:  # noqa: BLE001 - unreadable or malformed array metadata
+            raise StoreError(f"{self.id}: array {path!r} has unreadable metadata ({type(exc).__name__}: {exc})") from exc
+        problem = _schema_problem(path, arr, self.shape, self.sequence.n_measurements)
+        if problem:
+            raise StoreError(f"{self.id}: {problem}; the store was altered (run mrfengine validate)")
+        record = self.attrs.get(CHUNKS_KEY)
+        recorded = record.get(path) if isinstance(record, dict) else None
+        if recorded is None:
+            key = self._store or self.id
+            if key not in _legacy_warned:
+                _legacy_warned.add(key)
+                log.warning("%s: %s/%s has no record of its stored chunks (written by an older mrfengine): a missing "
+                            "chunk there reads as zeros and cannot be told from an empty one; `mrfengine validate "
+                            "--deep` lists absent chunks, re-simulating or re-importing adds the record",
+                            key, self.id, path)
+        wrapped = StoreArray(arr, self.id, path, recorded=None if recorded is None else int(recorded))
+        self._opened[path] = wrapped
+        return wrapped
 
     @property
-    def brain_mask(self):
-        """Brain mask, zarr array (Z, Y, X) uint8, or None."""
-        return self._group["brain_mask"] if "brain_mask" in self.arrays else None
+    def mrf(self) -> StoreArray:
+        """The MRF magnitudes, array (n_frames, Z, Y, X) float32."""
+        return self._open("mrf")
+
+    @property
+    def brain_mask(self) -> StoreArray | None:
+        """Brain mask, array (Z, Y, X) uint8, or None."""
+        return self._open("brain_mask") if "brain_mask" in self.arrays else None
 
     def _sub(self, name: str) -> dict[str, Any]:
         prefix = name + "/"
-        return {p[len(prefix):]: self._group[p] for p in self.arrays if p.startswith(prefix)}
+        return {p[len(prefix):]: self._open(p) for p in self.arrays if p.startswith(prefix)}
 
     @property
     def truth(self) -> dict[str, Any]:
@@ -328,7 +600,37 @@ class Subject:
         """An array by its path inside the subject group, e.g. ``truth/T1``."""
         if path not in self.arrays:
             raise StoreError(f"{self.id} has no array {path!r}; it has {list(self.arrays)}")
-        return self._group[path]
+        return self._open(path)
+
+
+def _attrs_problem(attrs: Mapping[str, Any], name: str | None) -> str | None:
+    """What makes a subject's attributes unusable (types of the keys readers need), or None."""
+    for key in ("id", "shape_zyx", "affine", "voxel_size_mm", "arrays"):
+        if key not in attrs:
+            return f"attribute {key!r} is missing"
+    if not isinstance(attrs["id"], str) or (name is not None and attrs["id"] != name):
+        return f"attribute id is {attrs['id']!r}, not the group name {name!r}"
+    shape = attrs["shape_zyx"]
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        return f"attribute shape_zyx must be three positive integers; got {shape!r}"
+    try:
+        aff = np.asarray(attrs["affine"], dtype=np.float64)
+        vox = np.asarray(attrs["voxel_size_mm"], dtype=np.float64)
+    except (TypeError, ValueError):
+        return "attributes affine / voxel_size_mm are not numbers"
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        return f"attribute affine is not a finite invertible 4x4 matrix: {attrs['affine']!r}"
+    if vox.shape != (3,) or not np.all(np.isfinite(vox)) or np.any(vox <= 0):
+        return f"attribute voxel_size_mm must be three positive numbers; got {attrs['voxel_size_mm']!r}"
+    arrays = attrs["arrays"]
+    if not isinstance(arrays, list) or not all(isinstance(p, str) for p in arrays):
+        return f"attribute arrays must be a list of array paths; got {arrays!r}"
+    record = attrs.get(CHUNKS_KEY)
+    if record is not None and not (isinstance(record, dict) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in record.values())):
+        return f"attribute {CHUNKS_KEY} must map array paths to chunk counts; got {record!r}"
+    return None
 
 
 class Cohort:
@@ -351,14 +653,21 @@ class Cohort:
         self._group = group
         self.schema_version: int = attrs["schema_version"]
         self.sites: dict[str, SiteEntry] = _parse_sites(path, attrs)
-        self.entries: dict[str, SubjectEntry] = _parse_subjects(path, attrs)
+        self.entries, malformed = _parse_subjects_lenient(path, attrs)
         sub_dir = path / "subjects"
         on_disk = sorted(p.name for p in sub_dir.iterdir() if p.is_dir()) if sub_dir.is_dir() else []
-        self._attrs_of = {sid: _subject_attrs(path, sid) for sid in on_disk}
+        states = {sid: _subject_state(path, sid) for sid in on_disk}
+        self._attrs_of = {sid: a for sid, (a, _) in states.items()}
         self.subjects: list[str] = sorted(
-            sid for sid, a in self._attrs_of.items() if _is_complete(a) and sid in self.entries
+            sid for sid, (a, why) in states.items() if why is None and sid in self.entries
         )
-        self.incomplete: list[str] = sorted(set(self.entries) - set(self.subjects))
+        self.incomplete: list[str] = sorted((set(self.entries) | set(malformed)) - set(self.subjects))
+        #: Why each listed subject is not readable: its folder is missing, its ``zarr.json``
+        #: is damaged, its writer was interrupted, or its root entry is malformed.
+        self.absent: dict[str, str] = {
+            sid: malformed.get(sid) or (states[sid][1] if sid in states else "its folder is missing") or "incomplete"
+            for sid in self.incomplete
+        }
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Cohort:
@@ -389,17 +698,21 @@ class Cohort:
         return subject_id in self.subjects
 
     def __getitem__(self, subject_id: str) -> Subject:
-        if subject_id not in self.entries:
+        if subject_id not in self.entries and subject_id not in self.absent:
             raise StoreError(f"{self.path}: no subject {subject_id!r}; subjects: {self.subjects}")
         if subject_id not in self.subjects:
-            raise StoreError(f"{self.path}: subject {subject_id!r} is incomplete (its writer was interrupted); "
+            raise StoreError(f"{self.path}: subject {subject_id!r} is not readable: {self.absent[subject_id]}; "
                              "rerun the command that writes it")
         entry = self.entries[subject_id]
         if entry.site not in self.sites:
             raise StoreError(f"{self.path}: subject {subject_id!r} names site {entry.site!r}, which the cohort lacks")
         attrs = self._attrs_of[subject_id]
         try:
-            return Subject(self._group[f"subjects/{subject_id}"], entry, self.sites[entry.site], attrs)
+            return Subject(self._group[f"subjects/{subject_id}"], entry, self.sites[entry.site], attrs,
+                           store=self.path)
+        except StoreError as exc:
+            raise StoreError(f"{self.path}: subject {subject_id!r} has malformed attributes ({exc}); "
+                             "run `mrfengine validate` on the cohort") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{self.path}: subject {subject_id!r} has malformed attributes ({exc!r}); "
                              "run `mrfengine validate` on the cohort") from exc
@@ -415,9 +728,14 @@ class Cohort:
             raise ValidationError(f"split must be one of {SPLITS}; got {split!r}")
         return [s for s in self.subjects if self.entries[s].split == split]
 
-    def select(self, subject_ids: Iterable[str] | None) -> list[str]:
+    def select(self, subject_ids: Iterable[str] | None, *, incomplete: bool = False) -> list[str]:
         """The complete subjects named in ``subject_ids`` (all of them for none),
         in the order given, without repeats.
+
+        With ``incomplete``, subjects the root attributes list but that are not
+        complete (:attr:`absent`: a missing folder, a damaged ``zarr.json``, an
+        interrupted writer) are selected too, so a caller can report each as a
+        failure instead of silently using fewer subjects.
 
         A name may leave out ``sub-`` and, for a store with zero-padded numbers,
         the padding: ``7``, ``sub-7``, ``07`` and ``sub-07`` all name ``sub-07``.
@@ -429,15 +747,16 @@ class Cohort:
         StoreError
             A subject the store lacks or has incomplete (names the store).
         """
+        known = sorted(set(self.entries) | set(self.absent)) if incomplete else self.subjects
         if not subject_ids:
-            return list(self.subjects)
+            return list(known)
         wanted: list[str] = []
         for name in subject_ids:
             sid = normalize_subject_id(name)
-            if sid not in self.subjects and sid[4:].isdigit():
-                same = [c for c in self.subjects if c[4:].isdigit() and int(c[4:]) == int(sid[4:])]
+            if sid not in known and sid[4:].isdigit():
+                same = [c for c in known if c[4:].isdigit() and int(c[4:]) == int(sid[4:])]
                 sid = same[0] if len(same) == 1 else sid
-            if sid not in self.subjects:
+            if sid not in known:
                 why = "its writer was interrupted; rerun the command that writes it" if sid in self.entries \
                     else "not in the store"
                 raise StoreError(f"{self.path}: no complete subject {sid!r} ({why}); it has {len(self.subjects)} "
@@ -709,10 +1028,10 @@ class SubjectWriter:
         ``frames`` gives it the MRF shape (n_frames, Z, Y, X); otherwise (Z, Y, X).
         """
         head, _, name = path.rpartition("/")
-        if head and not _NAME_RE.match(head):
+        if head and not _NAME_RE.fullmatch(head):
             raise ValidationError(
                 f"arrays live at the subject level or one group deep (e.g. {_GROUPS_OF_SUBJECT}); got {path!r}")
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise ValidationError(f"array name must be letters, digits, '_', '.', '-'; got {name!r}")
         z, y, x = self.shape
         shape = (self.n_frames, z, y, x) if frames else (z, y, x)
@@ -720,7 +1039,7 @@ class SubjectWriter:
         parent = self._group.require_group(head) if head else self._group
         arr = parent.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, compressors=default_compressor(), fill_value=0,
-            attributes=dict(attrs or {}),
+            attributes=dict(attrs or {}), config=array_write_config(),
         )
         if path not in self._arrays:
             self._arrays.append(path)
@@ -739,13 +1058,23 @@ class SubjectWriter:
         return arr
 
     def finish(self, **attrs: Any) -> None:
-        """Mark the subject complete: the array list and ``complete: true``, last."""
+        """Mark the subject complete: the array list, the chunks stored per array
+        (``stored_chunks``, checked: every chunk of every array) and ``complete: true``, last."""
         if self._finished:
             return
         if "mrf" not in self._arrays:
             raise StoreError(f"{self.id}: cannot finish a subject without its 'mrf' array")
+        counts = {}
+        for path in sorted(self._arrays):
+            arr = self._group[path]
+            n = len(stored_chunk_keys(arr) & {arr.metadata.encode_chunk_key(c) for c in _chunk_coords(arr)})
+            if n != arr.nchunks:
+                raise StoreError(f"{self.id}: array {path!r} has {n} of its {arr.nchunks} chunks stored; every "
+                                 "slice must be written before the subject is finished")
+            counts[path] = n
         self._attrs.update(attrs)
         self._attrs["arrays"] = sorted(self._arrays)
+        self._attrs[CHUNKS_KEY] = counts
         self._attrs["complete"] = True
         self._group.attrs.update({SUBJECT_KEY: self._attrs})
         self._finished = True
@@ -794,94 +1123,113 @@ def validate_cohort(path: str | os.PathLike, *, deep: bool = False, allow_incomp
     rep = ValidationReport(path)
     try:
         sites = _parse_sites(path, attrs)
-        entries = _parse_subjects(path, attrs)
+        entries, malformed = _parse_subjects_lenient(path, attrs)
     except StoreError as exc:
         rep.problems.append(str(exc))
         return rep
+    rep.problems.extend(f"{sid}: {why}" for sid, why in sorted(malformed.items()))
     n_frames = attrs.get("n_frames")
     for name, site in sites.items():
         if n_frames is not None and site.sequence.n_measurements != n_frames:
             rep.problems.append(f"site {name}: sequence has {site.sequence.n_measurements} measurements, cohort "
                                 f"n_frames is {n_frames}")
     for sid, e in entries.items():
-        if not _SUBJECT_RE.match(sid):
+        if not isinstance(sid, str) or not _SUBJECT_RE.fullmatch(sid):
             rep.problems.append(f"subject id {sid!r} is not BIDS-like ('sub-' + letters/digits)")
         if e.site not in sites:
             rep.problems.append(f"{sid}: site {e.site!r} is not among the cohort's sites {sorted(sites)}")
     sub_dir = path / "subjects"
     on_disk = sorted(p.name for p in sub_dir.iterdir() if p.is_dir()) if sub_dir.is_dir() else []
-    for sid in sorted(set(on_disk) - set(entries)):
+    for sid in sorted(set(on_disk) - set(entries) - set(malformed)):
         rep.problems.append(f"{sid}: a subject group that the root attributes do not list")
     zarr = _zarr()
     for sid in sorted(entries):
-        a = _subject_attrs(path, sid) if sid in on_disk else None
-        if not _is_complete(a):
-            what = "missing" if sid not in on_disk else "incomplete (no completion marker; writer interrupted?)"
-            (rep.warnings if allow_incomplete else rep.problems).append(f"{sid}: {what}")
+        a, why = _subject_state(path, sid)
+        if why is not None:
+            interrupted = why.startswith("incomplete") or why == "its folder is missing"
+            (rep.warnings if allow_incomplete and interrupted else rep.problems).append(f"{sid}: {why}")
             continue
         rep.n_complete += 1
         site = sites.get(entries[sid].site)
-        rep.problems.extend(f"{sid}: {p}" for p in _check_subject(zarr, path, sid, a, site, deep=deep))
+        found, legacy = _check_subject(zarr, path, sid, a, site, deep=deep)
+        rep.problems.extend(p if p.startswith(f"{sid}:") else f"{sid}: {p}" for p in found)
+        rep.warnings.extend(f"{sid}: {w}" for w in legacy)
     return rep
 
 
+def _binary(data: np.ndarray) -> str | None:
+    vals = np.unique(data)
+    return None if np.all(np.isin(vals, (0, 1))) else f"not binary: values {vals[:8].tolist()}"
+
+
+def _finite(data: np.ndarray) -> str | None:
+    return None if np.all(np.isfinite(data)) else "has NaN or Inf values"
+
+
 def _check_subject(zarr: Any, path: Path, sid: str, a: Mapping[str, Any], site: SiteEntry | None, *,
-                   deep: bool) -> list[str]:
+                   deep: bool) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of one complete subject."""
     problems: list[str] = []
-    for key in ("id", "shape_zyx", "affine", "voxel_size_mm", "arrays"):
-        if key not in a:
-            problems.append(f"attribute {key!r} is missing")
-    if problems:
-        return problems
-    if a["id"] != sid:
-        problems.append(f"attribute id is {a['id']!r}, not the group name")
+    warnings: list[str] = []
+    problem = _attrs_problem(a, sid)
+    if problem:
+        return [problem], warnings
     shape = tuple(a["shape_zyx"])
-    aff = np.asarray(a["affine"], dtype=float)
-    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
-        problems.append(f"affine is not a finite invertible 4x4 matrix: {a['affine']}")
-    else:
-        vox = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
-        if not np.allclose(vox, a["voxel_size_mm"], rtol=1e-4):
-            problems.append(f"voxel_size_mm {a['voxel_size_mm']} disagrees with the affine's {vox.round(4).tolist()}")
-    group = zarr.open_group(str(path / "subjects" / sid), mode="r")
+    vox = np.sqrt((np.asarray(a["affine"], dtype=float)[:3, :3] ** 2).sum(axis=0))
+    if not np.allclose(vox, a["voxel_size_mm"], rtol=1e-4):
+        problems.append(f"voxel_size_mm {a['voxel_size_mm']} disagrees with the affine's {vox.round(4).tolist()}")
+    try:
+        group = zarr.open_group(str(path / "subjects" / sid), mode="r")
+    except Exception as exc:  # noqa: BLE001
+        return problems + [f"its group cannot be opened ({type(exc).__name__}: {exc})"], warnings
     if "mrf" not in a["arrays"]:
         problems.append("no 'mrf' array listed")
+    record = a.get(CHUNKS_KEY) or {}
+    if CHUNKS_KEY not in a:
+        warnings.append(f"no record of stored chunks (written by an older mrfengine): an absent chunk reads as "
+                        f"zeros and cannot be told from an all-zero one; re-simulate or re-import for the check")
+    n_frames = site.sequence.n_measurements if site else None
     for p in a["arrays"]:
         try:
             arr = group[p]
         except KeyError:
             problems.append(f"array {p!r} is listed but missing")
             continue
+        except Exception as exc:  # noqa: BLE001 - unreadable metadata
+            problems.append(f"array {p!r} has unreadable metadata ({type(exc).__name__}: {exc})")
+            continue
+        found = _schema_problem(p, arr, shape, n_frames)
+        if found:
+            problems.append(found)
+            continue
         if p == "mrf":
-            n_frames = site.sequence.n_measurements if site else arr.shape[0]
-            expect = (n_frames,) + shape
-            if arr.shape != expect:
-                problems.append(f"mrf has shape {arr.shape}; expected {expect} (frames, Z, Y, X)")
-            if str(arr.dtype) != "float32":
-                problems.append(f"mrf has dtype {arr.dtype}; expected float32")
-            if arr.chunks != (expect[0], 1) + shape[1:]:
-                problems.append(f"mrf chunks {arr.chunks} are not one slice each {(expect[0], 1) + shape[1:]}")
+            if arr.chunks != (arr.shape[0], 1) + shape[1:]:
+                problems.append(f"mrf chunks {arr.chunks} are not one slice each {(arr.shape[0], 1) + shape[1:]}")
             if site and shape[0] != site.sequence.n_slices:
                 problems.append(f"{shape[0]} slices but the site's sequence has {site.sequence.n_slices}")
-            if deep:
-                for z in range(arr.shape[1]):
-                    if not np.all(np.isfinite(arr[:, z])):
-                        problems.append(f"mrf slice {z} has NaN or Inf values")
-                        break
-            continue
-        if arr.shape != shape:
-            problems.append(f"{p} has shape {arr.shape}; expected {shape} (Z, Y, X)")
-            continue
-        if deep and (p.startswith("annotations/") or p == "brain_mask"):
-            vals = np.unique(arr[...])
-            if not np.all(np.isin(vals, (0, 1))):
-                problems.append(f"{p} is not binary: values {vals[:8].tolist()}")
+        recorded = record.get(p)
+        checked = StoreArray(arr, sid, p, recorded=recorded)
+        if recorded is None and p not in record:
+            missing = checked.missing_chunks()
+            if missing:
+                names = ", ".join(checked.where(c) for c in missing[:4]) + (" ..." if len(missing) > 4 else "")
+                warnings.append(f"array {p!r}: {len(missing)} chunk(s) absent ({names}); they read as zeros "
+                                "(no chunk record: cannot be told from all-zero slices)")
+        if deep:
+            check = _finite if p == "mrf" else _binary if (p.startswith("annotations/") or p == "brain_mask") \
+                else None
+            problems.extend(checked.verify(check))
+        else:
+            try:
+                checked.check_chunks()
+            except StoreError as exc:
+                problems.append(str(exc))
     truth = [p[len("truth/"):] for p in a["arrays"] if p.startswith("truth/")]
     if truth:
-        missing = [t for t in REQUIRED_TRUTH if t not in truth]
-        if missing:
-            problems.append(f"truth lacks {missing}")
-        elif deep:
+        missing_truth = [t for t in REQUIRED_TRUTH if t not in truth]
+        if missing_truth:
+            problems.append(f"truth lacks {missing_truth}")
+        elif deep and not problems:
             total = np.zeros(shape, dtype=np.float64)
             for t in ("GM", "WM", "CSF", "lesion"):
                 v = np.asarray(group[f"truth/{t}"][...], dtype=np.float64)
@@ -890,7 +1238,7 @@ def _check_subject(zarr: Any, path: Path, sid: str, a: Mapping[str, Any], site: 
                 total += v
             if total.max() > 1 + 1e-4:
                 problems.append(f"tissue fractions sum to {total.max():.4g} > 1 somewhere")
-    return problems
+    return problems, warnings
 
 
 def json_equal(a: Any, b: Any) -> bool:

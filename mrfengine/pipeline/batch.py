@@ -439,33 +439,43 @@ def run_batch(
     if isinstance(pipeline, str):
         pipeline = Pipeline.from_stages(pipeline)
     cohort = Cohort.open(cohort_path)
-    selected = cohort.select(subjects)
+    # Listed subjects that cannot be read (a missing folder, a damaged zarr.json, an interrupted
+    # writer, a malformed entry) are selected too, and fail alone below: never silently fewer.
+    selected = cohort.select(subjects, incomplete=True)
+    plan_slabs(1, pipeline, slab_planes)  # ValidationError for a bad slab_planes, before any work
     check_writable(cohort_path)
     emit = on_event or (lambda kind, payload: None)
     report = BatchReport(pipeline.name)
 
     todo, skipped = [], []
+    failed: dict[str, SubjectResult] = {}
+    plans: dict[str, tuple[Slab, ...]] = {}
     for sid in selected:
-        if not force and _is_current(cohort_path, sid, pipeline):
-            skipped.append(sid)
-        else:
-            todo.append(sid)
+        try:
+            shape = cohort[sid].shape  # StoreError: unreadable, malformed attributes, unknown site
+            if not force and _is_current(cohort_path, sid, pipeline):
+                skipped.append(sid)
+                continue
+            if force:
+                # The old maps go first, so a failed forced run leaves none that look current.
+                remove_derived(cohort_path, sid, pipeline.name)
+            plans[sid] = plan_slabs(shape[0], pipeline, slab_planes)
+        except (StoreError, ValidationError) as exc:
+            failed[sid] = failed_result(sid, pipeline.name, exc, "input")
+            continue
+        todo.append(sid)
     info = client.scheduler_info()
     workers = info.get("workers", {})
     report.n_workers = len(workers)
     report.n_threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
 
-    if force:
-        # The old maps go first, so a failed forced run leaves none that look current.
-        for sid in todo:
-            remove_derived(cohort_path, sid, pipeline.name)
     prepare_dictionaries(cohort, todo, pipeline)
 
-    plans: dict[str, tuple[Slab, ...]] = {}
-    for sid in todo:
-        plans[sid] = plan_slabs(cohort[sid].shape[0], pipeline, slab_planes)
-    emit("start", {"subjects": todo, "skipped": skipped, "slabs": sum(len(p) for p in plans.values()),
+    emit("start", {"subjects": todo + list(failed), "skipped": skipped,
+                   "slabs": sum(len(p) for p in plans.values()),
                    "n_workers": report.n_workers, "n_threads": report.n_threads})
+    for result in failed.values():
+        emit("subject", {"result": result})
 
     by_key: dict[str, tuple[str, str]] = {}
     futures = []
@@ -483,6 +493,7 @@ def run_batch(
         futures.append(f)
 
     results: dict[str, SubjectResult] = {sid: SubjectResult(sid, pipeline.name, "skipped") for sid in skipped}
+    results.update(failed)
     pending = set(todo)
     try:
         for future in as_completed(futures):

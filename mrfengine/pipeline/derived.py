@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, ValidationError
-from ..io.cohort import SUBJECT_KEY, default_compressor, normalize_subject_id, read_cohort_attrs
+from ..io.cohort import (
+    CHUNKS_KEY,
+    SUBJECT_KEY,
+    array_write_config,
+    default_compressor,
+    normalize_subject_id,
+    read_cohort_attrs,
+    stored_chunk_keys,
+)
 
 __all__ = ["DERIVED_KEY", "DERIVED_ARRAYS", "derived_complete", "derived_attrs", "remove_derived", "write_derived"]
 
@@ -49,11 +57,11 @@ DERIVED_ARRAYS: dict[str, tuple[str, str]] = {
     "correlation": ("1", "normalised inner product with the best atom, [0, 1] (0 where not matched)"),
 }
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
 
 
 def _check_name(pipeline: str) -> str:
-    if not isinstance(pipeline, str) or not _NAME_RE.match(pipeline):
+    if not isinstance(pipeline, str) or not _NAME_RE.fullmatch(pipeline):
         raise ValidationError(f"pipeline name must be letters, digits, '_', '.', '-'; got {pipeline!r}")
     return pipeline
 
@@ -102,11 +110,18 @@ def _open_subject(cohort_path: str | os.PathLike, sid: str):
     return group, attrs
 
 
-def _set_listed(group: Any, attrs: dict[str, Any], pipeline: str, names: list[str]) -> None:
-    """Rewrite the subject's ``arrays``: drop ``derived/<pipeline>/*`` and list ``names`` there."""
+def _set_listed(group: Any, attrs: dict[str, Any], pipeline: str, names: list[str],
+                chunks: Mapping[str, int] | None = None) -> None:
+    """Rewrite the subject's ``arrays``: drop ``derived/<pipeline>/*`` and list ``names`` there,
+    with their stored chunk counts (``chunks``) in the subject's ``stored_chunks``."""
     prefix = f"derived/{pipeline}/"
     kept = [p for p in attrs.get("arrays", []) if not p.startswith(prefix)]
     attrs["arrays"] = sorted(kept + [prefix + n for n in names])
+    record = attrs.get(CHUNKS_KEY)
+    record = {k: v for k, v in record.items() if not k.startswith(prefix)} if isinstance(record, dict) else {}
+    record.update({prefix + n: int(c) for n, c in (chunks or {}).items()})
+    if record or CHUNKS_KEY in attrs:
+        attrs[CHUNKS_KEY] = dict(sorted(record.items()))
     group.attrs.update({SUBJECT_KEY: attrs})
 
 
@@ -127,13 +142,18 @@ def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) 
     return listed or present
 
 
-def _write_array(group: Any, name: str, data: np.ndarray) -> None:
+def _write_array(group: Any, name: str, data: np.ndarray) -> int:
+    """Write one map, every chunk (empty ones too); returns the chunks stored, checked."""
     z, y, x = data.shape
     units, description = DERIVED_ARRAYS.get(name, ("", ""))
     arr = group.create_array(name, shape=data.shape, chunks=(1, y, x), dtype="float32",
                              compressors=default_compressor(), fill_value=0.0,
-                             attributes={"units": units, "description": description})
+                             attributes={"units": units, "description": description}, config=array_write_config())
     arr[...] = data
+    n = len(stored_chunk_keys(arr) & {arr.metadata.encode_chunk_key((k, 0, 0)) for k in range(arr.cdata_shape[0])})
+    if n != arr.nchunks:
+        raise StoreError(f"derived array {name!r}: {n} of its {arr.nchunks} chunks were stored")
+    return n
 
 
 def write_derived(
@@ -182,7 +202,7 @@ def write_derived(
     shape = tuple(int(v) for v in sub_attrs["shape_zyx"])
     data = {}
     for name, value in arrays.items():
-        if not isinstance(name, str) or not _NAME_RE.match(name):
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
             raise ValidationError(f"derived array names must be letters, digits, '_', '.', '-'; got {name!r}")
         value = np.asarray(value, dtype=np.float32)
         if value.shape != shape:
@@ -198,9 +218,8 @@ def write_derived(
     out = group.require_group("derived").create_group(pipeline)
     record = {"pipeline": pipeline, **extra, "complete": False}
     out.attrs.update({DERIVED_KEY: record})
-    for name in sorted(data):
-        _write_array(out, name, data[name])
-    record.update({"arrays": sorted(data), "complete": True})
+    chunks = {name: _write_array(out, name, data[name]) for name in sorted(data)}
+    record.update({"arrays": sorted(data), CHUNKS_KEY: chunks, "complete": True})
     out.attrs.update({DERIVED_KEY: record})
-    _set_listed(group, sub_attrs, pipeline, sorted(data))  # last: readers go by this list
+    _set_listed(group, sub_attrs, pipeline, sorted(data), chunks)  # last: readers go by this list
     return [f"derived/{pipeline}/{n}" for n in sorted(data)]

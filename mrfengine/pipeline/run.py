@@ -87,12 +87,18 @@ def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[i
     lo, hi = (0, subject.shape[0]) if planes is None else (int(planes[0]), int(planes[1]))
     if not 0 <= lo < hi <= subject.shape[0]:
         raise ValidationError(f"{sid}: planes [{lo}, {hi}) are outside its {subject.shape[0]} slices")
+    # The subject's arrays raise StoreError naming the subject, the array and the chunk for a
+    # missing (recorded) or undecodable chunk; anything else a read raises is wrapped the same way.
     try:
         mrf = np.asarray(subject.mrf[:, lo:hi], dtype=np.float32)
+    except StoreError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any read failure of the array is a broken subject
         raise StoreError(f"{sid}: cannot read its 'mrf' array ({type(exc).__name__}: {exc})") from exc
     try:
         mask = None if subject.brain_mask is None else np.asarray(subject.brain_mask[lo:hi]) > 0
+    except StoreError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise StoreError(f"{sid}: cannot read its 'brain_mask' array ({type(exc).__name__}: {exc})") from exc
     region = mrf if mask is None else mrf[:, mask]
