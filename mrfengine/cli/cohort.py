@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import progress_option
+from ._outputs import force_options
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -32,17 +33,22 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
                    "the MNI template's population probabilities as fractions (cohorts made before version 2).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Processes simulating subjects in parallel.")
-@click.option("--overwrite", is_flag=True, help="Delete an existing store at COHORT first (otherwise: resume).")
+@force_options("Replace an existing cohort store at COHORT (otherwise: resume). Only a folder that is an "
+               "mrfengine cohort holding nothing but its own files is deleted.", alias="--overwrite")
 @progress_option
-def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, workers, overwrite,
+def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, workers, force, force_alias,
              show_progress) -> None:
     """Simulate a synthetic MS cohort (MNI-based anatomy, lesions, MRF-EPI
     signals with Rician noise, ground truth and simulated annotations) into a
     zarr cohort store.  Rerunning the same command resumes an interrupted run."""
     import time
 
+    from ..io.outputs import check_store_writable
     from ..phantom import cohort_preset, simulate_cohort
     from ._common import progress
+
+    overwrite = force or force_alias
+    check_store_writable(cohort)
 
     cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion, tissue_fractions=tissue_fractions)
     bar = progress(range(cfg.n_subjects), total=cfg.n_subjects, desc="subjects", enabled=show_progress)
@@ -78,13 +84,17 @@ def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, wor
               help="A 3D reference image, e.g. T2w=sub-01_T2w.nii.gz (repeatable).")
 @click.option("--slice-axis", default=2, show_default=True, type=click.IntRange(0, 2),
               help="Array axis of the MRF's slices.")
-@click.option("--overwrite", is_flag=True, help="Replace the subject if it is already in the cohort.")
+@force_options("Replace the subject if it is already in the cohort.", alias="--overwrite")
 def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, brain_mask, annotation_specs,
-            reference_specs, slice_axis, overwrite) -> None:
+            reference_specs, slice_axis, force, force_alias) -> None:
     """Import one subject's NIfTI files (MRF series, masks, reference images)
     into a cohort store, creating it if needed."""
     from ..io.importer import import_subject
+    from ..io.outputs import check_store_writable
     from ..sequence import resolve_sequence
+
+    overwrite = force or force_alias
+    check_store_writable(cohort)
 
     seq = resolve_sequence(sequence_spec) if sequence_spec else None
     sid = import_subject(
@@ -104,33 +114,49 @@ def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, bra
 @click.option("--pipeline", "pipelines", multiple=True,
               help="Export the maps of this derived group (mrfengine batch --name; e.g. denoise-match); repeatable.")
 @click.option("--uncompressed", is_flag=True, help="Write .nii instead of .nii.gz.")
-def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed) -> None:
+@force_options("Replace images and sidecars that already exist in OUTPUT_DIR.")
+def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, force) -> None:
     """Export arrays of cohort subjects to NIfTI (the subject's affine,
     BIDS-style names such as sub-01_desc-truth_T1map.nii.gz, JSON sidecars
     with units; T1 and T2* in seconds).  With --pipeline, the maps a batch
     wrote (sub-01_desc-denoisematch_T1map.nii.gz, ...) with the pipeline's
     provenance in their sidecars; subjects whose maps are not complete are
-    reported and skipped."""
+    reported and skipped.  Every output is checked before anything is
+    written: existing files are not replaced unless --force."""
     from ..errors import StoreError
     from ..io.cohort import Cohort
-    from ..io.exporter import export_subject
+    from ..io.exporter import export_name, export_subject
+    from ..io.outputs import check_outputs
 
+    ext = ".nii" if uncompressed else ".nii.gz"
     c = Cohort.open(cohort)
-    n, missing = 0, []
+    missing: list[str] = []
+    plan: list[tuple[str, list[str] | None]] = []
+    names: list[str] = []
     for sid in c.select(subject_ids):
         wanted = list(arrays)
-        if pipelines:
-            sub = c[sid]
-            for name in pipelines:
-                found = [a for a in sub.arrays if a.startswith(f"derived/{name}/")]
-                if not found:
-                    missing.append(f"{sid} ({name})")
-                wanted += found
-            if not wanted:
-                continue
         try:
-            n += len(export_subject(c, sid, output_dir, arrays=wanted or None,
-                                    ext=".nii" if uncompressed else ".nii.gz"))
+            sub = c[sid]
+            if pipelines:
+                for name in pipelines:
+                    found = [a for a in sub.arrays if a.startswith(f"derived/{name}/")]
+                    if not found:
+                        missing.append(f"{sid} ({name})")
+                    wanted += found
+                if not wanted:
+                    continue
+            for a in wanted or sub.arrays:
+                stem = f"{sub.id}_{export_name(a)[0]}"
+                names += [stem + ext, stem + ".json"]
+        except StoreError as exc:
+            missing.append(f"{sid}: {exc}")
+            continue
+        plan.append((sid, wanted or None))
+    check_outputs(output_dir, names, force=force)
+    n = 0
+    for sid, wanted in plan:
+        try:
+            n += len(export_subject(c, sid, output_dir, arrays=wanted, ext=ext))
         except StoreError as exc:
             missing.append(f"{sid}: {exc}")
     click.echo(f"wrote {n} images to {output_dir}")
@@ -146,7 +172,8 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed) -> 
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--slice", "slices", multiple=True, type=click.IntRange(0), help="Slice(s) to show (default: 3).")
 @click.option("--frame", "frames", multiple=True, type=click.IntRange(0), help="MRF frame(s), 0-based (default 0, 17).")
-def show(cohort, subject_id, output, slices, frames) -> None:
+@force_options("Replace OUTPUT if it exists.")
+def show(cohort, subject_id, output, slices, frames, force) -> None:
     """Write a PNG mosaic of one subject: MRF frames, truth maps, tissue
     fractions and lesion outlines on the T2-weighted reference."""
     from ..io.cohort import Cohort
@@ -154,6 +181,12 @@ def show(cohort, subject_id, output, slices, frames) -> None:
 
     from ..errors import StoreError
 
+    from pathlib import Path
+
+    from ..io.outputs import check_outputs
+
+    out = Path(output)
+    check_outputs(out.parent, [out.name], force=force)
     c = Cohort.open(cohort)
     if not c.subjects:
         raise StoreError(f"{cohort}: no complete subject to show")

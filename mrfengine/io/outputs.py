@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputFileError, StoreError, ValidationError
 
-__all__ = ["check_prefix", "check_writable_dir", "check_outputs", "OutputExistsError"]
+__all__ = ["check_prefix", "check_writable_dir", "check_store_writable", "check_outputs", "OutputExistsError"]
 
 _BAD_PREFIX = re.compile(r"[\x00-\x1f/\\]")
 
@@ -76,6 +76,38 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") 
         raise InputFileError(f"{path}: the {what} is not writable{where}: permission denied")
     if base == path.absolute() and not os.access(base, os.R_OK):
         raise InputFileError(f"{path}: the {what} is not readable: permission denied")
+    return path
+
+
+def check_store_writable(path: str | os.PathLike) -> Path:
+    """Check, before any work, that a cohort store can be created or written at ``path``.
+
+    An existing store must be a folder we can read and write (its root and
+    ``subjects/``); a new one needs a writable folder to be created in.
+
+    Raises
+    ------
+    StoreError
+        Names the store and what is wrong.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        try:
+            return check_writable_dir(path, what="cohort store")
+        except InputFileError as exc:
+            raise StoreError(str(exc)) from None
+    if not path.is_dir():
+        raise StoreError(f"{path}: the cohort store exists and is not a folder")
+    for folder in (path, path / "subjects"):
+        if not folder.is_dir():
+            continue
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise StoreError(f"{path}: cannot read the cohort store ({folder}: permission denied)")
+        if not os.access(folder, os.W_OK):
+            raise StoreError(f"{path}: the cohort store is read-only ({folder} is not writable)")
+    meta = path / "zarr.json"
+    if meta.exists() and not os.access(meta, os.R_OK):
+        raise StoreError(f"{path}: cannot read the cohort store ({meta}: permission denied)")
     return path
 
 
