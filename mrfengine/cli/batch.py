@@ -282,6 +282,11 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     if report_path:
         _write_report(report_path, report)
     if not report.ok:
+        failed = [r.subject for r in report.results if r.status == "failed"]
+        why = [f"{len(failed)} subject(s) failed ({', '.join(failed)})"] if failed else []
+        why += [f"{len(report.not_run)} not run"] if report.not_run else []
+        why += ["stopped early"] if report.stopped else []
+        click.secho(f"error: {cohort}: " + ", ".join(why) + "; see above", err=True, fg="red")
         click.get_current_context().exit(1)
 
 

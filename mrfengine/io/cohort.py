@@ -113,6 +113,7 @@ _GROUPS_OF_SUBJECT = ("reference", "truth", "annotations")
 CHUNKS_KEY = "stored_chunks"
 
 _legacy_warned: set[str] = set()
+_NO_FOLDER = "missing (its folder is not in the store)"
 
 
 def array_write_config() -> dict[str, Any]:
@@ -238,7 +239,8 @@ class StoreArray:
         return [c for c in _chunk_coords(self._array) if encode(c) not in present]
 
     def _missing_message(self, missing: list[tuple[int, ...]]) -> str:
-        names = ", ".join(self.where(c) for c in missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        names = ", ".join(self.where(c) for c in missing[:4])
+        names += f" and {len(missing) - 4} more" if len(missing) > 4 else ""
         return (f"{self.subject_id}: array {self.path!r} is missing {len(missing)} of its {self._array.nchunks} "
                 f"chunk(s): {names}; the store is damaged (a missing chunk would read as zeros)")
 
@@ -291,6 +293,7 @@ class StoreArray:
         missing = set(self.missing_chunks())
         if missing and self.recorded is not None:
             problems.append(self._missing_message(sorted(missing)))
+        flagged: list[tuple[tuple[int, ...], str]] = []
         for coords in _chunk_coords(self._array):
             if coords in missing:
                 continue
@@ -302,7 +305,11 @@ class StoreArray:
             if check is not None:
                 found = check(data)
                 if found:
-                    problems.append(f"{self.subject_id}: array {self.path!r} {self.where(coords)}: {found}")
+                    flagged.append((coords, found))
+        if flagged:
+            more = f" (and {len(flagged) - 1} more chunk(s))" if len(flagged) > 1 else ""
+            first, found = flagged[0]
+            problems.append(f"{self.subject_id}: array {self.path!r} {self.where(first)}: {found}{more}")
         return problems
 
 
@@ -457,7 +464,7 @@ def _subject_state(path: Path, sid: str) -> tuple[dict[str, Any] | None, str | N
     folder = path / "subjects" / sid
     meta = folder / "zarr.json"
     if not folder.is_dir():
-        return None, "its folder is missing"
+        return None, _NO_FOLDER
     try:
         doc = json.loads(meta.read_bytes())
     except FileNotFoundError:
@@ -474,6 +481,13 @@ def _subject_state(path: Path, sid: str) -> tuple[dict[str, Any] | None, str | N
     if attrs.get("complete") is not True:
         return attrs, "incomplete (no completion marker: its writer was interrupted)"
     return attrs, None
+
+
+def _subject_folders(sub_dir: Path) -> list[str]:
+    """Names of the subject folders (hidden ones, e.g. an import's staging copy, excluded)."""
+    if not sub_dir.is_dir():
+        return []
+    return sorted(p.name for p in sub_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _subject_attrs(path: Path, sid: str) -> dict[str, Any] | None:
@@ -544,7 +558,8 @@ class Subject:
         except KeyError:
             raise StoreError(f"{self.id}: array {path!r} is listed but missing from the store") from None
         except Exception as exc:  # noqa: BLE001 - unreadable or malformed array metadata
-            raise StoreError(f"{self.id}: array {path!r} has unreadable metadata ({type(exc).__name__}: {exc})") from exc
+            raise StoreError(f"{self.id}: array {path!r} has unreadable metadata "
+                             f"({type(exc).__name__}: {exc})") from exc
         problem = _schema_problem(path, arr, self.shape, self.sequence.n_measurements)
         if problem:
             raise StoreError(f"{self.id}: {problem}; the store was altered (run mrfengine validate)")
@@ -655,7 +670,7 @@ class Cohort:
         self.sites: dict[str, SiteEntry] = _parse_sites(path, attrs)
         self.entries, malformed = _parse_subjects_lenient(path, attrs)
         sub_dir = path / "subjects"
-        on_disk = sorted(p.name for p in sub_dir.iterdir() if p.is_dir()) if sub_dir.is_dir() else []
+        on_disk = _subject_folders(sub_dir)
         states = {sid: _subject_state(path, sid) for sid in on_disk}
         self._attrs_of = {sid: a for sid, (a, _) in states.items()}
         self.subjects: list[str] = sorted(
@@ -665,7 +680,7 @@ class Cohort:
         #: Why each listed subject is not readable: its folder is missing, its ``zarr.json``
         #: is damaged, its writer was interrupted, or its root entry is malformed.
         self.absent: dict[str, str] = {
-            sid: malformed.get(sid) or (states[sid][1] if sid in states else "its folder is missing") or "incomplete"
+            sid: malformed.get(sid) or (states[sid][1] if sid in states else _NO_FOLDER) or "incomplete"
             for sid in self.incomplete
         }
 
@@ -974,6 +989,13 @@ class SubjectWriter:
     attrs : mapping, optional
         Further subject attributes (qform/sform codes, units, provenance).
     overwrite : bool
+    staging : bool
+        Write into a new hidden group ``subjects/.staging-<id>-<random>`` and,
+        in :meth:`finish`, swap it in place of the existing subject (a local
+        store: two folder renames, then the old folder is deleted).  Until
+        then the existing subject stays complete and untouched; :meth:`abort`
+        deletes the staging group.  ``overwrite`` must be given to replace a
+        complete subject.
     """
 
     def __init__(
@@ -986,6 +1008,7 @@ class SubjectWriter:
         n_frames: int,
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
+        staging: bool = False,
     ) -> None:
         sid = normalize_subject_id(subject_id)
         affine = np.asarray(affine, dtype=np.float64)
@@ -994,6 +1017,8 @@ class SubjectWriter:
         if len(shape_zyx) != 3 or min(shape_zyx) < 1:
             raise ValidationError(f"shape_zyx must be three positive ints; got {shape_zyx}")
         subjects = root.require_group("subjects")
+        self._root = root
+        self._staging: str | None = None
         if sid in subjects:
             try:
                 old = subjects[sid].attrs.get(SUBJECT_KEY)
@@ -1001,11 +1026,16 @@ class SubjectWriter:
                 old = None
             if _is_complete(old) and not overwrite:
                 raise StoreError(f"subject {sid} is already complete in the cohort; pass overwrite to replace it")
-            del subjects[sid]
+            if not staging:
+                del subjects[sid]
         self.id = sid
         self.shape = tuple(int(s) for s in shape_zyx)
         self.n_frames = int(n_frames)
-        self._group = subjects.create_group(sid)
+        if staging:
+            import uuid
+
+            self._staging = f".staging-{sid}-{uuid.uuid4().hex[:12]}"
+        self._group = subjects.create_group(self._staging or sid)
         self._arrays: list[str] = []
         voxel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         self._attrs: dict[str, Any] = {
@@ -1077,7 +1107,44 @@ class SubjectWriter:
         self._attrs[CHUNKS_KEY] = counts
         self._attrs["complete"] = True
         self._group.attrs.update({SUBJECT_KEY: self._attrs})
+        if self._staging is not None:
+            self._swap_in()
         self._finished = True
+
+    def _subjects_dir(self) -> Path:
+        store_root = getattr(self._root.store, "root", None)
+        if store_root is None:
+            raise StoreError(f"{self.id}: staging a subject needs a local (folder) store")
+        return Path(str(store_root)) / (self._root.path or "") / "subjects"
+
+    def _swap_in(self) -> None:
+        """Put the complete staging group in place of ``subjects/<id>``: the old folder is
+        renamed aside, the staging folder renamed in, then the old folder deleted."""
+        import uuid
+
+        folder = self._subjects_dir()
+        new, target = folder / self._staging, folder / self.id
+        aside = folder / f".replaced-{self.id}-{uuid.uuid4().hex[:12]}"
+        if target.exists():
+            os.rename(target, aside)
+            try:
+                os.rename(new, target)
+            except OSError:
+                os.rename(aside, target)  # the old subject back in place
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(new, target)
+        self._staging = None
+
+    def abort(self) -> None:
+        """Delete the staging group of an unfinished writer (nothing else is touched)."""
+        if self._finished or self._staging is None:
+            return
+        folder = self._subjects_dir() / self._staging
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+        self._staging = None
 
 
 # --------------------------------------------------------------------------- validate
@@ -1139,14 +1206,14 @@ def validate_cohort(path: str | os.PathLike, *, deep: bool = False, allow_incomp
         if e.site not in sites:
             rep.problems.append(f"{sid}: site {e.site!r} is not among the cohort's sites {sorted(sites)}")
     sub_dir = path / "subjects"
-    on_disk = sorted(p.name for p in sub_dir.iterdir() if p.is_dir()) if sub_dir.is_dir() else []
+    on_disk = _subject_folders(sub_dir)
     for sid in sorted(set(on_disk) - set(entries) - set(malformed)):
         rep.problems.append(f"{sid}: a subject group that the root attributes do not list")
     zarr = _zarr()
     for sid in sorted(entries):
         a, why = _subject_state(path, sid)
         if why is not None:
-            interrupted = why.startswith("incomplete") or why == "its folder is missing"
+            interrupted = why.startswith("incomplete") or why == _NO_FOLDER
             (rep.warnings if allow_incomplete and interrupted else rep.problems).append(f"{sid}: {why}")
             continue
         rep.n_complete += 1

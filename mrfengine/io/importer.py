@@ -28,6 +28,7 @@ from nibabel import orientations as ornt
 from ..errors import InputFileError, StoreError, ValidationError
 from ..sequence import Sequence, hermann2021
 from .cohort import (
+    _NAME_RE,
     SiteEntry,
     SubjectEntry,
     SubjectWriter,
@@ -162,10 +163,17 @@ def import_subject(
     """
     from .. import __version__
 
+    # Every argument and every input file is checked before the store is touched; an
+    # existing subject is replaced only at the end, by swapping in a complete staged copy.
     sid = normalize_subject_id(subject_id)
     entry = SubjectEntry(site, split, group)
     if slice_axis not in (0, 1, 2):
         raise ValidationError(f"slice_axis must be 0, 1 or 2; got {slice_axis!r}")
+    for option, named in (("annotation", annotations), ("reference", references)):
+        for name in (named or {}):
+            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                raise ValidationError(f"{option} name {name!r} must be letters, digits, '_', '.', '-' "
+                                      f"(starting with a letter or digit)")
     cohort_path = Path(cohort_path)
     mrf_path = Path(mrf_path)
     root = None
@@ -210,9 +218,12 @@ def import_subject(
             aux[dest] = aligned.astype(np.float32)
 
     site_entry = SiteEntry(seq, None)
+    # An existing subject folder (complete or not) is replaced by a staged copy at the end.
+    staging = root is not None and (cohort_path / "subjects" / sid).exists()
     if root is None:
         root = create_cohort(cohort_path, sites={site: site_entry}, kind="imported")
-    register_subjects(root, subjects={sid: entry}, sites={site: site_entry})
+    if not staging:
+        register_subjects(root, subjects={sid: entry}, sites={site: site_entry})
     zooms = header.get_zooms()
     xyz_unit, t_unit = header.get_xyzt_units()
     writer = SubjectWriter(
@@ -231,14 +242,22 @@ def import_subject(
             "input_dtype": str(header.get_data_dtype()),
         },
         overwrite=True,
+        staging=staging,
     )
-    mrf = writer.create("mrf", dtype="float32", frames=True, attrs={"units": "arbitrary",
-                                                                     "description": "MRF magnitude images"})
-    for z in range(nz):
-        mrf[:, z] = np.ascontiguousarray(data[:, :, z, :].transpose(2, 1, 0), dtype=np.float32)
-    for dest, arr in aux.items():
-        writer.write(dest, arr.transpose(2, 1, 0), attrs=_aux_attrs(dest))
-    writer.finish()
+    try:
+        mrf = writer.create("mrf", dtype="float32", frames=True, attrs={"units": "arbitrary",
+                                                                         "description": "MRF magnitude images"})
+        for z in range(nz):
+            mrf[:, z] = np.ascontiguousarray(data[:, :, z, :].transpose(2, 1, 0), dtype=np.float32)
+        for dest, arr in aux.items():
+            writer.write(dest, arr.transpose(2, 1, 0), attrs=_aux_attrs(dest))
+        if staging:
+            # The root entry (site, split, group) changes only once the new copy is complete.
+            register_subjects(root, subjects={sid: entry}, sites={site: site_entry})
+        writer.finish()
+    except BaseException:
+        writer.abort()  # only the staging group; the old subject is untouched
+        raise
     log.info("imported %s from %s into %s", sid, mrf_path, cohort_path)
     return sid
 

@@ -449,6 +449,13 @@ def evaluate_cohort(
             raise ValidationError(f"{name} must be a number in (0, 1]; got {value!r}")
     c = cohort if isinstance(cohort, Cohort) else Cohort.open(cohort)
     sids = c.select(subjects)  # StoreError naming an unknown or incomplete subject, before any work
+    if not subjects and c.absent:
+        # Never a summary over silently fewer subjects than the store lists.
+        shown = "; ".join(f"{sid}: {why}" for sid, why in sorted(c.absent.items())[:4])
+        raise StoreError(f"{c.path}: {len(c.absent)} listed subject(s) cannot be read ({shown}"
+                         f"{'; ...' if len(c.absent) > 4 else ''}); evaluating the others would silently use fewer "
+                         "subjects: name the subjects to evaluate (--subjects), or repair the store "
+                         "(mrfengine validate)")
     if not sids:
         raise StoreError(f"{c.path}: no complete subject to evaluate")
     pred_src = parse_source(pred, backend=backend, method=method, cache=cache)
