@@ -16,11 +16,15 @@ def train(settings_path, resume, show_progress) -> None:
     split of a cohort store, as the settings file says (cohort, network,
     output_dir, epochs, batch_size, learning_rate, patches_per_slice, seed;
     optional patch_size, lesion_oversampling, depth, base_filters, map_source,
-    device, bf16, compile, threads).
+    device, bf16, compile, threads, init_model, trust_model_code).  Settings
+    are checked against sane ranges before any work.  init_model (a network
+    to start from) is read as weights only; a TorchScript init_model runs
+    code stored in the file and is refused unless trust_model_code = true
+    (only for models you trust).
 
     After each epoch: validation metrics (lesion Dice at 33%, T1/T2* relative
     deviation) in metrics.csv and metrics.png, and checkpoint.pt; at the end
-    model.pt with its card model.card.json.  --resume continues an
+    model.pt (weights only) with its card model.card.json.  --resume continues an
     interrupted run from its checkpoint (same settings; epochs may grow)."""
     from ..nn.train import load_settings
     from ..nn.train import train as run_training

@@ -11,9 +11,10 @@ training split of a cohort store with Adam, and after each epoch
 * writes ``checkpoint.pt`` (atomic; model, optimiser, history), the metrics
   table ``metrics.csv`` and its plot ``metrics.png``.
 
-At the end the network is exported (TorchScript, :func:`mrfengine.nn.save_model`)
-to ``model.pt`` with its card ``model.card.json`` (input normalisation,
-sequence digest, cohort hash, validation metrics).
+At the end the network is exported (its weights only, a state dict:
+:func:`mrfengine.nn.save_model`) to ``model.pt`` with its card
+``model.card.json`` (input normalisation, sequence digest, cohort hash,
+validation metrics).
 
 A run is deterministic for a seed: the network's initial weights, the patches
 of epoch ``e`` and the dropout masks of epoch ``e`` all derive from
@@ -41,6 +42,12 @@ The settings file (TOML)::
     #                          outputs not named keep theirs),
     # init_model = "mse5.pt"  (start from a saved network of the same configuration and
     #                          keep its normalisation: continue training a shipped model)
+    # trust_model_code = false  (true: init_model may be a TorchScript file, which runs code
+    #                          stored in the file; only for models you trust)
+
+Settings are checked before any work, each against a sane range (e.g.
+``0 < learning_rate <= 1``, ``patch_size <= 1024``); a run whose loss or
+weights become non-finite stops with an error that names the learning rate.
 
 References
 ----------
@@ -116,23 +123,31 @@ class TrainSettings:
     lesion_centring: str = "voxel"
     patch_centring: str = "uniform"
     loss_weights: dict[str, float] | None = None
+    trust_model_code: bool = False
 
     def __post_init__(self) -> None:
         for key in ("cohort", "network", "output_dir", "map_source", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValidationError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
         for key in ("epochs", "batch_size", "patches_per_slice"):
-            _check_int(key, getattr(self, key), minimum=1)
+            _check_int(key, getattr(self, key), minimum=1, maximum=_MAXIMA[key])
         if self.init_model is not None and (not isinstance(self.init_model, str) or not self.init_model):
             raise ValidationError(f"init_model must be the path of a saved model; got {self.init_model!r}")
-        _check_int("seed", self.seed, minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
         for key in ("patch_size", "lesion_oversampling", "depth", "base_filters", "threads"):
             if getattr(self, key) is not None:
-                _check_int(key, getattr(self, key), minimum=1)
+                _check_int(key, getattr(self, key), minimum=1, maximum=_MAXIMA[key])
+        cfg = get_config(self.network) if isinstance(self.network, str) and self.network else None
+        if cfg is not None:
+            depth = cfg.depth if self.depth is None else self.depth
+            filters = cfg.base_filters if self.base_filters is None else self.base_filters
+            if filters * 2**depth > _MAX_BRIDGE_FILTERS:
+                raise ValidationError(f"base_filters * 2**depth (the deepest level's filters) must be at most "
+                                      f"{_MAX_BRIDGE_FILTERS}; got {filters} * 2**{depth} = {filters * 2**depth}")
         lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-            raise ValidationError(f"learning_rate must be a positive number; got {lr!r}")
-        for key in ("bf16", "compile"):
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1):
+            raise ValidationError(f"learning_rate must be a number in (0, 1] (the paper's is 1e-4); got {lr!r}")
+        for key in ("bf16", "compile", "trust_model_code"):
             if not isinstance(getattr(self, key), bool):
                 raise ValidationError(f"{key} must be true or false; got {getattr(self, key)!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -177,9 +192,18 @@ class TrainSettings:
         return asdict(self)
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"{name} must be an integer >= {minimum}; got {value!r}")
+#: Upper bounds of the integer settings: far beyond any sensible run, below what exhausts a machine.
+_MAXIMA = {"epochs": 100_000, "batch_size": 65_536, "patches_per_slice": 65_536, "patch_size": 1024,
+           "lesion_oversampling": 1000, "depth": 8, "base_filters": 1024, "threads": 4096}
+#: The deepest level's filters, ``base_filters * 2**depth`` (512 in the paper).
+_MAX_BRIDGE_FILTERS = 4096
+
+
+def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
+            or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        raise ValidationError(f"{name} must be an integer {bound}; got {value!r}")
 
 
 def load_settings(path: str | os.PathLike) -> TrainSettings:
@@ -462,6 +486,7 @@ def train(
     from .export import read_card, save_model
 
     out = Path(settings.output_dir)
+    _check_output_dir(out)
     ckpt_path = out / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
         raise ValidationError(f"{ckpt_path} exists: pass resume (--resume) to continue that run, or choose another "
@@ -469,10 +494,12 @@ def train(
     if resume and not ckpt_path.exists():
         raise ValidationError(f"cannot resume: {ckpt_path} not found")
     device = _device(settings.device)
+    config = settings.network_config()
+    # the starting network is checked (card, hash, format, weights) before any other work
+    initial = _initial_model(settings, config) if settings.init_model and not resume else None
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cohort = Cohort.open(settings.cohort)
-    config = settings.network_config()
     train_subjects = cohort.subjects_in("train")
     if not train_subjects:
         raise ValidationError(f"{settings.cohort}: no subject in the 'train' split")
@@ -481,7 +508,6 @@ def train(
 
     with _deterministic():
         model = config.build(seed=settings.seed).to(device)
-        initial = _initial_model(settings, config) if settings.init_model and not resume else None
         if initial is not None:
             model.load_state_dict(initial.module.state_dict())
         # the starting network's card goes into this run's record; read it now, so that a
@@ -498,7 +524,8 @@ def train(
             now = settings.to_dict()
             # A checkpoint from before a setting existed ran with its default.
             defaults = {f.name: f.default for f in fields(TrainSettings)}
-            diff = sorted(k for k in now if k not in ("epochs", "output_dir", "cohort", "device", "threads")
+            diff = sorted(k for k in now if k not in ("epochs", "output_dir", "cohort", "device", "threads",
+                                                      "trust_model_code")
                           and stored.get(k, defaults.get(k)) != now[k])
             if diff:
                 raise ValidationError(f"{ckpt_path} was written with other settings ({', '.join(diff)}); "
@@ -529,7 +556,15 @@ def train(
             total = 0.0
             for x, y in batches:
                 with amp:
-                    total += train_step(step_model, optimizer, x.to(device), y.to(device), config=config)
+                    try:
+                        loss = train_step(step_model, optimizer, x.to(device), y.to(device), config=config)
+                    except ValidationError as exc:
+                        if _finite_weights(model):
+                            raise
+                        raise _diverged(settings, epoch) from exc  # the loss refused the network's non-finite output
+                if not math.isfinite(loss):
+                    raise _diverged(settings, epoch)
+                total += loss
             row: dict[str, float] = {"epoch": epoch + 1, "train_loss": total / n}
             row.update(validate(model, val_sampler, device=device, autocast=settings.bf16))
             history.append(row)
@@ -558,7 +593,7 @@ def _initial_model(settings: TrainSettings, config: NetworkConfig):
     """The saved network ``init_model`` to start from; its configuration must be the run's."""
     from .export import load_model
 
-    loaded = load_model(settings.init_model)
+    loaded = load_model(settings.init_model, trust_model_code=settings.trust_model_code)
     got, want = loaded.card.config, config
     same = (got.name, got.in_channels, got.out_channels, got.depth, got.base_filters, got.output_names) == \
         (want.name, want.in_channels, want.out_channels, want.depth, want.base_filters, want.output_names)
@@ -568,6 +603,29 @@ def _initial_model(settings: TrainSettings, config: NetworkConfig):
                               "filters)")
     log.info("starting from the weights and normalisation of %s", settings.init_model)
     return loaded
+
+
+def _check_output_dir(out: Path) -> None:
+    """Refuse an ``output_dir`` that is a file, or lies under one, before any work."""
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                where = "is" if p == out else f"lies under {p}, which is"
+                raise ValidationError(f"output_dir {out} {where} an existing file, not a folder; choose another "
+                                      "output_dir")
+            return
+
+
+def _finite_weights(model: torch.nn.Module) -> bool:
+    with torch.no_grad():
+        return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _diverged(settings: TrainSettings, epoch: int) -> ValidationError:
+    return ValidationError(
+        f"training diverged in epoch {epoch + 1}: the loss or the network's weights became non-finite; "
+        f"learning_rate = {settings.learning_rate:g} is likely too high (the paper's is 1e-4), or the cohort's "
+        "training data hold non-finite values")
 
 
 def _json_number(v: Any) -> Any:
@@ -586,7 +644,8 @@ def _training_record(settings: TrainSettings, history: list[dict[str, float]],
     this machine's paths), the per-epoch validation history and, for a run
     started from ``init_model``, :func:`_origin_record` of that network, so a
     card carries its whole training lineage."""
-    record: dict[str, Any] = {k: v for k, v in settings.to_dict().items() if k not in ("output_dir", "device")}
+    record: dict[str, Any] = {k: v for k, v in settings.to_dict().items()
+                              if k not in ("output_dir", "device", "trust_model_code")}
     record["cohort"] = Path(settings.cohort).name
     record["history"] = [{k: _json_number(v) for k, v in h.items()} for h in history]
     if origin is not None:
