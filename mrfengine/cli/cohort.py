@@ -19,7 +19,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 
 
 @click.command()
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False, readable=False))  # checked below
 @click.option("--preset", default="paper", show_default=True, type=click.Choice(["tiny", "paper"]),
               help="tiny: 6 small subjects in seconds (tests); paper: 48 subjects of 240x240x60 as in the paper.")
 @click.option("--subjects", "n_subjects", type=click.IntRange(1), default=None,
@@ -67,7 +67,7 @@ def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, wor
 
 
 @click.command("import")
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False, readable=False))  # checked below
 @click.option("--subject", "subject_id", required=True, help="Subject id, e.g. sub-01 (or 01).")
 @click.option("--mrf", "mrf_path", required=True, type=click.Path(dir_okay=False),
               help="4D MRF NIfTI (X, Y, Z, frames); int16 with scaling or float; .nii or .nii.gz.")
@@ -145,6 +145,7 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
                     wanted += found
                 if not wanted:
                     continue
+            wanted = list(dict.fromkeys(wanted))  # an array named twice is exported once
             for a in wanted or sub.arrays:
                 stem = f"{sub.id}_{export_name(a)[0]}"
                 names += [stem + ext, stem + ".json"]

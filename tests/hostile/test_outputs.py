@@ -31,7 +31,24 @@ def _harness():
 
 run_cli, snapshot = _harness().run_cli, _harness().snapshot
 
-AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _permission_bits_bind() -> bool:
+    """Whether a read-only folder stops our writes (not for root with CAP_DAC_OVERRIDE)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o555)
+        try:
+            with open(os.path.join(d, "probe"), "w"):
+                return False
+        except OSError:
+            return True
+        finally:
+            os.chmod(d, 0o755)
+
+
+AS_ROOT = not _permission_bits_bind()
 SIMULATE = ["simulate", "--preset", "tiny", "--subjects", "1", "--no-progress"]
 
 
@@ -106,8 +123,8 @@ def test_clear_cache_refuses_another_programs_cachedir_tag(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
-def _build(cache: Path, capsys) -> None:
-    run_cli(["dictionary", "build", "--sequence", "hermann2021-site1", "--slots", "0", "--step", "0.5",
+def _build(cache: Path, capsys, slot: int = 0) -> None:
+    run_cli(["dictionary", "build", "--sequence", "hermann2021-site1", "--slots", str(slot), "--step", "0.5",
              "--b1", "0.9", "1.1", "0.1", "--cache-dir", cache, "--no-progress"], capsys, code=0)
 
 
@@ -139,6 +156,17 @@ def test_a_folder_the_user_made_is_kept_and_a_busy_one_is_not_written_to(tmp_pat
     before = snapshot(busy)
     _build(busy, capsys)  # works, without the cache
     assert snapshot(busy) == before
+
+
+def test_a_cache_made_before_the_tag_is_adopted_not_deleted(tmp_path, capsys):
+    legacy = tmp_path / "legacy"
+    _build(legacy, capsys)
+    (legacy / "CACHEDIR.TAG").unlink()  # as caches were before the tag
+    run_cli(["dictionary", "clear-cache", "--cache-dir", legacy], capsys, code=1, says="by hand")
+    assert len(list(legacy.glob("*.npz"))) == 1
+    _build(legacy, capsys, slot=1)  # a new entry; only cache entries there: tagged now, as not made by the cache
+    run_cli(["dictionary", "clear-cache", "--cache-dir", legacy], capsys, code=0)
+    assert [p.name for p in legacy.iterdir()] == ["CACHEDIR.TAG"]
 
 
 # --------------------------------------------------------------------------- case 8: export
@@ -275,7 +303,8 @@ def test_simulate_and_import_into_a_store_under_a_file(tmp_path, capsys, mrf_fil
     _, make = mrf_files
     blocker = _canary(tmp_path, "afile")
     before = snapshot(tmp_path / "afile")
-    run_cli(["simulate", blocker / "c.zarr", *SIMULATE[1:]], capsys, code=1, says=(str(blocker / "c.zarr"), "is a file"))
+    run_cli(["simulate", blocker / "c.zarr", *SIMULATE[1:]], capsys, code=1,
+            says=(str(blocker / "c.zarr"), "is a file"))
     src = make("sub-01_mrf.nii.gz")
     run_cli(["import", blocker / "c.zarr", "--subject", "01", "--mrf", src], capsys, code=1,
             says=(str(blocker / "c.zarr"), "is a file"))
