@@ -7,7 +7,8 @@ size runs 2 slices of 32 x 32, so CI's ``--benchmark-disable`` smoke run stays
 quick; ``torch.compile`` cases run only at full size (compiling takes a
 minute) or with ``MRFENGINE_BENCH_COMPILE=1``.
 
-Cases: eager and TorchScript (the saved artifact), each in float32 and under
+Cases: eager and TorchScript (``load_model(..., script=True)``: scripted from
+mrfengine's own network filled with the saved weights), each in float32 and under
 bfloat16 autocast, channels-last (the default) and contiguous memory layout,
 ``torch.compile`` (inductor), and batch sizes.  Every case runs through
 :func:`mrfengine.nn.predict_volume`, so the figures include normalisation,
@@ -82,7 +83,7 @@ def setup(tmp_path_factory, full, threads):
     save_model(net, path, config=config, normalisation=Normalisation.identity(35), sequence=hermann2021(1))
     shape = (60, 35, 240, 240) if full else (2, 35, 32, 32)
     volume = np.random.default_rng(0).random(shape, dtype=np.float32)
-    torchscript = load_model(path)
+    torchscript = load_model(path, script=True)
     eager = LoadedModel(module=net, card=torchscript.card, path=path)
     flops = conv_flops(net, *shape[2:]) * shape[0]
     return {"eager": eager, "torchscript": torchscript, "volume": volume, "flops": flops, "path": path,

@@ -684,6 +684,11 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _holds_objects(exc: BaseException) -> bool:
+    """Whether torch's weights-only unpickler refused an object (a GLOBAL: a class or function), not junk bytes."""
+    return "global" in str(exc).lower()
+
+
 def _read_state_dict(artifact: Path, cpath: Path, device: torch.device) -> dict[str, torch.Tensor]:
     """The weights of a state-dict artifact, read as data only (``weights_only=True``).
 
@@ -704,8 +709,11 @@ def _read_state_dict(artifact: Path, cpath: Path, device: torch.device) -> dict[
     try:
         state = torch.load(artifact, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise InputFileError(f"{artifact}: the file holds objects other than tensors (or is no weights file); "
-                             f"refused (weights_only): {_first_line(exc)}") from exc
+        if _holds_objects(exc):
+            raise InputFileError(f"{artifact}: the file holds objects other than tensors; refused (weights_only): "
+                                 f"{_first_line(exc)}") from exc
+        raise InputFileError(f"{artifact}: cannot read the weights (no PyTorch weights file): "
+                             f"{_first_line(exc)}") from exc
     except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:
         raise InputFileError(f"{artifact}: cannot read the weights: {_first_line(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

@@ -18,6 +18,7 @@ state of their own, so a run can be resumed from any checkpoint.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import torch
 
 from ..errors import InputFileError, ValidationError
 from .configs import NetworkConfig
+from .export import _first_line, _holds_objects
 from .losses import multi_output_loss
 from .normalisation import Normalisation
 
@@ -218,9 +220,15 @@ def load_checkpoint(
         raise InputFileError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
-        raise InputFileError(f"{path}: cannot read the checkpoint: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    except pickle.UnpicklingError as exc:
+        if _holds_objects(exc):  # the weights_only unpickler met an object it does not build
+            raise InputFileError(f"{path}: the checkpoint holds objects other than tensors and plain values; "
+                                 f"refused (weights_only): {_first_line(exc)}") from exc
+        raise InputFileError(f"{path}: cannot read the checkpoint: {_first_line(exc)}") from exc
+    except (RuntimeError, OSError, ValueError, KeyError, EOFError) as exc:  # truncated, not a zip, ...
+        raise InputFileError(f"{path}: cannot read the checkpoint: {_first_line(exc)}") from exc
+    keys = ("config", "model", "optimizer", "epoch", "normalisation", "extra")
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or not all(k in state for k in keys):
         raise ValidationError(f"{path}: not an mrfengine checkpoint ({CHECKPOINT_FORMAT})")
     config = NetworkConfig.from_dict(state["config"])
     if model is not None:

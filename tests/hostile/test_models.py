@@ -24,7 +24,7 @@ import torch
 from mrfengine.errors import InputFileError, ValidationError
 from mrfengine.nn import card_path, get_config, load_model, save_model
 from mrfengine.nn.default import DEFAULT_MODEL_DIR, MODEL_ENV
-from mrfengine.nn.export import UntrustedModelError
+from mrfengine.nn.export import UntrustedModelError, _quiet_torchscript
 from mrfengine.nn.normalisation import Normalisation
 from mrfengine.sequence import hermann2021
 
@@ -116,7 +116,8 @@ def _swap_artifact(path: Path, blob: bytes, *, format: str | None = None) -> Non
 @pytest.fixture(scope="module")
 def _evil_blob(tmp_path_factory) -> bytes:
     p = tmp_path_factory.mktemp("evil") / "evil.pt"
-    torch.jit.save(torch.jit.script(_Evil()), str(p))
+    with _quiet_torchscript():
+        torch.jit.save(torch.jit.script(_Evil()), str(p))
     return p.read_bytes()
 
 
@@ -169,7 +170,8 @@ def _assert_no_code_ran(capsys, result=None):
 # ------------------------------------------------------------------ case 1: a model file runs code
 def test_the_crafted_torchscript_runs_code_when_trusted(evil_ts, capsys):
     """The exploit is real: torch.jit.load runs the file's __setstate__ (so refusing it matters)."""
-    torch.jit.load(str(evil_ts))
+    with _quiet_torchscript():
+        torch.jit.load(str(evil_ts))
     assert MARKER in capsys.readouterr().out
 
 
@@ -312,10 +314,13 @@ def test_a_tampered_model_is_reported_as_such_not_as_unfit_input(tmp_path, mrf_i
     r = run_cli(["predict", mrf_input, "-o", tmp_path / "maps", "--model", path, "--no-progress"], capsys, code=1,
                 says=("model.pt", "the weights do not fit the network its card"))
     assert "does not fit the model" not in r.err
-    # not a mapping of tensors at all
+    # not a mapping of tensors at all, or no weights file
     torch.save([torch.zeros(2)], src)
     _swap_artifact(path, src.read_bytes())
     with pytest.raises(InputFileError, match="not a state dict"):
+        load_model(path)
+    _swap_artifact(path, b"not a weights file")
+    with pytest.raises(InputFileError, match=r"model\.pt: cannot read the weights"):
         load_model(path)
 
 
@@ -371,3 +376,19 @@ def test_a_diverging_run_names_the_learning_rate(tmp_path, cohort, monkeypatch):
     with pytest.raises(ValidationError, match=r"training diverged in epoch 1: .*learning_rate = 0\.5"):
         train_mod.train(settings)
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_holding_objects_is_refused(tmp_path):
+    """``--resume`` reads checkpoint.pt with weights_only: a pickled object is refused, never built."""
+    from mrfengine.nn.training import load_checkpoint
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": "mrfengine.checkpoint/1", "extra": _Reducer(marker)}, path)
+    with pytest.raises(InputFileError, match=r"checkpoint\.pt: the checkpoint holds objects other than tensors .*"
+                                             r"refused \(weights_only\)"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(InputFileError, match=r"checkpoint\.pt: cannot read the checkpoint"):
+        load_checkpoint(path)
