@@ -169,6 +169,17 @@ def test_a_cache_made_before_the_tag_is_adopted_not_deleted(tmp_path, capsys):
     assert [p.name for p in legacy.iterdir()] == ["CACHEDIR.TAG"]
 
 
+def test_dictionary_build_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "dicts"
+    canary = _canary(out, "slot-000.npz")
+    args = ["dictionary", "build", "--sequence", "hermann2021-site1", "--slots", "0", "--step", "0.5",
+            "--b1", "0.9", "1.1", "0.1", "--no-cache", "--no-progress", "-o", out]
+    run_cli(args, capsys, code=1, says=("slot-000.npz", "--force"))
+    assert canary.read_text() == "precious\n"
+    run_cli([*args, "--force"], capsys, code=0)
+    assert canary.read_bytes()[:2] == b"PK"  # an npz now
+
+
 # --------------------------------------------------------------------------- case 8: export
 def test_export_twice_needs_force(cohort, tmp_path, capsys):
     out = tmp_path / "out"
