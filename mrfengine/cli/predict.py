@@ -60,7 +60,8 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     data: the frame count and the sequence (--sequence, default the model's
     own, whose slice count the input must have) are checked, and a mismatch
     is refused.  A model is read as weights only; a TorchScript file (it
-    runs code stored in the file) is refused unless --trust-model-code.  Existing maps are not replaced unless --force."""
+    runs code stored in the file) is refused unless --trust-model-code.
+    Existing maps are not replaced unless --force."""
     import time
     from pathlib import Path
 
