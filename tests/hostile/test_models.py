@@ -234,6 +234,13 @@ def test_batch_unet_stage_refuses_torchscript_and_pickle(cohort, evil_ts, evil_p
         r = run_cli(["batch", cohort, "--config", config, "--workers", "1", "--no-progress"], capsys, code=1)
         assert why in r.err and "evil.pt" in r.err, r.err
         _assert_no_code_ran(capsys, r)
+    # the default model replaced by MRFENGINE_MODEL
+    monkeypatch.setenv(MODEL_ENV, str(evil_ts))
+    config = tmp_path / "unet-env.toml"
+    config.write_text('name = "unet-x"\nstages = ["unet"]\n[unet]\nmodel = "default"\n')
+    r = run_cli(["batch", cohort, "--config", config, "--workers", "1", "--no-progress"], capsys, code=1)
+    assert "TorchScript files run code" in r.err and "evil.pt" in r.err, r.err
+    _assert_no_code_ran(capsys, r)
     assert not marker.exists()
     assert not list(cohort.glob("subjects/*/derived/unet-x/*/zarr.json"))  # no maps from the refused models
 
