@@ -91,10 +91,12 @@ def _check_finite(x, xp) -> None:
     # One reduction instead of an isfinite() mask the size of the data.
     if bool(xp.isfinite(xp.sum(x, dtype=xp.float64))):
         return
-    bad = int((~xp.isfinite(x)).sum())
+    nonfinite = ~xp.isfinite(x)
+    bad = int(nonfinite.sum())
     if bad:
+        voxels = int(nonfinite.any(axis=-1).sum()) if nonfinite.ndim == 4 else bad
         raise ValidationError(
-            f"data contain {bad} NaN/Inf value(s); MP-PCA cannot use them (windows mix voxels): "
+            f"data contain {bad} NaN/Inf value(s) in {voxels} voxel(s); MP-PCA cannot use them (windows mix voxels): "
             "replace them first, e.g. numpy.nan_to_num(data), and pass a mask for the affected region"
         )
     raise ValidationError("data overflow float64 when summed; rescale them before denoising")

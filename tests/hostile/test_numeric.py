@@ -316,7 +316,8 @@ def test_mppca_nonfinite_output_is_an_error_not_ok(monkeypatch, mppca_data):
 def test_mppca_nonfinite_input_counts_voxels(mppca_data):
     bad = mppca_data.copy()
     bad[0, 0, 0, :3] = np.nan
-    with pytest.raises(ValidationError, match="3 NaN/Inf"):
+    bad[1, 2, 3, 4] = np.inf
+    with pytest.raises(ValidationError, match=r"4 NaN/Inf value\(s\) in 2 voxel\(s\)"):
         mppca(bad, backend="numpy")
 
 
