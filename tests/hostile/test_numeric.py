@@ -403,3 +403,14 @@ def test_denoise_then_match_pipeline_at_1e37_gives_the_maps_of_1():
         same &= big[k] == ref[k]
     assert same.mean() > 0.97, f"{same.mean():.1%} of voxels kept their maps"
     np.testing.assert_allclose((big["M0"] / 1e37)[same], ref["M0"][same], rtol=1e-4)
+
+
+def test_forged_claim_within_gzip_ratio_is_counted_not_allocated(tmp_path, capsys):
+    """Incompressible bytes: the gzip file is as large as its content (256 KiB), so a 240 MiB
+    claim passes gzip's ratio bound; the stream is counted before an array is allocated."""
+    noise = np.random.default_rng(0).bytes(256 * 1024)
+    bomb = header_only_gz(tmp_path / "dense.nii.gz", (512, 512, 240), tail=noise)
+    assert bomb.stat().st_size * 1100 > 512 * 512 * 240 * 4
+    peak = peak_bytes(lambda: run_cli(cli_args("match", bomb, tmp_path), capsys, code=1,
+                                      says=("dense.nii.gz", "truncated", "gzip stream holds")))
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated"
