@@ -34,8 +34,9 @@ GZIP_VERIFY_BYTES = 64 * 2**20
 """A ``.nii.gz`` that claims more than this is first decompressed as a stream
 (16 MiB at a time, nothing kept) to check that it holds what its header claims,
 before the array is allocated: a forged header within gzip's ratio can then not
-make the reader allocate memory for data that are not there.  Costs about a
-third of the read time, on large files only."""
+make the reader allocate memory for data that are not there.  Costs about 0.6x
+the read time, on large files only (measured: a 110 MB float32 series read in
+1.1 s, 1.85 s with the check)."""
 
 MAX_NIFTI_DIMS = 5
 """Images may have at most this many dimensions, the fifth a singleton."""
