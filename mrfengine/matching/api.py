@@ -301,17 +301,21 @@ def _unit_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     if x.shape[0] == 0:
         return x, np.zeros(0, dtype=np.int64)
-    peak = np.abs(x).max(axis=1)
+    if np.iscomplexobj(x):
+        peak = np.maximum(np.abs(x.real).max(axis=1), np.abs(x.imag).max(axis=1))
+    else:
+        peak = np.maximum(x.max(axis=1), -x.min(axis=1))  # no data-sized temporary
     shift = np.frexp(peak)[1].astype(np.int64)
     if not shift.any():
         return x, shift
+    out = np.empty_like(x)
+    e = -shift[:, None]
     if np.iscomplexobj(x):
-        part = np.empty(x.shape, dtype=x.real.dtype)
-        out = np.empty_like(x)
-        out.real = np.ldexp(x.real, -shift[:, None], out=part)
-        out.imag = np.ldexp(x.imag, -shift[:, None], out=part)
-        return out, shift
-    return np.ldexp(x, -shift[:, None]).astype(x.dtype, copy=False), shift
+        np.ldexp(x.real, e, out=out.real)
+        np.ldexp(x.imag, e, out=out.imag)
+    else:
+        np.ldexp(x, e, out=out)
+    return out, shift
 
 
 def _run_backend(name: str, x: np.ndarray, atoms: np.ndarray, *, chunk: int | None, n_threads: int) -> np.ndarray:
