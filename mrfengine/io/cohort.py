@@ -676,6 +676,7 @@ class Cohort:
         self.subjects: list[str] = sorted(
             sid for sid, (a, why) in states.items() if why is None and sid in self.entries
         )
+        self._opened: dict[str, Subject] = {}
         self.incomplete: list[str] = sorted((set(self.entries) | set(malformed)) - set(self.subjects))
         #: Why each listed subject is not readable: its folder is missing, its ``zarr.json``
         #: is damaged, its writer was interrupted, or its root entry is malformed.
@@ -721,16 +722,20 @@ class Cohort:
         entry = self.entries[subject_id]
         if entry.site not in self.sites:
             raise StoreError(f"{self.path}: subject {subject_id!r} names site {entry.site!r}, which the cohort lacks")
+        if subject_id in self._opened:  # its arrays' chunk checks are done once
+            return self._opened[subject_id]
         attrs = self._attrs_of[subject_id]
         try:
-            return Subject(self._group[f"subjects/{subject_id}"], entry, self.sites[entry.site], attrs,
-                           store=self.path)
+            sub = Subject(self._group[f"subjects/{subject_id}"], entry, self.sites[entry.site], attrs,
+                          store=self.path)
         except StoreError as exc:
             raise StoreError(f"{self.path}: subject {subject_id!r} has malformed attributes ({exc}); "
                              "run `mrfengine validate` on the cohort") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{self.path}: subject {subject_id!r} has malformed attributes ({exc!r}); "
                              "run `mrfengine validate` on the cohort") from exc
+        self._opened[subject_id] = sub
+        return sub
 
     @property
     def split(self) -> dict[str, str]:
