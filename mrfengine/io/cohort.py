@@ -933,8 +933,26 @@ def _remove(path: Path) -> None:
     if not ok:
         raise StoreError(f"{path}: is not an mrfengine cohort (no {ROOT_KEY!r} attribute in its zarr.json); "
                          "refusing to delete it")
+    try:
+        ours, foreign = _zarr_files(path)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the store to replace it ({exc.strerror or exc})") from exc
+    if foreign:
+        names = ", ".join(str(p.relative_to(path)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise StoreError(f"{path}: holds {len(foreign)} file(s) that are not the cohort's ({names}); refusing to "
+                         "delete the store: move them out first")
+    try:
+        _delete_files(path, ours)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot delete the old store ({exc.strerror or exc})") from exc
+
+
+def _zarr_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``root`` that zarr and mrfengine wrote (every node's
+    ``zarr.json``, the chunks under an array's ``c/``, a batch's write probes),
+    and all others (files and links: not ours to delete)."""
     ours: list[Path] = []
-    foreign: list[Path] = []  # other files and links: not ours to delete
+    foreign: list[Path] = []
 
     def is_array(folder: Path) -> bool:
         try:
@@ -943,7 +961,6 @@ def _remove(path: Path) -> None:
             return False
 
     def walk(folder: Path, in_chunks: bool) -> None:
-        # Ours: every node's zarr.json, the chunks under an array's c/, a batch's write probes.
         array = not in_chunks and is_array(folder)
         for entry in sorted(folder.iterdir()):
             if entry.is_symlink():
@@ -955,23 +972,19 @@ def _remove(path: Path) -> None:
             else:
                 foreign.append(entry)
 
-    try:
-        walk(path, False)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read the store to replace it ({exc.strerror or exc})") from exc
-    if foreign:
-        names = ", ".join(str(p.relative_to(path)) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-        raise StoreError(f"{path}: holds {len(foreign)} file(s) that are not the cohort's ({names}); refusing to "
-                         "delete the store: move them out first")
-    try:
-        for f in ours:
-            f.unlink()
-        for folder in sorted({d for f in ours for d in f.parents if path in d.parents},
-                             key=lambda d: len(d.parts), reverse=True):
-            if not any(folder.iterdir()):
-                folder.rmdir()
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot delete the old store ({exc.strerror or exc})") from exc
+    walk(root, False)
+    return ours, foreign
+
+
+def _delete_files(root: Path, files: Iterable[Path]) -> None:
+    """Delete ``files`` (under ``root``), then every folder under ``root`` they leave empty."""
+    files = list(files)
+    for f in files:
+        f.unlink()
+    for folder in sorted({d for f in files for d in f.parents if root in d.parents or d == root},
+                         key=lambda d: len(d.parts), reverse=True):
+        if folder != root and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 class SubjectWriter:
@@ -1137,10 +1150,23 @@ class SubjectWriter:
             except OSError:
                 os.rename(aside, target)  # the old subject back in place
                 raise
-            shutil.rmtree(aside, ignore_errors=True)
+            self._discard_replaced(aside)
         else:
             os.rename(new, target)
         self._staging = None
+
+    def _discard_replaced(self, aside: Path) -> None:
+        """Delete the replaced subject's own files; anything else found in it stays (logged)."""
+        try:
+            ours, foreign = _zarr_files(aside)
+            _delete_files(aside, ours)
+            if foreign:
+                log.warning("%s: the replaced subject %s held %d file(s) mrfengine did not write; they are kept "
+                            "in %s", self._subjects_dir().parent, self.id, len(foreign), aside)
+            else:
+                aside.rmdir()
+        except OSError as exc:  # the new subject is in place; a leftover hidden folder is harmless
+            log.warning("%s: could not delete the replaced subject's folder %s (%s)", self.id, aside, exc)
 
     def abort(self) -> None:
         """Delete the staging group of an unfinished writer (nothing else is touched)."""
