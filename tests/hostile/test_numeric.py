@@ -27,22 +27,7 @@ from mrfengine.errors import DictionaryError, InputFileError, ValidationError
 from mrfengine.io import load_nifti, save_nifti
 from mrfengine.sequence import hermann2021
 
-
-def _harness():
-    """The suite's ``conftest.py`` (no package here, and every test folder has a ``conftest``)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "hostile_conftest" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_conftest", Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hostile_conftest"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_conftest"]
-
-
-run_cli = _harness().run_cli
+from _hostile import run_cli
 
 FRAMES = hermann2021().n_measurements  # 35
 COMMANDS = ("import", "match", "predict")

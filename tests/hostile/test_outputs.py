@@ -14,23 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-
-
-def _harness():
-    """The suite's ``conftest.py`` (no package here, and every test folder has a ``conftest``)."""
-    import importlib.util
-    import sys
-
-    if "hostile_conftest" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_conftest", Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hostile_conftest"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_conftest"]
-
-
-run_cli, snapshot = _harness().run_cli, _harness().snapshot
-
+from _hostile import run_cli, snapshot
 
 
 def _permission_bits_bind() -> bool:

@@ -16,21 +16,7 @@ import pytest
 from mrfengine.errors import StoreError, ValidationError
 from mrfengine.io import Cohort
 
-
-def _harness():
-    """The suite's ``conftest.py`` (no package here, and every test folder has a ``conftest``)."""
-    import importlib.util
-    import sys
-
-    if "hostile_conftest" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_conftest", Path(__file__).with_name("conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["hostile_conftest"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["hostile_conftest"]
-
-
-run_cli, snapshot = _harness().run_cli, _harness().snapshot
+from _hostile import run_cli, snapshot
 
 PIPE = "match"  # the cheapest pipeline: one dictionary match per voxel, no denoising
 
