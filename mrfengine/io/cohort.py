@@ -1284,8 +1284,8 @@ def _check_subject(zarr: Any, path: Path, sid: str, a: Mapping[str, Any], site: 
         problems.append("no 'mrf' array listed")
     record = a.get(CHUNKS_KEY) or {}
     if CHUNKS_KEY not in a:
-        warnings.append(f"no record of stored chunks (written by an older mrfengine): an absent chunk reads as "
-                        f"zeros and cannot be told from an all-zero one; re-simulate or re-import for the check")
+        warnings.append("no record of stored chunks (written by an older mrfengine): an absent chunk reads as "
+                        "zeros and cannot be told from an all-zero one; re-simulate or re-import for the check")
     n_frames = site.sequence.n_measurements if site else None
     for p in a["arrays"]:
         try:
