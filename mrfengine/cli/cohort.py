@@ -125,13 +125,14 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
     written: existing files are not replaced unless --force."""
     from ..errors import StoreError
     from ..io.cohort import Cohort
-    from ..io.exporter import export_name, export_subject
+    from ..io.exporter import export_array, export_name
     from ..io.outputs import check_outputs
 
     ext = ".nii" if uncompressed else ".nii.gz"
     c = Cohort.open(cohort)
-    missing: list[str] = []
-    plan: list[tuple[str, list[str] | None]] = []
+    no_maps: list[str] = []  # subjects without complete maps of a pipeline: reported, skipped
+    damaged: list[str] = []  # subjects whose store is damaged: errors
+    plan: list[tuple[str, list[str]]] = []
     names: list[str] = []
     for sid in c.select(subject_ids):
         wanted = list(arrays)
@@ -141,30 +142,36 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
                 for name in pipelines:
                     found = [a for a in sub.arrays if a.startswith(f"derived/{name}/")]
                     if not found:
-                        missing.append(f"{sid} ({name})")
+                        no_maps.append(f"{sid} ({name})")
                     wanted += found
                 if not wanted:
                     continue
-            wanted = list(dict.fromkeys(wanted))  # an array named twice is exported once
-            for a in wanted or sub.arrays:
+            wanted = list(dict.fromkeys(wanted or sub.arrays))  # an array named twice is exported once
+            for a in wanted:
+                sub.array(a).check_chunks()  # a damaged subject is refused before any of its files is written
                 stem = f"{sub.id}_{export_name(a)[0]}"
                 names += [stem + ext, stem + ".json"]
         except StoreError as exc:
-            missing.append(f"{sid}: {exc}")
+            damaged.append(str(exc))
             continue
-        plan.append((sid, wanted or None))
+        plan.append((sid, wanted))
     check_outputs(output_dir, names, force=force)
     n = 0
     for sid, wanted in plan:
         try:
-            n += len(export_subject(c, sid, output_dir, arrays=wanted, ext=ext))
-        except StoreError as exc:
-            missing.append(f"{sid}: {exc}")
+            for a in wanted:
+                export_array(c, sid, a, output_dir, ext=ext)
+                n += 1
+        except StoreError as exc:  # a chunk that does not decode: found only when read
+            damaged.append(f"{exc} (the images of {sid} written before it are in {output_dir})")
     click.echo(f"wrote {n} images to {output_dir}")
-    if missing:
-        click.secho(f"not exported (no complete maps; run mrfengine batch): {', '.join(missing)}", err=True, fg="yellow")
-        if not n:
-            click.get_current_context().exit(1)
+    if no_maps:
+        click.secho(f"not exported (no complete maps; run mrfengine batch): {', '.join(no_maps)}", err=True,
+                    fg="yellow")
+    for problem in damaged:
+        click.secho(f"error: {problem}", err=True, fg="red")
+    if damaged or not n:
+        click.get_current_context().exit(1)
 
 
 @click.command()

@@ -165,6 +165,22 @@ def test_a_damaged_derived_map_is_reported_and_not_exported(cohort, client, caps
     assert not list(out.glob("*T1map*")), "a map with a missing chunk was exported"
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_export_writes_nothing_of_a_damaged_subject_and_exits_1(cohort, capsys, tmp_path, damage):
+    chunk = _chunk(cohort, "sub-01", "mrf", z=3)
+    chunk.unlink() if damage == "missing" else _truncate(chunk)
+    out = tmp_path / "nifti"
+    r = run_cli(["export", cohort, "-o", out], capsys, code=1, says=("sub-01", "'mrf'", "slice 3"))
+    assert sorted(p.name for p in out.glob("sub-02_*.nii.gz")), "the intact subject was not exported"
+    written = sorted(p.name for p in out.glob("sub-01_*"))
+    if damage == "missing":  # found by the chunk listing, before any file of the subject is written
+        assert written == [], written
+    else:  # found only when the chunk is decoded: the series is not written, and the error says what was
+        assert written and not [n for n in written if "mrf" in n.lower()], written
+        assert "written before it" in r.err
+    assert f"wrote {len(list(out.glob('*.nii.gz')))} images" in r.out
+
+
 def test_an_int32_rewrite_of_mrf_is_refused(cohort, capsys):
     _rewrite_dtype(cohort, "sub-01")
     with pytest.raises(StoreError, match="sub-01: array 'mrf' has dtype int32; the schema says float32"):
