@@ -72,7 +72,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     from ..errors import InputFileError, ValidationError
     from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..io.outputs import check_outputs, check_prefix
-    from ..nn import card_path, check_card, load_model, predict_volume, read_card
+    from ..nn import card_path, check_card, load_model, read_card, run_network
     from ..nn.default import default_model_path
     from ..sequence import Sequence, resolve_sequence
 
@@ -124,8 +124,13 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
 
     t0 = time.perf_counter()
     # (X, Y, Z, C) -> (Z, C, Y, X) as a view; predict_volume copies a batch at a time.
-    maps = predict_volume(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
-                          precision=precision, progress=_advance, tta=tta)
+    try:
+        result = run_network(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
+                             precision=precision, progress=_advance, tta=tta,
+                             mask=None if mask is None else mask.transpose(2, 1, 0))
+    except ValidationError as exc:  # the input's scale cannot be measured (no brain found, an empty mask)
+        raise ValidationError(f"{input_path}: {exc}") from exc
+    maps = result.maps
     seconds = time.perf_counter() - t0
 
     out = Path(output_dir)
@@ -140,6 +145,11 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         "Precision": precision,
         "TestTimeAugmentation": tta,
         "Source": str(Path(input_path).name),
+        "InputGain": result.scaling.gain,
+        "InputLevel": result.scaling.level,
+        "BrainMask": "given: " + Path(mask_path).name if mask_path else result.scaling.mask_source,
+        "InputShift": result.input_shift,
+        "InputOutsideTraining": result.outside_training,
     }
     for spec in card.config.outputs:
         suffix, unit, scale = output_file_spec(spec.name, spec.unit)
@@ -151,6 +161,10 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
                       {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
                        **provenance})
+    if result.outside_training:
+        click.secho(f"warning: {input_path}: the input lies outside what network {card.name} was trained on (input "
+                    f"shift {result.input_shift:.1f} training standard deviations); the maps may be wrong "
+                    "(InputOutsideTraining in the sidecars)", err=True, fg="yellow")
     click.echo(f"predicted {data.shape[2]} slices in {seconds:.1f} s ({device}, {precision}, model {card.name} "
                f"from {model.path}); maps in {out}/{prefix}_*.nii.gz")
 

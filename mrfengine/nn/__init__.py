@@ -17,7 +17,7 @@ Importing this package imports torch (``pip install mrfengine[nn]``);
 from ._triton_loss import HAS_TRITON, fused_loss, triton_status
 from .configs import CONFIGS, LOSS_KINDS, NetworkConfig, OutputSpec, get_config, paper_outputs
 from .export import FORMATS, LoadedModel, ModelCard, card_path, check_card, load_model, read_card, save_model
-from .inference import PRECISIONS, pad_amounts, predict_volume
+from .inference import PRECISIONS, InputScaling, Prediction, input_scaling, pad_amounts, predict_volume, run_network
 from .losses import elementwise_loss, log_cosh, multi_output_loss, reference_fused_loss, soft_dice_loss
 from .normalisation import Normalisation, fit_normalisation
 from .training import (
@@ -61,6 +61,10 @@ __all__ = [
     "check_card",
     "PRECISIONS",
     "predict_volume",
+    "run_network",
+    "input_scaling",
+    "InputScaling",
+    "Prediction",
     "pad_amounts",
     "to_network_units",
     "to_physical_units",

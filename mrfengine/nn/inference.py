@@ -5,8 +5,16 @@ The network is fully convolutional, so whole slices go through it at once
 per-channel mean and std, padded to a multiple of ``2**depth`` (16 for the
 paper's network) with what an empty voxel normalises to, run, cropped back,
 passed through the output activation (sigmoid for Dice outputs) and scaled
-to physical units (T1 and T2* in ms, probabilities in [0, 1] for a trained
-network; nothing clips them).
+to physical units, then clipped to the outputs' physical ranges
+(:data:`OUTPUT_RANGES`: probabilities to [0, 1], T1 to 0-5000 ms and T2* to
+0-3000 ms), so no map holds a value no tissue can have.
+
+Scale-free input: a card whose normalisation has a ``subject_level``
+(:mod:`mrfengine.nn.normalisation`) has the series rescaled to it first, the
+level measured inside the brain mask (given, or made from the series with
+:func:`mrfengine.masking.brain_mask_from_mrf`).  :func:`run_network` also
+reports how far the normalised input lies from the training data
+(``input_shift``, below); :func:`predict_volume` returns the maps alone.
 
 Speed on CPU (``benchmarks/bench_nn.py``): channels-last memory layout lets
 oneDNN run the convolutions in its blocked layout without reordering, and
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +42,73 @@ import torch
 
 from ..errors import ValidationError
 from .export import LoadedModel
+from .normalisation import input_level
 from .training import to_physical_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PRECISIONS", "TTA_MODES", "predict_volume", "pad_amounts"]
+__all__ = ["OUTPUT_RANGES", "PRECISIONS", "SHIFT_WARNING", "TTA_MODES", "InputScaling", "Prediction", "input_scaling",
+           "predict_volume", "pad_amounts", "run_network"]
+
+OUTPUT_RANGES: dict[str, tuple[float, float]] = {"1": (0.0, 1.0), "T1": (0.0, 5000.0), "T2star": (0.0, 3000.0)}
+"""Physical ranges the outputs are clipped to: by unit ``"1"`` (probabilities and
+fractions) and by name for the relaxation times in ms (T1 of CSF at 3 T is about
+4,300 ms, T2* of CSF below 3,000 ms); any other ms output is clipped at 0 from below."""
+
+SHIFT_WARNING = 2.0
+"""``input_shift`` above which the input is reported as unlike the training data:
+the largest over channels of the brain's mean normalised input, in training
+standard deviations.  The training data have 0 by construction; measured
+subjects of the simulated cohorts stay below 0.2 (``benchmarks/README.md``)."""
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """How an input series is brought to the training data's scale.
+
+    Attributes
+    ----------
+    gain : float
+        The factor the series is multiplied by (1 for cards without a
+        ``subject_level``).
+    level : float or None
+        The series' intensity level (:data:`~mrfengine.nn.normalisation.LEVEL_STATISTIC`).
+    mask : ndarray of bool (Z, Y, X) or None
+        The brain mask the level (and ``input_shift``) was measured in.
+    mask_source : str
+        ``"given"``, ``"from the series"`` (:func:`mrfengine.masking.brain_mask_from_mrf`)
+        or ``"none"``.
+    """
+
+    gain: float
+    level: float | None
+    mask: np.ndarray | None
+    mask_source: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What :func:`run_network` returns: the maps and how the input was taken.
+
+    Attributes
+    ----------
+    maps : dict of str to ndarray (Z, Y, X) float32
+        One map per output of the card, in its units, clipped to :data:`OUTPUT_RANGES`.
+    scaling : InputScaling
+    input_shift : float or None
+        Largest over channels of the mean normalised input inside the brain
+        mask (training standard deviations); None without a mask.  Above
+        :data:`SHIFT_WARNING` the input lies outside what the network was
+        trained on, and a warning is logged.
+    """
+
+    maps: dict[str, np.ndarray]
+    scaling: InputScaling
+    input_shift: float | None
+
+    @property
+    def outside_training(self) -> bool:
+        return self.input_shift is not None and self.input_shift > SHIFT_WARNING
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -90,7 +161,47 @@ def _read_slices(volume: Any, z0: int, z1: int, channel_axis: int) -> np.ndarray
     return block if channel_axis == 1 else block.transpose(1, 0, 2, 3)
 
 
-def predict_volume(
+def input_scaling(volume: Any, model: LoadedModel, *, mask: Any = None, channel_axis: int = 1) -> InputScaling:
+    """The gain that brings ``volume`` to the scale the network was trained at.
+
+    Parameters
+    ----------
+    volume : array_like, (Z, C, Y, X) or (C, Z, Y, X)
+    model : LoadedModel
+    mask : array_like of bool, (Z, Y, X), optional
+        The brain; default made from the series (only for a scale-free card).
+    channel_axis : {1, 0}
+
+    Raises
+    ------
+    ValidationError
+        A mask of the wrong shape, an empty mask, or a series whose level is
+        not positive.
+    """
+    from ..masking import brain_mask_from_mean, mean_image
+
+    norm = model.card.normalisation
+    shape = tuple(getattr(volume, "shape", ()))
+    zyx = (shape[1 - channel_axis],) + shape[2:] if len(shape) == 4 else None
+    given = None
+    if mask is not None:
+        given = np.asarray(mask).astype(bool, copy=False)
+        if given.shape != zyx:
+            raise ValidationError(f"the brain mask has shape {given.shape}; the volume's slices are {zyx}")
+    if not norm.scale_free:
+        return InputScaling(1.0, None, given, "given" if given is not None else "none")
+    mean = mean_image(volume, channel_axis=channel_axis)
+    brain, source = (given, "given") if given is not None else (brain_mask_from_mean(mean), "from the series")
+    level = input_level(mean, brain)
+    return InputScaling(norm.gain(level), level, brain, source)
+
+
+def predict_volume(volume: Any, model: LoadedModel, **options: Any) -> dict[str, np.ndarray]:
+    """The maps of :func:`run_network` (same parameters), without its report."""
+    return run_network(volume, model, **options).maps
+
+
+def run_network(
     volume: Any,
     model: LoadedModel,
     *,
@@ -101,7 +212,9 @@ def predict_volume(
     device: str | torch.device | None = None,
     progress: Callable[[int], None] | None = None,
     tta: str = "none",
-) -> dict[str, np.ndarray]:
+    mask: Any = None,
+    scaling: InputScaling | None = None,
+) -> Prediction:
     """Run a network over every slice of a volume.
 
     Parameters
@@ -134,12 +247,19 @@ def predict_volume(
         90-degree rotations and mirrors ("dihedral", 8 passes).  A turned
         slice keeps both padded sizes multiples of ``2**depth``, so any
         slice shape works.
+    mask : array_like of bool, (Z, Y, X), optional
+        The brain: where the input's level and ``input_shift`` are measured.
+        Default: made from the series (for a scale-free card).  The maps are
+        not masked.
+    scaling : InputScaling, optional
+        From :func:`input_scaling` (computed here when not given).
 
     Returns
     -------
-    dict of str to ndarray, (Z, Y, X) float32
-        One map per output of the card (e.g. ``T1``, ``T2star`` in ms,
-        ``NAWM``, ``GM``, ``lesion`` probabilities), in the card's units.
+    Prediction
+        ``maps``: one map per output of the card (e.g. ``T1``, ``T2star`` in
+        ms, ``NAWM``, ``GM``, ``lesion`` probabilities), in the card's units,
+        clipped to :data:`OUTPUT_RANGES`; ``scaling``; ``input_shift``.
 
     Raises
     ------
@@ -164,6 +284,9 @@ def predict_volume(
     if tta not in TTA_MODES:
         raise ValidationError(f"tta must be one of {tuple(TTA_MODES)}; got {tta!r}")
     transforms = TTA_MODES[tta]
+    if scaling is None:
+        scaling = input_scaling(volume, model, mask=mask, channel_axis=channel_axis)
+    brain = scaling.mask
     n_slices = shape[1 - channel_axis]
     ny, nx = shape[2], shape[3]
     dev = _module_device(model.module) if device is None else torch.device(device)
@@ -175,9 +298,13 @@ def predict_volume(
     multiple = cfg.size_multiple
     (top, bottom), (left, right) = pad_amounts(ny, multiple), pad_amounts(nx, multiple)
     scale_np, offset_np = card.normalisation.scale_and_offset()
+    scale_np = (scale_np * np.float32(scaling.gain)).astype(np.float32)  # (g x - mean) / std
     scale = torch.from_numpy(scale_np).to(dev).view(1, -1, 1, 1)
     offset = torch.from_numpy(offset_np).to(dev).view(1, -1, 1, 1)
     maps = {name: np.empty((n_slices, ny, nx), dtype=np.float32) for name in cfg.output_names}
+    lows, highs = _output_ranges(cfg)
+    shift_sum = np.zeros(cfg.in_channels)
+    shift_count = 0
     n_bad = 0
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     with torch.inference_mode(), autocast:
@@ -188,6 +315,10 @@ def predict_volume(
             if not finite.all():
                 n_bad += int(block.size - finite.sum())
                 block = np.where(finite, block, np.float32(0))
+            if brain is not None:
+                inside = block.transpose(1, 0, 2, 3)[:, brain[z0:z1]].astype(np.float64)  # (C, voxels)
+                shift_sum += (inside * scale_np[:, None] + offset_np[:, None]).sum(axis=1)
+                shift_count += inside.shape[1]
             x = torch.from_numpy(np.ascontiguousarray(block)).to(dev)
             # Padding holds what an empty (zero) voxel normalises to.
             padded = offset.expand(z1 - z0, -1, ny + top + bottom, nx + left + right).contiguous(
@@ -196,9 +327,25 @@ def predict_volume(
             y = _forward_tta(lambda t: to_physical_units(module(t).float(), cfg), padded, transforms, memory_format)
             y = y[:, :, top:top + ny, left:left + nx].cpu().numpy()
             for k, name in enumerate(cfg.output_names):
-                maps[name][z0:z1] = y[:, k]
+                np.clip(y[:, k], lows[k], highs[k], out=maps[name][z0:z1])
             if progress is not None:
                 progress(z1)
     if n_bad:
         log.warning("predict_volume: %d non-finite input values were replaced by 0", n_bad)
-    return maps
+    shift = float(np.abs(shift_sum / shift_count).max()) if shift_count else None
+    result = Prediction(maps, scaling, shift)
+    if result.outside_training:
+        log.warning("the input lies outside what network %s was trained on: its brain's mean normalised input is "
+                    "%.1f training standard deviations from the training data's in one frame (above %.1f); check the "
+                    "sequence, the brain mask and the data before trusting the maps", cfg.name, shift, SHIFT_WARNING)
+    return result
+
+
+def _output_ranges(cfg) -> tuple[list[float], list[float]]:
+    """Lower and upper clip of each output (:data:`OUTPUT_RANGES`)."""
+    lows, highs = [], []
+    for o in cfg.outputs:
+        lo, hi = OUTPUT_RANGES.get(o.name, OUTPUT_RANGES.get(o.unit, (0.0 if o.unit == "ms" else -np.inf, np.inf)))
+        lows.append(lo)
+        highs.append(hi)
+    return lows, highs

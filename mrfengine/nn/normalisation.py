@@ -1,10 +1,20 @@
 """Per-channel input normalisation, stored in the model card.
 
-The network sees ``(x - mean[c]) / std[c]`` for input channel ``c``; the same
+The network sees ``(g x - mean[c]) / std[c]`` for input channel ``c``; the same
 numbers must be used in training and inference, so they travel with the
 model (:mod:`mrfengine.nn.export`).  Voxels outside the brain are zero in the
 MRF magnitudes, and padding at inference adds more zeros: both normalise to
 ``-mean / std``, the value the network saw for background during training.
+
+Scale-free input.  MRF magnitudes carry an arbitrary global gain (scanner,
+coil, reconstruction, int16 storage): matching absorbs it into M0, and the
+network must not depend on it either.  A card with a ``subject_level`` (the
+training data's intensity level, :data:`LEVEL_STATISTIC`) has each input
+series multiplied by ``g = subject_level / level(series)`` first, where
+``level`` is the same statistic of that series inside its brain mask
+(:func:`input_level`).  The gain cancels exactly: a series scaled by any
+``a > 0`` gives the same network input.  Cards without ``subject_level``
+(written before scale-free input) take the series as it is (``g = 1``).
 """
 
 from __future__ import annotations
@@ -19,9 +29,14 @@ from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
 
-__all__ = ["Normalisation", "fit_normalisation"]
+__all__ = ["LEVEL_STATISTIC", "Normalisation", "fit_normalisation", "input_level"]
 
 _KIND = "channel_zscore"
+
+LEVEL_STATISTIC = "median over the brain mask of the mean over channels"
+"""What ``subject_level`` and :func:`input_level` measure.  The median, not the
+mean: a brain mask made from the series itself may take in some bright
+non-brain voxels (fat, vessels), which move a median far less than a mean."""
 
 
 @dataclass(frozen=True)
@@ -33,12 +48,23 @@ class Normalisation:
     mean, std : tuple of float, (C,)
         In the unit of the input (arbitrary units for MRF magnitudes, ms for
         T1/T2* maps); ``std`` > 0 and everything finite.
+    subject_level : float or None
+        The training data's intensity level (:data:`LEVEL_STATISTIC`), in the
+        unit of ``mean``: inputs are rescaled to it (:meth:`gain`), so the
+        network is free of the input's global scale.  None: inputs are taken
+        at their absolute scale (cards written before scale-free input).
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    subject_level: float | None = None
 
     def __post_init__(self) -> None:
+        if self.subject_level is not None:
+            level = float(self.subject_level)
+            if not (math.isfinite(level) and level > 0):
+                raise ValidationError(f"normalisation subject_level must be finite and > 0; got {self.subject_level!r}")
+            object.__setattr__(self, "subject_level", level)
         mean = tuple(float(v) for v in np.asarray(self.mean, dtype=np.float64).ravel())
         std = tuple(float(v) for v in np.asarray(self.std, dtype=np.float64).ravel())
         if len(mean) == 0 or len(mean) != len(std):
@@ -58,15 +84,51 @@ class Normalisation:
         """Mean 0 and std 1 for every channel (no change)."""
         return cls((0.0,) * n_channels, (1.0,) * n_channels)
 
+    @property
+    def scale_free(self) -> bool:
+        """Whether inputs are rescaled to ``subject_level`` (free of their global scale)."""
+        return self.subject_level is not None
+
+    def with_subject_level(self, level: float | None) -> Normalisation:
+        """The same normalisation with another ``subject_level``."""
+        return Normalisation(self.mean, self.std, level)
+
+    def gain(self, level: float) -> float:
+        """The factor that brings an input of intensity ``level`` to ``subject_level`` (1 without one).
+
+        Raises
+        ------
+        ValidationError
+            ``level`` is not finite and positive (e.g. an empty brain mask or
+            a series of zeros): the input's scale cannot be told.
+        """
+        if self.subject_level is None:
+            return 1.0
+        if not (math.isfinite(level) and level > 0):
+            raise ValidationError(f"the input's intensity level ({LEVEL_STATISTIC}) is {level!r}; it must be "
+                                  "positive to rescale the input (an empty brain mask, or a series of zeros?)")
+        return self.subject_level / level
+
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": _KIND, "mean": list(self.mean), "std": list(self.std)}
+        out: dict[str, Any] = {"kind": _KIND, "mean": list(self.mean), "std": list(self.std)}
+        if self.subject_level is not None:
+            out["subject_level"] = {"statistic": LEVEL_STATISTIC, "value": self.subject_level}
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Normalisation:
-        if not isinstance(data, dict) or data.get("kind") != _KIND or set(data) != {"kind", "mean", "std"}:
-            raise ValidationError(f"normalisation must be {{'kind': '{_KIND}', 'mean': [...], 'std': [...]}}; "
-                                  f"got {data!r}")
-        return cls(tuple(data["mean"]), tuple(data["std"]))
+        keys = set(data) if isinstance(data, dict) else set()
+        if not isinstance(data, dict) or data.get("kind") != _KIND or not {"kind", "mean", "std"} <= keys \
+                or not keys <= {"kind", "mean", "std", "subject_level"}:
+            raise ValidationError(f"normalisation must be {{'kind': '{_KIND}', 'mean': [...], 'std': [...]}} and "
+                                  f"optionally 'subject_level'; got {data!r}")
+        level = data.get("subject_level")
+        if level is not None:
+            if not isinstance(level, dict) or level.get("statistic") != LEVEL_STATISTIC or "value" not in level:
+                raise ValidationError(f"normalisation subject_level must be {{'statistic': {LEVEL_STATISTIC!r}, "
+                                      f"'value': ...}}; got {level!r}")
+            level = level["value"]
+        return cls(tuple(data["mean"]), tuple(data["std"]), level)
 
     def scale_and_offset(self) -> tuple[np.ndarray, np.ndarray]:
         """``(1 / std, -mean / std)`` as float32 (C,): ``x * scale + offset``."""
@@ -137,3 +199,27 @@ def fit_normalisation(
     if not np.all(std > 0):
         raise ValidationError(f"channels {np.flatnonzero(~(std > 0)).tolist()} are constant: cannot normalise them")
     return Normalisation(tuple(mean), tuple(std))
+
+
+def input_level(mean_zyx: ArrayLike, mask: ArrayLike) -> float:
+    """The intensity level of an input series: :data:`LEVEL_STATISTIC`.
+
+    Parameters
+    ----------
+    mean_zyx : array_like, (Z, Y, X)
+        The series' mean over channels (:func:`mrfengine.masking.mean_image`).
+    mask : array_like of bool, (Z, Y, X)
+        The brain (given, or made from the series: :func:`mrfengine.masking.brain_mask_from_mrf`).
+
+    Raises
+    ------
+    ValidationError
+        On shapes that differ or an empty mask.
+    """
+    mean_zyx = np.asarray(mean_zyx)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != mean_zyx.shape:
+        raise ValidationError(f"the brain mask has shape {mask.shape}; the series has slices of {mean_zyx.shape}")
+    if not mask.any():
+        raise ValidationError("the brain mask is empty: the input's intensity level cannot be measured")
+    return float(np.median(mean_zyx[mask]))

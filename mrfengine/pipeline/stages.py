@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
 #: :func:`run_stages` crops these when it drops a slab's halo.
 VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0})
 
+log = logging.getLogger(__name__)
+
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
 
 StageFunction = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
@@ -92,6 +95,12 @@ StageFunction = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
 
 def _no_halo(options: Mapping[str, Any]) -> int:
     return 0
+
+
+def _whole_volume(options: Mapping[str, Any]) -> None:
+    """The stage needs the whole subject: the U-net's scale-free input is measured
+    over the whole brain, so a slab would see another intensity level."""
+    return None
 
 
 
@@ -222,7 +231,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
 
     import torch
 
-    from ..nn import check_card, predict_volume
+    from ..nn import check_card, run_network
 
     path = _unet_path(str(options["model"]))
     device = "cuda" if backend in ("auto", "cupy", "numba-cuda") and torch.cuda.is_available() else "cpu"
@@ -244,17 +253,25 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
     if n_threads and device == "cpu":
         torch.set_num_threads(int(n_threads))
     try:
-        out = predict_volume(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
-                             precision=str(options["precision"]), device=device, tta=str(options["tta"]))
+        result = run_network(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
+                             precision=str(options["precision"]), device=device, tta=str(options["tta"]),
+                             mask=mask if card.config.input_kind == "mrf" else None)
     finally:
         torch.set_num_threads(old_threads)
+    out = result.maps
     if mask is not None:
         for name, value in out.items():
             unit = next((o.unit for o in card.config.outputs if o.name == name), "1")
             value[~mask] = np.nan if unit == "ms" else 0.0
     prefix = str(options["prefix"])
     info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
-            "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256}
+            "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256,
+            "input_gain": result.scaling.gain, "input_level": result.scaling.level,
+            "brain_mask": result.scaling.mask_source, "input_shift": result.input_shift,
+            "outside_training": result.outside_training}
+    if result.outside_training:
+        log.warning("unet: the input lies outside what %s was trained on (input shift %.1f); see the stage's "
+                    "provenance", card.config.name, result.input_shift)
     return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
 
 
@@ -295,7 +312,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                   choices=MappingProxyType({"precision": ("float32", "bfloat16"),
                                             "tta": ("none", "flip", "dihedral"),
                                             "trust_model_code": (False, True)}),
-                  optional=("maps",)),
+                  optional=("maps",), halo=_whole_volume),
     "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
 })
 

@@ -13,7 +13,8 @@ def _volume(shape, seed=0):
 def _direct(model: LoadedModel, volume_zcyx: np.ndarray, transforms=((0, False),)) -> dict:
     """What predict_volume must return, computed by hand: normalise, pad with the
     normalised zero, [mirror, rotate,] run, [rotate back, mirror back,] activation,
-    [mean over the transforms,] crop, scale."""
+    [mean over the transforms,] crop, scale, clip to the physical ranges (probabilities
+    [0, 1], T1 0-5000 ms, T2* 0-3000 ms)."""
     card = model.card
     mean = np.asarray(card.normalisation.mean, np.float32)[None, :, None, None]
     std = np.asarray(card.normalisation.std, np.float32)[None, :, None, None]
@@ -33,7 +34,8 @@ def _direct(model: LoadedModel, volume_zcyx: np.ndarray, transforms=((0, False),
         for k, o in enumerate(card.config.outputs):
             yk = 1 / (1 + np.exp(-y[:, k])) if o.activation == "sigmoid" else y[:, k]
             out[o.name] = out[o.name] + yk * o.scale / len(transforms)
-    return out
+    limits = {"T1": (0, 5000), "T2star": (0, 3000), "NAWM": (0, 1), "GM": (0, 1), "lesion": (0, 1)}
+    return {name: np.clip(v, *limits[name]) for name, v in out.items()}
 
 
 def test_pad_amounts():

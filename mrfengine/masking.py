@@ -1,0 +1,122 @@
+"""Brain masks made from an MRF series itself, for data that come without one.
+
+Real scans arrive with no brain mask.  The network's scale-free input
+(:mod:`mrfengine.nn.normalisation`) needs the brain to measure the series'
+intensity level, and denoising and matching are faster inside it.  The mask is
+made with nilearn's :func:`nilearn.masking.compute_epi_mask` (Nichols' method
+for EPI time series, as SPM's and FSL's ``bet``-free EPI masks): the mean image
+over the MRF frames is thresholded at the deepest minimum of its intensity
+histogram between the 20th and 85th percentiles, the largest connected
+component is kept and the result is opened (two iterations) to cut thin
+bridges to the scalp.  MRF-EPI series are EPI series of 35 frames, with the
+brain brighter than the background in every frame, which is what the method
+assumes.
+
+References
+----------
+Nichols T. Notes on creating a brain mask from an EPI series (the method
+behind ``compute_epi_mask``); nilearn documentation, ``nilearn.masking``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from .errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["brain_mask_from_mean", "brain_mask_from_mrf", "mean_image"]
+
+
+def mean_image(volume: Any, *, channel_axis: int = 0, batch: int = 8) -> np.ndarray:
+    """The mean over channels of a 4D volume, (Z, Y, X) float32, read ``batch`` slices at a time.
+
+    Parameters
+    ----------
+    volume : array_like, (C, Z, Y, X) or (Z, C, Y, X)
+        Any array that slices lazily (numpy, zarr); non-finite values count as 0.
+    channel_axis : {0, 1}
+    """
+    shape = tuple(volume.shape)
+    n_slices = shape[1 - channel_axis]
+    out = np.empty((n_slices,) + shape[2:], dtype=np.float32)
+    for z0 in range(0, n_slices, batch):
+        z1 = min(n_slices, z0 + batch)
+        block = np.asarray(volume[:, z0:z1] if channel_axis == 0 else volume[z0:z1], dtype=np.float32)
+        block = np.where(np.isfinite(block), block, np.float32(0))
+        out[z0:z1] = block.mean(axis=channel_axis, dtype=np.float64)
+    return out
+
+
+def brain_mask_from_mean(mean_zyx: ArrayLike, *, opening: int = 2) -> np.ndarray:
+    """A brain mask from the mean image of an MRF series.
+
+    Parameters
+    ----------
+    mean_zyx : array_like, (Z, Y, X)
+        The series' mean over frames (:func:`mean_image`);
+        non-finite values count as 0.
+    opening : int
+        Iterations of the binary opening (nilearn's default, 2); fewer for a
+        volume of fewer than 9 voxels along an axis (a slab of few slices).
+
+    Returns
+    -------
+    ndarray of bool, (Z, Y, X)
+
+    Raises
+    ------
+    ValidationError
+        A volume that is not 3D, or an image of one value (nothing to tell the
+        brain from the background).
+    """
+    import nibabel as nib
+    from nilearn.masking import compute_epi_mask
+
+    mean = np.asarray(mean_zyx, dtype=np.float32)
+    if mean.ndim != 3:
+        raise ValidationError(f"the mean image must be 3D (Z, Y, X); got shape {mean.shape}")
+    mean = np.where(np.isfinite(mean), mean, np.float32(0))
+    if not np.ptp(mean) > 0:
+        raise ValidationError("the MRF series has one value everywhere: no brain mask can be made from it")
+    # nilearn takes (X, Y, Z) images; the geometry does not enter the method.  The 3D
+    # opening erodes `opening` voxels from every side: a slab of few slices keeps fewer.
+    opening = min(int(opening), max(0, (min(mean.shape) - 1) // 4))
+    img = nib.Nifti1Image(np.ascontiguousarray(mean.transpose(2, 1, 0)), np.eye(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Computation of the mask failed" style notes are checked below
+        mask = np.asarray(compute_epi_mask(img, opening=opening).dataobj, dtype=bool).transpose(2, 1, 0)
+    if not mask.any():
+        raise ValidationError("no brain found in the MRF series (its mean image has no bright region)")
+    log.debug("brain mask from the MRF series: %d voxels (%.1f%% of the field of view)", int(mask.sum()),
+              100.0 * mask.mean())
+    return np.ascontiguousarray(mask)
+
+
+def brain_mask_from_mrf(volume: Any, *, channel_axis: int = 0, opening: int = 2) -> np.ndarray:
+    """A brain mask from an MRF series (see the module docstring for the method).
+
+    Parameters
+    ----------
+    volume : array_like, (F, Z, Y, X) or (Z, F, Y, X)
+        The MRF magnitudes; any lazily sliced array (numpy, zarr).
+    channel_axis : {0, 1}
+        Where the frames are: 0 as in the cohort store, 1 for (Z, F, Y, X).
+    opening : int
+        Iterations of the binary opening.
+
+    Returns
+    -------
+    ndarray of bool, (Z, Y, X)
+    """
+    if channel_axis not in (0, 1):
+        raise ValidationError(f"channel_axis must be 0 (F, Z, Y, X) or 1 (Z, F, Y, X); got {channel_axis!r}")
+    if len(getattr(volume, "shape", ())) != 4:
+        raise ValidationError(f"the MRF series must be 4D; got shape {getattr(volume, 'shape', None)}")
+    return brain_mask_from_mean(mean_image(volume, channel_axis=channel_axis), opening=opening)

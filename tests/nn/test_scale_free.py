@@ -1,0 +1,148 @@
+"""Scale-free input (issue 18): the network's maps do not depend on the series' global gain."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mrfengine.cli import main
+from mrfengine.errors import ValidationError
+from mrfengine.masking import brain_mask_from_mrf, mean_image
+from mrfengine.nn import Normalisation, input_scaling, load_model, read_card, run_network, save_model
+from mrfengine.nn.default import default_model_path
+from mrfengine.nn.normalisation import LEVEL_STATISTIC, input_level
+
+AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
+
+
+def _series(seed=0, shape=(40, 36, 4), frames=35):
+    """(X, Y, Z, F): a bright ellipse of varied fingerprints (the 'brain') in a dim, noisy background."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    brain = (x / 0.8) ** 2 + (y / 0.7) ** 2 < 1
+    atoms = rng.uniform(0.15, 0.5, size=(6, frames))
+    label = rng.integers(0, 6, size=shape)
+    data = np.abs(rng.normal(0, 0.01, size=shape + (frames,)))
+    data[brain] = atoms[label[brain]] + rng.normal(0, 0.01, size=(int(brain.sum()), shape[2], frames))
+    return np.abs(data).astype(np.float32), np.repeat(brain[:, :, None], shape[2], axis=2)
+
+
+def _model(tmp_path, tiny_config, tiny_sequence, level=0.3):
+    cfg = tiny_config()
+    rng = np.random.default_rng(0)
+    norm = Normalisation(tuple(rng.uniform(0.25, 0.35, 35)), tuple(rng.uniform(0.05, 0.1, 35)), level)
+    path = tmp_path / "model" / ("scalefree.pt" if level else "legacy.pt")
+    save_model(cfg.build(seed=1), path, config=cfg, normalisation=norm, sequence=tiny_sequence)
+    return path
+
+
+def _save(path, data, *, int16=False):
+    img = nib.Nifti1Image(data, AFFINE)
+    if int16:
+        img.set_data_dtype(np.int16)  # nibabel picks scl_slope / scl_inter
+    nib.save(img, str(path))
+    return path
+
+
+def _rel_l2(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def test_maps_do_not_depend_on_the_input_scale_or_int16_storage(tmp_path, tiny_config, tiny_sequence, capsys):
+    model = _model(tmp_path, tiny_config, tiny_sequence)
+    data, _ = _series()
+    cases = {"x1": (1.0, False), "x1e-3": (1e-3, False), "x1e4": (1e4, False), "int16": (250.0, True)}
+    maps = {}
+    for k, (name, (scale, int16)) in enumerate(cases.items()):
+        sid = f"sub-0{k + 1}"
+        src = _save(tmp_path / f"{sid}_mrf.nii.gz", data * np.float32(scale), int16=int16)
+        if int16:
+            hdr = nib.load(str(src)).header
+            assert hdr.get_data_dtype() == np.int16 and float(hdr["scl_slope"]) not in (0.0, 1.0)
+        out = tmp_path / name
+        assert main(["predict", str(src), "-o", str(out), "--model", str(model)]) == 0, capsys.readouterr().err
+        maps[name] = {p.name.split("_", 1)[1]: np.asarray(nib.load(str(p)).dataobj) for p in out.glob("*.nii.gz")}
+        side = json.loads((out / f"{sid}_T1map.json").read_text())
+        assert side["BrainMask"] == "from the series"
+        np.testing.assert_allclose(side["InputGain"] * side["InputLevel"], 0.3, rtol=1e-6)
+        assert side["InputOutsideTraining"] is False
+    assert len(maps["x1"]) == 5
+    for name in ("x1e-3", "x1e4", "int16"):
+        for suffix, ref in maps["x1"].items():
+            assert _rel_l2(maps[name][suffix], ref) < 1e-3, (name, suffix, _rel_l2(maps[name][suffix], ref))
+
+
+def test_a_card_without_subject_level_takes_the_absolute_scale(tmp_path, tiny_config, tiny_sequence):
+    legacy = load_model(_model(tmp_path, tiny_config, tiny_sequence, level=None))
+    assert not legacy.card.normalisation.scale_free
+    data, _ = _series()
+    vol = data.transpose(2, 3, 1, 0)
+    s = input_scaling(vol, legacy)
+    assert s.gain == 1.0 and s.level is None and s.mask_source == "none"
+    a = run_network(vol, legacy).maps["T1"]
+    b = run_network(vol * np.float32(10), legacy).maps["T1"]
+    assert _rel_l2(b, a) > 1e-2  # the old behaviour, kept for old cards: not scale-free
+
+
+def test_the_level_is_measured_in_the_given_or_made_mask(tmp_path, tiny_config, tiny_sequence):
+    model = load_model(_model(tmp_path, tiny_config, tiny_sequence))
+    data, brain = _series()
+    vol = data.transpose(2, 3, 1, 0)  # (Z, C, Y, X)
+    brain_zyx = brain.transpose(2, 1, 0)
+    made = brain_mask_from_mrf(vol, channel_axis=1)
+    dice = 2 * (made & brain_zyx).sum() / (made.sum() + brain_zyx.sum())
+    assert dice > 0.9, dice
+    given = input_scaling(vol, model, mask=brain_zyx)
+    auto = input_scaling(vol, model)
+    assert given.mask_source == "given" and auto.mask_source == "from the series"
+    assert given.level == pytest.approx(input_level(mean_image(vol, channel_axis=1), brain_zyx))
+    assert auto.level == pytest.approx(given.level, rel=0.02)
+    with pytest.raises(ValidationError, match="empty"):
+        input_scaling(vol, model, mask=np.zeros_like(brain_zyx))
+    with pytest.raises(ValidationError, match="shape"):
+        input_scaling(vol, model, mask=brain_zyx[:, :-1])
+
+
+def test_outputs_are_clipped_to_their_physical_ranges(tmp_path, tiny_config, tiny_sequence):
+    model = load_model(_model(tmp_path, tiny_config, tiny_sequence))
+    data, _ = _series()
+    maps = run_network(data.transpose(2, 3, 1, 0) * np.float32(50), model).maps
+    for name in ("NAWM", "GM", "lesion"):
+        assert maps[name].min() >= 0 and maps[name].max() <= 1
+    assert maps["T1"].min() >= 0 and maps["T1"].max() <= 5000
+    assert maps["T2star"].min() >= 0 and maps["T2star"].max() <= 3000
+
+
+def test_an_input_unlike_the_training_data_is_flagged(tmp_path, tiny_config, tiny_sequence, capsys):
+    model = _model(tmp_path, tiny_config, tiny_sequence)
+    data, _ = _series()
+    odd = data.copy()
+    odd[..., :10] *= 8  # another contrast in the first frames: no global gain explains it
+    src = _save(tmp_path / "sub-01_mrf.nii.gz", odd)
+    assert main(["predict", str(src), "-o", str(tmp_path / "odd"), "--model", str(model)]) == 0
+    assert "outside what network" in capsys.readouterr().err
+    side = json.loads((tmp_path / "odd" / "sub-01_T1map.json").read_text())
+    assert side["InputOutsideTraining"] is True and side["InputShift"] > 2
+
+
+def test_normalisation_round_trips_its_subject_level():
+    n = Normalisation((0.1, 0.2), (0.05, 0.05), 0.3)
+    d = n.to_dict()
+    assert d["subject_level"] == {"statistic": LEVEL_STATISTIC, "value": 0.3}
+    assert Normalisation.from_dict(d) == n
+    assert n.gain(0.6) == pytest.approx(0.5)
+    old = {"kind": "channel_zscore", "mean": [0.1, 0.2], "std": [0.05, 0.05]}
+    assert Normalisation.from_dict(old).subject_level is None
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValidationError):
+            Normalisation((0.1,), (0.1,), bad)
+    with pytest.raises(ValidationError, match="statistic"):
+        Normalisation.from_dict({**old, "subject_level": {"statistic": "mean", "value": 0.3}})
+    with pytest.raises(ValidationError, match="positive"):
+        n.gain(0.0)
+
+
+def test_the_shipped_model_is_scale_free():
+    norm = read_card(default_model_path()).normalisation
+    assert norm.scale_free and 0.25 < norm.subject_level < 0.35
