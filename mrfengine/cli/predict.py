@@ -36,6 +36,10 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
               help="3D brain mask on the input's grid; the maps are 0 outside it.")
+@click.option("--input-scale", default="card", show_default=True, type=click.Choice(["card", "subject", "absolute"]),
+              help="subject: rescale the series to the training data's intensity level, measured in the brain "
+                   "(--mask, or a mask made from the series), so any global gain or int16 scaling cancels; "
+                   "absolute: take it as it is; card: what the model's card says.")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Slices per forward pass.")
 @click.option("--precision", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
               help="bfloat16: about twice as fast on CPUs with AVX-512 BF16/AMX, about three significant digits.")
@@ -48,8 +52,8 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @prefix_option
 @force_option
 @progress_option
-def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, batch_size, precision,
-            tta, device, threads, prefix, force, show_progress) -> None:
+def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, input_scale, batch_size,
+            precision, tta, device, threads, prefix, force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -126,7 +130,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     # (X, Y, Z, C) -> (Z, C, Y, X) as a view; predict_volume copies a batch at a time.
     try:
         result = run_network(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
-                             precision=precision, progress=_advance, tta=tta,
+                             precision=precision, progress=_advance, tta=tta, input_scale=input_scale,
                              mask=None if mask is None else mask.transpose(2, 1, 0))
     except ValidationError as exc:  # the input's scale cannot be measured (no brain found, an empty mask)
         raise ValidationError(f"{input_path}: {exc}") from exc
@@ -145,8 +149,10 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         "Precision": precision,
         "TestTimeAugmentation": tta,
         "Source": str(Path(input_path).name),
+        "InputScale": "subject" if result.scaling.rescaled else "absolute",
         "InputGain": result.scaling.gain,
         "InputLevel": result.scaling.level,
+        "InputLevelRatio": result.scaling.level_ratio,
         "BrainMask": "given: " + Path(mask_path).name if mask_path else result.scaling.mask_source,
         "InputShift": result.input_shift,
         "InputOutsideTraining": result.outside_training,
@@ -162,8 +168,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
                       {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
                        **provenance})
     if result.outside_training:
-        click.secho(f"warning: {input_path}: the input lies outside what network {card.name} was trained on (input "
-                    f"shift {result.input_shift:.1f} training standard deviations); the maps may be wrong "
+        click.secho(f"warning: {input_path}: {result.warning(card.name)}; the maps may be wrong "
                     "(InputOutsideTraining in the sidecars)", err=True, fg="yellow")
     click.echo(f"predicted {data.shape[2]} slices in {seconds:.1f} s ({device}, {precision}, model {card.name} "
                f"from {model.path}); maps in {out}/{prefix}_*.nii.gz")

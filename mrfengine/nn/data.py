@@ -39,12 +39,13 @@ import torch
 from ..errors import StoreError, ValidationError
 from ..metrics.lesions import connectivity_structure
 from .configs import NetworkConfig
-from .normalisation import Normalisation
+from .normalisation import Normalisation, input_level
 from .training import to_network_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "SPLITS", "LESION_CENTRING",
+__all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "subject_level", "SPLITS",
+           "LESION_CENTRING",
            "PATCH_CENTRING"]
 
 SPLITS = ("train", "validation", "test")
@@ -119,12 +120,32 @@ def _brain_slice(subject, z: int) -> np.ndarray | None:
     return None if bm is None else np.asarray(bm[z]) > 0
 
 
+def subject_level(subject) -> float:
+    """A subject's MRF intensity level (:data:`~mrfengine.nn.normalisation.LEVEL_STATISTIC`),
+    in its brain mask, or one made from the series (as at inference) when it has none."""
+    from ..masking import brain_mask_from_mean, mean_image
+
+    mean = mean_image(subject.mrf, channel_axis=0)
+    bm = subject.brain_mask
+    brain = np.asarray(bm[...]) > 0 if bm is not None else brain_mask_from_mean(mean)
+    return input_level(mean, brain)
+
+
+def _subject_gains(cohort, sids, normalisation: Normalisation | None, config: NetworkConfig) -> dict[str, float]:
+    """The gain that brings each subject to ``normalisation.subject_level`` (1 for
+    absolute-scale normalisations and map inputs)."""
+    if normalisation is None or not normalisation.scale_free or config.input_kind != "mrf":
+        return {sid: 1.0 for sid in sids}
+    return {sid: normalisation.gain(subject_level(cohort[sid])) for sid in sids}
+
+
 def fit_cohort_normalisation(
     cohort,
     config: NetworkConfig,
     *,
     split: str = "train",
     map_source: str = "truth",
+    scale_free: bool = False,
 ) -> Normalisation:
     """Per-channel mean and std of the inputs over the brain voxels of one split.
 
@@ -141,6 +162,11 @@ def fit_cohort_normalisation(
         ``train`` (the default, and the only correct choice for training).
     map_source : str
         ``truth`` or ``derived:<name>`` (inputs of ``maps`` networks).
+    scale_free : bool
+        MRF inputs only: each subject is first rescaled to the split's median
+        intensity level (:func:`subject_level`), which becomes the result's
+        ``subject_level``: the network is then trained, and run, free of the
+        inputs' global scale.
 
     Raises
     ------
@@ -150,6 +176,12 @@ def fit_cohort_normalisation(
     sids = _subjects_of(cohort, split)
     if not sids:
         raise ValidationError(f"the cohort {cohort.path} has no {split!r} subject to compute the normalisation from")
+    reference = None
+    gains = {sid: 1.0 for sid in sids}
+    if scale_free and config.input_kind == "mrf":
+        levels = {sid: subject_level(cohort[sid]) for sid in sids}
+        reference = float(np.median(list(levels.values())))
+        gains = {sid: reference / level for sid, level in levels.items()}
     paths = _input_paths(config, map_source)
     total = np.zeros(config.in_channels)
     total_sq = np.zeros(config.in_channels)
@@ -157,7 +189,7 @@ def fit_cohort_normalisation(
     for sid in sids:
         subject = cohort[sid]
         for z in range(subject.shape[0]):
-            x = _read_input_slice(subject, z, paths)
+            x = _read_input_slice(subject, z, paths) * np.float32(gains[sid])
             if x.shape[0] != config.in_channels:
                 raise ValidationError(f"{sid}: network {config.name} takes {config.in_channels} input channels; "
                                       f"the cohort has {x.shape[0]}")
@@ -175,7 +207,7 @@ def fit_cohort_normalisation(
     if not np.all(std > 0):
         raise ValidationError(f"input channels {np.flatnonzero(~(std > 0)).tolist()} are constant in the "
                               f"{split!r} split: cannot normalise them")
-    return Normalisation(tuple(mean), tuple(std))
+    return Normalisation(tuple(mean), tuple(std), reference)
 
 
 class PatchSampler:
@@ -190,6 +222,8 @@ class PatchSampler:
     normalisation : Normalisation
         Applied to the inputs; fit it on the training split
         (:func:`fit_cohort_normalisation`), also when sampling validation data.
+        With a ``subject_level`` each subject's series is first rescaled to it
+        (its level measured once, when its first slice is read), as at inference.
     split : {"train", "validation", "test"}
         Only subjects of this split are read.
     patch_size, patches_per_slice, lesion_oversampling : int, optional
@@ -266,6 +300,7 @@ class PatchSampler:
         self.augment = bool(augment)
         self.normalisation = normalisation
         self._scale, self._offset = (a[:, None, None] for a in normalisation.scale_and_offset())
+        self._gains: dict[str, float] = {}  # per subject, measured when its first slice is read
         self._input_paths = _input_paths(config, map_source)
         self._target_paths = [resolve_target(o.target, o.name, map_source) for o in config.outputs]
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -419,7 +454,9 @@ class PatchSampler:
         if x.shape[0] != self.config.in_channels:
             raise ValidationError(f"{ref.subject}: network {self.config.name} takes {self.config.in_channels} "
                                   f"input channels; the cohort has {x.shape[0]}")
-        x = x * self._scale + self._offset
+        if ref.subject not in self._gains:
+            self._gains.update(_subject_gains(self.cohort, [ref.subject], self.normalisation, self.config))
+        x = x * (self._scale * np.float32(self._gains[ref.subject])) + self._offset
         try:
             y = np.stack([np.asarray(subject.array(p)[ref.z], dtype=np.float32) for p in self._target_paths])
         except StoreError as exc:

@@ -47,7 +47,7 @@ from .training import to_physical_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OUTPUT_RANGES", "PRECISIONS", "SHIFT_WARNING", "TTA_MODES", "InputScaling", "Prediction", "input_scaling",
+__all__ = ["INPUT_SCALES", "OUTPUT_RANGES", "PRECISIONS", "SHIFT_WARNING", "TTA_MODES", "InputScaling", "Prediction", "input_scaling",
            "predict_volume", "pad_amounts", "run_network"]
 
 OUTPUT_RANGES: dict[str, tuple[float, float]] = {"1": (0.0, 1.0), "T1": (0.0, 5000.0), "T2star": (0.0, 3000.0)}
@@ -55,11 +55,18 @@ OUTPUT_RANGES: dict[str, tuple[float, float]] = {"1": (0.0, 1.0), "T1": (0.0, 50
 fractions) and by name for the relaxation times in ms (T1 of CSF at 3 T is about
 4,300 ms, T2* of CSF below 3,000 ms); any other ms output is clipped at 0 from below."""
 
+INPUT_SCALES = ("card", "subject", "absolute")
+"""How the input's global scale is taken: ``subject`` rescales the series to the
+training data's level (scale-free), ``absolute`` takes it as it is, ``card`` does
+what the model's card says (``subject`` when its normalisation has a ``subject_level``)."""
+
 SHIFT_WARNING = 2.0
 """``input_shift`` above which the input is reported as unlike the training data:
 the largest over channels of the brain's mean normalised input, in training
-standard deviations.  The training data have 0 by construction; measured
-subjects of the simulated cohorts stay below 0.2 (``benchmarks/README.md``)."""
+standard deviations.  The training data have 0 by construction; nine simulated
+paper-sized subjects (both tissue-fraction models, both sites, one the network
+never saw) gave 0.48-0.58, and a series at another global scale gives hundreds
+(``benchmarks/README.md``)."""
 
 
 @dataclass(frozen=True)
@@ -69,21 +76,28 @@ class InputScaling:
     Attributes
     ----------
     gain : float
-        The factor the series is multiplied by (1 for cards without a
-        ``subject_level``).
+        The factor the series is multiplied by (1 when not rescaled).
     level : float or None
-        The series' intensity level (:data:`~mrfengine.nn.normalisation.LEVEL_STATISTIC`).
+        The series' intensity level (:data:`~mrfengine.nn.normalisation.LEVEL_STATISTIC`);
+        None for networks that take maps.
+    level_ratio : float or None
+        ``level`` over the training data's (:attr:`Normalisation.reference_level`):
+        1 for data at the training scale, whether rescaled or not.
     mask : ndarray of bool (Z, Y, X) or None
         The brain mask the level (and ``input_shift``) was measured in.
     mask_source : str
         ``"given"``, ``"from the series"`` (:func:`mrfengine.masking.brain_mask_from_mrf`)
         or ``"none"``.
+    rescaled : bool
+        Whether ``gain`` was applied (:data:`INPUT_SCALES`).
     """
 
     gain: float
     level: float | None
+    level_ratio: float | None
     mask: np.ndarray | None
     mask_source: str
+    rescaled: bool
 
 
 @dataclass(frozen=True)
@@ -109,6 +123,17 @@ class Prediction:
     @property
     def outside_training(self) -> bool:
         return self.input_shift is not None and self.input_shift > SHIFT_WARNING
+
+    def warning(self, network: str) -> str:
+        """Why the input is unlike the training data, and what to do (for :attr:`outside_training`)."""
+        text = (f"the input lies outside what network {network} was trained on: its brain's mean normalised input "
+                f"is {self.input_shift:.1f} training standard deviations from the training data's in one frame "
+                f"(above {SHIFT_WARNING:g})")
+        ratio = self.scaling.level_ratio
+        if not self.scaling.rescaled and ratio is not None and not 0.8 < ratio < 1.25:
+            return (f"{text}; its intensity level is {ratio:.3g} times the training data's: rescale it to the "
+                    "training level (input scale 'subject': --input-scale subject, [unet] input_scale = \"subject\")")
+        return f"{text}; check the sequence, the brain mask and the data before trusting the maps"
 
 PRECISIONS = ("float32", "bfloat16")
 
@@ -161,25 +186,30 @@ def _read_slices(volume: Any, z0: int, z1: int, channel_axis: int) -> np.ndarray
     return block if channel_axis == 1 else block.transpose(1, 0, 2, 3)
 
 
-def input_scaling(volume: Any, model: LoadedModel, *, mask: Any = None, channel_axis: int = 1) -> InputScaling:
-    """The gain that brings ``volume`` to the scale the network was trained at.
+def input_scaling(volume: Any, model: LoadedModel, *, mask: Any = None, channel_axis: int = 1,
+                  input_scale: str = "card") -> InputScaling:
+    """Measure ``volume``'s intensity level and the gain that brings it to the training data's.
 
     Parameters
     ----------
     volume : array_like, (Z, C, Y, X) or (C, Z, Y, X)
     model : LoadedModel
     mask : array_like of bool, (Z, Y, X), optional
-        The brain; default made from the series (only for a scale-free card).
+        The brain; default made from the series (:func:`mrfengine.masking.brain_mask_from_mrf`).
     channel_axis : {1, 0}
+    input_scale : {"card", "subject", "absolute"}
+        Whether the gain is applied (:data:`INPUT_SCALES`); the level is measured either way.
 
     Raises
     ------
     ValidationError
-        A mask of the wrong shape, an empty mask, or a series whose level is
-        not positive.
+        A mask of the wrong shape, an empty mask, a series whose level is not
+        positive (rescaling only), or an unknown ``input_scale``.
     """
     from ..masking import brain_mask_from_mean, mean_image
 
+    if input_scale not in INPUT_SCALES:
+        raise ValidationError(f"input_scale must be one of {INPUT_SCALES}; got {input_scale!r}")
     norm = model.card.normalisation
     shape = tuple(getattr(volume, "shape", ()))
     zyx = (shape[1 - channel_axis],) + shape[2:] if len(shape) == 4 else None
@@ -188,12 +218,21 @@ def input_scaling(volume: Any, model: LoadedModel, *, mask: Any = None, channel_
         given = np.asarray(mask).astype(bool, copy=False)
         if given.shape != zyx:
             raise ValidationError(f"the brain mask has shape {given.shape}; the volume's slices are {zyx}")
-    if not norm.scale_free:
-        return InputScaling(1.0, None, given, "given" if given is not None else "none")
+    if model.card.config.input_kind != "mrf":  # maps in ms: no arbitrary gain to remove
+        return InputScaling(1.0, None, None, given, "given" if given is not None else "none", False)
+    rescale = input_scale == "subject" or (input_scale == "card" and norm.scale_free)
     mean = mean_image(volume, channel_axis=channel_axis)
-    brain, source = (given, "given") if given is not None else (brain_mask_from_mean(mean), "from the series")
-    level = input_level(mean, brain)
-    return InputScaling(norm.gain(level), level, brain, source)
+    try:
+        brain, source = (given, "given") if given is not None else (brain_mask_from_mean(mean), "from the series")
+        level = input_level(mean, brain)
+        gain = norm.gain(level)  # refuses a level that is not positive
+    except ValidationError:
+        if rescale:
+            raise
+        # not rescaled: the level is a diagnostic only, and a series with no brain to find still runs
+        log.info("no brain mask could be made from the series: its intensity level is not measured")
+        return InputScaling(1.0, None, None, None, "none", False)
+    return InputScaling(gain if rescale else 1.0, level, 1.0 / gain, brain, source, rescale)
 
 
 def predict_volume(volume: Any, model: LoadedModel, **options: Any) -> dict[str, np.ndarray]:
@@ -214,6 +253,7 @@ def run_network(
     tta: str = "none",
     mask: Any = None,
     scaling: InputScaling | None = None,
+    input_scale: str = "card",
 ) -> Prediction:
     """Run a network over every slice of a volume.
 
@@ -253,6 +293,9 @@ def run_network(
         not masked.
     scaling : InputScaling, optional
         From :func:`input_scaling` (computed here when not given).
+    input_scale : {"card", "subject", "absolute"}
+        Whether the series is rescaled to the training data's level
+        (:data:`INPUT_SCALES`; used when ``scaling`` is not given).
 
     Returns
     -------
@@ -285,7 +328,7 @@ def run_network(
         raise ValidationError(f"tta must be one of {tuple(TTA_MODES)}; got {tta!r}")
     transforms = TTA_MODES[tta]
     if scaling is None:
-        scaling = input_scaling(volume, model, mask=mask, channel_axis=channel_axis)
+        scaling = input_scaling(volume, model, mask=mask, channel_axis=channel_axis, input_scale=input_scale)
     brain = scaling.mask
     n_slices = shape[1 - channel_axis]
     ny, nx = shape[2], shape[3]
@@ -335,9 +378,7 @@ def run_network(
     shift = float(np.abs(shift_sum / shift_count).max()) if shift_count else None
     result = Prediction(maps, scaling, shift)
     if result.outside_training:
-        log.warning("the input lies outside what network %s was trained on: its brain's mean normalised input is "
-                    "%.1f training standard deviations from the training data's in one frame (above %.1f); check the "
-                    "sequence, the brain mask and the data before trusting the maps", cfg.name, shift, SHIFT_WARNING)
+        log.warning("%s", result.warning(cfg.name))
     return result
 
 

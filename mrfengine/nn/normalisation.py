@@ -93,21 +93,31 @@ class Normalisation:
         """The same normalisation with another ``subject_level``."""
         return Normalisation(self.mean, self.std, level)
 
+    @property
+    def reference_level(self) -> float:
+        """The level inputs are rescaled to: ``subject_level``, or for cards
+        without one the mean of the channel means (the training data's mean
+        intensity inside the brain masks, where :func:`~mrfengine.nn.data.fit_cohort_normalisation`
+        measures it; within 1% of the median on the simulated cohorts)."""
+        return self.subject_level if self.subject_level is not None else float(np.mean(self.mean))
+
     def gain(self, level: float) -> float:
-        """The factor that brings an input of intensity ``level`` to ``subject_level`` (1 without one).
+        """The factor that brings an input of intensity ``level`` to :attr:`reference_level`.
 
         Raises
         ------
         ValidationError
             ``level`` is not finite and positive (e.g. an empty brain mask or
-            a series of zeros): the input's scale cannot be told.
+            a series of zeros): the input's scale cannot be told; or the
+            reference level is not positive.
         """
-        if self.subject_level is None:
-            return 1.0
         if not (math.isfinite(level) and level > 0):
             raise ValidationError(f"the input's intensity level ({LEVEL_STATISTIC}) is {level!r}; it must be "
                                   "positive to rescale the input (an empty brain mask, or a series of zeros?)")
-        return self.subject_level / level
+        if not self.reference_level > 0:
+            raise ValidationError(f"the normalisation's reference level is {self.reference_level!r} (channel means "
+                                  "that are not positive): inputs cannot be rescaled to it")
+        return self.reference_level / level
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": _KIND, "mean": list(self.mean), "std": list(self.std)}

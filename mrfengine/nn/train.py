@@ -44,6 +44,10 @@ The settings file (TOML)::
     #                          keep its normalisation: continue training a shipped model)
     # trust_model_code = false  (true: init_model may be a TorchScript file, which runs code
     #                          stored in the file; only for models you trust)
+    # input_scale = "subject" | "absolute"  (subject, the default: every subject's MRF series
+    #                          rescaled to the training data's intensity level, as at
+    #                          inference, so the network is free of the input's global
+    #                          scale; an init_model of absolute scale is converted)
 
 Settings are checked before any work, each against a sane range (e.g.
 ``0 < learning_rate <= 1``, ``patch_size <= 1024``); a run whose loss or
@@ -78,6 +82,11 @@ import torch
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from .configs import NetworkConfig, get_config
 from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
+
+INPUT_SCALES = ("subject", "absolute")
+"""``subject``: every subject's MRF series is rescaled to the training data's intensity
+level before the network (trained and run free of the input's global scale, the card's
+``subject_level``); ``absolute``: taken at the simulator's scale (models before it)."""
 from .training import load_checkpoint, make_optimizer, save_checkpoint, to_physical_units, train_step
 
 log = logging.getLogger(__name__)
@@ -124,6 +133,7 @@ class TrainSettings:
     patch_centring: str = "uniform"
     loss_weights: dict[str, float] | None = None
     trust_model_code: bool = False
+    input_scale: str = "subject"
 
     def __post_init__(self) -> None:
         for key in ("cohort", "network", "output_dir", "map_source", "device"):
@@ -156,6 +166,8 @@ class TrainSettings:
             raise ValidationError(f"lesion_centring must be one of {LESION_CENTRING}; got {self.lesion_centring!r}")
         if self.patch_centring not in PATCH_CENTRING:
             raise ValidationError(f"patch_centring must be one of {PATCH_CENTRING}; got {self.patch_centring!r}")
+        if self.input_scale not in INPUT_SCALES:
+            raise ValidationError(f"input_scale must be one of {INPUT_SCALES}; got {self.input_scale!r}")
         if self.loss_weights is not None:
             if not isinstance(self.loss_weights, Mapping) or not self.loss_weights:
                 raise ValidationError("loss_weights must be a table of output name = weight, e.g. "
@@ -531,12 +543,23 @@ def train(
                 raise ValidationError(f"{ckpt_path} was written with other settings ({', '.join(diff)}); "
                                       "only epochs may change on resume")
             normalisation = ckpt.normalisation
+            if normalisation.scale_free != (settings.input_scale == "subject") and config.input_kind == "mrf":
+                raise ValidationError(f"{ckpt_path} was trained with input_scale = "
+                                      f"{'subject' if normalisation.scale_free else 'absolute'}; only epochs may "
+                                      "change on resume")
             history = [dict(h) for h in ckpt.extra.get("history", [])]
             start_epoch = ckpt.epoch
             log.info("resuming %s after epoch %d", config.name, start_epoch)
         else:
-            normalisation = initial.card.normalisation if initial is not None else \
-                fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source)
+            scale_free = settings.input_scale == "subject" and config.input_kind == "mrf"
+            if initial is not None:  # its normalisation, rescaled inputs from now on if asked
+                normalisation = initial.card.normalisation
+                if scale_free != normalisation.scale_free:
+                    normalisation = normalisation.with_subject_level(
+                        normalisation.reference_level if scale_free else None)
+            else:
+                normalisation = fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source,
+                                                         scale_free=scale_free)
         common = dict(seed=settings.seed, map_source=settings.map_source)
         train_sampler = PatchSampler(cohort, config, normalisation, split="train",
                                      lesion_centring=settings.lesion_centring,

@@ -255,7 +255,8 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
     try:
         result = run_network(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
                              precision=str(options["precision"]), device=device, tta=str(options["tta"]),
-                             mask=mask if card.config.input_kind == "mrf" else None)
+                             mask=mask if card.config.input_kind == "mrf" else None,
+                             input_scale=str(options["input_scale"]))
     finally:
         torch.set_num_threads(old_threads)
     out = result.maps
@@ -266,12 +267,13 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
     prefix = str(options["prefix"])
     info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
             "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256,
+            "input_scale": "subject" if result.scaling.rescaled else "absolute",
             "input_gain": result.scaling.gain, "input_level": result.scaling.level,
+            "input_level_ratio": result.scaling.level_ratio,
             "brain_mask": result.scaling.mask_source, "input_shift": result.input_shift,
             "outside_training": result.outside_training}
     if result.outside_training:
-        log.warning("unet: the input lies outside what %s was trained on (input shift %.1f); see the stage's "
-                    "provenance", card.config.name, result.input_shift)
+        log.warning("unet: %s", result.warning(card.config.name))
     return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
 
 
@@ -308,9 +310,10 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                    choices=MappingProxyType({"method": ("auto", "brute", "structured")})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
                   MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": "",
-                                    "tta": "none", "trust_model_code": False}),
+                                    "tta": "none", "trust_model_code": False, "input_scale": "card"}),
                   choices=MappingProxyType({"precision": ("float32", "bfloat16"),
                                             "tta": ("none", "flip", "dihedral"),
+                                            "input_scale": ("card", "subject", "absolute"),
                                             "trust_model_code": (False, True)}),
                   optional=("maps",), halo=_whole_volume),
     "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),

@@ -73,16 +73,36 @@ def test_maps_do_not_depend_on_the_input_scale_or_int16_storage(tmp_path, tiny_c
             assert _rel_l2(maps[name][suffix], ref) < 1e-3, (name, suffix, _rel_l2(maps[name][suffix], ref))
 
 
-def test_a_card_without_subject_level_takes_the_absolute_scale(tmp_path, tiny_config, tiny_sequence):
-    legacy = load_model(_model(tmp_path, tiny_config, tiny_sequence, level=None))
-    assert not legacy.card.normalisation.scale_free
+def test_a_card_without_subject_level_takes_the_absolute_scale_unless_asked(tmp_path, tiny_config, tiny_sequence,
+                                                                             capsys):
+    path = _model(tmp_path, tiny_config, tiny_sequence, level=None)
+    legacy = load_model(path)
+    norm = legacy.card.normalisation
+    assert not norm.scale_free and norm.reference_level == pytest.approx(np.mean(norm.mean))
     data, _ = _series()
     vol = data.transpose(2, 3, 1, 0)
     s = input_scaling(vol, legacy)
-    assert s.gain == 1.0 and s.level is None and s.mask_source == "none"
+    assert s.gain == 1.0 and not s.rescaled and s.mask_source == "from the series"
+    assert s.level_ratio == pytest.approx(s.level / norm.reference_level)
     a = run_network(vol, legacy).maps["T1"]
     b = run_network(vol * np.float32(10), legacy).maps["T1"]
     assert _rel_l2(b, a) > 1e-2  # the old behaviour, kept for old cards: not scale-free
+    # ... unless the series is rescaled to the training level: then any gain cancels
+    a = run_network(vol, legacy, input_scale="subject").maps["T1"]
+    b = run_network(vol * np.float32(1e4), legacy, input_scale="subject").maps["T1"]
+    assert _rel_l2(b, a) < 1e-5
+    # a scanner-scale series through an absolute card is flagged, and the flag says what to do
+    src = _save(tmp_path / "sub-01_mrf.nii.gz", data * np.float32(300))
+    assert main(["predict", str(src), "-o", str(tmp_path / "abs"), "--model", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "outside what network" in err and "--input-scale subject" in err
+    side = json.loads((tmp_path / "abs" / "sub-01_T1map.json").read_text())
+    assert side["InputOutsideTraining"] is True and side["InputScale"] == "absolute"
+    assert side["InputLevelRatio"] > 100
+    assert main(["predict", str(src), "-o", str(tmp_path / "rel"), "--model", str(path),
+                 "--input-scale", "subject"]) == 0
+    side = json.loads((tmp_path / "rel" / "sub-01_T1map.json").read_text())
+    assert side["InputScale"] == "subject" and side["InputOutsideTraining"] is False
 
 
 def test_the_level_is_measured_in_the_given_or_made_mask(tmp_path, tiny_config, tiny_sequence):
@@ -121,7 +141,8 @@ def test_an_input_unlike_the_training_data_is_flagged(tmp_path, tiny_config, tin
     odd[..., :10] *= 8  # another contrast in the first frames: no global gain explains it
     src = _save(tmp_path / "sub-01_mrf.nii.gz", odd)
     assert main(["predict", str(src), "-o", str(tmp_path / "odd"), "--model", str(model)]) == 0
-    assert "outside what network" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "outside what network" in err and "check the sequence" in err
     side = json.loads((tmp_path / "odd" / "sub-01_T1map.json").read_text())
     assert side["InputOutsideTraining"] is True and side["InputShift"] > 2
 
@@ -143,6 +164,80 @@ def test_normalisation_round_trips_its_subject_level():
         n.gain(0.0)
 
 
-def test_the_shipped_model_is_scale_free():
+def test_the_shipped_model_knows_its_training_level():
+    """The shipped MSE-5 was trained at the simulator's absolute scale (no subject_level yet,
+    see mrfengine/models/README.md); its reference level is the training brain's mean."""
     norm = read_card(default_model_path()).normalisation
-    assert norm.scale_free and 0.25 < norm.subject_level < 0.35
+    assert 0.25 < norm.reference_level < 0.35
+
+
+# ----------------------------------------------------------------- training free of the input's scale
+@pytest.fixture(scope="module")
+def scaled_cohort(tmp_path_factory):
+    """The tiny cohort with one training subject's MRF series stored 1000 times brighter."""
+    import shutil
+
+    import zarr
+
+    from _tiny_cohort import tiny_cohort_path
+    from mrfengine.io import Cohort
+
+    src = tiny_cohort_path(tmp_path_factory)
+    dst = tmp_path_factory.mktemp("scaled") / "tiny.zarr"
+    shutil.copytree(src, dst)
+    sid = Cohort.open(dst).subjects_in("train")[0]
+    arr = zarr.open_group(str(dst / "subjects" / sid), mode="r+")["mrf"]
+    arr[...] = np.asarray(arr[...]) * np.float32(1000)
+    return src, dst, sid
+
+
+def test_normalisation_fitted_free_of_the_scale(scaled_cohort, tiny_config):
+    from mrfengine.io import Cohort
+    from mrfengine.nn.data import fit_cohort_normalisation, subject_level
+
+    src, dst, sid = scaled_cohort
+    cfg = tiny_config()
+    plain, scaled = Cohort.open(src), Cohort.open(dst)
+    a = fit_cohort_normalisation(plain, cfg, scale_free=True)
+    b = fit_cohort_normalisation(scaled, cfg, scale_free=True)
+    levels = [subject_level(plain[s]) for s in plain.subjects_in("train")]
+    assert a.subject_level == pytest.approx(float(np.median(levels)))
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)
+    np.testing.assert_allclose(b.std, a.std, rtol=1e-5)
+    absolute = fit_cohort_normalisation(scaled, cfg)
+    assert absolute.subject_level is None and max(absolute.std) > 10 * max(a.std)  # one bright subject dominates
+
+
+def test_patches_are_free_of_the_scale(scaled_cohort, tiny_config):
+    from mrfengine.io import Cohort
+    from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation
+
+    src, dst, sid = scaled_cohort
+    cfg = tiny_config()
+    norm = fit_cohort_normalisation(Cohort.open(src), cfg, scale_free=True)
+    a = PatchSampler(Cohort.open(src), cfg, norm, split="train", patch_size=32)
+    b = PatchSampler(Cohort.open(dst), cfg, norm, split="train", patch_size=32)
+    i = next(k for k, ref in enumerate(a.slices) if ref.subject == sid)
+    np.testing.assert_allclose(b.normalised_input(i), a.normalised_input(i), rtol=1e-4, atol=1e-4)
+
+
+def test_training_writes_a_scale_free_card_and_converts_an_absolute_start(scaled_cohort, tmp_path):
+    from mrfengine.nn.train import load_settings, train
+
+    src, _, _ = scaled_cohort
+    toml = tmp_path / "run.toml"
+    base = (f'cohort = "{src}"\nnetwork = "MSE-5"\nepochs = 1\nbatch_size = 32\npatches_per_slice = 1\n'
+            "patch_size = 32\ndepth = 2\nbase_filters = 4\nseed = 5\nthreads = 1\n")
+    toml.write_text(base + 'output_dir = "abs"\ninput_scale = "absolute"\n')
+    absolute = train(load_settings(toml))
+    assert not read_card(absolute.model_path).normalisation.scale_free
+    toml.write_text(base + f'output_dir = "warm"\nlearning_rate = 1e-12\ninit_model = "{absolute.model_path}"\n')
+    warm = read_card(train(load_settings(toml)).model_path).normalisation
+    start = read_card(absolute.model_path).normalisation
+    assert warm.scale_free and warm.subject_level == pytest.approx(start.reference_level)
+    assert warm.mean == start.mean and warm.std == start.std
+    toml.write_text(base + 'output_dir = "new"\n')
+    assert read_card(train(load_settings(toml)).model_path).normalisation.scale_free  # the default
+    with pytest.raises(ValidationError, match="input_scale"):
+        toml.write_text(base + 'output_dir = "bad"\ninput_scale = "gain"\n')
+        load_settings(toml)

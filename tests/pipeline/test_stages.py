@@ -76,12 +76,12 @@ def test_bad_configs():
 def test_option_choices_are_the_implementations():
     from mrfengine.denoise._common import ESTIMATORS
     from mrfengine.matching.api import METHODS
-    from mrfengine.nn.inference import PRECISIONS, TTA_MODES
+    from mrfengine.nn.inference import INPUT_SCALES, PRECISIONS, TTA_MODES
 
     assert STAGES["denoise"].choices["estimator"] == ESTIMATORS
     assert STAGES["match"].choices["method"] == METHODS
     assert STAGES["unet"].choices == {"precision": PRECISIONS, "tta": tuple(TTA_MODES),
-                                      "trust_model_code": (False, True)}
+                                      "trust_model_code": (False, True), "input_scale": INPUT_SCALES}
     for stage in STAGES.values():
         for key, values in stage.choices.items():
             assert stage.options[key] in values
