@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ._common import backend_option, cache_option, method_option, no_cache_option
+from ._outputs import force_option
 
 
 @click.command()
@@ -28,21 +29,26 @@ from ._common import backend_option, cache_option, method_option, no_cache_optio
 @method_option
 @cache_option
 @no_cache_option
+@force_option
 def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_threshold, no_figures, backend, method,
-             cache_dir, no_cache) -> None:
+             cache_dir, no_cache, force) -> None:
     """Evaluate PRED maps against REF maps on a cohort: lesion Dice and
     detection rate, NAWM/GM Dice, T1/T2* relative deviation (overall and in
     WM, GM, lesions), intra-observer Dice where a subject was annotated twice.
     Writes evaluation.json (per subject and per split), table.md (test split,
     mean ± SD, beside Hermann et al. 2021) and the figures (threshold sweeps,
     per-lesion Dice and volume, reliability, one overlay per test subject)."""
-    from ..report.evaluate import evaluate_cohort
+    from ..io.outputs import check_outputs
+    from ..report.evaluate import REPORT_FILES, evaluate_cohort
+    from ..report.figures import FIGURE_FILES
     from ._common import make_cache
 
     subjects = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
     if subject_ids and not subjects:
         raise click.BadParameter(f"no subject named in {' '.join(map(repr, subject_ids))}; leave --subjects out "
                                  "to evaluate every subject", param_hint="--subjects")
+    # every output checked before the work: an earlier evaluation is replaced only with --force
+    check_outputs(output_dir, [*REPORT_FILES.values(), *(() if no_figures else FIGURE_FILES.values())], force=force)
     report = evaluate_cohort(
         cohort, pred=pred, ref=ref, out_dir=output_dir, threshold=threshold, tissue_threshold=tissue_threshold,
         subjects=subjects or None, backend=backend, method=method, cache=make_cache(cache_dir, no_cache),

@@ -388,6 +388,10 @@ def _intra_observer_section(records: dict[str, dict[str, Any]]) -> dict[str, Any
     }
 
 
+REPORT_FILES = {"table": "table.md", "json": "evaluation.json"}
+"""The files :func:`evaluate_cohort` writes beside the figures (``evaluation.json`` last)."""
+
+
 def evaluate_cohort(
     cohort: Cohort | str | os.PathLike,
     *,
@@ -494,13 +498,13 @@ def evaluate_cohort(
         + markdown_table(report["splits"], split=split, lesion_threshold=float(threshold),
                          tissue_threshold=float(tissue_threshold))
         + _intra_observer_table(report["intra_observer"], pred_src.name),
-        out / "table.md",
+        out / REPORT_FILES["table"],
     )
     if figures:
         from .figures import report_figures
 
         files.update(report_figures(report, out, overlays=panels or None, dpi=dpi))
-    files["json"] = out / "evaluation.json"
+    files["json"] = out / REPORT_FILES["json"]
     report["files"] = {k: str(v) for k, v in files.items()}
     write_json(report, files["json"])  # last: its presence marks a finished evaluation
     return report

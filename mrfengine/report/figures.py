@@ -378,6 +378,11 @@ def plot_reliability(
     return save_figure(fig, path, dpi=dpi)
 
 
+FIGURE_FILES = {"threshold_sweep": "threshold_sweep.png", "lesion_volume": "lesion_volume.png",
+                "reliability": "reliability.png", "overlays": "overlays.png"}
+"""The files :func:`report_figures` may write into its folder."""
+
+
 def report_figures(
     report: Mapping[str, Any],
     out_dir: str | os.PathLike,
@@ -417,17 +422,17 @@ def report_figures(
             {sid: v["sweep"]["dice"] for sid, v in lesion.items()},
             {sid: v["sweep"]["detection_rate"] for sid, v in lesion.items()},
             splits,
-            path=out / "threshold_sweep.png",
+            path=out / FIGURE_FILES["threshold_sweep"],
             operating_threshold=op,
             dpi=dpi,
         )
         written["lesion_volume"] = plot_lesion_volumes(
-            {sid: v["paper"]["per_lesion"] for sid, v in lesion.items()}, splits, path=out / "lesion_volume.png", dpi=dpi
+            {sid: v["paper"]["per_lesion"] for sid, v in lesion.items()}, splits, path=out / FIGURE_FILES["lesion_volume"], dpi=dpi
         )
         written["reliability"] = plot_reliability(
-            {sid: v["calibration"] for sid, v in lesion.items()}, splits, path=out / "reliability.png", dpi=dpi
+            {sid: v["calibration"] for sid, v in lesion.items()}, splits, path=out / FIGURE_FILES["reliability"], dpi=dpi
         )
     if overlays:
         op = next(iter(lesion.values())).get("threshold", 0.33) if lesion else 0.33
-        written["overlays"] = plot_overlays(overlays, path=out / "overlays.png", threshold=op, dpi=dpi)
+        written["overlays"] = plot_overlays(overlays, path=out / FIGURE_FILES["overlays"], threshold=op, dpi=dpi)
     return written

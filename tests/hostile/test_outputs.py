@@ -176,6 +176,17 @@ def test_export_twice_needs_force(cohort, tmp_path, capsys):
     run_cli([*args, "--force"], capsys, code=0)
 
 
+def test_evaluate_twice_needs_force(cohort, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["evaluate", cohort, "-o", out, "--pred", "truth", "--no-figures"]
+    run_cli(args, capsys, code=0)
+    assert (out / "evaluation.json").is_file() and (out / "table.md").is_file()
+    before = snapshot(tmp_path)
+    run_cli(args, capsys, code=1, says=("already exist", "--force"))
+    assert snapshot(tmp_path) == before
+    run_cli([*args, "--force"], capsys, code=0)
+
+
 def test_export_checks_every_output_before_writing_any(cohort, tmp_path, capsys):
     out = tmp_path / "out"
     _canary(out, "sub-02_desc-brain_mask.json")
