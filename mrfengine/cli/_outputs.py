@@ -23,9 +23,6 @@ def prefix_option(f):
                         help="Output name prefix, a plain name (default: from the input name, e.g. sub-01).")(f)
 
 
-force_option = click.option("--force", is_flag=True, help="Replace output files that already exist.")
-
-
 def force_options(help: str = "Replace output files that already exist.", *, alias: str | None = None):
     """``--force`` (and, hidden, a deprecated old name of it such as ``--overwrite``)."""
 
@@ -42,3 +39,7 @@ def force_options(help: str = "Replace output files that already exist.", *, ali
         return f
 
     return deco
+
+
+force_option = force_options()
+"""``--force`` with its usual help: replace output files that already exist."""
