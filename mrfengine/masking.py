@@ -3,8 +3,8 @@
 Real scans arrive with no brain mask.  The network's scale-free input
 (:mod:`mrfengine.nn.normalisation`) needs the brain to measure the series'
 intensity level, and denoising and matching are faster inside it.  The mask is
-made with nilearn's :func:`nilearn.masking.compute_epi_mask` (Nichols' method
-for EPI time series, as SPM's and FSL's ``bet``-free EPI masks): the mean image
+made with nilearn's :func:`nilearn.masking.compute_epi_mask` (T. Nichols'
+heuristic for EPI time series): the mean image
 over the MRF frames is thresholded at the deepest minimum of its intensity
 histogram between the 20th and 85th percentiles, the largest connected
 component is kept and the result is opened (two iterations) to cut thin
