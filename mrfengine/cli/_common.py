@@ -44,6 +44,20 @@ progress_option = click.option(
 )
 
 
+def split_subjects(values: Iterable[str], *, every: str) -> list[str]:
+    """The subject ids of repeated, comma-separated ``--subjects`` values.
+
+    An option given with no id in it (``--subjects ""``) is a usage error, never
+    "all subjects"; ``every`` says what leaving it out does (e.g. "run every subject").
+    """
+    values = list(values)
+    ids = [s.strip() for v in values for s in v.split(",") if s.strip()]
+    if values and not ids:
+        raise click.BadParameter(f"no subject named in {' '.join(map(repr, values))}; leave --subjects out to "
+                                 f"{every}", param_hint="--subjects")
+    return ids
+
+
 def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool | None = None) -> Iterator[T]:
     """A tqdm progress bar on stderr, shown on terminals unless disabled."""
     from tqdm import tqdm

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import progress_option
+from ._common import progress_option, split_subjects
 
 DEFAULT_STAGES = "denoise,match"
 
@@ -143,21 +143,15 @@ def _write_report(path: str, report) -> None:
 def _check_report_path(path: str) -> None:
     """Refuse a ``--report`` file that could not be written, before any work."""
     import os
-    import tempfile
 
-    from ..errors import InputFileError
+    from ..io.outputs import check_writable_dir
 
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise click.BadParameter(f"{path} is a folder; give a file name", param_hint="--report")
     if not os.path.isdir(folder):
         raise click.BadParameter(f"{path}: its folder {folder} does not exist", param_hint="--report")
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".report-probe-")
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot write the report there ({exc.strerror or exc})") from exc
-    os.close(fd)
-    os.unlink(probe)
+    check_writable_dir(folder, what="folder of the report")
 
 
 def _quiet_dask() -> None:
@@ -250,10 +244,7 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     from ..pipeline.batch import SLAB_PLANES, batch_client, dashboard_link, run_batch
 
     pipe = _pipeline(stages, config_path, name)
-    ids = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
-    if subject_ids and not ids:
-        raise click.BadParameter(f"no subject named in {' '.join(map(repr, subject_ids))}; leave --subjects out "
-                                 "to run every subject", param_hint="--subjects")
+    ids = split_subjects(subject_ids, every="run every subject")
     if report_path:
         _check_report_path(report_path)
     Cohort.open(cohort)  # a clear error before any cluster starts

@@ -184,14 +184,12 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
 def show(cohort, subject_id, output, slices, frames, force) -> None:
     """Write a PNG mosaic of one subject: MRF frames, truth maps, tissue
     fractions and lesion outlines on the T2-weighted reference."""
-    from ..io.cohort import Cohort
-    from ..report.mosaic import save_subject_mosaic
-
-    from ..errors import StoreError
-
     from pathlib import Path
 
+    from ..errors import StoreError
+    from ..io.cohort import Cohort
     from ..io.outputs import check_outputs
+    from ..report.mosaic import save_subject_mosaic
 
     out = Path(output)
     check_outputs(out.parent, [out.name], force=force)

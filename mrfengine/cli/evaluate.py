@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import backend_option, cache_option, method_option, no_cache_option
+from ._common import backend_option, cache_option, method_option, no_cache_option, split_subjects
 from ._outputs import force_option
 
 
@@ -43,10 +43,7 @@ def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_thres
     from ..report.figures import FIGURE_FILES
     from ._common import make_cache
 
-    subjects = [s.strip() for v in subject_ids for s in v.split(",") if s.strip()]
-    if subject_ids and not subjects:
-        raise click.BadParameter(f"no subject named in {' '.join(map(repr, subject_ids))}; leave --subjects out "
-                                 "to evaluate every subject", param_hint="--subjects")
+    subjects = split_subjects(subject_ids, every="evaluate every subject")
     # every output checked before the work: an earlier evaluation is replaced only with --force
     check_outputs(output_dir, [*REPORT_FILES.values(), *(() if no_figures else FIGURE_FILES.values())], force=force)
     report = evaluate_cohort(

@@ -47,8 +47,8 @@ from .training import to_physical_units
 
 log = logging.getLogger(__name__)
 
-__all__ = ["INPUT_SCALES", "OUTPUT_RANGES", "PRECISIONS", "SHIFT_WARNING", "TTA_MODES", "InputScaling", "Prediction", "input_scaling",
-           "predict_volume", "pad_amounts", "run_network"]
+__all__ = ["INPUT_SCALES", "OUTPUT_RANGES", "PRECISIONS", "SHIFT_WARNING", "TTA_MODES", "InputScaling", "Prediction",
+           "input_scaling", "predict_volume", "pad_amounts", "run_network"]
 
 OUTPUT_RANGES: dict[str, tuple[float, float]] = {"1": (0.0, 1.0), "T1": (0.0, 5000.0), "T2star": (0.0, 3000.0)}
 """Physical ranges the outputs are clipped to: by unit ``"1"`` (probabilities and
@@ -65,8 +65,8 @@ SHIFT_WARNING = 2.0
 the largest over channels of the brain's mean normalised input, in training
 standard deviations.  The training data have 0 by construction; nine simulated
 paper-sized subjects (both tissue-fraction models, both sites, one the network
-never saw) gave 0.48-0.58, and a series at another global scale gives hundreds
-(``benchmarks/README.md``)."""
+never saw) gave 0.48-0.58; one of them scaled by 300 gave 2,549 and by 1e-3 gave
+8.4 (``benchmarks/README.md``)."""
 
 
 @dataclass(frozen=True)
@@ -235,9 +235,24 @@ def input_scaling(volume: Any, model: LoadedModel, *, mask: Any = None, channel_
     return InputScaling(gain if rescale else 1.0, level, 1.0 / gain, brain, source, rescale)
 
 
-def predict_volume(volume: Any, model: LoadedModel, **options: Any) -> dict[str, np.ndarray]:
+def predict_volume(
+    volume: Any,
+    model: LoadedModel,
+    *,
+    channel_axis: int = 1,
+    batch_size: int = 4,
+    precision: str = "float32",
+    channels_last: bool = True,
+    device: str | torch.device | None = None,
+    progress: Callable[[int], None] | None = None,
+    tta: str = "none",
+    mask: Any = None,
+    input_scale: str = "card",
+) -> dict[str, np.ndarray]:
     """The maps of :func:`run_network` (same parameters), without its report."""
-    return run_network(volume, model, **options).maps
+    return run_network(volume, model, channel_axis=channel_axis, batch_size=batch_size, precision=precision,
+                       channels_last=channels_last, device=device, progress=progress, tta=tta, mask=mask,
+                       input_scale=input_scale).maps
 
 
 def run_network(
