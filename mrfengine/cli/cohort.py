@@ -20,23 +20,31 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 
 @click.command()
 @click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False, readable=False))  # checked below
-@click.option("--preset", default="paper", show_default=True, type=click.Choice(["tiny", "paper"]),
-              help="tiny: 6 small subjects in seconds (tests); paper: 48 subjects of 240x240x60 as in the paper.")
+@click.option("--preset", default="paper", show_default=True, type=click.Choice(["tiny", "paper", "heldout"]),
+              help="tiny: 6 small subjects in seconds (tests); paper: 48 subjects of 240x240x60 as in the paper; "
+                   "heldout: 7 paper-sized subjects simulated with settings no training cohort uses, all in the "
+                   "test split, for 'mrfengine evaluate' only ('train' refuses it).")
 @click.option("--subjects", "n_subjects", type=click.IntRange(1), default=None,
               help="Number of subjects (default: the preset's); the split scales with it.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Same seed, same bytes.")
 @click.option("--distortion/--no-distortion", default=None,
               help="Simulate EPI distortion along the phase-encoding direction (default: off).")
-@click.option("--tissue-fractions", default="subject", show_default=True,
-              type=click.Choice(["subject", "population"]),  # phantom.config.FRACTION_MODELS (lazy import)
-              help="subject: one brain's crisp tissues with partial volume at their boundaries; population: "
-                   "the MNI template's population probabilities as fractions (cohorts made before version 2).")
+@click.option("--tissue-fractions", default=None,
+              type=click.Choice(["subject", "population", "mixed"]),  # phantom.config.FRACTION_MODELS (lazy import)
+              help="subject (the default of tiny and paper): one brain's crisp tissues with partial volume at "
+                   "their boundaries; population: the MNI template's population probabilities as fractions "
+                   "(cohorts made before version 2); mixed: the mean of the two (heldout's default).")
+@click.option("--randomise", is_flag=True,
+              help="Draw every subject's settings from wide ranges (intensity scale over five decades, int16 "
+                   "storage, SNR 15-80, B1, tissue values and PD, lesion size/shape/place, both fraction models, "
+                   "EPI distortion): training data for a network that works on scans it never saw. "
+                   "Deterministic per seed.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1),
               help="Processes simulating subjects in parallel.")
 @force_options("Replace an existing cohort store at COHORT (otherwise: resume). Only a folder that is an "
                "mrfengine cohort holding nothing but its own files is deleted.", alias="--overwrite")
 @progress_option
-def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, workers, force, force_alias,
+def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, randomise, workers, force, force_alias,
              show_progress) -> None:
     """Simulate a synthetic MS cohort (MNI-based anatomy, lesions, MRF-EPI
     signals with Rician noise, ground truth and simulated annotations) into a
@@ -50,7 +58,8 @@ def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, wor
     overwrite = force or force_alias
     check_store_writable(cohort)
 
-    cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion, tissue_fractions=tissue_fractions)
+    cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion, tissue_fractions=tissue_fractions,
+                        randomise=randomise or None)
     bar = progress(range(cfg.n_subjects), total=cfg.n_subjects, desc="subjects", enabled=show_progress)
     done = {"done": 0, "skipped": 0}
 
@@ -120,8 +129,9 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
     BIDS-style names such as sub-01_desc-truth_T1map.nii.gz, JSON sidecars
     with units; T1 and T2* in seconds).  With --pipeline, the maps a batch
     wrote (sub-01_desc-denoisematch_T1map.nii.gz, ...) with the pipeline's
-    provenance in their sidecars; subjects whose maps are not complete are
-    reported and skipped.  Every output is checked before anything is
+    provenance in their sidecars, 0 outside the subject's brain mask (written
+    too, as sub-01_desc-brain_mask.nii.gz); subjects whose maps are not
+    complete are reported and skipped.  Every output is checked before anything is
     written: existing files are not replaced unless --force."""
     from ..errors import StoreError
     from ..io.cohort import Cohort
@@ -146,6 +156,8 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
                     wanted += found
                 if not wanted:
                     continue
+                if any(a.startswith("derived/") for a in wanted) and "brain_mask" in sub.arrays:
+                    wanted.append("brain_mask")  # the mask the maps' sidecars name (the outside rule)
             wanted = list(dict.fromkeys(wanted or sub.arrays))  # an array named twice is exported once
             for a in wanted:
                 sub.array(a).check_chunks()  # a damaged subject is refused before any of its files is written

@@ -512,6 +512,9 @@ def train(
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cohort = Cohort.open(settings.cohort)
+    if ((cohort.generator or {}).get("config") or {}).get("held_apart"):
+        raise ValidationError(f"{settings.cohort}: a held-apart cohort (preset heldout) is for 'mrfengine evaluate' "
+                              "only; training on it, or choosing epochs by it, would void its figures")
     train_subjects = cohort.subjects_in("train")
     if not train_subjects:
         raise ValidationError(f"{settings.cohort}: no subject in the 'train' split")

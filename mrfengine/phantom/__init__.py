@@ -19,10 +19,12 @@ from .config import (
     DistortionConfig,
     GridConfig,
     LesionConfig,
+    RandomisationConfig,
     SiteConfig,
     TissueConfig,
     cohort_preset,
 )
+from .randomise import SubjectDraw, draw_subject
 from .generate import SubjectPlan, plan_cohort, simulate_cohort, simulate_subject, site_sequence
 
 __all__ = [
@@ -41,4 +43,7 @@ __all__ = [
     "LesionConfig",
     "AnnotationConfig",
     "DistortionConfig",
+    "RandomisationConfig",
+    "SubjectDraw",
+    "draw_subject",
 ]

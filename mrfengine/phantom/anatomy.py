@@ -17,7 +17,9 @@ ribbon of nearly pure grey matter with partial volume only at its edges.
 tissue (CSF, GM or WM) before the partial-volume blur and the sampling, so
 one subject's fractions are crisp inside tissues and mixed at boundaries, as
 in a real brain (and as in a segmentation of it); ``"population"`` keeps
-the probabilities themselves as fractions (generator version 1).
+the probabilities themselves as fractions (generator version 1); ``"mixed"``
+takes the mean of the two, a model no training cohort uses (the held-apart
+preset's).
 
 Fractions: ``CSF = brain - GM - WM``; deep grey matter is the grey and white
 matter inside soft ellipsoids around the thalamus, caudate, putamen and
@@ -98,15 +100,15 @@ class Template:
 @functools.lru_cache(maxsize=4)
 def load_template(
     voxel_size_mm: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    fractions: Literal["subject", "population"] = "subject",
+    fractions: Literal["subject", "population", "mixed"] = "subject",
 ) -> Template:
     """Load nilearn's MNI152 2009 maps (no download) and prepare them for a grid
     of ``voxel_size_mm`` = (dx, dy, dz); cached per process.
 
     ``fractions="subject"`` turns the population probabilities into one
     brain's tissues (each 1 mm voxel its most likely tissue) before the
-    partial-volume blur; ``"population"`` keeps the probabilities (see the
-    module docstring).
+    partial-volume blur; ``"population"`` keeps the probabilities;
+    ``"mixed"`` takes the mean of the two (see the module docstring).
 
     Raises
     ------
@@ -135,11 +137,16 @@ def load_template(
     wm[over] /= total[over]
     wm_level = float(np.median(t1w[wm > 0.95]))
     t1w = t1w / np.float32(wm_level)
-    if fractions == "subject":
+    if fractions in ("subject", "mixed"):
         # Most likely tissue per 1 mm voxel (ties go to the first: CSF, GM, WM).
         label = np.argmax(np.stack([brain - gm - wm, gm, wm]), axis=0)
-        gm = ((label == 1) * brain).astype(np.float32)
-        wm = ((label == 2) * brain).astype(np.float32)
+        gm_one = ((label == 1) * brain).astype(np.float32)
+        wm_one = ((label == 2) * brain).astype(np.float32)
+        if fractions == "mixed":  # halfway between one brain's and the population's fractions
+            gm = np.float32(0.5) * (gm + gm_one)
+            wm = np.float32(0.5) * (wm + wm_one)
+        else:
+            gm, wm = gm_one, wm_one
     # Crop to the brain plus a margin: less to blur and to sample.
     idx = np.nonzero(brain)
     lo = [max(0, int(i.min()) - 6) for i in idx]

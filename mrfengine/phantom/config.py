@@ -26,12 +26,13 @@ __all__ = [
     "LesionConfig",
     "AnnotationConfig",
     "DistortionConfig",
+    "RandomisationConfig",
     "CohortConfig",
     "PRESETS",
     "cohort_preset",
 ]
 
-PRESETS = ("tiny", "paper")
+PRESETS = ("tiny", "paper", "heldout")
 
 
 def _positive(name: str, *values: float) -> None:
@@ -108,7 +109,7 @@ class SiteConfig:
         _range("b1_limits", self.b1_limits, lo=0.01)
 
 
-FRACTION_MODELS = ("subject", "population")
+FRACTION_MODELS = ("subject", "population", "mixed")
 """Tissue-fraction models of :class:`AnatomyConfig` (see :mod:`mrfengine.phantom.anatomy`)."""
 
 
@@ -120,9 +121,11 @@ class AnatomyConfig:
     (global factor times per-axis factors), ``t`` a translation, ``d`` a smooth
     random displacement (low-order cosine series, ``warp_sd_mm`` per axis).
     ``tissue_fractions``: ``"subject"`` (one brain's crisp tissues with
-    partial volume at their boundaries) or ``"population"`` (the template's
-    population probabilities as fractions; the generator before version 2);
-    see :mod:`mrfengine.phantom.anatomy`.
+    partial volume at their boundaries), ``"population"`` (the template's
+    population probabilities as fractions; the generator before version 2)
+    or ``"mixed"`` (the mean of the two: softer boundaries than one brain's,
+    sharper than the population's; used only by the held-apart preset); see
+    :mod:`mrfengine.phantom.anatomy`.
     """
 
     scale_range: tuple[float, float] = (0.92, 1.08)
@@ -147,6 +150,8 @@ class TissueConfig:
     :data:`mrfengine.tissue.TISSUES`.
 
     T1 and T2* of each tissue are scaled per subject by ``1 + N(0, subject_sd)``
+    (WM and GM T1 also by ``1 + t1_offset``, a shift of the whole population;
+    PD of WM and GM by ``1 + N(0, pd_sd)``, drawn only when ``pd_sd > 0``)
     and in space by ``1 + smooth field`` with standard deviation
     ``spatial_sd`` (independent fields per tissue and parameter).  Deep grey
     matter and CSF values are drawn per subject from the ranges (the README's
@@ -163,6 +168,15 @@ class TissueConfig:
     csf_t1_ms: tuple[float, float] = (3800.0, 4300.0)
     csf_t2star_ms: tuple[float, float] = (300.0, 700.0)
     wm_t1w_coupling: float = -0.5
+    pd_sd: float = 0.0
+    t1_offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.subject_sd < 0 or self.spatial_sd < 0 or self.pd_sd < 0:
+            raise ValidationError(f"tissue standard deviations must be >= 0; got subject_sd={self.subject_sd}, "
+                                  f"spatial_sd={self.spatial_sd}, pd_sd={self.pd_sd}")
+        if not -0.5 < self.t1_offset < 0.5:
+            raise ValidationError(f"t1_offset must lie in (-0.5, 0.5); got {self.t1_offset}")
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,85 @@ class DistortionConfig:
 
 
 @dataclass(frozen=True)
+class RandomisationConfig:
+    """Per-subject randomisation of the acquisition and the tissues (off by default).
+
+    When ``enabled``, every subject draws its own settings from these ranges
+    (from its own random stream: deterministic per seed, whatever the number of
+    workers) instead of the cohort's fixed ones, so a network trained on the
+    cohort sees the variety of real scans:
+
+    * ``gain_log10``: the stored MRF magnitudes are multiplied by
+      ``10**U(gain_log10)`` (a scanner's, coil's or reconstruction's global scale);
+    * ``int16_share``: the share of subjects stored as a scanner writes int16
+      with a scale factor: magnitudes rounded to multiples of a slope chosen so
+      pure white matter reads ``U_log(int16_wm_counts)`` counts, clipped at
+      32767 counts (stored as float32: the values an int16 NIfTI with
+      ``scl_slope`` reads back as);
+    * ``snr``: SNR log-uniform in the range (replaces the site's);
+    * ``b1_center``, ``b1_edge``, ``b1_random_sd``: uniform (replace the site's);
+    * ``tissue_subject_sd``, ``tissue_spatial_sd``, ``tissue_pd_sd``: uniform
+      (replace :class:`TissueConfig`'s);
+    * ``lesion_count_mean``, ``lesion_volume_median_mm3``,
+      ``lesion_large_share``, ``lesion_large_median_mm3``,
+      ``lesion_elongation_max``, ``lesion_irregularity``: uniform (log-uniform
+      for the volumes), and location weights from a flat Dirichlet: small
+      lesions, confluent ones (large and many), periventricular,
+      juxtacortical or deep white matter in every proportion;
+    * ``tissue_fractions``: one of these fraction models at random;
+    * ``distortion_share``: the share of subjects with EPI distortion.
+
+    A range set to None keeps the cohort's fixed setting (the site's SNR and
+    B1, :class:`TissueConfig`, :class:`LesionConfig`, ``anatomy.tissue_fractions``).
+    What each subject drew is stored in its attributes (``randomisation``).
+    """
+
+    enabled: bool = False
+    gain_log10: tuple[float, float] = (-2.0, 3.0)
+    int16_share: float = 0.5
+    int16_wm_counts: tuple[float, float] = (100.0, 4000.0)
+    snr: tuple[float, float] | None = (15.0, 80.0)
+    b1_center: tuple[float, float] | None = (1.0, 1.3)
+    b1_edge: tuple[float, float] | None = (0.72, 0.95)
+    b1_random_sd: tuple[float, float] | None = (0.02, 0.07)
+    tissue_subject_sd: tuple[float, float] | None = (0.02, 0.09)
+    tissue_spatial_sd: tuple[float, float] | None = (0.01, 0.05)
+    tissue_pd_sd: tuple[float, float] | None = (0.0, 0.06)
+    lesion_count_mean: tuple[float, float] | None = (4.0, 45.0)
+    lesion_volume_median_mm3: tuple[float, float] | None = (15.0, 200.0)
+    lesion_large_share: tuple[float, float] | None = (0.0, 0.35)
+    lesion_large_median_mm3: tuple[float, float] | None = (300.0, 3000.0)
+    lesion_elongation_max: tuple[float, float] | None = (1.3, 3.0)
+    lesion_irregularity: tuple[float, float] | None = (0.05, 0.25)
+    tissue_fractions: tuple[str, ...] | None = ("subject", "population")
+    distortion_share: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("gain_log10",):
+            a, b = getattr(self, name)
+            if not a <= b:
+                raise ValidationError(f"{name} must be an increasing range; got {(a, b)}")
+        _range("int16_wm_counts", self.int16_wm_counts, lo=1e-9)
+        for name in ("snr", "lesion_count_mean", "lesion_volume_median_mm3", "lesion_large_median_mm3"):
+            if getattr(self, name) is not None:
+                _range(name, getattr(self, name), lo=1e-9)
+        for name in ("b1_center", "b1_edge", "b1_random_sd", "tissue_subject_sd", "tissue_spatial_sd",
+                     "tissue_pd_sd", "lesion_large_share", "lesion_irregularity"):
+            if getattr(self, name) is not None:
+                _range(name, getattr(self, name))
+        if self.lesion_elongation_max is not None:
+            _range("lesion_elongation_max", self.lesion_elongation_max, lo=1.0)
+        if self.int16_wm_counts[1] > 20000:
+            raise ValidationError(f"int16_wm_counts must leave int16 head room (<= 20000); got {self.int16_wm_counts}")
+        for name in ("int16_share", "distortion_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValidationError(f"{name} must be a share in [0, 1]; got {getattr(self, name)}")
+        if self.tissue_fractions is not None and not self.tissue_fractions or any(
+                f not in FRACTION_MODELS for f in self.tissue_fractions or ()):
+            raise ValidationError(f"tissue_fractions must name models of {FRACTION_MODELS}; got {self.tissue_fractions}")
+
+
+@dataclass(frozen=True)
 class CohortConfig:
     """Everything that defines a synthetic cohort besides the seed.
 
@@ -260,6 +353,8 @@ class CohortConfig:
         Patients per site in the test and validation splits; the rest train.
     t2w_snr : float
         SNR of the undistorted T2-weighted reference (relative to white matter).
+    randomisation : RandomisationConfig
+        Per-subject settings drawn from ranges (off by default).
     quantize : bool
         Round noisy MRF magnitudes to a power of two at most sigma / 32 (like an
         ADC; the rounding noise is below 1% of sigma) so the store compresses.
@@ -280,8 +375,10 @@ class CohortConfig:
     lesion: LesionConfig = field(default_factory=LesionConfig)
     annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    randomisation: RandomisationConfig = field(default_factory=RandomisationConfig)
     t2w_snr: float = 60.0
     quantize: bool = True
+    held_apart: bool = False
 
     def __post_init__(self) -> None:
         if self.n_subjects < 1:
@@ -305,8 +402,21 @@ class CohortConfig:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible description (tuples become lists)."""
-        return asdict(self)
+        """JSON-compatible description (tuples become lists).
+
+        Settings added after a cohort format was fixed are left out while they
+        hold their defaults (no randomisation, no PD spread, no T1 offset), so
+        a cohort made before them keeps its exact description and resumes.
+        """
+        out = asdict(self)
+        if not self.randomisation.enabled:
+            del out["randomisation"]
+        for key in ("pd_sd", "t1_offset"):
+            if out["tissue"][key] == 0.0:
+                del out["tissue"][key]
+        if not self.held_apart:
+            del out["held_apart"]
+        return out
 
 
 def _scaled_split(counts: tuple[int, ...], n_subjects: int, reference: int) -> tuple[int, ...]:
@@ -319,20 +429,27 @@ def cohort_preset(
     n_subjects: int | None = None,
     distortion: bool | None = None,
     tissue_fractions: str | None = None,
+    randomise: bool | None = None,
 ) -> CohortConfig:
     """The configuration of a preset, optionally with another subject count.
 
     Parameters
     ----------
-    name : {"tiny", "paper"}
+    name : {"tiny", "paper", "heldout"}
+        ``heldout``: 7 paper-sized subjects (6 patients of both sites, 1
+        healthy control) simulated with settings no training cohort uses, for
+        honest generalisation figures with ``mrfengine evaluate`` only.
     n_subjects : int, optional
         Another cohort size; healthy subjects and the test and validation
         splits scale with it (at least one patient trains).
     distortion : bool, optional
         Switch the EPI distortion on or off.
-    tissue_fractions : {"subject", "population"}, optional
-        The anatomy's tissue-fraction model (default: ``"subject"``; see
-        :class:`AnatomyConfig`).
+    tissue_fractions : {"subject", "population", "mixed"}, optional
+        The anatomy's tissue-fraction model (default: the preset's,
+        ``"subject"`` for tiny and paper; see :class:`AnatomyConfig`).
+    randomise : bool, optional
+        Switch the per-subject randomisation on (the training ranges of
+        :class:`RandomisationConfig`) or off.
 
     Raises
     ------
@@ -341,6 +458,35 @@ def cohort_preset(
     """
     if name == "paper":
         cfg = CohortConfig()
+    elif name == "heldout":
+        # Settings no training cohort of mrfengine uses (RandomisationConfig's
+        # defaults are the training ranges): SNR 13 and 100 (training 15-80), B1
+        # domes steeper and flatter than trained, WM/GM T1 8% longer than the
+        # literature values, a PD spread of 8%, the "mixed" tissue-fraction
+        # model, lesions more elongated and irregular, intensities 10^3.5-10^4.5
+        # (training 10^-2-10^3) stored as int16 with 4,500-6,000 counts in white
+        # matter (training 100-4,000).
+        cfg = CohortConfig(
+            preset="heldout",
+            n_subjects=7,
+            n_healthy=1,
+            sites=(
+                SiteConfig("1", snr=13.0, b1_center=1.36, b1_edge=0.66, b1_random_sd=0.04),
+                SiteConfig("2", snr=100.0, b1_center=0.97, b1_edge=0.97, b1_random_sd=0.05),
+            ),
+            test_per_site=(3, 3),
+            validation_per_site=(0, 0),
+            anatomy=AnatomyConfig(tissue_fractions="mixed"),
+            tissue=TissueConfig(subject_sd=0.05, spatial_sd=0.03, pd_sd=0.08, t1_offset=0.08),
+            lesion=LesionConfig(count_mean=25.0, elongation=(2.5, 4.0), irregularity=0.32),
+            randomisation=RandomisationConfig(
+                enabled=True, gain_log10=(3.5, 4.5), int16_share=1.0, int16_wm_counts=(4500.0, 6000.0),
+                snr=None, b1_center=None, b1_edge=None, b1_random_sd=None, tissue_subject_sd=None,
+                tissue_spatial_sd=None, tissue_pd_sd=None, lesion_count_mean=None, lesion_volume_median_mm3=None,
+                lesion_large_share=None, lesion_large_median_mm3=None, lesion_elongation_max=None,
+                lesion_irregularity=None, tissue_fractions=None, distortion_share=0.0),
+            held_apart=True,
+        )
     elif name == "tiny":
         cfg = CohortConfig(
             preset="tiny",
@@ -371,4 +517,10 @@ def cohort_preset(
         cfg = replace(cfg, distortion=replace(cfg.distortion, enabled=bool(distortion)))
     if tissue_fractions is not None:
         cfg = replace(cfg, anatomy=replace(cfg.anatomy, tissue_fractions=tissue_fractions))
+    if randomise is not None:
+        if cfg.held_apart and randomise:
+            raise ValidationError("the heldout preset has its own settings; it cannot be randomised with the "
+                                  "training ranges")
+        cfg = replace(cfg, randomisation=RandomisationConfig(enabled=True) if randomise else replace(cfg.randomisation,
+                                                                                             enabled=False))
     return cfg

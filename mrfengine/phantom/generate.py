@@ -42,6 +42,7 @@ from ..sequence import Sequence, hermann2021
 from .anatomy import Template, grid_affine, load_template, random_deformation, subject_anatomy, template_points
 from .config import CohortConfig, cohort_preset
 from .lesions import annotate, render_lesions, sample_lesions
+from .randomise import draw_subject
 from .signals import (
     T2_MS,
     add_rician_noise,
@@ -51,6 +52,7 @@ from .signals import (
     quantization_step,
     slice_signals,
     t2w_image,
+    wm_signal_level,
 )
 from .tissues import Compartment, TissueModel, b1_field, spatial_maps, subject_tissue_values
 
@@ -59,7 +61,9 @@ __all__ = ["SubjectPlan", "plan_cohort", "site_sequence", "simulate_subject", "s
 log = logging.getLogger(__name__)
 
 GENERATOR = "mrfengine.phantom/2"
-_STAGES = ("anatomy", "tissue", "b1", "lesions", "annotations", "reference", "noise", "distortion")
+_STAGES = ("anatomy", "tissue", "b1", "lesions", "annotations", "reference", "noise", "distortion", "randomise")
+# A held-apart cohort's streams carry this extra word: other brains than a regular cohort's of the same seed.
+_HELD_APART_SALT = 0x4E1D
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def plan_cohort(config: CohortConfig, seed: int) -> list[SubjectPlan]:
     for k, s in enumerate(config.sites):
         take = min(per_site[k], len(members[s.name]))
         healthy.update(int(i) for i in rng.choice(members[s.name], size=take, replace=False))
-    split = ["train"] * n
+    split = ["test" if config.held_apart else "train"] * n
     for k, s in enumerate(config.sites):
         patients = [i for i in members[s.name] if i not in healthy]
         need = config.test_per_site[k] + config.validation_per_site[k]
@@ -148,8 +152,10 @@ class _Stopwatch:
         self._last = now
 
 
-def _streams(seed: int, index: int) -> dict[str, np.random.Generator]:
-    seqs = np.random.SeedSequence([int(seed), int(index) + 1]).spawn(len(_STAGES))
+def _streams(seed: int, index: int, held_apart: bool = False) -> dict[str, np.random.Generator]:
+    words = [int(seed), int(index) + 1] + ([_HELD_APART_SALT] if held_apart else [])
+    # Child k of a SeedSequence depends on k alone, so appending a stage keeps the others' streams.
+    seqs = np.random.SeedSequence(words).spawn(len(_STAGES))
     return {name: np.random.default_rng(s) for name, s in zip(_STAGES, seqs)}
 
 
@@ -187,12 +193,18 @@ def simulate_subject(
     times = clock.times
     lap = clock.lap
 
-    rng = _streams(seed, plan.index)
+    rng = _streams(seed, plan.index, config.held_apart)
     grid = config.grid
     shape = tuple(int(s) for s in grid.shape_zyx)
     affine = grid_affine(grid)
     site = _site(config, plan.site)
     seq = site_sequence(config, plan.site)
+    draw = None
+    if config.randomisation.enabled:
+        draw = draw_subject(config, site, wm_signal_level(seq), rng["randomise"])
+        if draw.config.anatomy.tissue_fractions != config.anatomy.tissue_fractions:
+            template = None
+        config, site = draw.config, draw.site
     vox_zyx = tuple(float(v) for v in grid.voxel_size_mm[::-1])
     voxel_volume = float(np.prod(grid.voxel_size_mm))
 
@@ -280,16 +292,23 @@ def simulate_subject(
         if disp is not None:
             clean = distort_slice(clean, disp[z])
         noisy = add_rician_noise(clean, sigma, slice_rngs[z], quantize=config.quantize)
+        if draw is not None:
+            noisy = draw.store(noisy)
         lap("noise")
         mrf[:, z] = noisy
         lap("write")
 
     table = [dict(les.to_dict(), id=k + 1, volume_mm3=round(float(volumes[k]), 3),
                   target_volume_mm3=round(les.volume_mm3, 3)) for k, les in enumerate(lesions)]
+    step = quantization_step(sigma) if config.quantize else 0.0
+    extra = {}
+    if draw is not None:
+        sigma, step = sigma * draw.gain, (draw.int16_slope if draw.int16_slope is not None else step * draw.gain)
+        extra["randomisation"] = draw.record
     writer.finish(
         noise_sigma=sigma,
         snr=site.snr,
-        quantization_step=quantization_step(sigma) if config.quantize else 0.0,
+        quantization_step=step,
         deformation=deformation.describe(),
         tissue_values={k: {"t1_ms": round(v.t1_ms, 3), "t2star_ms": round(v.t2star_ms, 3), "pd": v.pd}
                        for k, v in values.items()},
@@ -297,6 +316,7 @@ def simulate_subject(
         n_lesions=len(table),
         lesion_volume_ml=round(float(volumes.sum()) / 1000, 4),
         annotation_sessions=n_sessions if plan.group == "patient" else 1,
+        **extra,
     )
     times["total"] = time.perf_counter() - clock.start
     log.debug("%s simulated in %.1f s (%s)", plan.id, times["total"],

@@ -29,13 +29,18 @@ def subject_tissue_values(config: TissueConfig, rng: np.random.Generator) -> dic
     """One subject's mean T1 (ms), T2* (ms) and PD of WM, GM, DGM and CSF.
 
     WM and GM: literature value times ``1 + N(0, subject_sd)`` (T1 and T2*
-    independently); DGM and CSF: uniform in the configured ranges.
+    independently; T1 also times ``1 + t1_offset``; PD times ``1 + N(0,
+    pd_sd)`` when ``pd_sd > 0``, within [0.05, 1]); DGM and CSF: uniform in the
+    configured ranges.
     """
     out = {}
     for name in ("WM", "GM"):
         t = TISSUES[name]
         f1, f2 = 1 + config.subject_sd * rng.standard_normal(2)
-        out[name] = Tissue(t.name, t.t1_ms * f1, t.t2star_ms * f2, t.pd)
+        pd = t.pd
+        if config.pd_sd > 0:  # drawn only then: a cohort without PD spread keeps its streams
+            pd = float(np.clip(t.pd * (1 + config.pd_sd * rng.standard_normal()), 0.05, 1.0))
+        out[name] = Tissue(t.name, t.t1_ms * f1 * (1 + config.t1_offset), t.t2star_ms * f2, pd)
     out["DGM"] = Tissue(TISSUES["DGM"].name, rng.uniform(*config.dgm_t1_ms), rng.uniform(*config.dgm_t2star_ms),
                         TISSUES["DGM"].pd)
     out["CSF"] = Tissue(TISSUES["CSF"].name, rng.uniform(*config.csf_t1_ms), rng.uniform(*config.csf_t2star_ms),
