@@ -266,3 +266,19 @@ def test_validation_metrics_are_the_evaluation_measures(cohort_path):
         assert got[f"{n}_dice"] == pytest.approx(expected)
     for n in ("T1", "T2star"):
         assert got[f"{n}_reldev"] == pytest.approx(relative_deviation(P[:, k[n]][B], R[:, k[n]][B]))
+
+
+def test_a_held_apart_cohort_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from mrfengine.phantom import SiteConfig, cohort_preset, simulate_cohort
+    from mrfengine.phantom.config import GridConfig
+
+    grid = GridConfig(shape_zyx=(3, 16, 16), voxel_size_mm=(10.0, 10.0, 10.0), slab_center_mm=17.0)
+    cfg = replace(cohort_preset("heldout", n_subjects=1), grid=grid,
+                  sites=(SiteConfig("1", snr=13.0), SiteConfig("2", snr=100.0)))
+    simulate_cohort(tmp_path / "held.zarr", config=cfg, seed=0)
+    toml = _write_settings(tmp_path / "s.toml", tmp_path / "held.zarr", tmp_path / "out", 1)
+    with pytest.raises(ValidationError, match="held-apart cohort .* evaluate"):
+        train(load_settings(toml))
+    assert not (tmp_path / "out").exists()
