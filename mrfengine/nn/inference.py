@@ -32,6 +32,7 @@ nnU-Net's mirroring does.  It costs one forward pass per transform.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from ..errors import ValidationError
 from .export import LoadedModel
 from .normalisation import input_level
 from .training import to_physical_units
+from .uncertainty import MC_SEED, MCDropout, RunningMoments, check_mc_samples
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +116,22 @@ class Prediction:
         mask (training standard deviations); None without a mask.  Above
         :data:`SHIFT_WARNING` the input lies outside what the network was
         trained on, and a warning is logged.
+    uncertainty : dict of str to ndarray (Z, Y, X) float32, or None
+        With ``mc_samples``: per output, the standard deviation over the
+        Monte-Carlo dropout passes, in the output's units
+        (:mod:`mrfengine.nn.uncertainty`); None otherwise.
+    mc_samples : int
+        Stochastic passes behind ``uncertainty`` (0: none).
+    mc_seed : int or None
+        Seed of their dropout masks.
     """
 
     maps: dict[str, np.ndarray]
     scaling: InputScaling
     input_shift: float | None
+    uncertainty: dict[str, np.ndarray] | None = None
+    mc_samples: int = 0
+    mc_seed: int | None = None
 
     @property
     def outside_training(self) -> bool:
@@ -269,6 +282,8 @@ def run_network(
     mask: Any = None,
     scaling: InputScaling | None = None,
     input_scale: str = "card",
+    mc_samples: int = 0,
+    mc_seed: int = MC_SEED,
 ) -> Prediction:
     """Run a network over every slice of a volume.
 
@@ -311,13 +326,23 @@ def run_network(
     input_scale : {"card", "subject", "absolute"}
         Whether the series is rescaled to the training data's level
         (:data:`INPUT_SCALES`; used when ``scaling`` is not given).
+    mc_samples : int
+        0 (default): no uncertainty.  N >= 2: also run N stochastic passes with
+        the network's dropout on (Monte-Carlo dropout,
+        :mod:`mrfengine.nn.uncertainty`) and return each output's standard
+        deviation over them in ``uncertainty``; the maps stay the
+        deterministic pass.  Costs N more passes (times ``tta``'s).
+    mc_seed : int
+        Seed of the dropout masks: the same seed gives the same uncertainty,
+        whatever ``batch_size``; the global random state is untouched.
 
     Returns
     -------
     Prediction
         ``maps``: one map per output of the card (e.g. ``T1``, ``T2star`` in
         ms, ``NAWM``, ``GM``, ``lesion`` probabilities), in the card's units,
-        clipped to :data:`OUTPUT_RANGES`; ``scaling``; ``input_shift``.
+        clipped to :data:`OUTPUT_RANGES`; ``scaling``; ``input_shift``;
+        ``uncertainty`` with ``mc_samples``.
 
     Raises
     ------
@@ -342,6 +367,8 @@ def run_network(
     if tta not in TTA_MODES:
         raise ValidationError(f"tta must be one of {tuple(TTA_MODES)}; got {tta!r}")
     transforms = TTA_MODES[tta]
+    mc_samples = check_mc_samples(mc_samples)
+    mc = MCDropout(model.module, seed=mc_seed) if mc_samples else None
     if scaling is None:
         scaling = input_scaling(volume, model, mask=mask, channel_axis=channel_axis, input_scale=input_scale)
     brain = scaling.mask
@@ -360,12 +387,13 @@ def run_network(
     scale = torch.from_numpy(scale_np).to(dev).view(1, -1, 1, 1)
     offset = torch.from_numpy(offset_np).to(dev).view(1, -1, 1, 1)
     maps = {name: np.empty((n_slices, ny, nx), dtype=np.float32) for name in cfg.output_names}
+    spread = {name: np.zeros((n_slices, ny, nx), dtype=np.float32) for name in cfg.output_names} if mc else None
     lows, highs = _output_ranges(cfg)
     shift_sum = np.zeros(cfg.in_channels)
     shift_count = 0
     n_bad = 0
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast, mc if mc is not None else contextlib.nullcontext():
         for z0 in range(0, n_slices, batch_size):
             z1 = min(n_slices, z0 + batch_size)
             block = _read_slices(volume, z0, z1, channel_axis)
@@ -382,16 +410,31 @@ def run_network(
             padded = offset.expand(z1 - z0, -1, ny + top + bottom, nx + left + right).contiguous(
                 memory_format=memory_format)
             padded[:, :, top:top + ny, left:left + nx] = x * scale + offset
-            y = _forward_tta(lambda t: to_physical_units(module(t).float(), cfg), padded, transforms, memory_format)
-            y = y[:, :, top:top + ny, left:left + nx].cpu().numpy()
+            def run() -> np.ndarray:
+                y = _forward_tta(lambda t: to_physical_units(module(t).float(), cfg), padded, transforms,
+                                 memory_format)
+                y = y[:, :, top:top + ny, left:left + nx].cpu().numpy()
+                for k in range(len(cfg.output_names)):
+                    np.clip(y[:, k], lows[k], highs[k], out=y[:, k])
+                return y
+
+            y = run()
             for k, name in enumerate(cfg.output_names):
-                np.clip(y[:, k], lows[k], highs[k], out=maps[name][z0:z1])
+                maps[name][z0:z1] = y[:, k]
+            if mc is not None and mc.active:  # dropout 0 drops nothing: the SD is 0, no pass needed
+                moments = RunningMoments()
+                for s in range(mc_samples):
+                    with mc.sample(s, range(z0, z1)):
+                        moments.update(run())
+                sd = moments.std()
+                for k, name in enumerate(cfg.output_names):
+                    spread[name][z0:z1] = sd[:, k]
             if progress is not None:
                 progress(z1)
     if n_bad:
         log.warning("predict_volume: %d non-finite input values were replaced by 0", n_bad)
     shift = float(np.abs(shift_sum / shift_count).max()) if shift_count else None
-    result = Prediction(maps, scaling, shift)
+    result = Prediction(maps, scaling, shift, spread, mc_samples, mc_seed if mc_samples else None)
     if result.outside_training:
         log.warning("%s", result.warning(cfg.name))
     return result
