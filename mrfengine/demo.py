@@ -17,7 +17,9 @@ from .matching import match_slices
 from .sequence import Sequence, hermann2021
 from .tissue import LESION_PD, LESION_T1_FACTOR, LESION_T2STAR_FACTOR, TISSUES
 
-__all__ = ["DemoRow", "DemoReport", "CohortDemoRow", "run_cohort_demo", "simulate_slab", "rician", "run_demo", "wm_signal_level", "random_fingerprints"]
+__all__ = ["DemoRow", "DemoReport", "CohortDemoRow", "SCANNER_GAIN", "UnetDemoReport", "run_cohort_demo",
+           "run_unet_demo", "simulate_slab", "rician", "run_demo", "wm_signal_level", "random_fingerprints",
+           "write_scanner_series"]
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,9 @@ def run_cohort_demo(
         subject = cohort[result.subject]
         t1_found = np.asarray(subject.array(f"derived/{pipeline.name}/T1")[:])
         t2_found = np.asarray(subject.array(f"derived/{pipeline.name}/T2star")[:])
-        matched = np.isfinite(t1_found)
+        # matched: finite inside the brain (0 outside it, the outside rule; NaN where a brain voxel has no match)
+        matched = np.isfinite(t1_found) if subject.brain_mask is None else \
+            (np.asarray(subject.brain_mask[:]) > 0) & np.isfinite(t1_found)
         truth = subject.truth
         t1 = np.asarray(truth["T1"][:])
         t2 = np.asarray(truth["T2star"][:])
@@ -269,9 +273,32 @@ def run_cohort_demo(
     return rows, report
 
 
+#: The gain the U-net demo puts its series at: the simulator's brain signal (about 0.3)
+#: becomes about 300, as a scanner's reconstruction would store it.
+SCANNER_GAIN = 1000.0
+
+
 @dataclass
 class UnetDemoReport:
-    """The default U-net on one unseen paper-sized subject, against its ground truth."""
+    """The default U-net on one unseen subject at a scanner's intensity scale, against its ground truth.
+
+    Attributes
+    ----------
+    gain : float
+        What the simulated series was multiplied by before it was stored.
+    scl_slope, scl_inter : float
+        The int16 NIfTI's scaling (value = slope * stored + inter).
+    input_level_ratio : float
+        The series' intensity level over the training data's, as ``predict``
+        measured it (``InputLevelRatio`` in the sidecars).
+    input_scale : str
+        How ``predict`` took the series' scale (``subject``: rescaled).
+    mask_dice : float
+        Dice of the brain mask ``predict`` made from the series against the
+        simulated brain.
+    t1_reldev, t2star_reldev : float
+        Mean relative deviations in the brain (voxels both masks hold).
+    """
 
     subject: str
     model: str
@@ -283,58 +310,124 @@ class UnetDemoReport:
     lesion_detection_rate: float
     nawm_dice: float
     gm_dice: float
+    gain: float = 1.0
+    scl_slope: float = 1.0
+    scl_inter: float = 0.0
+    input_level_ratio: float | None = None
+    input_scale: str = "absolute"
+    mask_dice: float = float("nan")
+    input_path: str = ""
+    output_dir: str = ""
+
+
+def write_scanner_series(mrf, affine, path, *, gain: float = SCANNER_GAIN):
+    """Store an MRF series as a scanner would: ``gain`` times the signal, in int16 with ``scl_slope``.
+
+    Parameters
+    ----------
+    mrf : array_like, (T, Z, Y, X)
+        The magnitudes (a cohort subject's ``mrf``).
+    affine : ndarray, (4, 4)
+    path : path
+        ``.nii`` or ``.nii.gz``; written as (X, Y, Z, T) int16 ``round(gain
+        * signal / scl_slope)`` with ``scl_inter`` 0 and ``scl_slope`` that
+        puts the largest value at 32,000 (non-negative integers, as scanners
+        store magnitudes).
+
+    Returns
+    -------
+    (float, float)
+        The ``scl_slope`` and ``scl_inter`` written.
+    """
+    import nibabel as nib
+
+    data = np.asarray(mrf, dtype=np.float32).transpose(3, 2, 1, 0) * np.float32(gain)
+    peak = float(data.max())
+    slope = float(np.float32(peak / 32000.0)) if peak > 0 else 1.0  # as the header stores it
+    raw = np.rint(data / np.float32(slope)).astype(np.int16)
+    img = nib.Nifti1Image(raw, np.asarray(affine, dtype=np.float64))
+    img.header.set_slope_inter(slope, 0.0)
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, str(path))
+    return slope, 0.0
 
 
 def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str = "float32",
-                  client=None) -> UnetDemoReport:
-    """Simulate one paper-sized patient (240 x 240 x 60, site 1; a cohort seed the
-    default model never saw) at ``path`` and run the ``unet`` batch stage on it:
-    T1, T2*, NAWM, GM and lesion maps, compared with the ground truth (relative
-    deviations in the brain; Dice at the paper's thresholds, 33% lesion, 80% tissue).
+                  preset: str = "paper", gain: float = SCANNER_GAIN, threads: int | None = None) -> UnetDemoReport:
+    """The network on a series as a scanner would store it, through ``mrfengine predict``.
+
+    Simulates one patient (``preset`` paper: 240 x 240 x 60, site 1; a cohort
+    seed the default model never saw) at ``path``, stores its MRF series times
+    ``gain`` as an int16 NIfTI with ``scl_slope`` beside it
+    (``<path stem>-scanner/sub-01_mrf.nii``, no brain mask: scans arrive
+    without one) and runs ``mrfengine predict`` on it, the code a user runs:
+    the NIfTI read back (``load_nifti``), the series' scale taken per subject
+    (``--input-scale subject``, or ``card`` when the model's card is
+    scale-free), a brain mask made from the series and the outside rule.  The
+    maps written (``<path stem>-scanner/maps/``) are compared with the ground
+    truth: relative deviations in the brain, Dice at the paper's thresholds
+    (33% lesion, 80% tissue).
 
     Raises
     ------
     NoDefaultModelError
         When ``model`` is ``default`` and no model is packaged.
     """
+    import json
+    import time
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from .cli.predict import predict as predict_command
     from .io import Cohort
     from .metrics import dice, lesion_detection_rate, relative_deviation
+    from .nn import read_card
     from .phantom import simulate_cohort
-    from .pipeline import Pipeline
-    from .pipeline.batch import batch_client, run_batch
     from .pipeline.stages import _unet_path
+    from .sequence import save_sequence
 
-    _unet_path(model)  # the clear error before simulating anything
-    simulate_cohort(path, preset="paper", n_subjects=1, seed=10_000 + seed)
-    pipeline = Pipeline.from_dict({"name": "unet", "stages": ["unet"],
-                                   "unet": {"model": model, "precision": precision}})
-    if client is None:
-        with batch_client(n_workers=1, threads_per_worker=1, dashboard=False) as own:
-            report = run_batch(path, pipeline, own, force=True, slab_planes=60)
-    else:
-        report = run_batch(path, pipeline, client, force=True, slab_planes=60)
-    if not report.ok:
-        from .errors import MRFEngineError
+    model_path = _unet_path(model)  # the clear error before simulating anything
+    path = Path(path)
+    simulate_cohort(path, preset=preset, n_subjects=1, seed=10_000 + seed)
+    sub = Cohort.open(path)[Cohort.open(path).subjects[0]]
+    work = path.with_name(path.name.removesuffix(".zarr") + "-scanner")
+    work.mkdir(parents=True, exist_ok=True)
+    series = work / f"{sub.id}_mrf.nii"  # uncompressed: noise compresses badly, and gzip costs 25 s here
+    slope, inter = write_scanner_series(sub.mrf[...], sub.affine, series, gain=gain)
+    sequence_file = save_sequence(sub.sequence, work / "sequence.json")
+    scale = "card" if read_card(model_path).normalisation.scale_free else "subject"
+    out = work / "maps"
+    args = [str(series), "-o", str(out), "--model", str(model_path), "--sequence", str(sequence_file),
+            "--input-scale", scale, "--precision", precision, "--force", "--no-progress"]
+    if threads:
+        args += ["--threads", str(threads)]
+    t0 = time.perf_counter()
+    predict_command.main(args, prog_name="mrfengine predict", standalone_mode=False)
+    seconds = time.perf_counter() - t0
 
-        raise MRFEngineError(f"the U-net demo failed: {report.results[0].error}")
-    result = report.results[0]
-    sub = Cohort.open(path)[result.subject]
+    def read(suffix: str) -> np.ndarray:  # (X, Y, Z) -> the store's (Z, Y, X)
+        return np.asarray(nib.load(str(out / f"{sub.id}_{suffix}.nii.gz")).dataobj, dtype=np.float32).transpose(2, 1, 0)
+
+    side = json.loads((out / f"{sub.id}_T1map.json").read_text())
     brain = np.asarray(sub.brain_mask[:]) > 0
-
-    def derived(name):
-        return np.asarray(sub.array(f"derived/unet/{name}")[:])
-
+    made = read("desc-brain_mask") > 0
+    both = brain & made
     truth = sub.truth
     lesion_truth = np.asarray(truth["lesion"][:]) >= 0.5
     nawm_truth = np.clip(np.asarray(truth["WM"][:]) - np.asarray(truth["lesion"][:]), 0, 1)
+    lesion = read("label-lesion_probseg")
     return UnetDemoReport(
-        subject=sub.id, model=str(_unet_path(model)), shape=tuple(sub.shape),
-        seconds=float(result.timings_s.get("unet", float("nan"))),
-        t1_reldev=relative_deviation(derived("T1"), np.asarray(truth["T1"][:]), brain),
-        t2star_reldev=relative_deviation(derived("T2star"), np.asarray(truth["T2star"][:]), brain),
-        lesion_dice=dice(derived("lesion"), lesion_truth, threshold=0.33),
-        lesion_detection_rate=lesion_detection_rate(derived("lesion"), lesion_truth, threshold=0.33),
-        nawm_dice=dice(derived("NAWM"), nawm_truth, threshold=0.8),
-        gm_dice=dice(derived("GM"), np.asarray(truth["GM"][:]), threshold=0.8),
+        subject=sub.id, model=str(model_path), shape=tuple(sub.shape), seconds=seconds,
+        t1_reldev=relative_deviation(read("T1map") * 1e3, np.asarray(truth["T1"][:]), both),
+        t2star_reldev=relative_deviation(read("T2starmap") * 1e3, np.asarray(truth["T2star"][:]), both),
+        lesion_dice=dice(lesion, lesion_truth, threshold=0.33),
+        lesion_detection_rate=lesion_detection_rate(lesion, lesion_truth, threshold=0.33),
+        nawm_dice=dice(read("label-NAWM_probseg"), nawm_truth, threshold=0.8),
+        gm_dice=dice(read("label-GM_probseg"), np.asarray(truth["GM"][:]), threshold=0.8),
+        gain=float(gain), scl_slope=slope, scl_inter=inter, input_level_ratio=side.get("InputLevelRatio"),
+        input_scale=str(side.get("InputScale")), mask_dice=dice(made, brain), input_path=str(series),
+        output_dir=str(out),
     )
-

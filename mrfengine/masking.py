@@ -12,6 +12,28 @@ bridges to the scalp.  MRF-EPI series are EPI series of 35 frames, with the
 brain brighter than the background in every frame, which is what the method
 assumes.
 
+The outside rule
+----------------
+Every map mrfengine writes from an estimate (``mrfengine predict``, the batch
+pipeline's ``write`` stage for the ``match`` and ``unet`` stages, ``mrfengine
+export`` of a pipeline's maps) follows one rule, :func:`apply_outside_rule`:
+outside the brain mask the analysis used, every map holds
+:data:`OUTSIDE_BRAIN_VALUE` (0) -- quantitative maps (T1, T2*, B1, M0, the
+match correlation) and probabilities alike; inside it, each holds its
+estimate.  The mask is written beside the maps (``desc-brain_mask``) and named
+in every sidecar with the value (:func:`outside_rule_fields`).  Without a mask
+(``predict --no-brain-mask``, a cohort subject without ``brain_mask``) the
+whole field of view is estimated and nothing is background.
+
+Why 0 and not NaN: a probability outside the brain *is* 0 (no tissue there),
+and one background value for every file keeps a subject's conventional and
+network maps alike; 0 is what FSL, ANTs, AFNI, MRtrix, FreeSurfer and the
+viewers take as background, whereas NaN spreads through resampling,
+registration, smoothing and averages and is refused or mis-shown by several of
+them; and 0 s is no tissue's T1 or T2* (nor 0 its B1), so a 0 never passes for
+an estimate, while the mask beside the maps says exactly which voxels were
+estimated.  ``mrfengine match`` already wrote 0 where it did not match.
+
 References
 ----------
 Nichols T. Notes on creating a brain mask from an EPI series (the method
@@ -22,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +54,14 @@ from .errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["brain_mask_from_mean", "brain_mask_from_mrf", "mean_image"]
+__all__ = ["MASK_METHOD", "OUTSIDE_BRAIN_VALUE", "apply_outside_rule", "brain_mask_from_mean", "brain_mask_from_mrf",
+           "mean_image", "outside_rule_fields"]
+
+#: What every written map holds outside the brain mask (see "The outside rule" above).
+OUTSIDE_BRAIN_VALUE = 0.0
+
+#: How :func:`brain_mask_from_mrf` makes a mask, as sidecars name it.
+MASK_METHOD = "made from the MRF series (nilearn compute_epi_mask on the mean over frames)"
 
 
 def mean_image(volume: Any, *, channel_axis: int = 0, batch: int = 8) -> np.ndarray:
@@ -120,3 +150,67 @@ def brain_mask_from_mrf(volume: Any, *, channel_axis: int = 0, opening: int = 2)
     if len(getattr(volume, "shape", ())) != 4:
         raise ValidationError(f"the MRF series must be 4D; got shape {getattr(volume, 'shape', None)}")
     return brain_mask_from_mean(mean_image(volume, channel_axis=channel_axis), opening=opening)
+
+
+def apply_outside_rule(maps: Mapping[str, ArrayLike], mask: ArrayLike | None) -> dict[str, np.ndarray]:
+    """The outside rule: every map set to :data:`OUTSIDE_BRAIN_VALUE` outside ``mask``.
+
+    The one place where mrfengine decides what its maps hold outside the
+    brain; ``mrfengine predict``, the pipeline's ``write`` stage and
+    ``mrfengine export`` all call it.
+
+    Parameters
+    ----------
+    maps : mapping of str to array_like
+        Maps of one subject, each of ``mask``'s shape (any axis order, as long
+        as maps and mask share it).
+    mask : array_like of bool, or None
+        The brain (nonzero inside).  None: the whole field of view is
+        estimated, and the maps are returned as they are (as float32).
+
+    Returns
+    -------
+    dict of str to ndarray, float32
+        New arrays (the inputs are not changed); inside the mask each holds
+        the input's values, NaN included (a brain voxel without an estimate
+        stays visible as one).
+
+    Raises
+    ------
+    ValidationError
+        A map whose shape is not the mask's.
+    """
+    if mask is None:
+        return {name: np.asarray(value, dtype=np.float32).copy() for name, value in maps.items()}
+    inside = np.asarray(mask) != 0
+    out = {}
+    for name, value in maps.items():
+        arr = np.asarray(value, dtype=np.float32)
+        if arr.shape != inside.shape:
+            raise ValidationError(f"map {name!r} has shape {arr.shape}; the brain mask has {inside.shape}")
+        out[name] = np.where(inside, arr, np.float32(OUTSIDE_BRAIN_VALUE))
+    return out
+
+
+def outside_rule_fields(mask: str | None, source: str) -> dict[str, Any]:
+    """The sidecar fields that state the outside rule for a map.
+
+    Parameters
+    ----------
+    mask : str or None
+        The brain mask's file name (written beside the maps, or the one the
+        user gave); None when no mask was applied (the whole field of view).
+    source : str
+        Where the mask came from: ``"given"``, :data:`MASK_METHOD`, ``"cohort
+        store (brain_mask)"``, or ``"none"``.
+
+    Returns
+    -------
+    dict
+        ``BrainMask`` (the file, or None), ``BrainMaskSource`` and
+        ``OutsideBrainValue`` (:data:`OUTSIDE_BRAIN_VALUE`, or None when
+        nothing is outside).
+    """
+    applied = mask is not None
+    return {"BrainMask": mask, "BrainMaskSource": source if applied else "none",
+            "OutsideBrainValue": OUTSIDE_BRAIN_VALUE if applied else None}

@@ -36,8 +36,10 @@ def demo(slices: int, voxels: int, snr: float, site: str, seed: int, cohort_path
     errors against ground truth per tissue, and where the maps are.
 
     3. The packaged U-net (the paper's MSE-5 network) on one paper-sized
-    patient it never saw (240 x 240 x 60, 35 frames): whole-brain T1, T2*,
-    NAWM, GM and lesion maps through the batch's unet stage, against truth."""
+    patient it never saw (240 x 240 x 60, 35 frames), its series stored as
+    a scanner would (times 1000, int16 NIfTI with scl_slope, no brain mask):
+    `mrfengine predict` with the series' scale taken per subject gives
+    whole-brain T1, T2*, NAWM, GM and lesion maps, against truth."""
     from ..demo import run_demo
     from ..dictionary import SliceDictionaries
     from ..sequence import hermann2021
@@ -106,12 +108,11 @@ def _cohort_part(cohort_path, seed, backend, method) -> None:
         click.get_current_context().exit(1)
 
 
-def _unet_part(cohort_path, seed) -> None:
+def _unet_part(cohort_path, seed, *, model: str = "default", preset: str = "paper") -> None:
     import time
     from pathlib import Path
 
-    from ..demo import run_unet_demo
-    from .batch import _quiet_dask
+    from ..demo import SCANNER_GAIN, run_unet_demo
 
     try:
         from ..nn.default import NoDefaultModelError
@@ -120,23 +121,27 @@ def _unet_part(cohort_path, seed) -> None:
         return
 
     path = Path(cohort_path).with_name("unet-subject.zarr")
-    _quiet_dask()
-    click.echo(f"\nsimulating one paper-sized patient in {path} (unseen by the model) and running the packaged "
-               "U-net on it (the batch's unet stage) ...")
+    click.echo(f"\nsimulating one {'paper-sized ' if preset == 'paper' else ''}patient in {path} (unseen by the "
+               f"model), storing its series as a scanner would (x{SCANNER_GAIN:g}, int16 NIfTI with scl_slope, no "
+               "brain mask) and running `mrfengine predict` on it ...")
     t0 = time.perf_counter()
     try:
-        rep = run_unet_demo(path, seed=seed)
+        rep = run_unet_demo(path, seed=seed, model=model, preset=preset)
     except NoDefaultModelError as exc:
         click.echo(f"skipped: {exc}")
         return
     total = time.perf_counter() - t0
-    click.echo(f"{rep.subject} {rep.shape[0]}x{rep.shape[1]}x{rep.shape[2]}: whole-brain inference in "
-               f"{rep.seconds:.1f} s (one worker thread)")
+    ratio = "-" if rep.input_level_ratio is None else f"{rep.input_level_ratio:,.4g}"
+    click.echo(f"{rep.subject} {rep.shape[0]}x{rep.shape[1]}x{rep.shape[2]}: input {Path(rep.input_path).name} "
+               f"(gain {rep.gain:g}, int16, scl_slope {rep.scl_slope:.4g}, scl_inter {rep.scl_inter:.4g}); "
+               f"measured level {ratio} times the training data's, input scale {rep.input_scale}; "
+               f"brain mask made from the series: Dice {rep.mask_dice:.3f} with the simulated brain; "
+               f"predict took {rep.seconds:.1f} s")
     click.echo(f"against ground truth: T1 deviation {rep.t1_reldev:.1%}, T2* deviation {rep.t2star_reldev:.1%}, "
                f"lesion Dice {rep.lesion_dice:.2f} and detection rate {rep.lesion_detection_rate:.2f} at 33%, "
                f"NAWM Dice {rep.nawm_dice:.2f}, GM Dice {rep.gm_dice:.2f} at 80%")
-    click.echo(f"maps: {path}/subjects/{rep.subject}/derived/unet/ (T1, T2star, NAWM, GM, lesion); "
-               f"done in {total:.1f} s\n"
+    click.echo(f"maps: {rep.output_dir}/ (T1map, T2starmap in s; NAWM, GM, lesion probseg; the brain mask; 0 "
+               f"outside the brain); done in {total:.1f} s\n"
                f"any 4D MRF NIfTI: mrfengine predict MRF.nii.gz -o OUTDIR")
 
 

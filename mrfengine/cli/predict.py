@@ -22,6 +22,10 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
     return f"desc-{name}_map", unit, 1.0
 
 
+MASK_SUFFIX = "desc-brain_mask"
+"""File suffix of the brain mask predict makes from the series (BIDS derivatives' ``desc-brain_mask``)."""
+
+
 @click.command()
 @click.argument("input_path", metavar="MRF.nii[.gz]", type=click.Path(dir_okay=False))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
@@ -35,7 +39,11 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @click.option("--sequence", "sequence_spec", default=None,
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
-              help="3D brain mask on the input's grid; the maps are 0 outside it.")
+              help="3D brain mask on the input's grid (nonzero inside); every map is 0 outside it. Default: a "
+                   "mask made from the series (nilearn compute_epi_mask), written as PREFIX_desc-brain_mask.")
+@click.option("--no-brain-mask", is_flag=True,
+              help="Keep the whole field of view: no map is set to 0 outside the brain (the input's level is "
+                   "still measured in a mask made from the series).")
 @click.option("--input-scale", default="card", show_default=True, type=click.Choice(["card", "subject", "absolute"]),
               help="subject: rescale the series to the training data's intensity level, measured in the brain "
                    "(--mask, or a mask made from the series), so any global gain or int16 scaling cancels; "
@@ -52,8 +60,8 @@ def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
 @prefix_option
 @force_option
 @progress_option
-def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, input_scale, batch_size,
-            precision, tta, device, threads, prefix, force, show_progress) -> None:
+def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, no_brain_mask, input_scale,
+            batch_size, precision, tta, device, threads, prefix, force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -65,6 +73,13 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     own, whose slice count the input must have) are checked, and a mismatch
     is refused.  A model is read as weights only; a TorchScript file (it
     runs code stored in the file) is refused unless --trust-model-code.
+
+    Outside the brain every map is 0 (mrfengine's outside rule, also that of
+    the batch's maps and of export): the brain is --mask, or else a mask
+    made from the series (the one its intensity level is measured in),
+    written beside the maps as PREFIX_desc-brain_mask; --no-brain-mask keeps
+    the whole field of view.  The sidecars name the mask (BrainMask,
+    BrainMaskSource) and the value outside it (OutsideBrainValue).
     Existing maps are not replaced unless --force."""
     import time
     from pathlib import Path
@@ -76,6 +91,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     from ..errors import InputFileError, ValidationError
     from ..io import derivative_name, entity_prefix, load_mask_like, load_nifti, save_nifti, write_sidecar
     from ..io.outputs import check_outputs, check_prefix
+    from ..masking import MASK_METHOD, apply_outside_rule, outside_rule_fields
     from ..nn import card_path, check_card, load_model, read_card, run_network
     from ..nn.default import default_model_path
     from ..sequence import Sequence, resolve_sequence
@@ -98,6 +114,12 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     # Every output is checked before any work: a plain prefix, inside -o, nothing replaced without --force.
     prefix = prefix or check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
     suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    if mask_path and no_brain_mask:
+        raise click.UsageError("--mask and --no-brain-mask exclude each other: give the brain, or keep the whole "
+                               "field of view")
+    made_mask = not mask_path and not no_brain_mask  # the mask made from the series is written as a derivative
+    if made_mask:
+        suffixes.append(MASK_SUFFIX)
     check_outputs(output_dir, [derivative_name(prefix, s, ext) for s in suffixes for ext in (".nii.gz", ".json")],
                   force=force, sources={derivative_name(prefix, s, ".json"): Path(input_path).name for s in suffixes[:1]})
     data, affine, header = load_nifti(input_path, ndim=4, magnitude=True)
@@ -134,8 +156,19 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
                              mask=None if mask is None else mask.transpose(2, 1, 0))
     except ValidationError as exc:  # the input's scale cannot be measured (no brain found, an empty mask)
         raise ValidationError(f"{input_path}: {exc}") from exc
-    maps = result.maps
     seconds = time.perf_counter() - t0
+    # The outside rule (mrfengine.masking.apply_outside_rule): every map 0 outside the brain mask.
+    if no_brain_mask:
+        rule_mask, mask_name, mask_source = None, None, "none"
+    elif mask is not None:
+        rule_mask, mask_name, mask_source = mask.transpose(2, 1, 0), Path(mask_path).name, "given"
+    elif result.scaling.mask is not None:
+        rule_mask, mask_name, mask_source = result.scaling.mask, derivative_name(prefix, MASK_SUFFIX), MASK_METHOD
+    else:
+        raise ValidationError(f"{input_path}: no brain mask could be made from the series (no bright region in its "
+                              "mean image); pass --mask MASK, or --no-brain-mask to keep the whole field of view")
+    maps = apply_outside_rule(result.maps, rule_mask)
+
 
     out = Path(output_dir)
     provenance = {
@@ -153,20 +186,26 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         "InputGain": result.scaling.gain,
         "InputLevel": result.scaling.level,
         "InputLevelRatio": result.scaling.level_ratio,
-        "BrainMask": "given: " + Path(mask_path).name if mask_path else result.scaling.mask_source,
+        "InputLevelMask": result.scaling.mask_source,
+        **outside_rule_fields(mask_name, mask_source),
         "InputShift": result.input_shift,
         "InputOutsideTraining": result.outside_training,
     }
     for spec in card.config.outputs:
         suffix, unit, scale = output_file_spec(spec.name, spec.unit)
         arr = maps[spec.name].transpose(2, 1, 0) * np.float32(scale)  # (Z, Y, X) -> (X, Y, Z)
-        if mask is not None:
-            arr = np.where(mask, arr, np.float32(0))
         path = save_nifti(np.ascontiguousarray(arr, dtype=np.float32), affine, out / derivative_name(prefix, suffix),
                           header=header)
         write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
                       {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
                        **provenance})
+    if made_mask:
+        path = save_nifti(np.ascontiguousarray(rule_mask.transpose(2, 1, 0), dtype=np.uint8), affine,
+                          out / derivative_name(prefix, MASK_SUFFIX), header=header)
+        write_sidecar(path.with_name(derivative_name(prefix, MASK_SUFFIX, ".json")),
+                      {"Description": "brain mask the maps were set to 0 outside of (and the input's level "
+                                      "measured in)", "Type": "Brain", "Method": MASK_METHOD, "Units": "1",
+                       "Sources": [str(Path(input_path).name)], "mrfengine_version": __version__})
     if result.outside_training:
         click.secho(f"warning: {input_path}: {result.warning(card.name)}; the maps may be wrong "
                     "(InputOutsideTraining in the sidecars)", err=True, fg="yellow")

@@ -27,7 +27,12 @@ array                  file
 
 Derived maps carry their pipeline's provenance (package version, backend,
 stage configuration, dictionary digests, per-stage timings) in the sidecar's
-``GeneratedBy`` and ``PipelineProvenance``.
+``GeneratedBy`` and ``PipelineProvenance``.  They leave under mrfengine's
+outside rule (:func:`mrfengine.masking.apply_outside_rule`, as ``mrfengine
+predict`` writes its maps): 0 outside the subject's ``brain_mask`` when the
+pipeline ran with it (also for maps a store holds from before the rule, NaN
+there), the mask named in the sidecar (``BrainMask``, ``BrainMaskSource``,
+``OutsideBrainValue``).
 
 Ground truth carries ``desc-truth`` so it never collides with the maps that
 ``mrfengine match`` writes (``sub-01_T1map.nii.gz``).  Every image gets a JSON
@@ -47,6 +52,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
+from ..masking import apply_outside_rule, outside_rule_fields
 from .bids import MAP_SPECS, write_sidecar
 from .cohort import SCHEMA_VERSION, TRUTH_SPECS, Cohort, Subject
 from .nifti import save_nifti
@@ -159,6 +165,25 @@ def _derived_record(store: Path, subject: Subject, pipeline: str) -> dict[str, A
     return record
 
 
+def _derived_outside_rule(store: Path, subject: Subject, array_path: str,
+                          ext: str) -> tuple[np.ndarray | None, str | None, str]:
+    """The brain mask a derived map is exported under, its exported file name and its source.
+
+    The pipeline ran with the subject's ``brain_mask`` when it has one (its
+    ``write`` stage says so; a record from before says nothing, and the runner
+    always passed the mask); the mask leaves as ``<sub>_desc-brain_mask``.
+    """
+    from ..pipeline.stages import BRAIN_MASK_SOURCE
+
+    pipeline = array_path.split("/")[1]
+    stages = (_derived_record(store, subject, pipeline).get("provenance") or {}).get("stages") or {}
+    used = (stages.get("write") or {}).get("brain_mask", BRAIN_MASK_SOURCE) != "none"
+    if not used or subject.brain_mask is None:
+        return None, None, "none"
+    mask = np.asarray(subject.brain_mask[...]) > 0
+    return mask, f"{subject.id}_{export_name('brain_mask')[0]}{ext}", BRAIN_MASK_SOURCE
+
+
 def export_array(
     cohort: Cohort | str | os.PathLike,
     subject_id: str,
@@ -194,6 +219,10 @@ def export_array(
     arr = subject.array(array_path)
     name, unit, scale = export_name(array_path)
     data = np.asarray(arr[...])
+    rule = None
+    if data.ndim == 3 and array_path.startswith("derived/"):
+        rule = _derived_outside_rule(Path(cohort.path), subject, array_path, ext)
+        data = apply_outside_rule({array_path: data}, rule[0])[array_path]  # on the store's (Z, Y, X) order
     if data.ndim == 4:
         data = data.transpose(3, 2, 1, 0)
     elif data.ndim == 3:
@@ -225,6 +254,8 @@ def export_array(
         fields.update(_sequence_fields(subject))
     if array_path.startswith("derived/"):
         _derived_fields(Path(cohort.path), subject, array_path, attrs, fields)
+        if rule is not None:
+            fields.update(outside_rule_fields(rule[1], rule[2]))
     if array_path.startswith("truth/") and cohort.generator:
         fields["Simulated"] = True
         fields["Seed"] = cohort.generator.get("seed")

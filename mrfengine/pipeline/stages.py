@@ -35,7 +35,9 @@ The stages:
 ``write``
     Turns ``maps`` and/or ``nn_maps`` into ``derived``, the float32 arrays of the derived group
     (T1, T2star in ms, B1, M0, correlation; see
-    :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`).  Persisting them is the
+    :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`), with the outside rule
+    (:func:`mrfengine.masking.apply_outside_rule`): every array is 0 outside
+    ``mask`` (the subject's ``brain_mask``); without a mask, nothing is.  Persisting them is the
     runner's job (:func:`mrfengine.pipeline.run.run_subject`).
 
 Slabs.  A stage also states how many neighbouring planes each output plane
@@ -66,6 +68,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
+from ..masking import OUTSIDE_BRAIN_VALUE, apply_outside_rule
 from ..sequence import Sequence
 
 __all__ = [
@@ -78,6 +81,9 @@ __all__ = [
     "pipeline_halo",
     "VOLUME_AXES",
 ]
+
+#: Where the pipeline's brain mask comes from, as provenance and sidecars name it.
+BRAIN_MASK_SOURCE = "cohort store (brain_mask)"
 
 #: Artifacts a run provides before the first stage.
 INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
@@ -259,11 +265,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
                              input_scale=str(options["input_scale"]))
     finally:
         torch.set_num_threads(old_threads)
-    out = result.maps
-    if mask is not None:
-        for name, value in out.items():
-            unit = next((o.unit for o in card.config.outputs if o.name == name), "1")
-            value[~mask] = np.nan if unit == "ms" else 0.0
+    out = result.maps  # 0 outside the brain: the write stage applies the outside rule to every map
     prefix = str(options["prefix"])
     info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
             "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256,
@@ -295,8 +297,11 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
         raise ValidationError(f"both 'match' and 'unet' produce {clash}; give the unet stage a prefix "
                               f"(e.g. [unet] prefix = \"unet_\")")
     derived.update(nn_maps)
-    derived = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in derived.items()}
-    return {"derived": derived}, {}
+    # The outside rule (mrfengine.masking): every map, conventional or network, 0 outside the brain mask.
+    mask = inputs.get("mask")
+    derived = {k: np.ascontiguousarray(v) for k, v in apply_outside_rule(derived, mask).items()}
+    return {"derived": derived}, {"brain_mask": "none" if mask is None else BRAIN_MASK_SOURCE,
+                                  "outside_brain_value": None if mask is None else OUTSIDE_BRAIN_VALUE}
 
 
 #: The known stages by name.
@@ -316,7 +321,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                                             "input_scale": ("card", "subject", "absolute"),
                                             "trust_model_code": (False, True)}),
                   optional=("maps",), halo=_whole_volume),
-    "write": Stage("write", _write, (), ("derived",), any_of=("maps", "nn_maps")),
+    "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps")),
 })
 
 

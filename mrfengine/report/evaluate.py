@@ -21,7 +21,7 @@ Map sources (``--pred`` / ``--ref`` on the command line):
     The reference (dictionary-matching) pipeline, computed on the fly: the
     subject's MRF is matched slice by slice against its site's dictionaries
     (:func:`mrfengine.matching.match_slices`) inside the brain mask, giving
-    ``T1`` and ``T2star``; ``lesion`` = ``annotations/lesion``; ``NAWM`` and
+    ``T1`` and ``T2star`` (0 outside the brain mask, as a batch stores them); ``lesion`` = ``annotations/lesion``; ``NAWM`` and
     ``GM`` = the truth fractions.  The tissue maps are a *stand-in* until a
     segmentation stage exists: evaluating them against ``truth`` gives Dice 1
     by construction and says nothing about the pipeline.
@@ -165,6 +165,7 @@ class ConventionalSource:
 
     def maps(self, subject: Subject) -> dict[str, np.ndarray]:
         from ..dictionary import SliceDictionaries
+        from ..masking import apply_outside_rule
         from ..matching import match_slices
 
         digest = subject.sequence.digest()
@@ -176,8 +177,8 @@ class ConventionalSource:
                               backend=self.backend, method=self.method)
         log.debug("%s: matched %d voxels (%s, %s)", subject.id, int(np.count_nonzero(result.matched)),
                  result.backend, result.method)
-        out = {"T1": np.asarray(result.params["T1"], dtype=np.float32),
-               "T2star": np.asarray(result.params["T2star"], dtype=np.float32)}
+        # 0 outside the brain, as the batch stores matched maps (mrfengine.masking's outside rule)
+        out = apply_outside_rule({"T1": result.params["T1"], "T2star": result.params["T2star"]}, mask)
         out.update(AnnotationSource().maps(subject))
         for key, path in (("NAWM", "truth/WM"), ("GM", "truth/GM")):
             if path in subject.arrays:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +24,52 @@ def test_demo_prints_a_table(capsys, tmp_path):
     out = capsys.readouterr().out
     for word in ("WM", "GM", "DGM", "lesion", "T1 true", "voxels/s", "tiny cohort", "sub-06"):
         assert word in out
+
+
+def test_demo_runs_the_network_on_a_scanner_scale_int16_series(tmp_path, capsys):
+    """The demo's network part at a tiny size: the tiny preset's patient, stored at x1000 as int16
+    with scl_slope, through `mrfengine predict` (its scale taken per subject, a mask made from the series)."""
+    pytest.importorskip("torch")
+    from mrfengine.cli.demo import _unet_part
+    from mrfengine.demo import SCANNER_GAIN, run_unet_demo
+    from mrfengine.io import Cohort, load_nifti
+    from mrfengine.masking import mean_image
+    from mrfengine.nn import Normalisation, get_config, save_model
+    from mrfengine.nn.normalisation import input_level
+
+    cfg = get_config("MSE-5").with_architecture(depth=2, base_filters=4)
+    rng = np.random.default_rng(0)
+    norm = Normalisation(tuple(rng.uniform(0.05, 0.2, 35)), tuple(rng.uniform(0.05, 0.1, 35)))  # absolute scale
+    model = tmp_path / "model" / "mse5.pt"
+    save_model(cfg.build(seed=3), model, config=cfg, normalisation=norm, sequence=hermann2021(1, n_slices=12))
+    cohort = tmp_path / "demo" / "tiny.zarr"
+    _unet_part(cohort, 0, model=str(model), preset="tiny")
+    out = capsys.readouterr().out
+    for words in ("as a scanner would (x1000, int16 NIfTI with scl_slope", "`mrfengine predict`", "gain 1000",
+                  "input scale subject", "brain mask made from the series: Dice", "against ground truth: T1 deviation",
+                  "lesion Dice", "NAWM Dice", "GM Dice"):
+        assert words in out, words
+    # the report, read again: the series as stored, and what predict measured in it
+    rep = run_unet_demo(tmp_path / "demo" / "unet-subject.zarr", model=str(model), preset="tiny")
+    sub = Cohort.open(tmp_path / "demo" / "unet-subject.zarr")["sub-01"]
+    img = nib.load(rep.input_path)
+    assert img.get_data_dtype() == np.int16 and img.dataobj.slope == pytest.approx(rep.scl_slope)
+    assert rep.scl_slope not in (0.0, 1.0) and rep.scl_inter == 0.0 and rep.gain == SCANNER_GAIN
+    stored, _, _ = load_nifti(rep.input_path, ndim=4, magnitude=True)
+    truth = np.asarray(sub.mrf[...]).transpose(3, 2, 1, 0) * SCANNER_GAIN
+    assert np.abs(stored - truth).max() <= 0.51 * rep.scl_slope  # int16 rounding (and float32), nothing else
+    assert float(np.median(stored.mean(axis=3)[np.asarray(sub.brain_mask[:]).transpose(2, 1, 0) > 0])) > 100
+    maps = Path(rep.output_dir)
+    made = np.asarray(nib.load(str(maps / "sub-01_desc-brain_mask.nii.gz")).dataobj) > 0
+    level = input_level(mean_image(stored.transpose(2, 3, 1, 0), channel_axis=1), made.transpose(2, 1, 0))
+    assert rep.input_scale == "subject"
+    assert rep.input_level_ratio == pytest.approx(level / norm.reference_level, rel=1e-4)
+    assert 0.7 < rep.mask_dice <= 1.0
+    for suffix in ("T1map", "T2starmap", "label-NAWM_probseg", "label-GM_probseg", "label-lesion_probseg"):
+        arr = np.asarray(nib.load(str(maps / f"sub-01_{suffix}.nii.gz")).dataobj)
+        assert (arr[~made] == 0).all() and np.isfinite(arr).all()  # the outside rule
+    for value in (rep.t1_reldev, rep.t2star_reldev, rep.nawm_dice, rep.gm_dice):
+        assert np.isfinite(value)
 
 
 def test_demo_keeps_the_cohort_where_asked(tmp_path, capsys):

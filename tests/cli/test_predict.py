@@ -39,11 +39,27 @@ def _model(tmp_path, name="MSE-5", n_channels=35, sequence=SEQ):
     return path
 
 
+def _head(shape):
+    """(X, Y) of an elliptic "brain" in the middle of the slice."""
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    return ((x - (shape[0] - 1) / 2) / (0.38 * shape[0])) ** 2 + ((y - (shape[1] - 1) / 2) / (0.38 * shape[1])) ** 2 < 1
+
+
 def _mrf(tmp_path, shape=(14, 11, 4, 35), name="sub-01_mrf.nii.gz"):
+    """A series with a bright elliptic brain in a dark background (a tenth of its signal)."""
     data = np.random.default_rng(1).uniform(0, 0.3, size=shape).astype(np.float32)
+    data *= np.where(_head(shape), 1.0, 0.1).astype(np.float32)[:, :, None, None]
     path = tmp_path / name
     nib.save(nib.Nifti1Image(data, AFFINE), str(path))
     return path, data
+
+
+def _expected(data, model, mask_xyz, **options):
+    """predict_volume's maps under the outside rule, (X, Y, Z)."""
+    from mrfengine.masking import apply_outside_rule
+
+    maps = predict_volume(data.transpose(2, 3, 1, 0), model, **options)
+    return {k: v.transpose(2, 1, 0) for k, v in apply_outside_rule(maps, mask_xyz.transpose(2, 1, 0)).items()}
 
 
 def test_predict_writes_the_five_maps_with_units_and_the_affine(tmp_path, capsys):
@@ -52,18 +68,27 @@ def test_predict_writes_the_five_maps_with_units_and_the_affine(tmp_path, capsys
     out = tmp_path / "out"
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--batch-size", "3"]) == 0
     assert "predicted 4 slices" in capsys.readouterr().out
-    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path), batch_size=3)
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"sub-01_{s}.nii.gz" for s in OUTPUTS)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(
+        [f"sub-01_{s}.nii.gz" for s in OUTPUTS] + ["sub-01_desc-brain_mask.nii.gz"])
+    # no --mask: the maps are 0 outside a brain mask made from the series, written beside them
+    mask_img = nib.load(str(out / "sub-01_desc-brain_mask.nii.gz"))
+    mask = np.asarray(mask_img.dataobj)
+    np.testing.assert_allclose(mask_img.affine, AFFINE)
+    np.testing.assert_array_equal(mask, np.broadcast_to(_head(data.shape)[:, :, None], mask.shape))
+    assert json.loads((out / "sub-01_desc-brain_mask.json").read_text())["Method"].startswith("made from the MRF")
+    want = _expected(data, load_model(model_path), mask, batch_size=3)
     for suffix, (name, unit, scale) in OUTPUTS.items():
         img = nib.load(str(out / f"sub-01_{suffix}.nii.gz"))
         np.testing.assert_allclose(img.affine, AFFINE)
         arr = np.asarray(img.dataobj)
         assert arr.shape == data.shape[:3] and arr.dtype == np.float32
-        np.testing.assert_allclose(arr, want[name].transpose(2, 1, 0) * scale, rtol=1e-6)
+        np.testing.assert_allclose(arr, want[name] * scale, rtol=1e-6)
+        assert (arr[mask == 0] == 0).all() and np.count_nonzero(arr[mask == 1]) > 0
         side = json.loads((out / f"sub-01_{suffix}.json").read_text())
         assert side["Units"] == unit and side["Model"] == "MSE-5"
         assert side["SequenceDigest"] == SEQ.digest() and side["Source"] == "sub-01_mrf.nii.gz"
         assert side["TestTimeAugmentation"] == "none"
+        assert side["BrainMask"] == "sub-01_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
 
 
 def test_predict_with_test_time_augmentation(tmp_path):
@@ -71,9 +96,10 @@ def test_predict_with_test_time_augmentation(tmp_path):
     mrf_path, data = _mrf(tmp_path)
     out = tmp_path / "out"
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--tta", "flip"]) == 0
-    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path), tta="flip")
+    mask = np.asarray(nib.load(str(out / "sub-01_desc-brain_mask.nii.gz")).dataobj)
+    want = _expected(data, load_model(model_path), mask, tta="flip")
     arr = np.asarray(nib.load(str(out / "sub-01_label-lesion_probseg.nii.gz")).dataobj)
-    np.testing.assert_allclose(arr, want["lesion"].transpose(2, 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(arr, want["lesion"], rtol=1e-6)
     assert json.loads((out / "sub-01_label-lesion_probseg.json").read_text())["TestTimeAugmentation"] == "flip"
 
 
@@ -86,11 +112,45 @@ def test_mask_zeroes_the_maps_outside(tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--mask",
                  str(tmp_path / "mask.nii.gz"), "--prefix", "sub-02"]) == 0
-    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--prefix", "all"]) == 0
-    masked = np.asarray(nib.load(str(out / "sub-02_T1map.nii.gz")).dataobj)
-    full = np.asarray(nib.load(str(out / "all_T1map.nii.gz")).dataobj)
-    assert np.count_nonzero(full[mask == 0]) > 0
-    np.testing.assert_array_equal(masked, np.where(mask == 1, full, 0))
+    assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--prefix", "all",
+                 "--no-brain-mask"]) == 0
+    assert not (out / "sub-02_desc-brain_mask.nii.gz").exists() and not (out / "all_desc-brain_mask.nii.gz").exists()
+    for suffix in OUTPUTS:
+        masked = np.asarray(nib.load(str(out / f"sub-02_{suffix}.nii.gz")).dataobj)
+        full = np.asarray(nib.load(str(out / f"all_{suffix}.nii.gz")).dataobj)
+        assert np.count_nonzero(full[mask == 0]) > 0
+        np.testing.assert_array_equal(masked, np.where(mask == 1, full, 0))
+        given = json.loads((out / f"sub-02_{suffix}.json").read_text())
+        assert (given["BrainMask"], given["BrainMaskSource"], given["OutsideBrainValue"]) == ("mask.nii.gz", "given", 0)
+        whole = json.loads((out / f"all_{suffix}.json").read_text())
+        assert (whole["BrainMask"], whole["BrainMaskSource"], whole["OutsideBrainValue"]) == (None, "none", None)
+    # --no-brain-mask keeps the whole field of view: predict_volume's maps as they are
+    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path))
+    np.testing.assert_allclose(np.asarray(nib.load(str(out / "all_T1map.nii.gz")).dataobj),
+                               want["T1"].transpose(2, 1, 0) * 1e-3, rtol=1e-6)
+
+
+def test_mask_and_no_brain_mask_exclude_each_other(tmp_path, capsys):
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    nib.save(nib.Nifti1Image(np.ones(data.shape[:3], np.uint8), AFFINE), str(tmp_path / "mask.nii.gz"))
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out"), "--model", str(model_path), "--mask",
+                 str(tmp_path / "mask.nii.gz"), "--no-brain-mask"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_series_with_no_brain_to_find_is_refused_unless_the_whole_field_is_kept(tmp_path, capsys):
+    model_path = _model(tmp_path)
+    path = tmp_path / "sub-09_mrf.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((14, 11, 4, 35), 0.2, np.float32), AFFINE), str(path))
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(model_path), "--input-scale", "absolute"]) == 1
+    err = capsys.readouterr().err
+    assert "no brain mask could be made" in err and "--no-brain-mask" in err
+    assert main(["predict", str(path), "-o", str(out), "--model", str(model_path), "--input-scale", "absolute",
+                 "--no-brain-mask"]) == 0
+    assert json.loads((out / "sub-09_T1map.json").read_text())["BrainMask"] is None
 
 
 @pytest.fixture
@@ -140,12 +200,13 @@ def test_predict_without_model_uses_the_shipped_float16_model(tmp_path, capsys, 
     assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 0
     assert f"from {shipped}" in capsys.readouterr().out
     got = _maps(tmp_path / "out")
-    want = predict_volume(data.transpose(2, 3, 1, 0), load_model(shipped))
-    full = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path))
+    mask = np.asarray(nib.load(str(tmp_path / "out" / "sub-01_desc-brain_mask.nii.gz")).dataobj)
+    want = _expected(data, load_model(shipped), mask)
+    full = _expected(data, load_model(model_path), mask)
     for suffix, (name, _, scale) in OUTPUTS.items():
-        np.testing.assert_allclose(got[suffix], want[name].transpose(2, 1, 0) * scale, rtol=1e-6)
+        np.testing.assert_allclose(got[suffix], want[name] * scale, rtol=1e-6)
         # float16 storage: within the tolerance of tests/nn/test_default_model.py (relative L2 norm)
-        ref = full[name].transpose(2, 1, 0) * scale
+        ref = full[name] * scale
         assert np.linalg.norm(got[suffix] - ref) < 5e-3 * np.linalg.norm(ref)
     side = json.loads((tmp_path / "out" / "sub-01_T1map.json").read_text())
     assert side["ModelFile"] == "model.pt" and side["Model"] == "MSE-5"

@@ -295,7 +295,9 @@ def test_predict_refuses_to_replace_maps_without_force(tmp_path, capsys):
     out = tmp_path / "out"
     canary = _canary(out, "sub-01_label-lesion_probseg.nii.gz")
     before = snapshot(tmp_path)
-    args = ["predict", src, "-o", out, "--model", model, "--no-progress", "--device", "cpu", "--threads", "1"]
+    # a flat series has no brain to make a mask of: the whole field of view (--no-brain-mask)
+    args = ["predict", src, "-o", out, "--model", model, "--no-progress", "--device", "cpu", "--threads", "1",
+            "--no-brain-mask"]
     run_cli(args, capsys, code=1, says=("sub-01_label-lesion_probseg.nii.gz", "--force"))
     assert snapshot(tmp_path) == before
     run_cli([*args, "--prefix", "../x"], capsys, code=2, says="--prefix")

@@ -64,10 +64,11 @@ def test_maps_do_not_depend_on_the_input_scale_or_int16_storage(tmp_path, tiny_c
         assert main(["predict", str(src), "-o", str(out), "--model", str(model)]) == 0, capsys.readouterr().err
         maps[name] = {p.name.split("_", 1)[1]: np.asarray(nib.load(str(p)).dataobj) for p in out.glob("*.nii.gz")}
         side = json.loads((out / f"{sid}_T1map.json").read_text())
-        assert side["BrainMask"] == "from the series"
+        assert side["InputLevelMask"] == "from the series"
+        assert side["BrainMask"] == f"{sid}_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
         np.testing.assert_allclose(side["InputGain"] * side["InputLevel"], 0.3, rtol=1e-6)
         assert side["InputOutsideTraining"] is False
-    assert len(maps["x1"]) == 5
+    assert len(maps["x1"]) == 6  # the five maps and the brain mask made from the series (the outside rule)
     for name in ("x1e-3", "x1e4", "int16"):
         for suffix, ref in maps["x1"].items():
             assert _rel_l2(maps[name][suffix], ref) < 1e-3, (name, suffix, _rel_l2(maps[name][suffix], ref))

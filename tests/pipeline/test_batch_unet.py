@@ -72,10 +72,10 @@ def test_unet_stage_in_a_batch(cohort, model, client, tmp_path):
         for name in ("T1", "T2star", "NAWM", "GM", "lesion"):
             arr = np.asarray(sub.array(f"derived/unet/{name}")[:])
             assert arr.shape == sub.shape
-            if name in ("T1", "T2star"):
-                assert np.isnan(arr[~brain]).all() and np.isfinite(arr[brain]).all()
-            else:
-                assert (arr[~brain] == 0).all() and np.isfinite(arr).all()
+            # the outside rule: every map, quantitative or probability, 0 outside the brain mask
+            assert (arr[~brain] == 0).all() and np.isfinite(arr).all()
+        write = derived_attrs(path, sid, "unet")["provenance"]["stages"]["write"]
+        assert write == {"brain_mask": "cohort store (brain_mask)", "outside_brain_value": 0.0}
         info = derived_attrs(path, sid, "unet")["provenance"]["stages"]["unet"]
         assert info["network"] == "MSE-5" and info["device"] == "cpu" and len(info["sha256"]) == 64
         assert info["tta"] == "none"
