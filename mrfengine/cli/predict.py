@@ -26,6 +26,32 @@ MASK_SUFFIX = "desc-brain_mask"
 """File suffix of the brain mask predict makes from the series (BIDS derivatives' ``desc-brain_mask``)."""
 
 
+def uncertainty_file_spec(name: str, unit: str) -> tuple[str, str, float]:
+    """:func:`output_file_spec` of an output's Monte-Carlo dropout uncertainty:
+    ``desc-uncertainty`` added (``desc-uncertainty_T1map`` in seconds,
+    ``label-lesion_desc-uncertainty_probseg``, ``desc-Xuncertainty_map``)."""
+    suffix, bids_unit, scale = output_file_spec(name, unit)
+    if suffix.startswith("desc-"):
+        desc, _, rest = suffix.partition("_")
+        return f"{desc}uncertainty_{rest}", bids_unit, scale
+    head, sep, rest = suffix.rpartition("_")
+    return (f"{head}_desc-uncertainty_{rest}" if sep else f"desc-uncertainty_{suffix}"), bids_unit, scale
+
+
+CONSISTENCY_SUFFIX = "desc-physicsconsistency_map"
+"""File suffix of the physics-consistency map (:mod:`mrfengine.nn.consistency`)."""
+
+
+def _check_mc_samples(ctx, param, value):
+    from ..errors import ValidationError
+    from ..nn.uncertainty import check_mc_samples
+
+    try:
+        return check_mc_samples(value, what="--mc-samples")
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc).replace("--mc-samples must", "must")) from None
+
+
 @click.command()
 @click.argument("input_path", metavar="MRF.nii[.gz]", type=click.Path(dir_okay=False))
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False), help="Folder for the maps.")
@@ -54,6 +80,17 @@ MASK_SUFFIX = "desc-brain_mask"
 @click.option("--tta", default="none", show_default=True, type=click.Choice(["none", "flip", "dihedral"]),
               help="Test-time augmentation: average over the slice and its mirror (flip, 2x the time) or over "
                    "all eight 90-degree rotations and mirrors (dihedral, 8x).")
+@click.option("--mc-samples", default=0, show_default=True, type=int, callback=_check_mc_samples,
+              help="Uncertainty maps: N >= 2 stochastic passes with the network's dropout on (Monte-Carlo "
+                   "dropout), one desc-uncertainty file per output holding the standard deviation over them, in "
+                   "the output's units; the maps stay the deterministic pass. Costs N more passes. 0: off.")
+@click.option("--mc-seed", default=0, show_default=True, type=click.IntRange(0),
+              help="Seed of the dropout masks (--mc-samples): the same seed gives the same maps.")
+@click.option("--consistency", is_flag=True,
+              help="Also write the physics-consistency map (desc-physicsconsistency_map): per brain voxel, the "
+                   "correlation of the measured fingerprint with the signal model's at the network's T1/T2* "
+                   "(best B1); near 1 where the maps explain the data, lower where the network and the physics "
+                   "disagree; 0 outside the brain.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: the GPU when there is one.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's choice).")
@@ -61,7 +98,8 @@ MASK_SUFFIX = "desc-brain_mask"
 @force_option
 @progress_option
 def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, no_brain_mask, input_scale,
-            batch_size, precision, tta, device, threads, prefix, force, show_progress) -> None:
+            batch_size, precision, tta, mc_samples, mc_seed, consistency, device, threads, prefix, force,
+            show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -113,7 +151,14 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
                               "not an MRF series; mrfengine predict runs MRF networks")
     # Every output is checked before any work: a plain prefix, inside -o, nothing replaced without --force.
     prefix = prefix or check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+    if consistency and not {"T1", "T2star"} <= set(card.config.output_names):
+        raise click.UsageError(f"--consistency needs a network with T1 and T2star outputs; {card.name} has "
+                               f"{', '.join(card.config.output_names)}")
     suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    if mc_samples:
+        suffixes += [uncertainty_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    if consistency:
+        suffixes.append(CONSISTENCY_SUFFIX)
     if mask_path and no_brain_mask:
         raise click.UsageError("--mask and --no-brain-mask exclude each other: give the brain, or keep the whole "
                                "field of view")
@@ -153,7 +198,8 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     try:
         result = run_network(data.transpose(2, 3, 1, 0), model, channel_axis=1, batch_size=batch_size,
                              precision=precision, progress=_advance, tta=tta, input_scale=input_scale,
-                             mask=None if mask is None else mask.transpose(2, 1, 0))
+                             mask=None if mask is None else mask.transpose(2, 1, 0), mc_samples=mc_samples,
+                             mc_seed=mc_seed)
     except ValidationError as exc:  # the input's scale cannot be measured (no brain found, an empty mask)
         raise ValidationError(f"{input_path}: {exc}") from exc
     seconds = time.perf_counter() - t0
@@ -168,7 +214,6 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         raise ValidationError(f"{input_path}: no brain mask could be made from the series (no bright region in its "
                               "mean image); pass --mask MASK, or --no-brain-mask to keep the whole field of view")
     maps = apply_outside_rule(result.maps, rule_mask)
-
 
     out = Path(output_dir)
     provenance = {
@@ -199,6 +244,31 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
                       {"Description": f"{spec.description or spec.name} predicted by the U-net", "Units": unit,
                        **provenance})
+    if mc_samples:
+        from ..nn.uncertainty import uncertainty_fields
+
+        mc_fields = uncertainty_fields(mc_samples, mc_seed, model.module)
+        uncertainty = apply_outside_rule(result.uncertainty, rule_mask)
+        for spec in card.config.outputs:
+            suffix, unit, scale = uncertainty_file_spec(spec.name, spec.unit)
+            arr = uncertainty[spec.name].transpose(2, 1, 0) * np.float32(scale)
+            path = save_nifti(np.ascontiguousarray(arr, dtype=np.float32), affine,
+                              out / derivative_name(prefix, suffix), header=header)
+            write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")),
+                          {"Description": f"uncertainty of {spec.description or spec.name}: standard deviation over "
+                                          f"{mc_samples} Monte-Carlo dropout passes of the U-net", "Units": unit,
+                           **mc_fields, **provenance})
+    if consistency:
+        from ..nn.consistency import consistency_fields, physics_consistency
+
+        t1 = time.perf_counter()
+        # scored inside the outside rule's brain (every voxel with signal under --no-brain-mask)
+        agreement = physics_consistency(data.transpose(2, 3, 1, 0), maps["T1"], maps["T2star"], seq,
+                                        mask=rule_mask, channel_axis=1)
+        path = save_nifti(np.ascontiguousarray(agreement.transpose(2, 1, 0), dtype=np.float32), affine,
+                          out / derivative_name(prefix, CONSISTENCY_SUFFIX), header=header)
+        write_sidecar(path.with_name(derivative_name(prefix, CONSISTENCY_SUFFIX, ".json")),
+                      {**consistency_fields(), "ComputeSeconds": round(time.perf_counter() - t1, 2), **provenance})
     if made_mask:
         path = save_nifti(np.ascontiguousarray(rule_mask.transpose(2, 1, 0), dtype=np.uint8), affine,
                           out / derivative_name(prefix, MASK_SUFFIX), header=header)

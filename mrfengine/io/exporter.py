@@ -23,7 +23,15 @@ array                  file
 ``derived/P/B1``       ``sub-01_desc-P_TB1map.nii.gz``
 ``derived/P/M0``       ``sub-01_desc-P_M0map.nii.gz``
 ``derived/P/X``        ``sub-01_label-X_desc-P_probseg.nii.gz`` for probabilities, else ``sub-01_desc-PX_map.nii.gz``
+``derived/P/T1_uncertainty``  ``sub-01_desc-Puncertainty_T1map.nii.gz`` (seconds; likewise T2star)
+``derived/P/X_uncertainty``   ``sub-01_label-X_desc-Puncertainty_probseg.nii.gz`` (X a probability)
+``derived/P/physics_consistency``  ``sub-01_desc-Pphysicsconsistency_map.nii.gz``
 =====================  =============================================
+
+The unet stage's ``<output>_uncertainty`` arrays (``[unet] mc_samples``) are
+standard deviations over Monte-Carlo dropout passes in the output's units;
+``physics_consistency`` (``[unet] consistency``) is a correlation in [0, 1]
+(:mod:`mrfengine.nn.uncertainty`, :mod:`mrfengine.nn.consistency`).
 
 Derived maps carry their pipeline's provenance (package version, backend,
 stage configuration, dictionary digests, per-stage timings) in the sidecar's
@@ -107,6 +115,14 @@ def export_name(array_path: str) -> tuple[str, str, float]:
         return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), "1", 1.0
     if head.startswith("derived/") and head.count("/") == 1:
         desc = _alnum(head.partition("/")[2])
+        base, sep, rest = leaf.rpartition("_uncertainty")
+        if sep and not rest and base in ("T1", "T2star"):
+            suffix, unit, scale, _ = MAP_SPECS[base]
+            return f"desc-{desc}uncertainty_{suffix}", unit, scale
+        if sep and not rest and base in _PROBSEG + ("NAWM",):
+            return f"label-{base}_desc-{desc}uncertainty_probseg", "1", 1.0
+        if leaf == "physics_consistency":
+            return f"desc-{desc}physicsconsistency_map", "1", 1.0
         if leaf in MAP_SPECS and leaf != "correlation":
             suffix, unit, scale, _ = MAP_SPECS[leaf]
             return f"desc-{desc}_{suffix}", unit, scale

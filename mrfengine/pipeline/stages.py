@@ -134,6 +134,10 @@ class Stage:
     choices : mapping
         Option name -> the values it may take, checked when a pipeline is
         built (a typo fails before any subject runs).
+    checks : mapping
+        Option name -> a function that returns the value checked (raising
+        :class:`~mrfengine.errors.ValidationError`), for options whose values
+        are not a short list (the unet stage's ``mc_samples``).
     halo : callable
         ``halo(options)``: planes on each side that one output plane depends on
         (0: plane-wise; ``None``: the stage needs the whole volume, so the
@@ -147,6 +151,7 @@ class Stage:
     outputs: tuple[str, ...]
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    checks: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     halo: Callable[[Mapping[str, Any]], int | None] = _no_halo
     any_of: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
@@ -262,10 +267,13 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
         result = run_network(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
                              precision=str(options["precision"]), device=device, tta=str(options["tta"]),
                              mask=mask if card.config.input_kind == "mrf" else None,
-                             input_scale=str(options["input_scale"]))
+                             input_scale=str(options["input_scale"]), mc_samples=int(options["mc_samples"]),
+                             mc_seed=int(options["mc_seed"]))
+        extra = _unet_extras(volume, result, card, sequence, mask, options)
     finally:
         torch.set_num_threads(old_threads)
-    out = result.maps  # 0 outside the brain: the write stage applies the outside rule to every map
+    out = dict(result.maps)
+    out.update(extra)  # 0 outside the brain: the write stage applies the outside rule to every map
     prefix = str(options["prefix"])
     info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
             "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256,
@@ -274,9 +282,51 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
             "input_level_ratio": result.scaling.level_ratio,
             "brain_mask": result.scaling.mask_source, "input_shift": result.input_shift,
             "outside_training": result.outside_training}
+    if result.uncertainty is not None:
+        info["uncertainty"] = {"mc_samples": result.mc_samples, "mc_seed": result.mc_seed,
+                               "arrays": [prefix + k for k in extra if k.endswith(_UNCERTAINTY)]}
+    if CONSISTENCY_ARRAY in extra:
+        from ..nn.consistency import consistency_fields
+
+        info["physics_consistency"] = {"array": prefix + CONSISTENCY_ARRAY, **consistency_fields()}
     if result.outside_training:
         log.warning("unet: %s", result.warning(card.config.name))
     return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
+
+
+_UNCERTAINTY = "_uncertainty"
+#: Name (after the stage's prefix) of the unet stage's physics-consistency array.
+CONSISTENCY_ARRAY = "physics_consistency"
+
+
+def _unet_extras(volume, result, card, sequence: Sequence, mask, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The unet stage's optional arrays: ``<output>_uncertainty`` per output (``mc_samples``)
+    and ``physics_consistency`` (``consistency``; MRF networks with T1 and T2* outputs)."""
+    extra: dict[str, np.ndarray] = {}
+    if result.uncertainty is not None:
+        extra.update({name + _UNCERTAINTY: value for name, value in result.uncertainty.items()})
+    if options["consistency"]:
+        from ..nn.consistency import physics_consistency
+
+        if card.config.input_kind != "mrf" or not {"T1", "T2star"} <= set(result.maps):
+            raise ValidationError(f"unet option consistency needs an MRF network with T1 and T2star outputs; "
+                                  f"{card.config.name} has {', '.join(result.maps)}")
+        brain = mask if mask is not None else result.scaling.mask
+        extra[CONSISTENCY_ARRAY] = physics_consistency(volume, result.maps["T1"], result.maps["T2star"], sequence,
+                                                       mask=brain, channel_axis=0)
+    return extra
+
+
+def _check_mc_samples(value: Any) -> int:
+    from ..nn.uncertainty import check_mc_samples
+
+    return check_mc_samples(value)
+
+
+def _check_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationError(f"must be a non-negative integer; got {value!r}")
+    return value
 
 
 # --------------------------------------------------------------------------- write
@@ -315,11 +365,14 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                    choices=MappingProxyType({"method": ("auto", "brute", "structured")})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
                   MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": "",
-                                    "tta": "none", "trust_model_code": False, "input_scale": "card"}),
+                                    "tta": "none", "trust_model_code": False, "input_scale": "card",
+                                    "mc_samples": 0, "mc_seed": 0, "consistency": False}),
                   choices=MappingProxyType({"precision": ("float32", "bfloat16"),
                                             "tta": ("none", "flip", "dihedral"),
                                             "input_scale": ("card", "subject", "absolute"),
-                                            "trust_model_code": (False, True)}),
+                                            "trust_model_code": (False, True),
+                                            "consistency": (False, True)}),
+                  checks=MappingProxyType({"mc_samples": _check_mc_samples, "mc_seed": _check_seed}),
                   optional=("maps",), halo=_whole_volume),
     "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps")),
 })
@@ -387,6 +440,11 @@ def _resolve_options(names: tuple[str, ...], options: Mapping[str, Any] | None) 
             if resolved[key] not in values:
                 raise ValidationError(f"option {key!r} of stage {name!r} must be one of {list(values)}; "
                                       f"got {resolved[key]!r}")
+        for key, check in STAGES[name].checks.items():
+            try:
+                check(resolved[key])
+            except ValidationError as exc:
+                raise ValidationError(f"option {key!r} of stage {name!r}: {exc}") from None
         try:
             json.dumps(resolved)
         except TypeError as exc:

@@ -81,7 +81,9 @@ def test_option_choices_are_the_implementations():
     assert STAGES["denoise"].choices["estimator"] == ESTIMATORS
     assert STAGES["match"].choices["method"] == METHODS
     assert STAGES["unet"].choices == {"precision": PRECISIONS, "tta": tuple(TTA_MODES),
-                                      "trust_model_code": (False, True), "input_scale": INPUT_SCALES}
+                                      "trust_model_code": (False, True), "input_scale": INPUT_SCALES,
+                                      "consistency": (False, True)}
+    assert set(STAGES["unet"].checks) == {"mc_samples", "mc_seed"}
     for stage in STAGES.values():
         for key, values in stage.choices.items():
             assert stage.options[key] in values
