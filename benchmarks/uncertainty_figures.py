@@ -1,7 +1,7 @@
 """Is the U-net's uncertainty informative?  (issue 18's acceptance figures)
 
-Runs the shipped default model (``mrfengine/models/mse5``, input scale
-"absolute", the card's default) on a simulated paper-grid cohort with
+Runs a model (default: the shipped ``mrfengine/models/mse5``, at the input
+scale its card says) on a simulated paper-grid cohort with
 Monte-Carlo dropout (8 passes) and the physics-consistency map, and reports
 against the ground truth:
 
@@ -17,8 +17,8 @@ Usage (simulate first; nothing generated is committed)::
     python benchmarks/uncertainty_figures.py /tmp/unc.zarr [--slices 20] [--threads 2]
 
 ``--slices N`` runs the N central slices of each subject (the network is 2D
-and the input is taken at its absolute scale, so a slice's maps do not depend
-on the others); 0 runs all.
+and with input scale "subject" the level is measured over those slices'
+brain); 0 runs all.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--subjects", type=int, default=0, help="first N subjects (0: all)")
+    parser.add_argument("--model", default=None, help="a model file (default: the packaged one)")
+    parser.add_argument("--input-scale", default="card", choices=("card", "subject", "absolute"))
     args = parser.parse_args(argv)
 
     import torch
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mrfengine.nn.default import default_model_path
 
     torch.set_num_threads(args.threads)
-    model = load_model(default_model_path())
+    model = load_model(args.model or default_model_path())
     outputs = model.card.config.outputs
     cohort = Cohort.open(args.cohort)
     subjects = list(cohort)[: args.subjects or None]
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
         brain = np.asarray(sub.brain_mask[z0:z1]) > 0
         t = time.perf_counter()
         result = run_network(mrf, model, channel_axis=0, mc_samples=args.samples, mc_seed=0, mask=brain,
-                             input_scale="absolute")
+                             input_scale=args.input_scale)
         t_net = time.perf_counter() - t
         t = time.perf_counter()
         cons = physics_consistency(mrf, result.maps["T1"], result.maps["T2star"], sub.sequence, mask=brain,
