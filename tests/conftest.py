@@ -1,18 +1,34 @@
 """Test configuration shared by the whole suite.
 
-GPU code is tested here without a GPU: Triton kernels through its interpreter
-and Numba CUDA kernels through the CUDA simulator; both switches must be set
-before the kernel modules are imported, hence at the top of this file.
-Tests that need a real GPU carry ``@pytest.mark.gpu`` and are skipped when
-none is found.
+Without a GPU, GPU code is tested anyway: Triton kernels through its
+interpreter and Numba CUDA kernels through the CUDA simulator.  Both switches
+must be set before the kernel modules are imported, hence at the top of this
+file, and only when no CUDA device is found: on a GPU machine the kernels run
+compiled.  Tests that need a real GPU carry ``@pytest.mark.gpu``; they are
+skipped when none is found and fail when they would run the interpreter or
+the simulator (a switch set by hand), so a green ``gpu`` test ran GPU code.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+_SWITCHES = ("TRITON_INTERPRET", "NUMBA_ENABLE_CUDASIM")
+
+
+def _cuda_device() -> bool:
+    """A CUDA device torch can use (without importing any kernel module)."""
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch, no driver: no device
+        return False
+
+
+if not _cuda_device():
+    for _name in _SWITCHES:
+        os.environ.setdefault(_name, "1")
 
 import pytest  # noqa: E402
 
@@ -53,3 +69,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if "gpu" in item.keywords:
+        on = [name for name in _SWITCHES if os.environ.get(name, "0") not in ("", "0")]
+        if on:
+            pytest.fail(f"a gpu test would run the interpreter or simulator ({', '.join(on)} set); unset them")
