@@ -36,5 +36,9 @@ class InputFileError(MRFEngineError, OSError):
     """
 
 
+class SchedulerError(MRFEngineError, ConnectionError):
+    """A Dask scheduler that cannot be reached or has no workers (not a store problem)."""
+
+
 class StoreError(MRFEngineError):
     """A cohort store is missing, malformed, incomplete or of another schema version."""

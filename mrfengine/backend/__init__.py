@@ -105,7 +105,9 @@ def probe(name: str) -> BackendInfo:
         return BackendInfo("numpy", True, f"numpy {numpy.__version__} (reference)")
     probes = {"cpp": _probe_cpp, "numba": _probe_numba, "cupy": _probe_cupy, "numba-cuda": _probe_numba_cuda}
     if name not in probes:
-        raise ValueError(f"unknown backend {name!r}; known: numpy, {', '.join(probes)}")
+        from ..errors import ValidationError
+
+        raise ValidationError(f"unknown backend {name!r}; known: numpy, {', '.join(probes)}")
     return probes[name]()
 
 

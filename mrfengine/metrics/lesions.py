@@ -500,11 +500,11 @@ def lesion_wise(
 def lesion_detection_rate(
     pred: ArrayLike,
     ref: ArrayLike,
+    *,
     threshold: float | None = 0.33,
     min_size: int | None = None,
     connectivity: int = 26,
     rule: Literal["paper", "msseg"] = "paper",
-    *,
     voxel_size: float | Sequence[float] | None = None,
     min_volume_mm3: float | None = None,
     min_overlap: float | None = None,

@@ -205,7 +205,7 @@ class RunningMoments:
 
     def std(self, ddof: int = 0) -> np.ndarray:
         if self._m2 is None or self.count <= ddof:
-            raise ValueError("RunningMoments: not enough samples")
+            raise ValidationError("RunningMoments: not enough samples")
         return np.sqrt(np.maximum(self._m2 / (self.count - ddof), 0.0))
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StoreError, ValidationError
+from ..errors import SchedulerError, StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
 from .run import SubjectResult, failed_result, load_inputs, peak_memory_mb
@@ -252,12 +252,12 @@ def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, 
         try:
             client = Client(scheduler, timeout="30s")
         except (OSError, ValueError, TypeError) as exc:  # unreachable, timed out, malformed address
-            raise StoreError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
+            raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
         try:
             client.wait_for_workers(1, timeout=60)
         except Exception as exc:  # noqa: BLE001 - dask raises TimeoutError/OSError
             client.close()
-            raise StoreError(f"the scheduler at {scheduler} has no workers ({exc})") from exc
+            raise SchedulerError(f"the scheduler at {scheduler} has no workers ({exc})") from exc
         try:
             yield client
         finally:

@@ -87,4 +87,4 @@ def test_contract_names_and_defaults():
     ref = np.zeros((6, 6, 6), bool)
     ref[:3, :3, :1] = True  # 9 voxels
     assert math.isnan(metrics.lesion_detection_rate(ref, ref))
-    assert metrics.lesion_detection_rate(ref, ref, 0.33, 9, 26, "paper") == 1.0
+    assert metrics.lesion_detection_rate(ref, ref, threshold=0.33, min_size=9, connectivity=26, rule="paper") == 1.0
