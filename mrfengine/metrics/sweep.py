@@ -186,7 +186,7 @@ def detection_sweep(
 ) -> np.ndarray:
     """Lesion detection rate for every threshold.
 
-    Equal, threshold by threshold, to ``lesion_detection_rate(pred, ref, t,
+    Equal, threshold by threshold, to ``lesion_detection_rate(pred, ref, threshold=t,
     ...)``; the reference is labelled once.  See :func:`lesion_detection_rate`
     for the rule options.
 
