@@ -10,7 +10,7 @@ import pytest
 
 from mrfengine import match
 from mrfengine.backend import probe
-from mrfengine.demo import random_fingerprints
+from mrfengine.testing import random_fingerprints
 from mrfengine.dictionary import simulate_dictionary
 from mrfengine.sequence import hermann2021
 

@@ -19,7 +19,8 @@ from mrfengine.backend import probe
 
 MAKE = """
 import sys, numpy as np
-from mrfengine.demo import rician, simulate_slab, wm_signal_level
+from mrfengine.demo import simulate_slab
+from mrfengine.noise import rician, wm_signal_level
 from mrfengine.sequence import hermann2021
 seq = hermann2021(1)
 n_slices, per_slice = int(sys.argv[2]), int(sys.argv[3])

@@ -18,7 +18,8 @@ import pytest
 
 from mrfengine import SliceDictionaries, match_slices
 from mrfengine.backend import probe
-from mrfengine.demo import rician, simulate_slab, wm_signal_level
+from mrfengine.demo import simulate_slab
+from mrfengine.noise import rician, wm_signal_level
 from mrfengine.sequence import hermann2021
 
 N_BRAIN = 750_000

@@ -14,6 +14,8 @@ import numpy as np
 
 from .dictionary import SliceDictionaries, fingerprints
 from .matching import match_slices
+from .noise import rician, wm_signal_level  # noqa: F401 - mrfengine.demo's names before mrfengine.noise
+from .testing import random_fingerprints  # noqa: F401 - likewise, before mrfengine.testing
 from .sequence import Sequence, hermann2021
 from .tissue import LESION_PD, LESION_T1_FACTOR, LESION_T2STAR_FACTOR, TISSUES
 
@@ -52,43 +54,6 @@ class DemoReport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def wm_signal_level(sequence: Sequence, slot: int = 0) -> float:
-    """Mean magnitude over frames of a pure white-matter voxel (B1 = 1): the
-    reference of mrfengine's SNR figures (SNR = this level / noise sigma)."""
-    wm = TISSUES["WM"]
-    return float(fingerprints(sequence, slot, wm.t1_ms, wm.t2star_ms, 1.0, wm.pd).mean())
-
-
-def rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Magnitude of ``signal`` plus complex Gaussian noise of std ``sigma`` per channel."""
-    noise = rng.normal(scale=sigma, size=(2,) + signal.shape)
-    return np.hypot(signal + noise[0], noise[1])
-
-
-def random_fingerprints(
-    sequence: Sequence,
-    slot: int,
-    n: int,
-    rng: np.random.Generator,
-    *,
-    snr: float = 50.0,
-    t1_ms: tuple[float, float] = (600.0, 2000.0),
-    t2star_ms: tuple[float, float] = (25.0, 120.0),
-    b1: tuple[float, float] = (0.7, 1.3),
-    m0: float = 0.8,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``n`` voxels with uniformly random T1, T2* and B1 (off any grid) and Rician
-    noise at ``snr`` relative to white matter (see :func:`wm_signal_level`).
-
-    Returns
-    -------
-    noisy : ndarray, float32, (n, n_measurements)
-    truth : dict of (n,) arrays: T1, T2star (ms), B1
-    """
-    truth = {"T1": rng.uniform(*t1_ms, n), "T2star": rng.uniform(*t2star_ms, n), "B1": rng.uniform(*b1, n)}
-    clean = fingerprints(sequence, slot, truth["T1"], truth["T2star"], truth["B1"], m0)
-    noisy = rician(clean, wm_signal_level(sequence) / snr, rng)
-    return noisy.astype(np.float32), truth
 
 
 def simulate_slab(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..demo import rician, wm_signal_level
+from ..noise import rician, wm_signal_level
 from ..dictionary import fingerprints
 from ..sequence import Sequence, hermann2021
 from ..tissue import TISSUES

@@ -85,7 +85,7 @@ class SiteConfig:
         (site 2: simultaneous multi-slice factor 3).
     snr : float or None
         Noise: SNR relative to the mean white-matter fingerprint magnitude
-        (:func:`mrfengine.demo.wm_signal_level`); None for noise-free data.
+        (:func:`mrfengine.noise.wm_signal_level`); None for noise-free data.
     b1_center, b1_edge : float
         B1 factor at the head's centre and about 8 cm from it (the 3 T
         centre brightening); a smooth random term is added and the field is

@@ -42,6 +42,7 @@ from ..sequence import Sequence, hermann2021
 from .anatomy import Template, grid_affine, load_template, random_deformation, subject_anatomy, template_points
 from .config import CohortConfig, cohort_preset
 from .lesions import annotate, render_lesions, sample_lesions
+from ..noise import wm_signal_level
 from .randomise import draw_subject
 from .signals import (
     T2_MS,
@@ -52,7 +53,6 @@ from .signals import (
     quantization_step,
     slice_signals,
     t2w_image,
-    wm_signal_level,
 )
 from .tissues import Compartment, TissueModel, b1_field, spatial_maps, subject_tissue_values
 

@@ -5,10 +5,9 @@ the timing of the slice's own excitation slot
 (:func:`mrfengine.dictionary.fingerprints`, ``sequence.slot_of_slice(z)``);
 the compartments of a voxel add as signed (real) signals, which after an
 inversion may partly cancel, and the magnitude of the sum is the noise-free
-image.  Noise is complex Gaussian, then the magnitude is taken (Rician), as in
-:func:`mrfengine.demo.rician`; sigma follows the SNR definition of
-:func:`mrfengine.demo.wm_signal_level` (the mean white-matter fingerprint
-magnitude over sigma).
+image.  Noise is :mod:`mrfengine.noise`'s: complex Gaussian, then the
+magnitude (Rician), in float32; sigma follows its SNR definition (the mean
+white-matter fingerprint magnitude over sigma).
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..demo import wm_signal_level
 from ..dictionary import fingerprints
+from ..noise import noise_sigma, quantization_step, rician
 from ..sequence import Sequence
 from .tissues import Compartment
 
@@ -36,14 +35,6 @@ __all__ = [
 # Approximate T2 (not T2*) at 3 T, ms, only for the T2-weighted reference image.
 T2_MS = {"WM": 75.0, "GM": 95.0, "DGM": 70.0, "CSF": 1500.0}
 _T2_LESION_FACTOR = 1.8
-
-
-def noise_sigma(sequence: Sequence, snr: float | None) -> float:
-    """Noise standard deviation per real/imaginary channel for ``snr``
-    relative to the white-matter signal level; 0 for ``snr=None``."""
-    if snr is None:
-        return 0.0
-    return wm_signal_level(sequence) / float(snr)
 
 
 def slice_signals(
@@ -92,36 +83,13 @@ def slice_signals(
     return out
 
 
-def quantization_step(sigma: float) -> float:
-    """The largest power of two at most ``sigma / 32`` (0 when sigma is 0)."""
-    if sigma <= 0:
-        return 0.0
-    return float(2.0 ** np.floor(np.log2(sigma / 32)))
-
-
 def add_rician_noise(
     clean: np.ndarray, sigma: float, rng: np.random.Generator, *, quantize: bool = True
 ) -> np.ndarray:
-    """``|clean + n1 + i n2|`` with n1, n2 ~ N(0, sigma^2), float32.
-
-    The model of :func:`mrfengine.demo.rician`, drawn in float32 (four times
-    faster at these sizes).  With ``quantize`` the result is rounded to a
-    multiple of :func:`quantization_step` (exact in float32, so the store
-    compresses; the rounding error is uniform with sd step / sqrt(12) <=
-    sigma / 110).
-    """
-    if sigma <= 0:
-        return np.asarray(clean, dtype=np.float32)
-    noise = rng.standard_normal((2,) + clean.shape, dtype=np.float32)
-    noise *= np.float32(sigma)
-    noise[0] += clean
-    out = np.hypot(noise[0], noise[1], out=noise[1])
-    if quantize:
-        step = quantization_step(sigma)
-        out *= np.float32(1 / step)  # exact: step is a power of two
-        np.rint(out, out=out)
-        out *= np.float32(step)
-    return out
+    """The phantom's noise: :func:`mrfengine.noise.rician` in float32 (four
+    times faster at these sizes), rounded to :func:`quantization_step` with
+    ``quantize`` so the store compresses."""
+    return rician(clean, sigma, rng, dtype=np.float32, quantize=quantize)
 
 
 def distortion_field(

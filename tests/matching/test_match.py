@@ -183,7 +183,7 @@ def test_svd_compressed_search_rescored_exactly(backend, paper_slot7):
     "backend, method", [(b, m) for b in BACKENDS for m in ("brute", "structured") if (b, m) != ("numba", "structured")]
 )
 def test_noisy_matching_is_accurate(backend, method):
-    from mrfengine.demo import random_fingerprints
+    from mrfengine.testing import random_fingerprints
 
     seq = hermann2021(1)
     d = simulate_dictionary(seq, 12)

@@ -9,7 +9,7 @@ import pytest
 
 from mrfengine import Dictionary, match
 from mrfengine.backend import probe
-from mrfengine.demo import random_fingerprints
+from mrfengine.testing import random_fingerprints
 from mrfengine.dictionary import ParameterGrid, simulate_dictionary
 from mrfengine.errors import ValidationError
 from mrfengine.matching._gpu import abs_argmax, best_atoms_gemm_xp
