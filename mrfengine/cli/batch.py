@@ -127,17 +127,13 @@ def _summary(report, cohort: str) -> None:
 def _write_report(path: str, report) -> None:
     import dataclasses
     import json
-    import os
-    import tempfile
+
+    from .._atomic import atomic_write_text
 
     doc = {"pipeline": report.pipeline, "wall_s": report.wall_s, "n_workers": report.n_workers,
            "n_threads": report.n_threads, "stopped": report.stopped, "not_run": report.not_run,
            "results": [dataclasses.asdict(r) for r in report.results]}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str))
 
 
 def _check_report_path(path: str) -> None:

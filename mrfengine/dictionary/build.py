@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write_text, temp_pattern
 from ..errors import DictionaryError, InputFileError
 from ..sequence import Sequence
 from .core import Dictionary, Separable
@@ -122,14 +123,17 @@ class DictionaryCache:
     _OWNER = "# mrfengine dictionary cache"
     _CREATED = "# mrfengine created this folder"
     _ENTRY = re.compile(r"[0-9a-f]{32}\.npz")
-    _TEMP = re.compile(r"\.[0-9a-f]{32}\.npz\.tmp[0-9]+")
+    # Temporaries of entries and of the tag that a killed process left: as written now
+    # (mrfengine._atomic), and as written before (".<name>.tmp<pid>").
+    _TEMP = re.compile("|".join((temp_pattern(r"[0-9a-f]{32}\.npz"), temp_pattern(re.escape(TAG)),
+                                 r"\.[0-9a-f]{32}\.npz\.tmp[0-9]+", rf"\.{re.escape(TAG)}\.tmp[0-9]+")))
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "dictionaries"
 
     @classmethod
     def is_own_file(cls, name: str) -> bool:
-        """Whether ``name`` is a file the cache writes: an entry (``<32 hex>.npz``) or its temporary."""
+        """Whether ``name`` is a file the cache writes: an entry (``<32 hex>.npz``) or a temporary (entry's, tag's)."""
         return bool(cls._ENTRY.fullmatch(name) or cls._TEMP.fullmatch(name))
 
     def is_tagged(self) -> bool:
@@ -145,9 +149,7 @@ class DictionaryCache:
                 + "# This file is a cache directory tag: backup tools may skip this folder.\n"
                   "# For information about cache directory tags, see https://bford.info/cachedir/\n"
                   "# mrfengine dictionary clear-cache deletes only the <key>.npz entries here.\n")
-        tmp = self.root / f".{self.TAG}.tmp{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, self.root / self.TAG)
+        atomic_write_text(self.root / self.TAG, text)
 
     def _prepare(self) -> bool:
         """Create and tag the folder; False if it is someone else's (untagged, other files): not written to."""

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._atomic import atomic_path
 from ..errors import DictionaryError, InputFileError
 
 __all__ = ["Dictionary", "SVDCompression", "Separable"]
@@ -332,8 +333,7 @@ class Dictionary:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez(
                 fh,
                 atoms=self._atoms,
@@ -344,7 +344,6 @@ class Dictionary:
                 __metadata__=np.frombuffer(json.dumps(self.metadata).encode(), dtype=np.uint8),
                 **{f"param:{k}": v for k, v in self._params.items()},
             )
-        os.replace(tmp, path)
         return path
 
     @classmethod

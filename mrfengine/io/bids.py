@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write_text
+
 __all__ = ["MAP_SPECS", "derivative_name", "write_sidecar", "entity_prefix"]
 
 # map key -> (BIDS suffix, unit, scale from mrfengine's internal unit, description)
@@ -68,8 +70,4 @@ def _jsonable(value: Any) -> Any:
 
 def write_sidecar(path: str | os.PathLike, fields: Mapping[str, Any]) -> Path:
     """Write a JSON sidecar atomically (``.json`` beside the image)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(dict(fields), indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(dict(fields), indent=2, default=_jsonable) + "\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import InputFileError, ValidationError
 
 __all__ = ["load_nifti", "save_nifti", "nifti_suffix", "check_nifti_header", "max_nifti_bytes"]
@@ -333,13 +334,8 @@ def save_nifti(
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.tmp{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

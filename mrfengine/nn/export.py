@@ -60,6 +60,7 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_path, atomic_write_text
 from ..errors import InputFileError, ValidationError
 from ..sequence import Sequence
 from .configs import NetworkConfig
@@ -369,31 +370,24 @@ def _stored_copy(model: torch.nn.Module, weights_dtype: str) -> torch.nn.Module:
 def _write_artifact(model: torch.nn.Module, path: Path, *, format: str, weights_dtype: str) -> None:
     """Write the network atomically (temporary name, then rename), in eval mode, its weights as ``weights_dtype``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     was_training = model.training
     model.eval()
     try:
         stored = _stored_copy(model, weights_dtype)
-        if format == "torchscript":
-            with _quiet_torchscript():
-                scripted = torch.jit.script(stored)
-                torch.jit.save(scripted, str(tmp))
-        else:
-            torch.save({k: v.detach().cpu() for k, v in stored.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic_path(path) as tmp:
+            if format == "torchscript":
+                with _quiet_torchscript():
+                    scripted = torch.jit.script(stored)
+                    torch.jit.save(scripted, str(tmp))
+            else:
+                torch.save({k: v.detach().cpu() for k, v in stored.state_dict().items()}, tmp)
     finally:
         model.train(was_training)
 
 
 def _write_card(card: ModelCard, path: Path) -> None:
     """Write the card beside the artifact ``path``, atomically."""
-    cpath = card_path(path)
-    ctmp = cpath.with_name(f".{cpath.name}.tmp{os.getpid()}")
-    ctmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
-    os.replace(ctmp, cpath)
+    atomic_write_text(card_path(path), json.dumps(card.to_dict(), indent=2) + "\n")
 
 
 def _software() -> dict[str, str]:

@@ -79,6 +79,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from .configs import NetworkConfig, get_config
 from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
@@ -377,16 +378,6 @@ def validate(
 
 
 # ------------------------------------------------------------------ outputs
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
@@ -394,7 +385,7 @@ def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else repr(row[k]) if isinstance(row.get(k), float)
                              else row.get(k)) for k in _CSV_FIELDS})
-    _atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None:
@@ -425,7 +416,7 @@ def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None
             ax.legend(fontsize="small")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------ the loop

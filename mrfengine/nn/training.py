@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .._atomic import atomic_path
 from ..errors import InputFileError, ValidationError
 from .configs import NetworkConfig
 from .export import _first_line, _holds_objects
@@ -187,13 +188,8 @@ def save_checkpoint(
         "rng_state": torch.get_rng_state(),
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

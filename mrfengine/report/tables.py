@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write_text
 from ..errors import ValidationError
 
 __all__ = [
@@ -153,13 +154,7 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` atomically (a temporary name in the same folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

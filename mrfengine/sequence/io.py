@@ -10,6 +10,7 @@ from pathlib import Path
 
 import tomli_w
 
+from .._atomic import atomic_write_text
 from ..errors import InputFileError, SequenceError
 from .model import Sequence
 from .presets import PRESETS, preset, repetition_time_from_echo_time
@@ -27,10 +28,7 @@ def save_sequence(sequence: Sequence, path: str | os.PathLike) -> Path:
         text = tomli_w.dumps(data)
     else:
         raise SequenceError(f"{path}: unknown sequence format {path.suffix!r}; use .json or .toml")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def _from_csv(path: Path, n_slices: int, sms_factor: int) -> Sequence:
