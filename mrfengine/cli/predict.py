@@ -11,14 +11,16 @@ from ._outputs import force_option, prefix_option
 def output_file_spec(name: str, unit: str) -> tuple[str, str, float]:
     """BIDS-style ``(suffix, unit, scale)`` of a network output: ``T1`` and
     ``T2star`` as ``T1map``/``T2starmap`` in seconds, probabilities as
-    ``label-<name>_probseg``, anything else as ``desc-<name>_map`` in its unit."""
-    from ..io import MAP_SPECS
+    ``label-<name>_probseg``, anything else as ``desc-<name>_map`` in its unit
+    (names and units from the map registry, :data:`mrfengine.maps.NETWORK_MAPS`)."""
+    from ..maps import DIMENSIONLESS, NETWORK_MAPS, MapSpec
 
-    if name in ("T1", "T2star") and unit == "ms":
-        suffix, bids_unit, scale, _ = MAP_SPECS[name]
-        return suffix, bids_unit, scale
-    if unit == "1":
-        return f"label-{name}_probseg", "1", 1.0
+    spec = NETWORK_MAPS.get(name)
+    if spec is not None and spec.kind == "quantitative" and unit == spec.unit:
+        return spec.bids_name(), spec.bids_unit, spec.scale_to_bids
+    if unit == DIMENSIONLESS:
+        spec = MapSpec(name, DIMENSIONLESS, "", "probability", "probseg", bids_label=name)
+        return spec.bids_name(), spec.bids_unit, spec.scale_to_bids
     return f"desc-{name}_map", unit, 1.0
 
 

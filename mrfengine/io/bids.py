@@ -17,16 +17,19 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write_text
+from ..maps import MATCH_MAPS
 
 __all__ = ["MAP_SPECS", "derivative_name", "write_sidecar", "entity_prefix"]
 
-# map key -> (BIDS suffix, unit, scale from mrfengine's internal unit, description)
+#: ``mrfengine match``'s file name of the correlation map (kept since the first
+#: release; the exporter writes ``desc-<pipeline>correlation_map``).
+_MATCH_SUFFIXES = {"correlation": "desc-correlation_mask"}
+
+#: map key -> (BIDS suffix, unit, scale from mrfengine's internal unit, description)
+#: of dictionary matching's maps, from the one map registry (:data:`mrfengine.maps.MATCH_MAPS`).
 MAP_SPECS: dict[str, tuple[str, str, float, str]] = {
-    "T1": ("T1map", "s", 1e-3, "Longitudinal relaxation time from dictionary matching"),
-    "T2star": ("T2starmap", "s", 1e-3, "Effective transverse relaxation time from dictionary matching"),
-    "B1": ("TB1map", "1", 1.0, "B1+ flip-angle scale factor (fraction of nominal)"),
-    "M0": ("M0map", "arbitrary", 1.0, "Proton density: scale between voxel and matched atom"),
-    "correlation": ("desc-correlation_mask", "1", 1.0, "Normalised inner product of voxel and matched atom"),
+    name: (_MATCH_SUFFIXES.get(name, spec.bids_suffix), spec.bids_unit, spec.scale_to_bids, spec.description)
+    for name, spec in MATCH_MAPS.items()
 }
 
 

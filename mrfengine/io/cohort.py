@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, ValidationError
+from ..maps import TRUTH_MAPS
 from ..sequence import Sequence
 
 __all__ = [
@@ -83,20 +84,9 @@ SUBJECT_KEY = "mrfengine_subject"
 SPLITS = ("train", "validation", "test", "none")
 GROUPS = ("patient", "healthy", "unknown")
 
-#: truth array name -> (unit, description)
-TRUTH_SPECS: dict[str, tuple[str, str]] = {
-    "T1": ("ms", "T1: PD-weighted mean over the brain-tissue compartments (CSF's value where CSF dominates)"),
-    "T2star": ("ms", "T2*: PD-weighted mean over the brain-tissue compartments (CSF's value where CSF dominates)"),
-    "B1": ("1", "B1+ flip-angle scale factor (fraction of nominal)"),
-    "PD": ("1", "proton density relative to water (sum of fraction x compartment PD)"),
-    "GM": ("fraction", "grey-matter volume fraction (cortical and deep)"),
-    "WM": ("fraction", "normal-appearing white-matter volume fraction (lesions excluded)"),
-    "CSF": ("fraction", "cerebrospinal-fluid volume fraction"),
-    "lesion": ("fraction", "MS-lesion volume fraction"),
-    "DGM": ("fraction", "deep grey-matter volume fraction (a part of GM)"),
-    "lesion_id": ("label", "1-based index of the lesion that dominates the voxel, 0 elsewhere"),
-    "distortion": ("voxel", "EPI displacement along +Y: MRF voxel y shows the tissue at y - d"),
-}
+#: truth array name -> (unit, description), from the one map registry
+#: (:data:`mrfengine.maps.TRUTH_MAPS`).
+TRUTH_SPECS: dict[str, tuple[str, str]] = {name: (spec.unit, spec.description) for name, spec in TRUTH_MAPS.items()}
 REQUIRED_TRUTH = ("T1", "T2star", "B1", "PD", "GM", "WM", "CSF", "lesion")
 
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("sub-01\n").

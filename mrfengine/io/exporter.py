@@ -61,23 +61,22 @@ import numpy as np
 from .. import __version__
 from ..errors import StoreError
 from ..masking import apply_outside_rule, outside_rule_fields
-from .bids import MAP_SPECS, write_sidecar
-from .cohort import SCHEMA_VERSION, TRUTH_SPECS, Cohort, Subject
+from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, MS, NETWORK_MAPS, OTHER_MAPS, SECOND, TRUTH_MAPS,
+                    UNCERTAINTY_SUFFIX, uncertainty_spec)
+from .bids import write_sidecar
+from .cohort import SCHEMA_VERSION, Cohort, Subject
 from .nifti import save_nifti
 
 __all__ = ["export_name", "export_array", "export_subject"]
 
 log = logging.getLogger(__name__)
 
-_PROBSEG = ("GM", "WM", "CSF", "DGM", "lesion")
-# truth name -> (BIDS suffix, unit, scale from the store's unit)
-_TRUTH_MAPS = {
-    "T1": ("T1map", "s", 1e-3),
-    "T2star": ("T2starmap", "s", 1e-3),
-    "B1": ("TB1map", "1", 1.0),
-    "PD": ("PDmap", "1", 1.0),
-    "distortion": ("displacement", "voxel", 1.0),
-}
+# Names, units and scales come from the one map registry (mrfengine.maps).
+# Probability maps of any source (truth's volume fractions, a network's probabilities).
+_PROBABILITIES = {**{n: s for n, s in TRUTH_MAPS.items() if s.kind == "fraction"},
+                  **{n: s for n, s in NETWORK_MAPS.items() if s.kind == "probability"}}
+# Outputs whose ``<name>_uncertainty`` is named like the output itself.
+_UNCERTAIN = {**_PROBABILITIES, **{n: s for n, s in NETWORK_MAPS.items() if s.kind == "quantitative"}}
 
 
 def _alnum(text: str) -> str:
@@ -97,41 +96,31 @@ def export_name(array_path: str) -> tuple[str, str, float]:
         Factor from the store's unit to the exported one (ms to s: 1e-3).
     """
     head, _, leaf = array_path.rpartition("/")
-    if array_path == "mrf":
-        return "mrf", "arbitrary", 1.0
-    if array_path == "brain_mask":
-        return "desc-brain_mask", "1", 1.0
+    if array_path in ("mrf", "brain_mask"):
+        spec = OTHER_MAPS[array_path]
+        return spec.bids_name("brain" if array_path == "brain_mask" else ""), spec.bids_unit, spec.scale_to_bids
     if head == "truth":
-        if leaf in _TRUTH_MAPS:
-            suffix, unit, scale = _TRUTH_MAPS[leaf]
-            return f"desc-truth_{suffix}", unit, scale
-        if leaf in _PROBSEG:
-            return f"label-{leaf}_desc-truth_probseg", "fraction", 1.0
-        if leaf == "lesion_id":
-            return "label-lesion_desc-truth_dseg", "label", 1.0
-        return f"desc-truth{_alnum(leaf)}_map", TRUTH_SPECS.get(leaf, ("arbitrary",))[0], 1.0
+        spec = TRUTH_MAPS.get(leaf)
+        if spec is not None:
+            return spec.bids_name("truth"), spec.bids_unit, spec.scale_to_bids
+        return f"desc-truth{_alnum(leaf)}_map", ARBITRARY, 1.0
     if head == "annotations":
         label, _, desc = leaf.partition("_")
-        return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), "1", 1.0
+        return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), DIMENSIONLESS, 1.0
     if head.startswith("derived/") and head.count("/") == 1:
         desc = _alnum(head.partition("/")[2])
-        base, sep, rest = leaf.rpartition("_uncertainty")
-        if sep and not rest and base in ("T1", "T2star"):
-            suffix, unit, scale, _ = MAP_SPECS[base]
-            return f"desc-{desc}uncertainty_{suffix}", unit, scale
-        if sep and not rest and base in _PROBSEG + ("NAWM",):
-            return f"label-{base}_desc-{desc}uncertainty_probseg", "1", 1.0
-        if leaf == "physics_consistency":
-            return f"desc-{desc}physicsconsistency_map", "1", 1.0
-        if leaf in MAP_SPECS and leaf != "correlation":
-            suffix, unit, scale, _ = MAP_SPECS[leaf]
-            return f"desc-{desc}_{suffix}", unit, scale
-        if leaf in _PROBSEG or leaf in ("NAWM",):
-            return f"label-{leaf}_desc-{desc}_probseg", "fraction", 1.0
-        return f"desc-{desc}{_alnum(leaf)}_map", "arbitrary" if leaf != "correlation" else "1", 1.0
+        base, sep, rest = leaf.rpartition(UNCERTAINTY_SUFFIX)
+        if sep and not rest and base in _UNCERTAIN:
+            spec = uncertainty_spec(_UNCERTAIN[base])
+            return spec.bids_name(f"{desc}uncertainty"), spec.bids_unit, spec.scale_to_bids
+        spec = MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or (OTHER_MAPS[leaf] if leaf == "physics_consistency"
+                                                                   else None)
+        if spec is not None:
+            return spec.bids_name(desc), spec.bids_unit, spec.scale_to_bids
+        return f"desc-{desc}{_alnum(leaf)}_map", ARBITRARY, 1.0
     if head == "reference":
-        return (leaf if re.fullmatch(r"[A-Za-z0-9]+", leaf) else f"desc-{_alnum(leaf)}_reference"), "arbitrary", 1.0
-    return f"desc-{_alnum(array_path)}_map", "arbitrary", 1.0
+        return (leaf if re.fullmatch(r"[A-Za-z0-9]+", leaf) else f"desc-{_alnum(leaf)}_reference"), ARBITRARY, 1.0
+    return f"desc-{_alnum(array_path)}_map", ARBITRARY, 1.0
 
 
 def _sequence_fields(subject: Subject) -> dict[str, Any]:
@@ -153,8 +142,8 @@ def _sequence_fields(subject: Subject) -> dict[str, Any]:
 def _derived_fields(store: Path, subject: Subject, array_path: str, attrs: dict[str, Any], fields: dict[str, Any]) -> None:
     """Sidecar fields of a derived map: units from the array, the pipeline's provenance."""
     pipeline = array_path.split("/")[1]
-    if attrs.get("units") == "ms":
-        fields["Units"] = "s"
+    if attrs.get("units") == MS:
+        fields["Units"] = SECOND
     record = _derived_record(store, subject, pipeline)
     prov = dict(record.get("provenance") or {})
     fields["GeneratedBy"] = [{

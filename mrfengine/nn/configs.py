@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ValidationError
+from ..maps import NETWORK_MAPS
 
 if TYPE_CHECKING:  # keep torch out of the import of this module
     from .unet import UNet2d
@@ -132,16 +133,19 @@ def paper_outputs(loss: str, *, lesion_only: bool = False) -> tuple[OutputSpec, 
     manual annotation (``annotations/lesion``), as in the paper.
     """
     activation = "sigmoid" if loss == "dice" else "none"
-    lesion = OutputSpec("lesion", "1", 1.0, loss, activation=activation, target="annotations/lesion",
-                        description="White-matter lesion probability")
+
+    def output(name: str, scale: float, target: str, **kw: Any) -> OutputSpec:
+        spec = NETWORK_MAPS[name]  # unit and description from the one map registry
+        return OutputSpec(name, spec.unit, scale, loss, target=target, description=spec.description, **kw)
+
+    lesion = output("lesion", 1.0, "annotations/lesion", activation=activation)
     if lesion_only:
         return (lesion,)
     return (
-        OutputSpec("T1", "ms", 1000.0, loss, target="truth/T1", description="Longitudinal relaxation time"),
-        OutputSpec("T2star", "ms", 100.0, loss, target="truth/T2star",
-                   description="Effective transverse relaxation time"),
-        OutputSpec("NAWM", "1", 1.0, loss, target="truth/WM", description="Normal-appearing white-matter probability"),
-        OutputSpec("GM", "1", 1.0, loss, target="truth/GM", description="Grey-matter probability"),
+        output("T1", 1000.0, "truth/T1"),
+        output("T2star", 100.0, "truth/T2star"),
+        output("NAWM", 1.0, "truth/WM"),
+        output("GM", 1.0, "truth/GM"),
         lesion,
     )
 

@@ -40,6 +40,7 @@ from ..io.cohort import (
     read_cohort_attrs,
     stored_chunk_keys,
 )
+from ..maps import MATCH_MAPS, derived_spec
 
 __all__ = ["DERIVED_KEY", "DERIVED_ARRAYS", "derived_complete", "derived_attrs", "remove_derived", "write_derived"]
 
@@ -48,14 +49,28 @@ log = logging.getLogger(__name__)
 #: Key of the derived group's attributes.
 DERIVED_KEY = "mrfengine_derived"
 
-#: array name -> (units, description) of what the ``write`` stage produces.
+#: What the ``write`` stage stores where a map has no value (the brain outside
+#: the mask is 0 for every map, :func:`mrfengine.masking.apply_outside_rule`).
+_UNMATCHED = {"T1": "NaN", "T2star": "NaN", "B1": "NaN", "M0": "0", "correlation": "0"}
+
+#: array name -> (units, description) of dictionary matching's maps as the
+#: ``write`` stage stores them, from the one map registry (:data:`mrfengine.maps.MATCH_MAPS`);
+#: other arrays (the network's maps, their uncertainty, the physics consistency)
+#: take theirs from :func:`mrfengine.maps.derived_spec`.
 DERIVED_ARRAYS: dict[str, tuple[str, str]] = {
-    "T1": ("ms", "T1 of the best-matching dictionary atom (NaN where not matched)"),
-    "T2star": ("ms", "T2* of the best-matching dictionary atom (NaN where not matched)"),
-    "B1": ("1", "B1+ factor of the best-matching dictionary atom (NaN where not matched)"),
-    "M0": ("a.u.", "proton density: least-squares scale of the atom (0 where not matched)"),
-    "correlation": ("1", "normalised inner product with the best atom, [0, 1] (0 where not matched)"),
+    name: (spec.unit, f"{spec.description} ({_UNMATCHED[name]} where not matched)")
+    for name, spec in MATCH_MAPS.items()
 }
+
+
+def _array_attributes(name: str) -> dict[str, str]:
+    """``units`` and ``description`` of a derived array (empty for a name the registry lacks)."""
+    if name in DERIVED_ARRAYS:
+        units, description = DERIVED_ARRAYS[name]
+        return {"units": units, "description": description}
+    spec = derived_spec(name)
+    return {"units": spec.unit, "description": spec.description} if spec else {"units": "", "description": ""}
+
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
 
@@ -145,10 +160,9 @@ def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) 
 def _write_array(group: Any, name: str, data: np.ndarray) -> int:
     """Write one map, every chunk (empty ones too); returns the chunks stored, checked."""
     z, y, x = data.shape
-    units, description = DERIVED_ARRAYS.get(name, ("", ""))
     arr = group.create_array(name, shape=data.shape, chunks=(1, y, x), dtype="float32",
                              compressors=default_compressor(), fill_value=0.0,
-                             attributes={"units": units, "description": description}, config=array_write_config())
+                             attributes=_array_attributes(name), config=array_write_config())
     arr[...] = data
     n = len(stored_chunk_keys(arr) & {arr.metadata.encode_chunk_key((k, 0, 0)) for k in range(arr.cdata_shape[0])})
     if n != arr.nchunks:
