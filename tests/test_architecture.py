@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mrfengine"
 DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 PHYSICS_AND_KERNELS = {"sequence", "dictionary", "noise", "backend", "matching", "denoise"}
-FOUNDATIONS = {"errors", "_atomic", "tissue"}
+FOUNDATIONS = {"errors", "_atomic", "tissue", "maps"}
 RULES = [
     (PHYSICS_AND_KERNELS, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),
     ({"metrics"}, {"nn", "pipeline", "cli", "report", "phantom", "demo"}),

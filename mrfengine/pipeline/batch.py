@@ -1,4 +1,4 @@
-"""A pipeline over a whole cohort on Dask: :func:`run_batch` and :func:`batch_client`.
+"""A pipeline over a whole cohort on Dask: :func:`run_batch` (its client: :mod:`.cluster`).
 
 Each subject becomes one or more *slab* tasks (planes ``[lo, hi)`` read with
 the halo the stages need, see :func:`plan_slabs`) and one *finalize* task that
@@ -30,15 +30,16 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import SchedulerError, StoreError, ValidationError
+from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id
+from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
 from .run import SubjectResult, failed_result, load_inputs, peak_memory_mb
 from .stages import Pipeline, pipeline_halo, run_stages
@@ -211,109 +212,6 @@ def check_writable(cohort_path: str | os.PathLike) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink()
-
-
-# --------------------------------------------------------------------------- client
-def _gpu_count() -> int:
-    try:
-        import cupy
-
-        return int(cupy.cuda.runtime.getDeviceCount()) if cupy.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - no CuPy, no driver: no GPU
-        return 0
-
-
-@contextlib.contextmanager
-def batch_client(scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
-                 processes: bool = True, dashboard: bool = True) -> Iterator[Any]:
-    """A :class:`distributed.Client` for :func:`run_batch`, closed on exit.
-
-    Parameters
-    ----------
-    scheduler : str, optional
-        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``);
-        its workers must see the cohort's path and have mrfengine installed.
-        Default: a local cluster on this machine.
-    n_workers : int, optional
-        Local workers.  Default: one per GPU when GPUs are present (with
-        dask-cuda's ``LocalCUDACluster`` if installed), else one per core.
-    threads_per_worker : int
-        Tasks each local worker runs at once.
-    processes : bool
-        Local workers as processes (default) or threads of this process.
-    dashboard : bool
-        Serve the Dask dashboard (needs ``bokeh``) on a free port.
-    """
-    from distributed import Client, LocalCluster
-
-    from ..backend import cpu_threads
-
-    if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout="30s")
-        except (OSError, ValueError, TypeError) as exc:  # unreachable, timed out, malformed address
-            raise SchedulerError(f"cannot reach the Dask scheduler at {scheduler!r} ({exc})") from exc
-        try:
-            client.wait_for_workers(1, timeout=60)
-        except Exception as exc:  # noqa: BLE001 - dask raises TimeoutError/OSError
-            client.close()
-            raise SchedulerError(f"the scheduler at {scheduler} has no workers ({exc})") from exc
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    # The scheduler serves HTTP whether or not the dashboard pages are on (they need
-    # bokeh): always on a free port, never the default 8787 another cluster may hold.
-    dash = ":0"
-    no_pages = {} if dashboard else {"scheduler_kwargs": {"dashboard": False}}
-    gpus = _gpu_count()
-    cluster = None
-    if gpus and n_workers is None:
-        try:
-            from dask_cuda import LocalCUDACluster
-
-            cluster = LocalCUDACluster(dashboard_address=dash, threads_per_worker=threads_per_worker,
-                                       silence_logs=logging.ERROR, **no_pages)
-        except ImportError:
-            log.warning("%d GPU(s) but dask-cuda is not installed: one local worker uses GPU 0 "
-                        "(pip install dask-cuda for one worker per GPU)", gpus)
-            n_workers = 1
-    if cluster is None:
-        n = n_workers or max(1, cpu_threads() // max(1, threads_per_worker))
-        memory = _total_memory()
-        cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker, processes=processes,
-                               dashboard_address=dash, silence_logs=logging.ERROR,
-                               memory_limit=int(memory / n) if memory else "auto", **no_pages)
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
-
-
-def _total_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def dashboard_link(client: Any) -> str | None:
-    """The dashboard URL of ``client``'s cluster, or None when none is served."""
-    try:
-        import bokeh  # noqa: F401 - the dashboard's pages need it
-    except ImportError:
-        return None
-    try:
-        info = client.scheduler_info()
-        services = info.get("services", {})
-        if "dashboard" not in services:
-            return None
-        return client.dashboard_link
-    except Exception:  # noqa: BLE001
-        return None
 
 
 # --------------------------------------------------------------------------- batch
