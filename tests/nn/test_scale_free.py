@@ -165,11 +165,27 @@ def test_normalisation_round_trips_its_subject_level():
         n.gain(0.0)
 
 
-def test_the_shipped_model_knows_its_training_level():
-    """The shipped MSE-5 was trained at the simulator's absolute scale (no subject_level yet,
-    see mrfengine/models/README.md); its reference level is the training brain's mean."""
+def test_the_shipped_model_is_scale_free():
+    """The shipped MSE-5 (phase 8, mrfengine/models/README.md) rescales every series to its
+    training level (the card's subject_level); the level is the simulator's brain signal."""
     norm = read_card(default_model_path()).normalisation
-    assert 0.25 < norm.reference_level < 0.35
+    assert norm.scale_free and 0.25 < norm.subject_level < 0.35
+
+
+def test_the_shipped_models_maps_do_not_depend_on_the_input_scale(tmp_path, capsys):
+    """The acceptance case with the default network and no option: x1, x1e-3, x1e4 and int16."""
+    data, _ = _series(seed=3, shape=(32, 32, 60))  # the card's sequence has 60 slices
+    cases = {"x1": (1.0, False), "x1e-3": (1e-3, False), "x1e4": (1e4, False), "int16": (300.0, True)}
+    maps = {}
+    for name, (scale, int16) in cases.items():
+        src = _save(tmp_path / f"sub-01_{name}.nii.gz", data * np.float32(scale), int16=int16)
+        out = tmp_path / name
+        assert main(["predict", str(src), "-o", str(out), "--prefix", "sub-01"]) == 0, capsys.readouterr().err
+        maps[name] = {p.name: np.asarray(nib.load(str(p)).dataobj, dtype=np.float64) for p in out.glob("*.nii.gz")}
+        assert json.loads((out / "sub-01_T1map.json").read_text())["InputScale"] == "subject"
+    for name in ("x1e-3", "x1e4", "int16"):
+        for file, ref in maps["x1"].items():
+            assert _rel_l2(maps[name][file], ref) < 1e-3, (name, file, _rel_l2(maps[name][file], ref))
 
 
 # ----------------------------------------------------------------- training free of the input's scale
