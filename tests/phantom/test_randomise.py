@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mrfengine.errors import ValidationError
+from mrfengine.noise import wm_signal_level
 from mrfengine.phantom import (
     RandomisationConfig,
     SiteConfig,
@@ -55,7 +56,9 @@ def test_each_subject_draws_its_own_acquisition(randomised):
         level = np.median(mrf.mean(axis=0)[brain])
         # The stored scale follows the gain (the brain's signal is about 0.1-0.4 before it).
         assert 0.05 * d["gain"] < level < 0.6 * d["gain"], (sid, level, d["gain"])
-        assert subject.attrs["noise_sigma"] == pytest.approx(subject.attrs["noise_sigma"])
+        # the recorded noise is in stored units: the drawn SNR's sigma times the gain
+        sigma = wm_signal_level(randomised.sequence(subject.site)) / d["snr"] * d["gain"]
+        assert subject.attrs["noise_sigma"] == pytest.approx(sigma, rel=1e-9)
         if d["int16"]:
             counts = mrf / d["int16_slope"]
             assert np.abs(counts - np.rint(counts)).max() < 1e-3 * counts.max()  # multiples of the slope
