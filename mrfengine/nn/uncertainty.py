@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import ValidationError
 
-__all__ = ["MC_SEED", "MCDropout", "RunningMoments", "check_mc_samples", "dropout_modules", "uncertainty_fields"]
+__all__ = ["MC_SEED", "MCDropout", "RunningMoments", "check_mc_samples", "check_mc_seed", "dropout_modules", "uncertainty_fields"]
 
 MC_SEED = 0
 """Default seed of the dropout masks."""
@@ -72,7 +72,8 @@ def check_mc_samples(value: object, *, what: str = "mc_samples") -> int:
     return int(value)
 
 
-def _check_seed(value: object) -> int:
+def check_mc_seed(value: object) -> int:
+    """``value`` as a Monte-Carlo dropout seed: a non-negative integer (ValidationError otherwise)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValidationError(f"mc_seed must be a non-negative integer; got {value!r}")
     return int(value)
@@ -122,7 +123,7 @@ class MCDropout:
     """
 
     def __init__(self, module: nn.Module, *, seed: int = MC_SEED) -> None:
-        self.seed = _check_seed(seed)
+        self.seed = check_mc_seed(seed)
         self.modules = dropout_modules(module)
         self.p = [float(m.p) for m in self.modules]
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

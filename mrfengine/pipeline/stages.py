@@ -324,9 +324,9 @@ def _check_mc_samples(value: Any) -> int:
 
 
 def _check_seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValidationError(f"must be a non-negative integer; got {value!r}")
-    return value
+    from ..nn.uncertainty import check_mc_seed
+
+    return check_mc_seed(value)
 
 
 # --------------------------------------------------------------------------- write
