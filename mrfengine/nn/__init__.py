@@ -16,7 +16,8 @@ Importing this package imports torch (``pip install mrfengine[nn]``);
 
 from ._triton_loss import HAS_TRITON, fused_loss, triton_status
 from .configs import CONFIGS, LOSS_KINDS, NetworkConfig, OutputSpec, get_config, paper_outputs
-from .export import FORMATS, LoadedModel, ModelCard, card_path, check_card, load_model, read_card, save_model
+from .artifact import LoadedModel, load_model, save_model
+from .card import FORMATS, ModelCard, card_path, check_card, read_card
 from .inference import PRECISIONS, InputScaling, Prediction, input_scaling, pad_amounts, predict_volume, run_network
 from .losses import elementwise_loss, log_cosh, multi_output_loss, reference_fused_loss, soft_dice_loss
 from .normalisation import Normalisation, fit_normalisation

@@ -35,7 +35,8 @@ import os
 from pathlib import Path
 
 from ..errors import InputFileError
-from .export import ModelCard, resave_model
+from .artifact import resave_model
+from .card import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def package_model(
     Raises
     ------
     InputFileError, ValidationError
-        As :func:`mrfengine.nn.export.resave_model`.
+        As :func:`mrfengine.nn.artifact.resave_model`.
     """
     dst = Path(dst_dir) / DEFAULT_MODEL_FILE
     card: ModelCard = resave_model(src, dst, weights_dtype=weights_dtype, format=format,

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import ValidationError
-from .export import LoadedModel
+from .artifact import LoadedModel
 from .normalisation import input_level
 from .training import to_physical_units
 from .uncertainty import MC_SEED, MCDropout, RunningMoments, check_mc_samples

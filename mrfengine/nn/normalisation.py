@@ -2,7 +2,7 @@
 
 The network sees ``(g x - mean[c]) / std[c]`` for input channel ``c``; the same
 numbers must be used in training and inference, so they travel with the
-model (:mod:`mrfengine.nn.export`).  Voxels outside the brain are zero in the
+model (:mod:`mrfengine.nn.card`).  Voxels outside the brain are zero in the
 MRF magnitudes, and padding at inference adds more zeros: both normalise to
 ``-mean / std``, the value the network saw for background during training.
 

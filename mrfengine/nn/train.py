@@ -486,7 +486,8 @@ def train(
         way (or missing, with ``resume``), or one from other settings.
     """
     from ..io import Cohort
-    from .export import read_card, save_model
+    from .artifact import save_model
+    from .card import read_card
 
     out = Path(settings.output_dir)
     _check_output_dir(out)
@@ -608,7 +609,7 @@ def train(
 
 def _initial_model(settings: TrainSettings, config: NetworkConfig):
     """The saved network ``init_model`` to start from; its configuration must be the run's."""
-    from .export import load_model
+    from .artifact import load_model
 
     loaded = load_model(settings.init_model, trust_model_code=settings.trust_model_code)
     got, want = loaded.card.config, config

@@ -28,7 +28,7 @@ import torch
 from .._atomic import atomic_path
 from ..errors import InputFileError, ValidationError
 from .configs import NetworkConfig
-from .export import _first_line, _holds_objects
+from .artifact import _first_line, _holds_objects
 from .losses import multi_output_loss
 from .normalisation import Normalisation
 

@@ -86,12 +86,12 @@ def dropout_modules(module: nn.Module) -> list[nn.Module]:
     ------
     ValidationError
         For a TorchScript module (its dropout cannot be hooked; resave the
-        model as a state dict with :func:`mrfengine.nn.export.resave_model`) or
+        model as a state dict with :func:`mrfengine.nn.artifact.resave_model`) or
         an unsupported dropout kind (``AlphaDropout``).
     """
     if isinstance(module, torch.jit.ScriptModule):
         raise ValidationError("Monte-Carlo dropout needs the network as an nn.Module; this one is TorchScript: "
-                              "resave it as a state dict (mrfengine.nn.export.resave_model, format='state_dict')")
+                              "resave it as a state dict (mrfengine.nn.artifact.resave_model, format='state_dict')")
     found = []
     for m in module.modules():
         if isinstance(m, (nn.AlphaDropout, nn.FeatureAlphaDropout)):

@@ -24,7 +24,7 @@ import torch
 from mrfengine.errors import InputFileError, ValidationError
 from mrfengine.nn import card_path, get_config, load_model, save_model
 from mrfengine.nn.default import DEFAULT_MODEL_DIR, MODEL_ENV
-from mrfengine.nn.export import UntrustedModelError, _quiet_torchscript
+from mrfengine.nn.artifact import UntrustedModelError, _quiet_torchscript
 from mrfengine.nn.normalisation import Normalisation
 from mrfengine.sequence import hermann2021
 

@@ -14,7 +14,7 @@ from mrfengine.errors import InputFileError, MRFEngineError, ValidationError
 from mrfengine.nn import card_path, load_model, read_card, save_model
 from mrfengine.nn import default as default_mod
 from mrfengine.nn.default import MODEL_ENV, NoDefaultModelError, default_model_path, package_model
-from mrfengine.nn.export import resave_model
+from mrfengine.nn.artifact import resave_model
 from mrfengine.sequence import hermann2021
 
 # float16 keeps 11 significant bits (unit roundoff 4.9e-4); through a few

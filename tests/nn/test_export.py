@@ -7,7 +7,8 @@ import torch
 
 from mrfengine.errors import InputFileError, ValidationError
 from mrfengine.nn import ModelCard, card_path, check_card, load_model, read_card, save_model
-from mrfengine.nn.export import CARD_SCHEMA, _quiet_torchscript
+from mrfengine.nn.artifact import _quiet_torchscript
+from mrfengine.nn.card import CARD_SCHEMA
 from mrfengine.sequence import hermann2021
 
 
