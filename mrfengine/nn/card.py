@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_write_text
+from .._validate import is_sha256
 from ..errors import InputFileError, ValidationError
 from ..sequence import Sequence
 from .configs import NetworkConfig
@@ -122,7 +122,7 @@ class ModelCard:
     def __post_init__(self) -> None:
         object.__setattr__(self, "training_sequences", tuple(dict(s) for s in self.training_sequences or ()))
         for entry in self.training_sequences:
-            if not {"name", "digest"} <= set(entry) or not re.fullmatch(r"[0-9a-f]{64}", str(entry["digest"])):
+            if not {"name", "digest"} <= set(entry) or not is_sha256(entry["digest"]):
                 raise ValidationError(f"training sequences must be mappings with 'name' and a 64-hex 'digest'; "
                                       f"got {entry!r}")
         if self.format not in FORMATS:
@@ -143,9 +143,9 @@ class ModelCard:
             if not isinstance(self.sequence, dict) or not {"name", "digest"} <= set(self.sequence):
                 raise ValidationError(f"card sequence must be a mapping with 'name' and 'digest'; "
                                       f"got {self.sequence!r}")
-            if not re.fullmatch(r"[0-9a-f]{64}", str(self.sequence["digest"])):
+            if not is_sha256(self.sequence["digest"]):
                 raise ValidationError(f"card sequence digest must be 64 hex digits; got {self.sequence['digest']!r}")
-        if not re.fullmatch(r"[0-9a-f]{64}", str(self.artifact_sha256)):
+        if not is_sha256(self.artifact_sha256):
             raise ValidationError(f"artifact_sha256 must be 64 hex digits; got {self.artifact_sha256!r}")
         if not isinstance(self.metrics, dict):
             raise ValidationError(f"metrics must be a mapping; got {type(self.metrics).__name__}")
@@ -180,7 +180,7 @@ class ModelCard:
         sites = self.metrics.get("training_site_sequences") if isinstance(self.metrics, dict) else None
         if isinstance(sites, dict):
             for site, digest in sites.items():
-                if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest):
+                if is_sha256(digest):
                     out.setdefault(digest, f"site {site}")
         return out
 

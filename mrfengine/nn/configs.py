@@ -39,6 +39,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .._validate import check_int
 from ..errors import ValidationError
 from ..maps import NETWORK_MAPS
 
@@ -150,12 +151,6 @@ def paper_outputs(loss: str, *, lesion_only: bool = False) -> tuple[OutputSpec, 
     )
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError(f"{name} must be a positive integer; got {value!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class NetworkConfig:
     """A network: architecture, inputs, outputs with their losses, training settings.
@@ -209,7 +204,7 @@ class NetworkConfig:
             raise ValidationError(f"{self.name}: input_kind must be one of {INPUT_KINDS}; got {self.input_kind!r}")
         for key in ("in_channels", "depth", "base_filters", "batch_size", "epochs", "patch_size", "patches_per_slice",
                     "lesion_oversampling"):
-            _positive_int(f"{self.name}: {key}", getattr(self, key))
+            check_int(getattr(self, key), f"{self.name}: {key}")
         object.__setattr__(self, "outputs", tuple(self.outputs))
         object.__setattr__(self, "input_names", tuple(self.input_names))
         if not self.outputs or not all(isinstance(o, OutputSpec) for o in self.outputs):

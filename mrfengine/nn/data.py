@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._validate import check_int
 from ..errors import StoreError, ValidationError
 from ..metrics.lesions import connectivity_structure
 from .configs import NetworkConfig
@@ -277,11 +278,11 @@ class PatchSampler:
         self.cohort = cohort
         self.config = config
         self.split = split
-        self.patch_size = _positive("patch_size", config.patch_size if patch_size is None else patch_size)
-        self.patches_per_slice = _positive("patches_per_slice",
-                                           config.patches_per_slice if patches_per_slice is None else patches_per_slice)
-        self.lesion_oversampling = _positive(
-            "lesion_oversampling", config.lesion_oversampling if lesion_oversampling is None else lesion_oversampling)
+        self.patch_size = check_int(config.patch_size if patch_size is None else patch_size, "patch_size")
+        self.patches_per_slice = check_int(
+            config.patches_per_slice if patches_per_slice is None else patches_per_slice, "patches_per_slice")
+        self.lesion_oversampling = check_int(
+            config.lesion_oversampling if lesion_oversampling is None else lesion_oversampling, "lesion_oversampling")
         if self.patch_size % config.size_multiple:
             raise ValidationError(f"patch_size must be a multiple of {config.size_multiple} for network "
                                   f"{config.name}; got {self.patch_size}")
@@ -304,7 +305,7 @@ class PatchSampler:
         self._input_paths = _input_paths(config, map_source)
         self._target_paths = [resolve_target(o.target, o.name, map_source) for o in config.outputs]
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._cache_size = _positive("cache_slices", cache_slices)
+        self._cache_size = check_int(cache_slices, "cache_slices")
         self.subjects = _subjects_of(cohort, split)
         if not self.subjects:
             raise ValidationError(f"the cohort {cohort.path} has no {split!r} subject to sample")
@@ -486,7 +487,7 @@ class PatchSampler:
         shape (B, C_in, P, P) (normalised) and (B, C_out, P, P) (network
         units); the last batch may be smaller.  ``start`` skips that many
         batches (resuming inside an epoch)."""
-        batch_size = _positive("batch_size", batch_size)
+        batch_size = check_int(batch_size, "batch_size")
         plan = self.epoch_plan(epoch)
         for b in range(start * batch_size, len(plan), batch_size):
             pairs = [self._patch(row) for row in plan[b:b + batch_size]]
@@ -495,7 +496,7 @@ class PatchSampler:
             yield torch.from_numpy(np.ascontiguousarray(xs)), torch.from_numpy(np.ascontiguousarray(ys))
 
     def n_batches(self, batch_size: int) -> int:
-        return -(-self.patches_per_epoch() // _positive("batch_size", batch_size))
+        return -(-self.patches_per_epoch() // check_int(batch_size, "batch_size"))
 
     @property
     def target_paths(self) -> list[str]:
@@ -524,9 +525,3 @@ def _crop(a: np.ndarray, y0: int, x0: int, p: int, fill: np.ndarray | float) -> 
     padded[...] = fill
     padded[:, :out.shape[1], :out.shape[2]] = out
     return padded
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValidationError(f"{name} must be a positive integer; got {value!r}")
-    return int(value)

@@ -33,15 +33,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._validate import check_int
 from ..errors import ValidationError
 
 __all__ = ["UNet2d", "init_weights"]
-
-
-def _positive_int(name: str, value: object, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return value
 
 
 class _DoubleConv(nn.Sequential):
@@ -114,10 +109,10 @@ class UNet2d(nn.Module):
         up_relu: bool = True,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
-        self.depth = _positive_int("depth", depth)
-        self.base_filters = _positive_int("base_filters", base_filters)
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.out_channels = check_int(out_channels, "out_channels")
+        self.depth = check_int(depth, "depth")
+        self.base_filters = check_int(base_filters, "base_filters")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
             raise ValidationError(f"dropout must be a probability in [0, 1); got {dropout!r}")
         self.dropout_p = float(dropout)

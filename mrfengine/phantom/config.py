@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from .._validate import check_float, check_range
 from ..errors import ValidationError
 
 __all__ = [
@@ -33,18 +34,6 @@ __all__ = [
 ]
 
 PRESETS = ("tiny", "paper", "heldout")
-
-
-def _positive(name: str, *values: float) -> None:
-    for v in values:
-        if not v > 0:
-            raise ValidationError(f"{name} must be positive; got {values}")
-
-
-def _range(name: str, lo_hi: tuple[float, float], *, lo: float = 0.0) -> None:
-    a, b = lo_hi
-    if not (lo <= a <= b):
-        raise ValidationError(f"{name} must be an increasing range ({lo} <= low <= high); got {lo_hi}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +60,8 @@ class GridConfig:
     def __post_init__(self) -> None:
         if len(self.shape_zyx) != 3 or any(int(s) < 1 for s in self.shape_zyx):
             raise ValidationError(f"shape_zyx must be three positive ints; got {self.shape_zyx}")
-        _positive("voxel_size_mm", *self.voxel_size_mm)
+        for v in self.voxel_size_mm:
+            check_float(v, "voxel_size_mm", minimum=0.0, exclusive_minimum=True)
 
 
 @dataclass(frozen=True)
@@ -106,7 +96,7 @@ class SiteConfig:
             raise ValidationError(f"site name must be '1' or '2' (the hermann2021 protocols); got {self.name!r}")
         if self.snr is not None and not self.snr > 0:
             raise ValidationError(f"snr must be positive or None; got {self.snr}")
-        _range("b1_limits", self.b1_limits, lo=0.01)
+        check_range(self.b1_limits, "b1_limits", minimum=0.01)
 
 
 FRACTION_MODELS = ("subject", "population", "mixed")
@@ -137,7 +127,7 @@ class AnatomyConfig:
     tissue_fractions: str = "subject"
 
     def __post_init__(self) -> None:
-        _range("scale_range", self.scale_range, lo=0.5)
+        check_range(self.scale_range, "scale_range", minimum=0.5)
         if self.tissue_fractions not in FRACTION_MODELS:
             raise ValidationError(f"tissue_fractions must be one of {FRACTION_MODELS}; got {self.tissue_fractions!r}")
         if self.warp_order < 1:
@@ -215,9 +205,9 @@ class LesionConfig:
     pd: float = 0.75
 
     def __post_init__(self) -> None:
-        _range("volume_range_mm3", self.volume_range_mm3, lo=0.1)
-        _range("t1_factor", self.t1_factor, lo=0.1)
-        _range("t2star_factor", self.t2star_factor, lo=0.1)
+        check_range(self.volume_range_mm3, "volume_range_mm3", minimum=0.1)
+        check_range(self.t1_factor, "t1_factor", minimum=0.1)
+        check_range(self.t2star_factor, "t2star_factor", minimum=0.1)
         if len(self.location_weights) != 3 or sum(self.location_weights) <= 0:
             raise ValidationError(f"location_weights must be three non-negative weights; got {self.location_weights}")
 
@@ -313,20 +303,17 @@ class RandomisationConfig:
     distortion_share: float = 0.3
 
     def __post_init__(self) -> None:
-        for name in ("gain_log10",):
-            a, b = getattr(self, name)
-            if not a <= b:
-                raise ValidationError(f"{name} must be an increasing range; got {(a, b)}")
-        _range("int16_wm_counts", self.int16_wm_counts, lo=1e-9)
+        check_range(self.gain_log10, "gain_log10")
+        check_range(self.int16_wm_counts, "int16_wm_counts", minimum=1e-9)
         for name in ("snr", "lesion_count_mean", "lesion_volume_median_mm3", "lesion_large_median_mm3"):
             if getattr(self, name) is not None:
-                _range(name, getattr(self, name), lo=1e-9)
+                check_range(getattr(self, name), name, minimum=1e-9)
         for name in ("b1_center", "b1_edge", "b1_random_sd", "tissue_subject_sd", "tissue_spatial_sd",
                      "tissue_pd_sd", "lesion_large_share", "lesion_irregularity"):
             if getattr(self, name) is not None:
-                _range(name, getattr(self, name))
+                check_range(getattr(self, name), name, minimum=0.0)
         if self.lesion_elongation_max is not None:
-            _range("lesion_elongation_max", self.lesion_elongation_max, lo=1.0)
+            check_range(self.lesion_elongation_max, "lesion_elongation_max", minimum=1.0)
         if self.int16_wm_counts[1] > 20000:
             raise ValidationError(f"int16_wm_counts must leave int16 head room (<= 20000); got {self.int16_wm_counts}")
         for name in ("int16_share", "distortion_share"):
