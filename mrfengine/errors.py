@@ -17,6 +17,11 @@ class ValidationError(MRFEngineError, ValueError):
     """An argument or an input file has the wrong shape, type, range or content."""
 
 
+class OptionError(ValidationError):
+    """Options that exclude each other, or that the chosen model cannot honour
+    (the command line reports it as a usage error, exit status 2)."""
+
+
 class SequenceError(ValidationError):
     """An acquisition description is inconsistent or physically meaningless."""
 

@@ -14,15 +14,19 @@ assumes.
 
 The outside rule
 ----------------
-Every map mrfengine writes from an estimate (``mrfengine predict``, the batch
-pipeline's ``write`` stage for the ``match`` and ``unet`` stages, ``mrfengine
-export`` of a pipeline's maps) follows one rule, :func:`apply_outside_rule`:
+Every map mrfengine writes from an estimate (``mrfengine predict`` and
+``mrfengine match``, :func:`mrfengine.pipeline.predict_nifti` and
+:func:`~mrfengine.pipeline.match_nifti` behind them, the batch pipeline's
+``write`` stage for the ``match`` and ``unet`` stages, ``mrfengine export`` of a
+pipeline's maps) follows one rule, :func:`apply_outside_rule`:
 outside the brain mask the analysis used, every map holds
 :data:`OUTSIDE_BRAIN_VALUE` (0) -- quantitative maps (T1, T2*, B1, M0, the
 match correlation) and probabilities alike; inside it, each holds its
 estimate.  The mask is written beside the maps (``desc-brain_mask``) and named
-in every sidecar with the value (:func:`outside_rule_fields`).  Without a mask
-(``predict --no-brain-mask``, a cohort subject without ``brain_mask``) the
+in every sidecar with the value (:func:`outside_rule_fields`, part of the one
+sidecar schema :func:`mrfengine.io.bids.map_sidecar`).  Without a mask
+(``predict --no-brain-mask``, ``match`` without ``--mask``, a cohort subject
+without ``brain_mask``) the
 whole field of view is estimated and nothing is background.
 
 Why 0 and not NaN: a probability outside the brain *is* 0 (no tissue there),
@@ -33,6 +37,19 @@ registration, smoothing and averages and is refused or mis-shown by several of
 them; and 0 s is no tissue's T1 or T2* (nor 0 its B1), so a 0 never passes for
 an estimate, while the mask beside the maps says exactly which voxels were
 estimated.  ``mrfengine match`` already wrote 0 where it did not match.
+
+Voxels without an estimate
+--------------------------
+Inside the brain a method may give no estimate: dictionary matching leaves a
+voxel unmatched when it is outside its mask, has a NaN/Inf frame or all frames
+zero.  Every map holds :data:`NOT_ESTIMATED_VALUE` there, the same 0 as
+outside the brain (:func:`fill_not_estimated`): ``mrfengine match``, the
+batch's ``match`` stage (stored by ``write``) and the network's input maps
+alike.  The reasons are the outside rule's: 0 is no tissue's T1, T2* or B1, and
+NaN would spread through every later step.  Where the voxels were estimated is
+in the maps themselves: a T1 of 0 is never an estimate, and the match
+correlation is 0 exactly where nothing was matched.  The network estimates
+every voxel it is given, so its maps have no such voxels.
 
 References
 ----------
@@ -54,11 +71,19 @@ from .errors import ValidationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MASK_METHOD", "OUTSIDE_BRAIN_VALUE", "apply_outside_rule", "brain_mask_from_mean", "brain_mask_from_mrf",
-           "mean_image", "outside_rule_fields"]
+__all__ = ["BRAIN_MASK_SOURCE", "MASK_METHOD", "NOT_ESTIMATED_VALUE", "OUTSIDE_BRAIN_VALUE", "apply_outside_rule",
+           "brain_mask_from_mean", "brain_mask_from_mrf", "fill_not_estimated", "mean_image", "outside_rule_fields"]
 
 #: What every written map holds outside the brain mask (see "The outside rule" above).
 OUTSIDE_BRAIN_VALUE = 0.0
+
+#: What every written map holds in a voxel its method gave no estimate for
+#: (see "Voxels without an estimate" above): the outside rule's 0.
+NOT_ESTIMATED_VALUE = OUTSIDE_BRAIN_VALUE
+
+#: Where the batch pipeline's brain mask comes from (a subject's ``brain_mask``),
+#: as its provenance and the exported sidecars name it.
+BRAIN_MASK_SOURCE = "cohort store (brain_mask)"
 
 #: How :func:`brain_mask_from_mrf` makes a mask, as sidecars name it.
 MASK_METHOD = "made from the MRF series (nilearn compute_epi_mask on the mean over frames)"
@@ -172,8 +197,8 @@ def apply_outside_rule(maps: Mapping[str, ArrayLike], mask: ArrayLike | None) ->
     -------
     dict of str to ndarray, float32
         New arrays (the inputs are not changed); inside the mask each holds
-        the input's values, NaN included (a brain voxel without an estimate
-        stays visible as one).
+        the input's values as they are (voxels without an estimate are the
+        estimator's to set, :func:`fill_not_estimated`).
 
     Raises
     ------
@@ -182,14 +207,47 @@ def apply_outside_rule(maps: Mapping[str, ArrayLike], mask: ArrayLike | None) ->
     """
     if mask is None:
         return {name: np.asarray(value, dtype=np.float32).copy() for name, value in maps.items()}
-    inside = np.asarray(mask) != 0
+    return _keep_where(maps, mask, OUTSIDE_BRAIN_VALUE, "the brain mask")
+
+
+def _keep_where(maps: Mapping[str, ArrayLike], keep: ArrayLike, value: float, what: str) -> dict[str, np.ndarray]:
+    """Every map as float32, ``value`` where ``keep`` is 0 (new arrays)."""
+    inside = np.asarray(keep) != 0
     out = {}
-    for name, value in maps.items():
-        arr = np.asarray(value, dtype=np.float32)
+    for name, arr in maps.items():
+        arr = np.asarray(arr, dtype=np.float32)
         if arr.shape != inside.shape:
-            raise ValidationError(f"map {name!r} has shape {arr.shape}; the brain mask has {inside.shape}")
-        out[name] = np.where(inside, arr, np.float32(OUTSIDE_BRAIN_VALUE))
+            raise ValidationError(f"map {name!r} has shape {arr.shape}; {what} has {inside.shape}")
+        out[name] = np.where(inside, arr, np.float32(value))
     return out
+
+
+def fill_not_estimated(maps: Mapping[str, ArrayLike], estimated: ArrayLike) -> dict[str, np.ndarray]:
+    """Every map set to :data:`NOT_ESTIMATED_VALUE` (0) where its method gave no estimate.
+
+    The rule for voxels without an estimate (see the module docstring), e.g.
+    dictionary matching's unmatched voxels (outside its mask, a NaN/Inf frame,
+    all frames zero), which :class:`~mrfengine.matching.MatchResult` holds as
+    NaN parameters.
+
+    Parameters
+    ----------
+    maps : mapping of str to array_like
+        Maps of one volume, each of ``estimated``'s shape.
+    estimated : array_like of bool
+        True where the method estimated the voxel (``MatchResult.matched``).
+
+    Returns
+    -------
+    dict of str to ndarray, float32
+        New arrays; the estimated voxels keep their values.
+
+    Raises
+    ------
+    ValidationError
+        A map whose shape is not ``estimated``'s.
+    """
+    return _keep_where(maps, estimated, NOT_ESTIMATED_VALUE, "the mask of estimated voxels")
 
 
 def outside_rule_fields(mask: str | None, source: str) -> dict[str, Any]:
@@ -201,8 +259,8 @@ def outside_rule_fields(mask: str | None, source: str) -> dict[str, Any]:
         The brain mask's file name (written beside the maps, or the one the
         user gave); None when no mask was applied (the whole field of view).
     source : str
-        Where the mask came from: ``"given"``, :data:`MASK_METHOD`, ``"cohort
-        store (brain_mask)"``, or ``"none"``.
+        Where the mask came from: ``"given"``, :data:`MASK_METHOD`,
+        :data:`BRAIN_MASK_SOURCE`, or ``"none"``.
 
     Returns
     -------

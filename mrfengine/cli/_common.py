@@ -66,6 +66,31 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
     return iter(tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, file=sys.stderr))
 
 
+class SliceProgress:
+    """A tqdm progress bar on stderr fed by the library's ``progress(done, total)`` callbacks
+    (:func:`mrfengine.pipeline.predict_nifti`, :func:`~mrfengine.pipeline.match_nifti`); shown on
+    terminals unless disabled.  A context manager: the bar is closed on exit."""
+
+    def __init__(self, desc: str = "", *, enabled: bool | None = None) -> None:
+        self.desc = desc
+        self.disable = (not sys.stderr.isatty()) if enabled is None else not enabled
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, desc=self.desc, disable=self.disable, leave=False, file=sys.stderr)
+        self._bar.update(max(0, int(done) - self._bar.n))
+
+    def __enter__(self) -> SliceProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
 def make_cache(cache_dir: str | None, no_cache: bool):
     from ..dictionary import DictionaryCache
 

@@ -2,11 +2,13 @@
 
 :mod:`.stages` (``Stage``, ``Pipeline``), :mod:`.derived` (writing and checking
 ``subjects/<sub>/derived/<pipeline>/``), :mod:`.run` (``run_subject``) and
-:mod:`.batch` (``run_batch`` over a cohort on Dask, ``batch_client``).
+:mod:`.batch` (``run_batch`` over a cohort on Dask, ``batch_client``); one NIfTI series in,
+maps out (:mod:`.nifti`: ``predict_nifti``, ``match_nifti``, behind ``mrfengine predict`` and ``match``).
 """
 
 from .batch import BatchReport, batch_client, run_batch
 from .derived import DERIVED_ARRAYS, derived_complete, remove_derived, write_derived
+from .nifti import NiftiResult, match_nifti, predict_nifti
 from .run import SubjectResult, run_subject
 from .stages import STAGES, Pipeline, Stage, slice_dictionaries
 
@@ -15,11 +17,14 @@ __all__ = [
     "batch_client",
     "run_batch",
     "DERIVED_ARRAYS",
+    "NiftiResult",
     "STAGES",
     "Pipeline",
     "Stage",
     "SubjectResult",
     "derived_complete",
+    "match_nifti",
+    "predict_nifti",
     "remove_derived",
     "run_subject",
     "slice_dictionaries",

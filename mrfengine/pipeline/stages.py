@@ -19,8 +19,8 @@ The stages:
     MP-PCA (:func:`mrfengine.denoise.mppca`) of ``mrf`` inside ``mask``;
     replaces ``mrf``.
 ``match``
-    Dictionary matching slice by slice (:func:`mrfengine.matching.match_slices`)
-    against the subject's per-slot dictionaries, built once per sequence
+    Dictionary matching slice by slice (:func:`mrfengine.pipeline.conventional.match_volume`,
+    as ``mrfengine match``) against the subject's per-slot dictionaries, built once per sequence
     (:func:`slice_dictionaries`, keyed by ``Sequence.digest()``); gives ``maps``.
 ``unet``
     Whole-slice inference of a trained U-net (:mod:`mrfengine.nn`; option
@@ -31,10 +31,14 @@ The stages:
     count and sequence.  Option ``prefix`` names its arrays when ``match``
     runs too (``T1`` would clash).  The model is read as weights only; a
     TorchScript model file runs code stored in it and is refused unless
-    ``trust_model_code = true`` (only for models you trust).
+    ``trust_model_code = true`` (only for models you trust).  The run is
+    ``mrfengine predict``'s (:func:`mrfengine.nn.predict.network_maps`: the
+    same checks, options, uncertainty, physics consistency and outside rule,
+    with the subject's ``brain_mask``, or the whole field of view without one).
 ``write``
     Turns ``maps`` and/or ``nn_maps`` into ``derived``, the float32 arrays of the derived group
-    (T1, T2star in ms, B1, M0, correlation; see
+    (T1, T2star in ms, B1, M0, correlation, 0 where not matched:
+    :func:`mrfengine.pipeline.conventional.match_maps`; see
     :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`), with the outside rule
     (:func:`mrfengine.masking.apply_outside_rule`): every array is 0 outside
     ``mask`` (the subject's ``brain_mask``); without a mask, nothing is.  Persisting them is the
@@ -68,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
-from ..masking import OUTSIDE_BRAIN_VALUE, apply_outside_rule
+from ..masking import BRAIN_MASK_SOURCE, OUTSIDE_BRAIN_VALUE, apply_outside_rule
 from ..sequence import Sequence
 
 __all__ = [
@@ -81,9 +85,6 @@ __all__ = [
     "pipeline_halo",
     "VOLUME_AXES",
 ]
-
-#: Where the pipeline's brain mask comes from, as provenance and sidecars name it.
-BRAIN_MASK_SOURCE = "cohort store (brain_mask)"
 
 #: Artifacts a run provides before the first stage.
 INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
@@ -191,142 +192,80 @@ def _denoise_halo(options: Mapping[str, Any]) -> int:
 
 
 def _match(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
-    from ..matching import match_slices
+    from .conventional import match_volume
 
-    sequence: Sequence = inputs["sequence"]
-    dictionaries = slice_dictionaries(sequence)
-    z0 = int(inputs.get("z0", 0) or 0)
-    mrf = inputs["mrf"]
-    if z0 == 0 and mrf.shape[1] == sequence.n_slices:
-        per_slice = dictionaries  # checks the slice count itself
-    else:
-        if not 0 <= z0 <= sequence.n_slices - mrf.shape[1]:
-            raise ValidationError(f"a slab of {mrf.shape[1]} planes at plane {z0} does not fit the sequence's "
-                                  f"{sequence.n_slices} slices")
-        def per_slice(z: int):
-            return dictionaries.for_slice(z0 + z)
-    result = match_slices(mrf, per_slice, slice_axis=1, axis=0, mask=inputs["mask"], n_threads=n_threads,
-                          backend=backend, method=options["method"], rank=options["rank"])
-    slots = sorted({sequence.slot_of_slice(z0 + z) for z in range(mrf.shape[1])})
-    digests = {str(slot): dictionaries[slot].digest for slot in slots}
-    info = {"backend": result.backend, "method": result.method, "rank": result.rank,
-            "sequence_digest": sequence.digest(), "dictionary_digests": digests,
-            "n_matched": int(np.count_nonzero(result.matched))}
+    result, info = match_volume(inputs["mrf"], slice_dictionaries(inputs["sequence"]), slice_axis=1, axis=0,
+                                z0=inputs.get("z0", 0), mask=inputs["mask"], n_threads=n_threads, backend=backend,
+                                method=options["method"], rank=options["rank"])
     return {"maps": result}, info
 
 
 # --------------------------------------------------------------------------- unet
-@functools.lru_cache(maxsize=4)
-def _load_unet(path: str, mtime_ns: int, device: str, trust_model_code: bool = False):
-    from ..nn import load_model
-
-    return load_model(path, device=device, trust_model_code=trust_model_code)
-
-
-def _unet_path(model: str) -> str:
-    import os
-
-    if model in ("", "default"):
-        from ..nn.default import default_model_path
-
-        return str(default_model_path())
-    if not os.path.isfile(model):
-        from ..errors import InputFileError
-
-        raise InputFileError(f"{model}: no such model file (unet stage option 'model')")
-    return model
-
-
-def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
-    import os
-
-    import torch
-
-    from ..nn import check_card, run_network
-
-    path = _unet_path(str(options["model"]))
-    device = "cuda" if backend in ("auto", "cupy", "numba-cuda") and torch.cuda.is_available() else "cpu"
-    model = _load_unet(path, os.stat(path).st_mtime_ns, device, options.get("trust_model_code") is True)
-    card = model.card
-    sequence: Sequence = inputs["sequence"]
-    mask = inputs["mask"]
-    if card.config.input_kind == "maps":
-        maps = inputs.get("maps")
-        if maps is None:
-            raise ValidationError(f"{path}: network {card.config.name} takes maps "
-                                  f"({', '.join(card.config.input_names)}); run 'match' before 'unet'")
-        volume = np.stack([np.nan_to_num(np.asarray(maps.params[n], np.float32)) for n in card.config.input_names])
-        check_card(card, channels=volume.shape[0], input_kind="maps", source=path)
-    else:
-        volume = inputs["mrf"]
-        check_card(card, channels=volume.shape[0], sequence=sequence, input_kind="mrf", source=path)
-    old_threads = torch.get_num_threads()
-    if n_threads and device == "cpu":
-        torch.set_num_threads(int(n_threads))
-    try:
-        result = run_network(volume, model, channel_axis=0, batch_size=int(options["batch_size"]),
-                             precision=str(options["precision"]), device=device, tta=str(options["tta"]),
-                             mask=mask if card.config.input_kind == "mrf" else None,
-                             input_scale=str(options["input_scale"]), mc_samples=int(options["mc_samples"]),
-                             mc_seed=int(options["mc_seed"]))
-        extra = _unet_extras(volume, result, card, sequence, mask, options)
-    finally:
-        torch.set_num_threads(old_threads)
-    out = dict(result.maps)
-    out.update(extra)  # 0 outside the brain: the write stage applies the outside rule to every map
-    prefix = str(options["prefix"])
-    info = {"model": os.path.abspath(path), "network": card.config.name, "device": device,
-            "precision": options["precision"], "tta": options["tta"], "sha256": card.artifact_sha256,
-            "input_scale": "subject" if result.scaling.rescaled else "absolute",
-            "input_gain": result.scaling.gain, "input_level": result.scaling.level,
-            "input_level_ratio": result.scaling.level_ratio,
-            "brain_mask": result.scaling.mask_source, "input_shift": result.input_shift,
-            "outside_training": result.outside_training}
-    if result.uncertainty is not None:
-        info["uncertainty"] = {"mc_samples": result.mc_samples, "mc_seed": result.mc_seed,
-                               "arrays": [prefix + k for k in extra if k.endswith(_UNCERTAINTY)]}
-    if CONSISTENCY_ARRAY in extra:
-        from ..nn.consistency import consistency_fields
-
-        info["physics_consistency"] = {"array": prefix + CONSISTENCY_ARRAY, **consistency_fields()}
-    if result.outside_training:
-        log.warning("unet: %s", result.warning(card.config.name))
-    return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
-
-
+#: Name (after the stage's prefix) of an output's uncertainty array, ``<output>_uncertainty``.
 _UNCERTAINTY = "_uncertainty"
 #: Name (after the stage's prefix) of the unet stage's physics-consistency array.
 CONSISTENCY_ARRAY = "physics_consistency"
 
 
-def _unet_extras(volume, result, card, sequence: Sequence, mask, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The unet stage's optional arrays: ``<output>_uncertainty`` per output (``mc_samples``)
-    and ``physics_consistency`` (``consistency``; MRF networks with T1 and T2* outputs)."""
-    extra: dict[str, np.ndarray] = {}
-    if result.uncertainty is not None:
-        extra.update({name + _UNCERTAINTY: value for name, value in result.uncertainty.items()})
-    if options["consistency"]:
-        from ..nn.consistency import physics_consistency
+def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    from ..nn import check_card
+    from ..nn.predict import network_maps, open_network, resolve_model_path, torch_device, torch_threads
 
-        if card.config.input_kind != "mrf" or not {"T1", "T2star"} <= set(result.maps):
-            raise ValidationError(f"unet option consistency needs an MRF network with T1 and T2star outputs; "
-                                  f"{card.config.name} has {', '.join(result.maps)}")
-        brain = mask if mask is not None else result.scaling.mask
-        extra[CONSISTENCY_ARRAY] = physics_consistency(volume, result.maps["T1"], result.maps["T2star"], sequence,
-                                                       mask=brain, channel_axis=0)
-    return extra
+    path = str(resolve_model_path(str(options["model"]), what="unet stage option 'model'"))
+    device = torch_device("auto" if backend in ("auto", "cupy", "numba-cuda") else "cpu")
+    model = open_network(path, device=device, trust_model_code=options.get("trust_model_code") is True, cached=True)
+    card = model.card
+    sequence: Sequence = inputs["sequence"]
+    mask = inputs["mask"]
+    if card.config.input_kind == "maps":
+        from .conventional import match_maps
+
+        maps = inputs.get("maps")
+        if maps is None:
+            raise ValidationError(f"{path}: network {card.config.name} takes maps "
+                                  f"({', '.join(card.config.input_names)}); run 'match' before 'unet'")
+        given = match_maps(maps)  # 0 where not matched, as the write stage stores them
+        volume = np.stack([given[n] for n in card.config.input_names])
+        check_card(card, channels=volume.shape[0], input_kind="maps", source=path)
+    else:
+        volume = inputs["mrf"]
+        check_card(card, channels=volume.shape[0], sequence=sequence, input_kind="mrf", source=path)
+    with torch_threads(n_threads if device == "cpu" else None):
+        # the subject's brain mask, or the whole field of view for a subject without one
+        net = network_maps(volume, model, sequence=sequence, mask=mask, mask_source=BRAIN_MASK_SOURCE,
+                           brain_mask=mask is not None, channel_axis=0, batch_size=int(options["batch_size"]),
+                           precision=str(options["precision"]), device=device, tta=str(options["tta"]),
+                           input_scale=str(options["input_scale"]), mc_samples=options["mc_samples"],
+                           mc_seed=options["mc_seed"], consistency=bool(options["consistency"]),
+                           consistency_option="unet option consistency")
+    prefix = str(options["prefix"])
+    out = dict(net.maps)
+    info = net.info()
+    if net.uncertainty is not None:
+        out.update({name + _UNCERTAINTY: value for name, value in net.uncertainty.items()})
+        info["uncertainty"] = {"mc_samples": net.prediction.mc_samples, "mc_seed": net.prediction.mc_seed,
+                               "arrays": [prefix + name + _UNCERTAINTY for name in net.uncertainty]}
+    if net.consistency is not None:
+        from ..nn.consistency import consistency_fields
+
+        out[CONSISTENCY_ARRAY] = net.consistency
+        info["physics_consistency"] = {"array": prefix + CONSISTENCY_ARRAY, **consistency_fields()}
+    if net.warning:
+        log.warning("unet: %s", net.warning)
+    return {"nn_maps": {prefix + k: np.asarray(v, np.float32) for k, v in out.items()}}, info
 
 
-def _check_mc_samples(value: Any) -> int:
-    from ..nn.uncertainty import check_mc_samples
+def _uncertainty_check(name: str) -> Callable[[Any], int]:
+    """The option check ``name`` of :mod:`mrfengine.nn.uncertainty` (the one definition), imported
+    when it runs: torch is optional, and a pipeline without a unet stage never needs it."""
 
-    return check_mc_samples(value)
+    def check(value: Any) -> int:
+        from ..nn import uncertainty
 
+        return getattr(uncertainty, name)(value)
 
-def _check_seed(value: Any) -> int:
-    from ..nn.uncertainty import check_mc_seed
-
-    return check_mc_seed(value)
+    check.__name__ = check.__qualname__ = name
+    return check
 
 
 # --------------------------------------------------------------------------- write
@@ -334,13 +273,9 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
     derived: dict[str, np.ndarray] = {}
     result = inputs.get("maps")
     if result is not None:
-        derived.update({
-            "T1": result.params["T1"],
-            "T2star": result.params["T2star"],
-            "B1": result.params["B1"],
-            "M0": np.abs(result.m0),
-            "correlation": result.correlation,
-        })
+        from .conventional import match_maps
+
+        derived.update(match_maps(result))  # 0 where not matched (mrfengine.masking.fill_not_estimated)
     nn_maps = inputs.get("nn_maps") or {}
     clash = sorted(set(derived) & set(nn_maps))
     if clash:
@@ -372,7 +307,8 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                                             "input_scale": ("card", "subject", "absolute"),
                                             "trust_model_code": (False, True),
                                             "consistency": (False, True)}),
-                  checks=MappingProxyType({"mc_samples": _check_mc_samples, "mc_seed": _check_seed}),
+                  checks=MappingProxyType({"mc_samples": _uncertainty_check("check_mc_samples"),
+                                           "mc_seed": _uncertainty_check("check_mc_seed")}),
                   optional=("maps",), halo=_whole_volume),
     "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps")),
 })

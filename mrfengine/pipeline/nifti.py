@@ -1,0 +1,426 @@
+"""One MRF series in a NIfTI file, its maps out as NIfTI files: the library behind
+``mrfengine predict`` and ``mrfengine match``.
+
+:func:`predict_nifti` runs a trained U-net, :func:`match_nifti` dictionary
+matching.  They share everything but the files with the batch's ``unet`` and
+``match`` stages (:mod:`mrfengine.pipeline.stages`): the network's run with its
+checks, outside rule and record (:mod:`mrfengine.nn.predict`), the matching
+with its maps and record (:mod:`mrfengine.pipeline.conventional`).  What they
+add is the file side:
+
+* every output is planned and checked before any work
+  (:func:`mrfengine.io.outputs.check_outputs`: a plain prefix, inside the
+  output folder, nothing replaced unless ``force``);
+* the series is read checked (:func:`mrfengine.io.load_nifti`: 4D magnitudes),
+  a mask must lie on its grid, its slice count must be the sequence's;
+* every map is written with the input's affine and header, in BIDS units
+  (seconds for T1 and T2*), under the names of the map registry
+  (:data:`mrfengine.io.bids.MAP_SPECS`, :func:`~mrfengine.io.bids.output_file_spec`),
+  with a sidecar of the one schema (:func:`mrfengine.io.bids.map_sidecar`).
+
+Background values: every map is 0 outside the brain mask
+(:func:`mrfengine.masking.apply_outside_rule`) and 0 where the method gave no
+estimate (:func:`mrfengine.masking.fill_not_estimated`: matching's unmatched
+voxels); never NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputFileError, ValidationError
+from ..io.bids import (
+    CONSISTENCY_SUFFIX,
+    MAP_SPECS,
+    MASK_SUFFIX,
+    derivative_name,
+    entity_prefix,
+    map_sidecar,
+    output_file_spec,
+    uncertainty_file_spec,
+    write_sidecar,
+)
+from ..io.nifti import load_mask_like, load_nifti, save_nifti
+from ..io.outputs import check_outputs, check_prefix
+from ..masking import MASK_METHOD, outside_rule_fields
+from ..sequence import Sequence
+
+__all__ = ["NiftiResult", "match_nifti", "predict_nifti"]
+
+#: Names of the optional outputs in :attr:`NiftiResult.files`, as the ``unet`` stage names its arrays.
+UNCERTAINTY_SUFFIX = "_uncertainty"
+CONSISTENCY_NAME = "physics_consistency"
+BRAIN_MASK_NAME = "brain_mask"
+
+
+@dataclass(frozen=True)
+class NiftiResult:
+    """What :func:`predict_nifti` and :func:`match_nifti` wrote.
+
+    Attributes
+    ----------
+    output_dir : Path
+    prefix : str
+        The files' name prefix (``sub-01``).
+    files : dict of str to Path
+        Map name -> the NIfTI written (its sidecar lies beside it,
+        ``.json``): the outputs (``T1``, ``T2star``, ``lesion``, ... ;
+        ``B1``, ``M0``, ``correlation``), ``<output>_uncertainty``,
+        ``physics_consistency`` and ``brain_mask`` (a mask made from the
+        series) when written.
+    n_slices : int
+    seconds : float
+        Time of the network's passes, or of the matching.
+    info : dict
+        The run's record, as the batch's stage records it in a store:
+        :meth:`mrfengine.nn.predict.NetworkMaps.info` or
+        :func:`mrfengine.pipeline.conventional.match_volume`'s.
+    warning : str or None
+        Why the input lies outside what the network was trained on (the
+        sidecars say ``InputOutsideTraining``); None when it does not.
+    """
+
+    output_dir: Path
+    prefix: str
+    files: dict[str, Path] = field(default_factory=dict)
+    n_slices: int = 0
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    warning: str | None = None
+
+
+def _prefix(input_path: str | os.PathLike, prefix: str | None) -> str:
+    if prefix is not None:
+        return check_prefix(prefix, what="prefix")
+    return check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+
+
+def _check_slices(input_path, n: int, axis: int, sequence: Sequence, whose: str = "") -> None:
+    if n != sequence.n_slices:
+        raise InputFileError(f"{input_path}: {n} slices along axis {axis}, but sequence {sequence.name}{whose} has "
+                             f"{sequence.n_slices}; pass --sequence for this acquisition")
+
+
+def _save(arr: np.ndarray, affine, header, out: Path, prefix: str, suffix: str, fields: dict[str, Any],
+          dtype=np.float32) -> Path:
+    path = save_nifti(np.ascontiguousarray(arr, dtype=dtype), affine, out / derivative_name(prefix, suffix),
+                      header=header)
+    write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")), fields)
+    return path
+
+
+def predict_nifti(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    trust_model_code: bool = False,
+    sequence: str | os.PathLike | Sequence | None = None,
+    mask: str | os.PathLike | None = None,
+    brain_mask: bool = True,
+    input_scale: str = "card",
+    batch_size: int = 4,
+    precision: str = "float32",
+    tta: str = "none",
+    mc_samples: int = 0,
+    mc_seed: int = 0,
+    consistency: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    prefix: str | None = None,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> NiftiResult:
+    """Run a trained U-net over every slice of a 4D MRF NIfTI and write its maps as NIfTI.
+
+    The series is (X, Y, Z, frames), slices along the third axis.  The maps
+    are written with the input's affine: ``PREFIX_T1map`` and
+    ``PREFIX_T2starmap`` in seconds, ``PREFIX_label-<tissue>_probseg``
+    probabilities (as the model's outputs are), each with a JSON sidecar
+    (:func:`mrfengine.io.bids.map_sidecar`: the model, its hash, the sequence,
+    the input's scaling, the brain mask, the value outside it).
+
+    Parameters
+    ----------
+    input_path : path
+        The series (``.nii`` or ``.nii.gz``, magnitudes).
+    output_dir : path
+        Folder of the maps (made when missing).
+    model : path, optional
+        ``NAME.pt`` with ``NAME.card.json`` beside it; default
+        ``$MRFENGINE_MODEL``, else the shipped MSE-5 network
+        (:func:`mrfengine.nn.default.default_model_path`).
+    trust_model_code : bool
+        Also load a TorchScript model file (it runs code stored in the file);
+        models saved as weights only never need it.
+    sequence : str, path or Sequence, optional
+        The acquisition (a preset, a file); checked against the model's.
+        Default: the one the model's card describes.
+    mask : path, optional
+        A 3D brain mask on the input's grid (nonzero inside).  Every map is
+        0 outside it.
+    brain_mask : bool
+        True (default): without ``mask``, a mask is made from the series
+        (:func:`mrfengine.masking.brain_mask_from_mrf`, the one the input's
+        level is measured in), every map is 0 outside it, and it is written
+        as ``PREFIX_desc-brain_mask``.  False: the whole field of view (no
+        map is set to 0); excludes ``mask``.
+    input_scale : {"card", "subject", "absolute"}
+        ``subject`` rescales the series to the training data's level measured
+        in the brain; ``absolute`` takes it as it is; ``card``: as the model's
+        card says.
+    batch_size : int
+        Slices per forward pass.
+    precision : {"float32", "bfloat16"}
+    tta : {"none", "flip", "dihedral"}
+        Test-time augmentation.
+    mc_samples : int
+        0 (off), or N >= 2 Monte-Carlo dropout passes: one
+        ``desc-uncertainty`` map per output (the standard deviation over
+        them, in the output's units).
+    mc_seed : int
+        Seed of the dropout masks (>= 0).
+    consistency : bool
+        Also write the physics-consistency map
+        (``PREFIX_desc-physicsconsistency_map``; networks with T1 and T2* outputs).
+    device : {"auto", "cpu", "cuda"}
+    threads : int, optional
+        CPU threads of torch during the run (restored after).
+    prefix : str, optional
+        File name prefix, a plain name; default from the input's name
+        (``sub-01`` of ``sub-01_mrf.nii.gz``).
+    force : bool
+        Replace files that exist.
+    progress : callable, optional
+        ``progress(done, total)``: called with the slices done and their number.
+
+    Returns
+    -------
+    NiftiResult
+
+    Raises
+    ------
+    OptionError
+        ``mask`` with ``brain_mask=False``; ``consistency`` for a network
+        without T1 and T2* outputs.
+    InputFileError
+        An unreadable series, mask or model; a slice count that is not the
+        sequence's; an unusable output folder.
+    ValidationError
+        Data that do not fit the model (frames, sequence), a network that
+        takes maps, bad options, no brain found in the series (pass a mask,
+        or ``brain_mask=False``).
+    OutputExistsError
+        Outputs exist and ``force`` is false.
+    BackendUnavailableError
+        ``device="cuda"`` without a CUDA device.
+    """
+    from ..nn import card_path, check_card, read_card
+    from ..nn.predict import (
+        check_brain_mask_options,
+        check_consistency,
+        network_maps,
+        network_sequence,
+        open_network,
+        resolve_model_path,
+        torch_device,
+        torch_threads,
+    )
+    from ..nn.uncertainty import check_mc_samples, check_mc_seed
+
+    model_path = resolve_model_path(model, what="model")
+    device = torch_device(device)
+    card = read_card(model_path)
+    if card.config.input_kind != "mrf":
+        raise ValidationError(f"{model_path}: network {card.name} takes {', '.join(card.config.input_names)} maps, "
+                              "not an MRF series; predict runs MRF networks")
+    mc_samples, mc_seed = check_mc_samples(mc_samples), check_mc_seed(mc_seed)
+    check_brain_mask_options(mask is not None, brain_mask)
+    if consistency:
+        check_consistency(card)
+    # Every output is checked before any work: a plain prefix, inside the folder, nothing replaced unless force.
+    prefix = _prefix(input_path, prefix)
+    suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    if mc_samples:
+        suffixes += [uncertainty_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    if consistency:
+        suffixes.append(CONSISTENCY_SUFFIX)
+    if mask is None and brain_mask:  # the mask made from the series is written as a derivative
+        suffixes.append(MASK_SUFFIX)
+    source = Path(input_path).name
+    check_outputs(output_dir, [derivative_name(prefix, s, ext) for s in suffixes for ext in (".nii.gz", ".json")],
+                  force=force, sources={derivative_name(prefix, suffixes[0], ".json"): source})
+    data, affine, header = load_nifti(input_path, ndim=4, magnitude=True)
+    seq = network_sequence(card, sequence, source=model_path)
+    try:
+        check_card(card, channels=data.shape[3], sequence=seq, input_kind="mrf", source=card_path(model_path))
+    except ValidationError as exc:
+        raise ValidationError(f"{input_path} does not fit the model: {exc}") from exc
+    # the model's own files (hash, format, weights) are judged apart from the data: a changed model says so
+    loaded = open_network(model_path, device=device, trust_model_code=trust_model_code)
+    _check_slices(input_path, data.shape[2], 2, seq, "" if sequence is not None else " (the model's)")
+    given = load_mask_like(mask, data.shape[:3], affine, reference=input_path) if mask is not None else None
+
+    with torch_threads(threads):
+        try:
+            # (X, Y, Z, C) -> (Z, C, Y, X) as a view; the network copies a batch at a time.
+            net = network_maps(data.transpose(2, 3, 1, 0), loaded, sequence=seq,
+                               mask=None if given is None else given.transpose(2, 1, 0), mask_source="given",
+                               brain_mask=brain_mask, channel_axis=1, batch_size=batch_size, precision=precision,
+                               device=device, tta=tta, input_scale=input_scale, mc_samples=mc_samples,
+                               mc_seed=mc_seed, consistency=consistency,
+                               progress=None if progress is None else lambda done: progress(done, data.shape[2]))
+        except ValidationError as exc:  # the input's scale cannot be measured, no brain found, ...
+            raise type(exc)(f"{input_path}: {exc}") from exc
+
+    out = Path(output_dir)
+    mask_name = {"given": Path(mask).name if mask is not None else None, MASK_METHOD: derivative_name(prefix, MASK_SUFFIX),
+                 "none": None}[net.mask_source]
+    outside = outside_rule_fields(mask_name, net.mask_source)
+    run = net.sidecar_fields()
+    made_by = f"U-net {card.name}"
+    files: dict[str, Path] = {}
+    for spec in card.config.outputs:
+        suffix, unit, scale = output_file_spec(spec.name, spec.unit)
+        fields = map_sidecar(f"{spec.description or spec.name} predicted by the U-net", unit, sources=[source],
+                             outside=outside, generated_by=made_by, provenance=run)
+        files[spec.name] = _save(net.maps[spec.name].transpose(2, 1, 0) * np.float32(scale), affine, header, out,
+                                 prefix, suffix, fields)
+    if net.uncertainty is not None:
+        mc_fields = net.uncertainty_fields()
+        for spec in card.config.outputs:
+            suffix, unit, scale = uncertainty_file_spec(spec.name, spec.unit)
+            fields = map_sidecar(f"uncertainty of {spec.description or spec.name}: standard deviation over "
+                                 f"{mc_samples} Monte-Carlo dropout passes of the U-net", unit, sources=[source],
+                                 outside=outside, generated_by=made_by, provenance={**mc_fields, **run})
+            files[spec.name + UNCERTAINTY_SUFFIX] = _save(
+                net.uncertainty[spec.name].transpose(2, 1, 0) * np.float32(scale), affine, header, out, prefix,
+                suffix, fields)
+    if net.consistency is not None:
+        from ..nn.consistency import consistency_fields
+
+        what = consistency_fields()
+        description, unit = what.pop("Description"), what.pop("Units")
+        fields = map_sidecar(description, unit, sources=[source], outside=outside, generated_by=made_by,
+                             provenance={**what, "ComputeSeconds": round(net.consistency_seconds, 2), **run})
+        files[CONSISTENCY_NAME] = _save(net.consistency.transpose(2, 1, 0), affine, header, out, prefix,
+                                        CONSISTENCY_SUFFIX, fields)
+    if net.mask_made:
+        fields = map_sidecar("brain mask the maps were set to 0 outside of (and the input's level measured in)",
+                             "1", sources=[source], outside=None, generated_by=made_by,
+                             provenance={"Type": "Brain", "Method": MASK_METHOD})
+        files[BRAIN_MASK_NAME] = _save(net.mask.transpose(2, 1, 0), affine, header, out, prefix, MASK_SUFFIX,
+                                       fields, dtype=np.uint8)
+    return NiftiResult(out, prefix, files, int(data.shape[2]), net.seconds, net.info(), net.warning)
+
+
+def match_nifti(
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    sequence: str | os.PathLike | Sequence = "hermann2021",
+    mask: str | os.PathLike | None = None,
+    backend: str = "auto",
+    method: str = "auto",
+    rank: int | None = None,
+    slice_axis: int = 2,
+    prefix: str | None = None,
+    force: bool = False,
+    cache: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> NiftiResult:
+    """Match every voxel of a 4D MRF NIfTI against the dictionary of its own slice and write the maps.
+
+    The series is (X, Y, Z, frames).  Written with the input's affine:
+    ``PREFIX_T1map`` and ``PREFIX_T2starmap`` (seconds, BIDS),
+    ``PREFIX_TB1map``, ``PREFIX_M0map`` and the match correlation
+    ``PREFIX_desc-correlation_mask``, each with a JSON sidecar
+    (:func:`mrfengine.io.bids.map_sidecar`: the sequence, the backend and
+    method, the mask and the value outside it).
+
+    Voxels outside ``mask``, with a NaN/Inf frame or all frames zero are not
+    matched: every map holds 0 there (:func:`mrfengine.masking.fill_not_estimated`;
+    outside the mask, the outside rule's 0).
+
+    Parameters
+    ----------
+    input_path, output_dir : path
+        The series (``.nii`` or ``.nii.gz``, magnitudes) and the folder of
+        its maps (made when missing), as :func:`predict_nifti`.
+    sequence : str, path or Sequence
+        The acquisition: a preset (``hermann2021``, ``hermann2021-site1``,
+        ``hermann2021-site2``), a sequence file or a
+        :class:`~mrfengine.sequence.Sequence`.
+    mask : path, optional
+        A 3D brain mask on the input's grid (nonzero: match).
+    backend : str
+        Matching backend (``auto`` picks the fastest available).
+    method : {"auto", "brute", "structured"}
+    rank : int, optional
+        Match in a rank-R SVD compression.
+    slice_axis : {0, 1, 2}
+        Array axis of the slices (positions as acquired).
+    prefix : str, optional
+        File name prefix, a plain name; default from the input's name.
+    force : bool
+        Replace files that exist.
+    cache : DictionaryCache, path, None or False
+        The dictionary cache (:class:`mrfengine.dictionary.SliceDictionaries`):
+        None the default folder, False none.
+    progress : callable, optional
+        ``progress(done, total)``: called with the slices matched and their number.
+
+    Returns
+    -------
+    NiftiResult
+
+    Raises
+    ------
+    InputFileError
+        An unreadable series or mask, a frame or slice count that is not the
+        sequence's, an unusable output folder.
+    ValidationError
+        Bad options.
+    OutputExistsError
+        Outputs exist and ``force`` is false.
+    """
+    from ..dictionary import SliceDictionaries
+    from ..sequence import resolve_sequence
+    from .conventional import match_maps, match_sidecar_fields, match_volume
+
+    if isinstance(slice_axis, bool) or slice_axis not in (0, 1, 2):
+        raise ValidationError(f"slice_axis must be 0, 1 or 2; got {slice_axis!r}")
+    # Every output is checked before any work: a plain prefix, inside the folder, nothing replaced unless force.
+    prefix = _prefix(input_path, prefix)
+    source = Path(input_path).name
+    names = [derivative_name(prefix, MAP_SPECS[k][0], ext) for k in MAP_SPECS for ext in (".nii.gz", ".json")]
+    check_outputs(output_dir, names, force=force,
+                  sources={derivative_name(prefix, MAP_SPECS["T1"][0], ".json"): source})
+    seq = resolve_sequence(sequence)
+    data, affine, header = load_nifti(input_path, ndim=4, n_frames=seq.n_measurements, magnitude=True)
+    _check_slices(input_path, data.shape[slice_axis], slice_axis, seq)
+    given = load_mask_like(mask, data.shape[:3], affine, reference=input_path) if mask is not None else None
+    dictionaries = SliceDictionaries(seq, cache=cache)
+    n_slices = int(data.shape[slice_axis])
+    t0 = time.perf_counter()
+    result, info = match_volume(data, dictionaries, slice_axis=slice_axis, axis=-1, mask=given, backend=backend,
+                                method=method, rank=rank,
+                                progress=None if progress is None else lambda done: progress(done, n_slices))
+    seconds = time.perf_counter() - t0
+    out = Path(output_dir)
+    outside = outside_rule_fields(None if mask is None else Path(mask).name, "given")
+    run = match_sidecar_fields(info)
+    files: dict[str, Path] = {}
+    for key, values in match_maps(result).items():
+        suffix, unit, scale, description = MAP_SPECS[key]
+        fields = map_sidecar(description, unit, sources=[source], outside=outside, generated_by="dictionary matching",
+                             provenance=run)
+        files[key] = _save(values * np.float32(scale), affine, header, out, prefix, suffix, fields)
+    return NiftiResult(out, prefix, files, n_slices, seconds, info)
