@@ -6,6 +6,13 @@ The contract::
     metrics.dice(pred, ref, threshold=None)
     metrics.lesion_detection_rate(pred, ref, threshold=0.33, min_size=10, connectivity=26, rule="paper")
     metrics.relative_deviation(pred, ref, mask=None)
+    metrics.evaluate_subject(pred_maps, ref_maps, lesion_threshold=metrics.LESION_THRESHOLD, ...)
+
+The paper's operating points are named constants (:mod:`.definitions`):
+``LESION_THRESHOLD`` (0.33, a predicted lesion probability),
+``TISSUE_THRESHOLD`` (0.8, NAWM/GM maps), ``REFERENCE_LESION_THRESHOLD``
+(0.5, a true lesion fraction map to the reference annotation) and
+``CORE_FRACTION`` (0.9, the tissue cores of the per-tissue deviations).
 
 Conventions, the same in every function:
 
@@ -21,12 +28,22 @@ Conventions, the same in every function:
 Modules: :mod:`.overlap` (Dice), :mod:`.lesions` (detection, lesion-wise F1,
 per-lesion Dice), :mod:`.quantitative` (relative deviation),
 :mod:`.calibration` (reliability, ECE), :mod:`.sweep` (curves over
-thresholds), :mod:`.subject` (everything for one subject).
+thresholds), :mod:`.definitions` (thresholds, reference lesion mask, tissue
+cores), :mod:`.subject` (everything for one subject: the one definition of
+each figure that evaluation, training validation and the demo print).
 """
 
 from __future__ import annotations
 
 from .calibration import ReliabilityCurve, brier_score, expected_calibration_error, reliability_curve
+from .definitions import (
+    CORE_FRACTION,
+    LESION_THRESHOLD,
+    REFERENCE_LESION_THRESHOLD,
+    TISSUE_THRESHOLD,
+    core_masks,
+    reference_lesion_mask,
+)
 from .lesions import (
     RULES,
     LesionEvaluation,
@@ -44,6 +61,12 @@ from .subject import evaluate_subject
 from .sweep import ThresholdSweep, default_thresholds, detection_sweep, dice_sweep, threshold_sweep
 
 __all__ = [
+    "LESION_THRESHOLD",
+    "TISSUE_THRESHOLD",
+    "REFERENCE_LESION_THRESHOLD",
+    "CORE_FRACTION",
+    "reference_lesion_mask",
+    "core_masks",
     "dice",
     "dice_per_slice",
     "tissue_dice",

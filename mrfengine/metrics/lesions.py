@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
+from .definitions import LESION_THRESHOLD
 from ._validate import (
     as_array,
     binarize,
@@ -447,7 +448,7 @@ def reference_lesions(ref_mask: np.ndarray, rule: LesionRule) -> Lesions:
 def lesion_wise(
     pred: ArrayLike,
     ref: ArrayLike,
-    threshold: float | None = 0.33,
+    threshold: float | None = LESION_THRESHOLD,
     *,
     rule: Literal["paper", "msseg"] = "paper",
     min_size: int | None = None,
@@ -501,7 +502,7 @@ def lesion_detection_rate(
     pred: ArrayLike,
     ref: ArrayLike,
     *,
-    threshold: float | None = 0.33,
+    threshold: float | None = LESION_THRESHOLD,
     min_size: int | None = None,
     connectivity: int = 26,
     rule: Literal["paper", "msseg"] = "paper",

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ._validate import as_array, binarize, parse_axis, parse_threshold, same_shape
+from .definitions import TISSUE_THRESHOLD
 
 __all__ = ["binarize_map", "dice", "dice_from_counts", "dice_per_slice", "TissueDice", "tissue_dice"]
 
@@ -178,7 +179,7 @@ class TissueDice:
     threshold: float
 
 
-def tissue_dice(pred: ArrayLike, ref: ArrayLike, *, threshold: float = 0.8, axis: int = -1) -> TissueDice:
+def tissue_dice(pred: ArrayLike, ref: ArrayLike, *, threshold: float = TISSUE_THRESHOLD, axis: int = -1) -> TissueDice:
     """NAWM or GM Dice after binarising both probability maps at ``threshold``.
 
     Parameters

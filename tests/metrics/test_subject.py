@@ -45,7 +45,9 @@ def test_evaluate_subject_known_values():
     assert summ["lesion_detection_rate"] == 1.0
     assert summ["lesion_n_ref"] == 1
     assert summ["intra_observer_dice"] == pytest.approx(2 * 9 / 27)
-    assert summ["NAWM_dice"] == 1.0 and summ["GM_dice"] == 1.0
+    assert summ["NAWM_dice_volume"] == 1.0 and summ["GM_dice_volume"] == 1.0
+    assert summ["NAWM_dice_slice_mean"] == 1.0 and summ["GM_dice_slice_mean"] == 1.0
+    assert "NAWM_dice" not in summ and "GM_dice" not in summ  # every Dice key names its definition
     assert summ["T1_relative_deviation_WM"] == pytest.approx(0.05)
     assert summ["T1_relative_deviation_GM"] == pytest.approx(0.02)
     assert summ["T1_relative_deviation"] == pytest.approx(0.035)  # half the voxels each
@@ -53,6 +55,71 @@ def test_evaluate_subject_known_values():
     sweep = rec["lesion"]["sweep"]
     assert len(sweep["thresholds"]) == 101 and sweep["detection_rate"][80] == 1.0 and sweep["detection_rate"][81] == 0.0
     json.dumps(summ, allow_nan=False)  # headline values are JSON-safe
+    les = rec["lesion"]
+    assert (les["n_pred_voxels"], les["n_ref_voxels"], les["n_overlap_voxels"]) == (17, 18, 17)
+    assert rec["T1"]["n_voxels"] == 16 * 16 * 4
+
+
+def test_extras_off_keeps_the_paper_measures_and_their_values():
+    s = hand_built_subject()
+    full = metrics.evaluate_subject(s["pred"], s["ref"], voxel_size=1.0)
+    quick = metrics.evaluate_subject(s["pred"], s["ref"], voxel_size=1.0, extras=False)
+    assert "sweep" not in quick["lesion"] and "lesion_ece" not in quick["summary"]
+    assert quick["summary"] == {k: v for k, v in full["summary"].items() if k in quick["summary"]}
+    assert {"lesion_dice", "lesion_detection_rate", "NAWM_dice_slice_mean", "T1_relative_deviation"} <= set(
+        quick["summary"])
+
+
+def test_a_true_lesion_fraction_is_the_reference_at_one_half_whatever_the_operating_threshold():
+    """The reference annotation of a fraction map is fraction >= 0.5, not the prediction's 0.33."""
+    shape = (8, 8, 3)
+    frac = np.zeros(shape, np.float32)
+    frac[2:6, 2:6, :] = 1.0
+    frac[1, 2:6, :] = 0.4  # partial-volume rim: lesion in a 0.33 reference, not in the 0.5 one
+    prob = (frac >= 0.5).astype(np.float32) * 0.9
+    for t in (0.33, 0.6):
+        rec = metrics.evaluate_subject({"lesion": prob}, {"lesion": frac}, lesion_threshold=t, extras=False)
+        assert rec["summary"]["lesion_dice"] == 1.0
+        assert rec["lesion"]["n_ref_voxels"] == 48 and rec["lesion"]["reference_threshold"] == 0.5
+    assert metrics.reference_lesion_mask(frac).sum() == 48
+    binary = frac >= 0.5
+    np.testing.assert_array_equal(metrics.reference_lesion_mask(binary.astype(np.uint8)), binary)
+    with pytest.raises(ValidationError, match=r"in \[0, 1\]"):
+        metrics.reference_lesion_mask(frac * 3)
+
+
+def test_tissue_deviations_are_over_cores_of_the_true_fractions():
+    """T1/T2* deviation in a tissue: voxels whose true fraction of it is >= CORE_FRACTION (0.9)."""
+    shape = (10, 4, 2)
+    column = np.ones(shape, np.float32)
+    wm = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], np.float32)[:, None, None] * column
+    gm = np.array([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1], np.float32)[:, None, None] * column
+    t1_ref = np.full(shape, 1000.0)
+    t1_pred = t1_ref * (1 + 0.1 * wm)  # deviation = the WM fraction / 10
+    rec = metrics.evaluate_subject({"T1": t1_pred}, {"T1": t1_ref},
+                                   tissue_fractions={"WM": wm, "GM": gm})
+    summ = rec["summary"]
+    core_wm = wm >= metrics.CORE_FRACTION  # inclusive: the row at 0.9 (float32) is a core
+    assert core_wm[:, 0, 0].tolist() == [False] * 9 + [True]
+    assert summ["T1_relative_deviation_WM_core"] == pytest.approx(0.1 * 0.9, rel=1e-6)
+    assert summ["T1_relative_deviation_GM_core"] == pytest.approx(0.1 * 0.05, rel=1e-6)  # rows 0 and 1
+    assert rec["T1"]["core_fraction"] == 0.9
+    masks = metrics.core_masks({"WM": wm}, core_fraction=0.5)
+    assert list(masks) == ["WM_core"] and masks["WM_core"].sum() == 5 * 8  # 0.5 ... 0.9
+    with pytest.raises(ValidationError, match="core_fraction"):
+        metrics.core_masks({"WM": wm}, core_fraction=0.0)
+    with pytest.raises(ValidationError, match="both name"):
+        metrics.evaluate_subject({"T1": t1_pred}, {"T1": t1_ref}, tissues={"WM_core": core_wm},
+                                 tissue_fractions={"WM": wm})
+
+
+def test_the_paper_thresholds_are_named_once():
+    assert (metrics.LESION_THRESHOLD, metrics.TISSUE_THRESHOLD) == (0.33, 0.8)
+    assert (metrics.REFERENCE_LESION_THRESHOLD, metrics.CORE_FRACTION) == (0.5, 0.9)
+    sig = inspect.signature(metrics.evaluate_subject)
+    assert sig.parameters["lesion_threshold"].default is metrics.LESION_THRESHOLD
+    assert sig.parameters["tissue_threshold"].default is metrics.TISSUE_THRESHOLD
+    assert inspect.signature(metrics.tissue_dice).parameters["threshold"].default is metrics.TISSUE_THRESHOLD
 
 
 def test_lesion_free_subject_gives_undefined_not_zero():
