@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import click
 
+from ..metrics.definitions import CORE_FRACTION, LESION_THRESHOLD, REFERENCE_LESION_THRESHOLD, TISSUE_THRESHOLD
 from ._common import backend_option, cache_option, method_option, no_cache_option, split_subjects
 from ._outputs import force_option
+
+
+def _deprecated_threshold(_ctx, _param, value):
+    if value is not None:
+        click.echo("warning: --threshold is deprecated; use --lesion-threshold", err=True)
+    return value
 
 
 @click.command()
@@ -20,21 +27,28 @@ from ._outputs import force_option
 @click.option("--ref", default="truth", show_default=True, help="Reference maps (same choices as --pred).")
 @click.option("--subjects", "subject_ids", multiple=True, metavar="SUB",
               help="Subject(s) to evaluate, repeatable or comma-separated (default: all complete subjects).")
-@click.option("--threshold", default=0.33, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Operating threshold of the lesion probability (also binarises the reference's lesion map).")
-@click.option("--tissue-threshold", default=0.8, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="NAWM/GM threshold (tissue Dice and the WM/GM masks of the relative deviations).")
+@click.option("--lesion-threshold", default=LESION_THRESHOLD, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True),
+              help="Operating threshold of the predicted lesion probability. A reference lesion fraction map "
+                   f"(truth) is the annotation where it is >= {REFERENCE_LESION_THRESHOLD:g}, whatever this is.")
+@click.option("--threshold", "threshold_alias", default=None, hidden=True, type=click.FloatRange(0, 1, min_open=True),
+              callback=_deprecated_threshold, help="Deprecated name of --lesion-threshold.")
+@click.option("--tissue-threshold", default=TISSUE_THRESHOLD, show_default=True,
+              type=click.FloatRange(0, 1, min_open=True),
+              help="NAWM/GM threshold of the tissue Dice (prediction and reference). The T1/T2* deviations per "
+                   f"tissue are over tissue cores: true fraction >= {CORE_FRACTION:g}.")
 @click.option("--no-figures", is_flag=True, help="Only the JSON and the table.")
 @backend_option
 @method_option
 @cache_option
 @no_cache_option
 @force_option
-def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_threshold, no_figures, backend, method,
-             cache_dir, no_cache, force) -> None:
+def evaluate(cohort, output_dir, pred, ref, subject_ids, lesion_threshold, threshold_alias, tissue_threshold, no_figures,
+             backend, method, cache_dir, no_cache, force) -> None:
     """Evaluate PRED maps against REF maps on a cohort: lesion Dice and
     detection rate, NAWM/GM Dice, T1/T2* relative deviation (overall and in
-    WM, GM, lesions), intra-observer Dice where a subject was annotated twice.
+    the WM, GM and lesion cores), intra-observer Dice where a subject was
+    annotated twice.
     Writes evaluation.json (per subject and per split), table.md (test split,
     mean ± SD, beside Hermann et al. 2021) and the figures (threshold sweeps,
     per-lesion Dice and volume, reliability, one overlay per test subject)."""
@@ -43,11 +57,16 @@ def evaluate(cohort, output_dir, pred, ref, subject_ids, threshold, tissue_thres
     from ..report.figures import FIGURE_FILES
     from ._common import make_cache
 
+    if threshold_alias is not None:
+        if click.get_current_context().get_parameter_source("lesion_threshold").name != "DEFAULT":
+            raise click.UsageError("give --lesion-threshold only (--threshold is its deprecated name)")
+        lesion_threshold = threshold_alias
     subjects = split_subjects(subject_ids, every="evaluate every subject")
     # every output checked before the work: an earlier evaluation is replaced only with --force
     check_outputs(output_dir, [*REPORT_FILES.values(), *(() if no_figures else FIGURE_FILES.values())], force=force)
     report = evaluate_cohort(
-        cohort, pred=pred, ref=ref, out_dir=output_dir, threshold=threshold, tissue_threshold=tissue_threshold,
+        cohort, pred=pred, ref=ref, out_dir=output_dir, lesion_threshold=lesion_threshold,
+        tissue_threshold=tissue_threshold,
         subjects=subjects or None, backend=backend, method=method, cache=make_cache(cache_dir, no_cache),
         figures=not no_figures,
     )

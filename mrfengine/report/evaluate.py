@@ -10,8 +10,9 @@ Map sources (``--pred`` / ``--ref`` on the command line):
 
 ``truth``
     Ground truth of a simulated subject: ``T1``, ``T2star`` = ``truth/T1``,
-    ``truth/T2star``; ``lesion`` = ``truth/lesion`` (the lesion volume
-    fraction, used as the lesion probability); ``NAWM`` = ``truth/WM`` (the
+    ``truth/T2star``; ``lesion`` = the true lesion mask, ``truth/lesion >=
+    REFERENCE_LESION_THRESHOLD`` (0.5) as 0/1, so that ``truth`` is the same
+    mask as a prediction and as a reference; ``NAWM`` = ``truth/WM`` (the
     store's WM fraction already excludes lesions, docs/cohort-format.md);
     ``GM`` = ``truth/GM`` (cortical + deep).
 ``annotation``
@@ -24,7 +25,8 @@ Map sources (``--pred`` / ``--ref`` on the command line):
     ``T1`` and ``T2star`` (0 outside the brain mask, as a batch stores them); ``lesion`` = ``annotations/lesion``; ``NAWM`` and
     ``GM`` = the truth fractions.  The tissue maps are a *stand-in* until a
     segmentation stage exists: evaluating them against ``truth`` gives Dice 1
-    by construction and says nothing about the pipeline.
+    by construction and says nothing about the pipeline; the table marks
+    their rows and says so beneath it.
 ``conventional:<name>``
     As ``conventional``, with the T1 and T2* maps a batch already stored in
     ``derived/<name>/`` (e.g. ``conventional:denoise-match``, MP-PCA then
@@ -38,16 +40,20 @@ Map sources (``--pred`` / ``--ref`` on the command line):
     requires of every stage).  Missing arrays are skipped; a subject with none
     of them is an error.
 
-When a source serves as the *reference*, its lesion map is binarised at the
-operating threshold (``lesion >= threshold``; a binary annotation is left as
-it is), since the metrics compare a probability map with a mask.
+When a source serves as the *reference*, its lesion map is the reference
+annotation: a binary annotation as it is, a lesion fraction map (``truth``)
+where it is ``>= REFERENCE_LESION_THRESHOLD`` (0.5,
+:func:`mrfengine.metrics.reference_lesion_mask`), whatever the prediction's
+operating threshold ``lesion_threshold`` (0.33) is.
 
 Relative deviations of T1 and T2* are computed inside the brain mask
 (voxels the prediction left unmatched are left out and counted), overall and
-per tissue: ``WM`` (reference NAWM >= ``tissue_threshold``), ``GM``
-(reference GM >= ``tissue_threshold``) and ``lesion`` (the reference lesion
-mask); where the reference lacks a tissue map, the subject's truth fraction
-is used.
+in the tissue *cores* ``WM_core``, ``GM_core`` and ``lesion_core``: the voxels
+whose true fraction of the tissue (``truth/WM``, ``truth/GM``,
+``truth/lesion``) is ``>= CORE_FRACTION`` (0.9).  A subject without a truth
+fraction (real data) takes the reference's map instead (NAWM or GM
+probability, the lesion annotation); the record's ``tissue_cores`` says which
+array each core came from.  All thresholds are :mod:`mrfengine.metrics.definitions`'.
 
 The intra-observer Dice is the Dice between ``annotations/lesion`` and
 ``annotations/lesion_repeat`` of subjects annotated twice, whatever the
@@ -67,6 +73,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +83,15 @@ import numpy as np
 
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, Subject
-from ..metrics import dice, evaluate_subject
+from ..metrics import (
+    CORE_FRACTION,
+    LESION_THRESHOLD,
+    REFERENCE_LESION_THRESHOLD,
+    TISSUE_THRESHOLD,
+    dice,
+    evaluate_subject,
+    reference_lesion_mask,
+)
 from ..metrics.subject import MAP_KEYS
 from .tables import build_report, markdown_table, summarize, write_json, write_text
 
@@ -88,6 +103,7 @@ __all__ = [
     "ConventionalSource",
     "DerivedSource",
     "parse_source",
+    "tissue_from_truth",
     "intra_observer_dice",
     "evaluate_cohort",
 ]
@@ -97,7 +113,8 @@ log = logging.getLogger(__name__)
 #: Source names accepted by :func:`parse_source` (``derived:<name>`` takes a name).
 SOURCE_NAMES = ("truth", "annotation", "conventional", "conventional:<name>", "derived:<name>")
 
-TISSUES = ("WM", "GM", "lesion")
+#: Tissue -> (the truth fraction, the reference map used without it) of the tissue cores.
+TISSUE_CORES = {"WM": ("truth/WM", "NAWM"), "GM": ("truth/GM", "GM"), "lesion": ("truth/lesion", "lesion")}
 
 
 class MapSource(Protocol):
@@ -111,6 +128,12 @@ class MapSource(Protocol):
 
     def maps(self, subject: Subject) -> dict[str, np.ndarray]:
         ...
+
+
+def tissue_from_truth(source: MapSource) -> bool:
+    """Whether ``source``'s NAWM/GM maps are the subject's truth fractions standing in
+    for a segmentation (``conventional``, ``conventional:<name>``); the table says so."""
+    return bool(getattr(source, "tissue_from_truth", False))
 
 
 def _read(subject: Subject, path: str, source: str) -> np.ndarray:
@@ -128,7 +151,9 @@ class TruthSource:
     def maps(self, subject: Subject) -> dict[str, np.ndarray]:
         paths = {"T1": "truth/T1", "T2star": "truth/T2star", "lesion": "truth/lesion", "NAWM": "truth/WM",
                  "GM": "truth/GM"}
-        return {key: _read(subject, path, self.name).astype(np.float32) for key, path in paths.items()}
+        out = {key: _read(subject, path, self.name).astype(np.float32) for key, path in paths.items()}
+        out["lesion"] = reference_lesion_mask(out["lesion"], f"{subject.id} truth/lesion").astype(np.float32)
+        return out
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,7 @@ class ConventionalSource:
     method: str = "auto"
     cache: Any = None
     name: str = "conventional"
+    tissue_from_truth = True  # NAWM/GM: the truth fractions (a class constant, not a field)
     _dictionaries: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def maps(self, subject: Subject) -> dict[str, np.ndarray]:
@@ -215,6 +241,7 @@ class StoredConventionalSource:
     the fly; lesion = the annotation, NAWM/GM = the truth stand-ins, as ``conventional``."""
 
     stage: str
+    tissue_from_truth = True  # NAWM/GM: the truth fractions (a class constant, not a field)
 
     @property
     def name(self) -> str:
@@ -283,29 +310,30 @@ def intra_observer_dice(subject: Subject) -> float | None:
     return float(d) if np.isfinite(d) else None
 
 
-def _as_reference(maps: dict[str, np.ndarray], threshold: float) -> dict[str, np.ndarray]:
+def _as_reference(maps: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """The reference's maps with its lesion map as the reference annotation (fraction >= 0.5)."""
     out = dict(maps)
     if "lesion" in out:
-        out["lesion"] = out["lesion"] >= threshold
+        out["lesion"] = reference_lesion_mask(out["lesion"], f"reference {name!r} lesion map")
     return out
 
 
-def _tissue_masks(subject: Subject, ref: dict[str, np.ndarray], tissue_threshold: float) -> dict[str, np.ndarray]:
-    masks = {}
-    for tissue, key, truth_key in (("WM", "NAWM", "WM"), ("GM", "GM", "GM")):
-        if key in ref:
-            masks[tissue] = ref[key] >= tissue_threshold
-        elif f"truth/{truth_key}" in subject.arrays:
-            masks[tissue] = np.asarray(subject.array(f"truth/{truth_key}")[:]) >= tissue_threshold
-    if "lesion" in ref:
-        masks["lesion"] = np.asarray(ref["lesion"], dtype=bool)
-    return masks
+def _tissue_fractions(subject: Subject, ref: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The true fraction of each tissue whose core the deviations use, and where it came from."""
+    fractions, sources = {}, {}
+    for tissue, (truth_path, ref_key) in TISSUE_CORES.items():
+        if truth_path in subject.arrays:
+            fractions[tissue], sources[tissue] = np.asarray(subject.array(truth_path)[:]), truth_path
+        elif ref_key in ref:
+            fractions[tissue] = np.asarray(ref[ref_key], dtype=np.float32)
+            sources[tissue] = f"reference {ref_key}"
+    return fractions, sources
 
 
-def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, threshold: float,
+def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, lesion_threshold: float,
                   tissue_threshold: float) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     pred = pred_src.maps(subject)
-    ref = _as_reference(ref_src.maps(subject), threshold)
+    ref = _as_reference(ref_src.maps(subject), ref_src.name)
     shared = [k for k in MAP_KEYS if k in pred and k in ref]
     if not shared:
         raise ValidationError(f"{subject.id}: pred {pred_src.name!r} (maps {sorted(pred)}) and ref "
@@ -322,16 +350,19 @@ def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, 
         log.warning("%s: %d brain voxel(s) without a %s estimate are left out of the deviations",
                     subject.id, n_unmatched, pred_src.name)
     dx, dy, dz = subject.voxel_size_mm
+    fractions, cores = _tissue_fractions(subject, ref) if ("T1" in shared or "T2star" in shared) else ({}, {})
     record = evaluate_subject(
         {k: pred[k] for k in shared},
         {k: ref[k] for k in shared},
         mask=mask,
-        tissues=_tissue_masks(subject, ref, tissue_threshold) if ("T1" in shared or "T2star" in shared) else None,
+        tissue_fractions=fractions or None,
         voxel_size=(dz, dy, dx),  # arrays are (Z, Y, X)
-        lesion_threshold=threshold,
+        lesion_threshold=lesion_threshold,
         tissue_threshold=tissue_threshold,
         slice_axis=0,
     )
+    if cores:
+        record["tissue_cores"] = cores
     record["n_unmatched"] = n_unmatched
     record["maps"] = shared
     iod = intra_observer_dice(subject)
@@ -399,14 +430,15 @@ def evaluate_cohort(
     pred: str | MapSource = "conventional",
     ref: str | MapSource = "truth",
     out_dir: str | os.PathLike | None = None,
-    threshold: float = 0.33,
-    tissue_threshold: float = 0.8,
+    lesion_threshold: float = LESION_THRESHOLD,
+    tissue_threshold: float = TISSUE_THRESHOLD,
     subjects: Sequence[str] | None = None,
     backend: str = "auto",
     method: str = "auto",
     cache: Any = None,
     figures: bool = True,
     dpi: int = 120,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Compare two map sources on every (or the chosen) subject of a cohort.
 
@@ -421,12 +453,17 @@ def evaluate_cohort(
         Where ``evaluation.json``, ``table.md`` and the PNG figures go
         (``threshold_sweep.png``, ``lesion_volume.png``, ``reliability.png``,
         ``overlays.png``); nothing is written without it.
-    threshold : float
-        Operating threshold of the lesion probability (0.33 in the paper);
-        also binarises the reference's lesion map.
+    lesion_threshold : float
+        Operating threshold of the predicted lesion probability
+        (:data:`~mrfengine.metrics.LESION_THRESHOLD`, the paper's 0.33).  The
+        reference's lesion map is binarised at
+        :data:`~mrfengine.metrics.REFERENCE_LESION_THRESHOLD` (0.5) whatever
+        this is.
     tissue_threshold : float
-        NAWM/GM binarising threshold (0.8 in the paper), also used for the
-        per-tissue WM/GM masks of the relative deviations.
+        NAWM/GM binarising threshold of the tissue Dice
+        (:data:`~mrfengine.metrics.TISSUE_THRESHOLD`, 0.8).  The per-tissue
+        deviations use the tissue cores (true fraction >=
+        :data:`~mrfengine.metrics.CORE_FRACTION`, 0.9) instead.
     subjects : sequence of str, optional
         Subject ids, ``sub-05`` or ``05`` (default: every complete subject).
     backend, method, cache
@@ -434,6 +471,8 @@ def evaluate_cohort(
     figures : bool
         Draw the figures (needs matplotlib) when ``out_dir`` is given.
     dpi : int
+    threshold : float, optional
+        Deprecated name of ``lesion_threshold`` (a DeprecationWarning).
 
     Returns
     -------
@@ -449,7 +488,11 @@ def evaluate_cohort(
     ValidationError
         Bad thresholds or source names, or sources that share no map.
     """
-    for name, value in (("threshold", threshold), ("tissue_threshold", tissue_threshold)):
+    if threshold is not None:
+        warnings.warn("evaluate_cohort(threshold=...) is deprecated; use lesion_threshold=", DeprecationWarning,
+                      stacklevel=2)
+        lesion_threshold = threshold
+    for name, value in (("lesion_threshold", lesion_threshold), ("tissue_threshold", tissue_threshold)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
             raise ValidationError(f"{name} must be a number in (0, 1]; got {value!r}")
     c = cohort if isinstance(cohort, Cohort) else Cohort.open(cohort)
@@ -471,7 +514,7 @@ def evaluate_cohort(
     panels = []
     for sid in sids:
         subject = c[sid]
-        record, p, r = _evaluate_one(subject, pred_src, ref_src, threshold=float(threshold),
+        record, p, r = _evaluate_one(subject, pred_src, ref_src, lesion_threshold=float(lesion_threshold),
                                      tissue_threshold=float(tissue_threshold))
         records[sid], splits[sid] = record, subject.split
         if out_dir is not None and figures and subject.split == "test" and "lesion" in record:
@@ -480,8 +523,13 @@ def evaluate_cohort(
 
     from .. import __version__
 
-    settings = {"cohort": str(c.path), "pred": pred_src.name, "ref": ref_src.name, "threshold": float(threshold),
-                "tissue_threshold": float(tissue_threshold), "subjects": sids, "mrfengine_version": __version__}
+    settings = {"cohort": str(c.path), "pred": pred_src.name, "ref": ref_src.name,
+                "lesion_threshold": float(lesion_threshold), "tissue_threshold": float(tissue_threshold),
+                "reference_lesion_threshold": REFERENCE_LESION_THRESHOLD, "core_fraction": CORE_FRACTION,
+                "subjects": sids, "mrfengine_version": __version__}
+    truth_tissue = [s.name for s in (pred_src, ref_src) if tissue_from_truth(s)]
+    if truth_tissue:
+        settings["tissue_maps_from_truth"] = truth_tissue
     if "conventional" in (pred_src.name, ref_src.name):
         settings["matching"] = {"backend": backend, "method": method}
     report = build_report(records, splits, settings=settings)
@@ -496,8 +544,8 @@ def evaluate_cohort(
         log.warning("no test subject among those evaluated; the table shows all subjects")
     files["table"] = write_text(
         f"# {pred_src.name} vs {ref_src.name}: {split} split\n\n"
-        + markdown_table(report["splits"], split=split, lesion_threshold=float(threshold),
-                         tissue_threshold=float(tissue_threshold))
+        + markdown_table(report["splits"], split=split, lesion_threshold=float(lesion_threshold),
+                         tissue_threshold=float(tissue_threshold), tissue_from_truth=truth_tissue)
         + _intra_observer_table(report["intra_observer"], pred_src.name),
         out / REPORT_FILES["table"],
     )

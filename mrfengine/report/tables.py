@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ..errors import ValidationError
+from ..metrics.definitions import CORE_FRACTION, CORE_SUFFIX, LESION_THRESHOLD, TISSUE_THRESHOLD
 
 __all__ = [
     "SCHEMA",
@@ -194,11 +195,19 @@ class TableRow:
 def default_rows(
     summaries: Mapping[str, Mapping[str, Any]],
     *,
-    lesion_threshold: float = 0.33,
-    tissue_threshold: float = 0.8,
+    lesion_threshold: float = LESION_THRESHOLD,
+    tissue_threshold: float = TISSUE_THRESHOLD,
+    core_fraction: float = CORE_FRACTION,
+    tissue_mark: str = "",
 ) -> list[TableRow]:
     """The paper's measures, then MSSEG-2016, calibration and per-tissue deviations
-    (only those some split has)."""
+    (only those some split has).
+
+    Labels say each figure's definition: the threshold, whole volume or mean
+    over slices, and for a per-tissue deviation the tissue core (true
+    fraction >= ``core_fraction``).  ``tissue_mark`` is appended to the
+    NAWM/GM Dice labels (a footnote mark).
+    """
     lt, tt = f"{lesion_threshold * 100:g}%", f"{tissue_threshold * 100:g}%"
     rows = [
         TableRow(f"Lesion Dice ({lt})", "lesion_dice"),
@@ -208,10 +217,10 @@ def default_rows(
         TableRow(f"Lesion-wise precision, MSSEG-2016 ({lt})", "lesion_msseg_precision"),
         TableRow(f"Lesion detection rate, MSSEG-2016 ({lt})", "lesion_msseg_detection_rate"),
         TableRow("Lesion expected calibration error", "lesion_ece"),
-        TableRow(f"NAWM Dice ({tt}, mean over slices)", "NAWM_dice_slice_mean"),
-        TableRow(f"NAWM Dice ({tt}, whole volume)", "NAWM_dice"),
-        TableRow(f"GM Dice ({tt}, mean over slices)", "GM_dice_slice_mean"),
-        TableRow(f"GM Dice ({tt}, whole volume)", "GM_dice"),
+        TableRow(f"NAWM Dice ({tt}, mean over slices){tissue_mark}", "NAWM_dice_slice_mean"),
+        TableRow(f"NAWM Dice ({tt}, whole volume){tissue_mark}", "NAWM_dice_volume"),
+        TableRow(f"GM Dice ({tt}, mean over slices){tissue_mark}", "GM_dice_slice_mean"),
+        TableRow(f"GM Dice ({tt}, whole volume){tissue_mark}", "GM_dice_volume"),
         TableRow("T1 relative deviation", "T1_relative_deviation", percent=True),
         TableRow("T2* relative deviation", "T2star_relative_deviation", percent=True),
     ]
@@ -219,7 +228,10 @@ def default_rows(
     for quantity, label in (("T1", "T1"), ("T2star", "T2*")):
         prefix = f"{quantity}_relative_deviation_"
         for key in (k for k in present if k.startswith(prefix)):
-            rows.append(TableRow(f"{label} relative deviation, {key[len(prefix):]}", key, percent=True))
+            tissue = key[len(prefix):]
+            if tissue.endswith(CORE_SUFFIX):
+                tissue = f"{tissue.removesuffix(CORE_SUFFIX)} core (true fraction ≥ {core_fraction * 100:g}%)"
+            rows.append(TableRow(f"{label} relative deviation, {tissue}", key, percent=True))
     return [r for r in rows if r.key in present]
 
 
@@ -228,9 +240,11 @@ def markdown_table(
     *,
     split: str = "test",
     rows: list[TableRow] | None = None,
-    lesion_threshold: float = 0.33,
-    tissue_threshold: float = 0.8,
+    lesion_threshold: float = LESION_THRESHOLD,
+    tissue_threshold: float = TISSUE_THRESHOLD,
+    core_fraction: float = CORE_FRACTION,
     paper_column: bool = True,
+    tissue_from_truth: Sequence[str] = (),
 ) -> str:
     """A markdown table of mean ± SD (n) on one split, beside the paper's figures.
 
@@ -244,6 +258,10 @@ def markdown_table(
         Default :func:`default_rows`.
     paper_column : bool
         Add Hermann et al. 2021's test-set values where they exist.
+    tissue_from_truth : sequence of str
+        Names of the sources whose NAWM/GM maps are the ground-truth tissue
+        fractions (``conventional``): the NAWM/GM rows are marked and a note
+        beneath the table says so.
 
     Returns
     -------
@@ -257,7 +275,10 @@ def markdown_table(
     """
     if split not in summaries:
         raise ValidationError(f"split {split!r} not in the summaries; have {sorted(summaries)}")
-    rows = default_rows(summaries, lesion_threshold=lesion_threshold, tissue_threshold=tissue_threshold) if rows is None else rows
+    mark = " †" if tissue_from_truth else ""
+    if rows is None:
+        rows = default_rows(summaries, lesion_threshold=lesion_threshold, tissue_threshold=tissue_threshold,
+                            core_fraction=core_fraction, tissue_mark=mark)
     head = ["Measure", f"{split}: mean ± SD", "n"]
     if paper_column:
         head.append("Hermann et al. 2021 (test)")
@@ -268,4 +289,9 @@ def markdown_table(
         if paper_column:
             cells.append(_paper(row.key, row.percent))
         lines.append("| " + " | ".join(cells) + " |")
+    if tissue_from_truth:
+        names = " and ".join(f"`{n}`" for n in tissue_from_truth)
+        lines += ["", f"† Reference: truth tissue fractions. The NAWM/GM maps of {names} are the subjects' "
+                      "ground-truth tissue fractions (a stand-in: no segmentation stage makes them), so these rows "
+                      "say nothing about a pipeline; against `truth` they are 1 by construction."]
     return "\n".join(lines) + "\n"

@@ -53,10 +53,11 @@ def test_truth_against_truth_is_perfect(tiny):
         assert rec["split"] == c.split[sid]
         for key in ("T1", "T2star"):
             assert s[f"{key}_relative_deviation"] == 0.0
-            for tissue in ("WM", "GM"):
+            for tissue in ("WM_core", "GM_core"):
                 assert s[f"{key}_relative_deviation_{tissue}"] == 0.0
-        assert s["NAWM_dice"] == 1.0 and s["GM_dice"] == 1.0
-        has_lesion = bool((np.asarray(c[sid].truth["lesion"][:]) >= 0.33).any())
+        assert s["NAWM_dice_volume"] == 1.0 and s["GM_dice_volume"] == 1.0 and s["NAWM_dice_slice_mean"] == 1.0
+        assert rec["tissue_cores"] == {"WM": "truth/WM", "GM": "truth/GM", "lesion": "truth/lesion"}
+        has_lesion = bool((np.asarray(c[sid].truth["lesion"][:]) >= 0.5).any())
         assert s["lesion_dice"] == (1.0 if has_lesion else None)
     assert rep["splits"]["test"]["lesion_dice"]["mean"] == 1.0
 
@@ -75,19 +76,25 @@ def test_conventional_against_truth_json_table_and_figures(tiny, conventional):
         # The conventional lesion map is the annotation: its Dice with the true mask is known.
         sub = c[sid]
         ann = np.asarray(sub.annotations["lesion"][:]) > 0
-        true = np.asarray(sub.truth["lesion"][:]) >= 0.33
+        true = np.asarray(sub.truth["lesion"][:]) >= 0.5  # the reference annotation, not the operating 0.33
         want = dice(ann, true)
         assert s["lesion_dice"] == (None if np.isnan(want) else pytest.approx(want))
         for key in ("T1", "T2star"):  # matching noisy, partial-volume data: small but not zero
             assert 0.0 < s[f"{key}_relative_deviation"] < 0.3
-            assert 0.0 < s[f"{key}_relative_deviation_WM"] < 0.15
+            assert 0.0 < s[f"{key}_relative_deviation_WM_core"] < 0.15
         assert rec["n_unmatched"] == 0
     test = on_disk["splits"]["test"]
     for key in ("T1", "T2star"):
-        for tissue in ("WM", "GM", "lesion"):
+        for tissue in ("WM_core", "GM_core", "lesion_core"):
             assert test[f"{key}_relative_deviation_{tissue}"]["n"] == len(c.subjects_in("test"))
+    assert rep["settings"]["tissue_maps_from_truth"] == ["conventional"]
+    assert (rep["settings"]["lesion_threshold"], rep["settings"]["reference_lesion_threshold"]) == (0.33, 0.5)
     table = (out / "table.md").read_text()
-    assert "| T1 relative deviation, WM |" in table and "| T2* relative deviation, lesion |" in table
+    assert "| T1 relative deviation, WM core (true fraction ≥ 90%) |" in table
+    assert "| T2* relative deviation, lesion core (true fraction ≥ 90%) |" in table
+    # the conventional NAWM/GM are the truth fractions: the rows say so
+    assert "| NAWM Dice (80%, mean over slices) † |" in table and "| GM Dice (80%, whole volume) † |" in table
+    assert "† Reference: truth tissue fractions" in table and "`conventional`" in table
     assert "| Intra-observer Dice" in table and "Lesion Dice (33%)" in table
     assert "| Subject | Intra-observer Dice | Lesion Dice (conventional) |" in table
     for name in ("threshold_sweep", "lesion_volume", "reliability", "overlays"):
@@ -130,7 +137,7 @@ def test_derived_source_reads_the_stage_group_and_skips_missing_maps(tiny, tmp_p
     assert rec["maps"] == ["T1"]
     s = rec["summary"]
     assert s["T1_relative_deviation"] == pytest.approx(0.25, abs=1e-6)
-    assert s["T1_relative_deviation_WM"] == pytest.approx(0.25, abs=1e-6)
+    assert s["T1_relative_deviation_WM_core"] == pytest.approx(0.25, abs=1e-6)
     assert "lesion_dice" not in s and "T2star_relative_deviation" not in s
     with pytest.raises(StoreError, match="derived/scaled"):
         evaluate_cohort(path, pred="derived:scaled", subjects=["sub-01"])
@@ -166,8 +173,11 @@ def test_bad_sources_and_subjects(tiny):
         parse_source("derived:")
     with pytest.raises(StoreError, match="no complete subject 'sub-99'"):
         evaluate_cohort(path, pred="truth", subjects=["sub-99"])
-    with pytest.raises(ValidationError, match="threshold"):
-        evaluate_cohort(path, pred="truth", threshold=0)
+    with pytest.raises(ValidationError, match="lesion_threshold"):
+        evaluate_cohort(path, pred="truth", lesion_threshold=0)
+    with pytest.warns(DeprecationWarning, match="lesion_threshold"):
+        old = evaluate_cohort(path, pred="annotation", subjects=["sub-05"], threshold=0.4)
+    assert old["settings"]["lesion_threshold"] == 0.4
 
     class OnlyT1:  # any object with name and maps() plugs in
         name = "only-T1"
@@ -197,4 +207,18 @@ def test_cli_exit_codes(tiny, tmp_path, capsys):
     assert "not a cohort" in capsys.readouterr().err
     assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--pred", "magic"]) == 1
     assert "map source" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--lesion-threshold", "2"]) == 2
     assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--threshold", "2"]) == 2
+    # --threshold: the deprecated name of --lesion-threshold, hidden from the help
+    assert "--threshold" not in capsys.readouterr().out + _help(capsys).replace("--lesion-threshold", "")
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "y"), "--pred", "annotation", "--subjects", "5",
+                 "--no-figures", "--threshold", "0.4"]) == 0
+    assert "--threshold is deprecated" in capsys.readouterr().err
+    assert json.loads((tmp_path / "y" / "evaluation.json").read_text())["settings"]["lesion_threshold"] == 0.4
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "z"), "--threshold", "0.4",
+                 "--lesion-threshold", "0.5"]) == 2
+
+
+def _help(capsys):
+    assert main(["evaluate", "--help"]) == 0
+    return capsys.readouterr().out
