@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mrfengine.cli import main
+from mrfengine.errors import ValidationError
 from mrfengine.nn import Normalisation, get_config, load_model, predict_volume, read_card, save_model
 from mrfengine.sequence import hermann2021, save_sequence
 
@@ -236,3 +237,81 @@ def test_data_that_do_not_fit_the_model_are_refused(tmp_path, capsys, case, matc
     err = capsys.readouterr().err
     assert pytest.importorskip("re").search(match, err), err
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the library call behind the command
+def _mask_file(tmp_path, shape):
+    mask = np.zeros(shape, np.uint8)
+    mask[3:11, 2:9, :] = 1
+    path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(mask, AFFINE), str(path))
+    return path, mask.astype(bool)
+
+
+def test_predict_nifti_is_the_command_as_a_library_call(tmp_path):
+    import torch
+
+    from mrfengine.errors import OptionError
+    from mrfengine.io.bids import SIDECAR_KEYS
+    from mrfengine.pipeline import predict_nifti
+
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    mask_path, mask = _mask_file(tmp_path, data.shape[:3])
+    threads = torch.get_num_threads()
+    done = []
+    result = predict_nifti(mrf_path, tmp_path / "lib", model=model_path, mask=mask_path, mc_samples=2,
+                           consistency=True, threads=2, progress=lambda k, n: done.append((k, n)))
+    assert torch.get_num_threads() == threads  # the library puts torch's threads back
+    assert done[-1] == (4, 4) and result.n_slices == 4 and result.prefix == "sub-01" and result.warning is None
+    names = {"T1", "T2star", "NAWM", "GM", "lesion"}
+    assert set(result.files) == names | {f"{n}_uncertainty" for n in names} | {"physics_consistency"}
+    for name, path in result.files.items():  # every file 0 outside the given mask (no mask made, none written)
+        arr = np.asarray(nib.load(str(path)).dataobj)
+        assert (arr[~mask] == 0).all() and np.count_nonzero(arr[mask]) > 0, name
+        side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS, name  # the one sidecar schema
+        assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == ("mask.nii.gz", "given", 0)
+        assert side["Sources"] == ["sub-01_mrf.nii.gz"] and side["GeneratedBy"][0]["Name"] == "mrfengine"
+        assert side["Model"] == "MSE-5" and side["InputLevelMask"] == "given"
+    assert not list((tmp_path / "lib").glob("*desc-brain_mask*"))
+    # the command writes the same maps
+    assert main(["predict", str(mrf_path), "-o", str(tmp_path / "cli"), "--model", str(model_path), "--mask",
+                 str(mask_path), "--threads", "2"]) == 0
+    for path in (result.files[name] for name in names):
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "cli" / path.name)).dataobj),
+                                      np.asarray(nib.load(str(path)).dataobj))
+    # options that exclude each other, or that the network cannot honour: OptionError, before any file
+    with pytest.raises(OptionError, match="exclude each other"):
+        predict_nifti(mrf_path, tmp_path / "x", model=model_path, mask=mask_path, brain_mask=False)
+    with pytest.raises(ValidationError, match="mc_samples must be 0"):
+        predict_nifti(mrf_path, tmp_path / "x", model=model_path, mc_samples=1)
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_unet_stage_and_predict_nifti_give_the_same_maps_record_and_background(tmp_path):
+    """The batch's unet stage (arrays of a cohort subject) and predict_nifti (files) run the one
+    core: the same maps, the same zeros outside the brain, the same record."""
+    from mrfengine.pipeline import STAGES, predict_nifti
+
+    model_path = _model(tmp_path)
+    mrf_path, data = _mrf(tmp_path)
+    mask_path, mask = _mask_file(tmp_path, data.shape[:3])
+    options = {**STAGES["unet"].options, "model": str(model_path), "mc_samples": 2}
+    for brain in (mask, None):  # the subject's brain mask, or none: the whole field of view
+        out, info = STAGES["unet"].function({"mrf": data.transpose(3, 2, 1, 0), "mask": None if brain is None else
+                                             brain.transpose(2, 1, 0), "sequence": SEQ}, options, "numpy")
+        stored = STAGES["write"].function({"nn_maps": out["nn_maps"], "mask": None if brain is None else
+                                           brain.transpose(2, 1, 0)}, {}, "numpy")[0]["derived"]
+        result = predict_nifti(mrf_path, tmp_path / str(brain is None), model=model_path, mc_samples=2,
+                               mask=None if brain is None else mask_path, brain_mask=brain is not None)
+        assert sorted(stored) == sorted(result.files)
+        for name, path in result.files.items():
+            scale = 1e-3 if name.startswith(("T1", "T2star")) else 1.0  # the store in ms, the files in s
+            got = np.asarray(nib.load(str(path)).dataobj)
+            np.testing.assert_allclose(got, stored[name].transpose(2, 1, 0) * np.float32(scale), rtol=1e-6)
+            if brain is not None:
+                assert (got[~brain] == 0).all()
+            else:
+                assert np.count_nonzero(got[~mask]) > 0, name
+        assert {k: v for k, v in info.items() if k not in ("uncertainty", "physics_consistency")} == result.info

@@ -84,6 +84,17 @@ def test_option_choices_are_the_implementations():
                                       "trust_model_code": (False, True), "input_scale": INPUT_SCALES,
                                       "consistency": (False, True)}
     assert set(STAGES["unet"].checks) == {"mc_samples", "mc_seed"}
+    # the one definition of each check (mrfengine.nn.uncertainty), imported when it runs
+    from mrfengine.nn import uncertainty
+
+    for key, name in (("mc_samples", "check_mc_samples"), ("mc_seed", "check_mc_seed")):
+        assert STAGES["unet"].checks[key].__name__ == name
+        for bad in (1.5, -1, True):
+            with pytest.raises(ValidationError) as ours:
+                STAGES["unet"].checks[key](bad)
+            with pytest.raises(ValidationError) as theirs:
+                getattr(uncertainty, name)(bad)
+            assert str(ours.value) == str(theirs.value)
     for stage in STAGES.values():
         for key, values in stage.choices.items():
             assert stage.options[key] in values
@@ -95,17 +106,23 @@ def test_dictionaries_shared_per_sequence_digest():
     assert slice_dictionaries(hermann2021(2)) is not a
 
 
-def test_write_stage_maps_match_result_to_float32_arrays():
+def test_write_stage_maps_match_result_to_float32_arrays_with_zero_where_not_matched():
     shape = (2, 3, 4)
     params = {"T1": np.full(shape, 800.0), "T2star": np.full(shape, 60.0), "B1": np.ones(shape)}
-    params["T1"][0, 0, 0] = np.nan
-    result = MatchResult(params=params, m0=np.full(shape, 2.0), correlation=np.full(shape, 0.99, np.float32),
-                         index=np.zeros(shape, np.int64), matched=np.ones(shape, bool), backend="numpy")
+    matched = np.ones(shape, bool)
+    matched[0, 0, 0] = False  # as MatchResult holds an unmatched voxel: NaN parameters, m0 and correlation 0
+    for value in params.values():
+        value[0, 0, 0] = np.nan
+    m0, correlation = np.where(matched, -2.0, 0.0), np.where(matched, 0.99, 0).astype(np.float32)
+    result = MatchResult(params=params, m0=m0, correlation=correlation, index=np.where(matched, 0, -1),
+                         matched=matched, backend="numpy")
     out, _ = STAGES["write"].function({"maps": result}, {}, "auto")
     derived = out["derived"]
     assert sorted(derived) == ["B1", "M0", "T1", "T2star", "correlation"]
     assert all(v.dtype == np.float32 and v.shape == shape for v in derived.values())
-    assert np.isnan(derived["T1"][0, 0, 0]) and derived["T1"][1, 2, 3] == 800.0 and derived["M0"][0, 0, 0] == 2.0
+    # the rule for voxels without an estimate (mrfengine.masking.fill_not_estimated): 0 in every map, never NaN
+    assert all(v[0, 0, 0] == 0 for v in derived.values())
+    assert derived["T1"][1, 2, 3] == 800.0 and derived["M0"][1, 0, 0] == 2.0  # M0's magnitude
 
 
 def test_run_stages_match_on_exact_fingerprints():
