@@ -14,12 +14,14 @@ import numpy as np
 
 from .dictionary import SliceDictionaries, fingerprints
 from .matching import match_slices
+from .metrics import CORE_FRACTION, core_masks, relative_deviation
 from .noise import rician, wm_signal_level  # noqa: F401 - mrfengine.demo's names before mrfengine.noise
 from .testing import random_fingerprints  # noqa: F401 - likewise, before mrfengine.testing
 from .sequence import Sequence, hermann2021
 from .tissue import LESION_PD, LESION_T1_FACTOR, LESION_T2STAR_FACTOR, TISSUES
 
-__all__ = ["DemoRow", "DemoReport", "CohortDemoRow", "SCANNER_GAIN", "UnetDemoReport", "run_cohort_demo",
+__all__ = ["DemoRow", "DemoReport", "CohortDemoRow", "SCANNER_GAIN", "UnetDemoReport", "metrics_against_truth",
+           "run_cohort_demo",
            "run_unet_demo", "simulate_slab", "rician", "run_demo", "wm_signal_level", "random_fingerprints",
            "write_scanner_series"]
 
@@ -165,7 +167,8 @@ def run_demo(
 @dataclass(frozen=True)
 class CohortDemoRow:
     """Matching against ground truth for one subject: median relative errors in
-    voxels whose tissue fraction exceeds ``purity``."""
+    the tissue cores, voxels whose true tissue fraction is at least ``purity``
+    (:func:`mrfengine.metrics.core_masks`)."""
 
     subject: str
     site: str
@@ -182,7 +185,7 @@ def run_cohort_demo(
     seed: int = 0,
     backend: str = "auto",
     method: str = "auto",
-    purity: float = 0.9,
+    purity: float = CORE_FRACTION,
     client=None,
     n_workers: int | None = None,
     on_event=None,
@@ -190,7 +193,10 @@ def run_cohort_demo(
     """Simulate the tiny cohort at ``path`` (resumable), run the batch pipeline
     (MP-PCA denoising, then matching each slice against its own dictionary)
     over every subject on a local Dask cluster (or ``client``), and compare
-    the maps written to ``derived/denoise-match/`` with ground truth.
+    the maps written to ``derived/denoise-match/`` with ground truth: the
+    median relative deviation of T1 and T2* in the WM, GM and lesion cores
+    (true fraction ``>= purity``, :data:`mrfengine.metrics.CORE_FRACTION` by
+    default) where the pipeline matched.
 
     Returns the per-subject rows and the batch report.
     """
@@ -222,15 +228,14 @@ def run_cohort_demo(
         t1 = np.asarray(truth["T1"][:])
         t2 = np.asarray(truth["T2star"][:])
         errors = {}
-        for tissue in ("WM", "GM", "lesion"):
-            if tissue not in truth:
-                continue
-            sel = (np.asarray(truth[tissue][:]) > purity) & matched
+        fractions = {tissue: np.asarray(truth[tissue][:]) for tissue in ("WM", "GM", "lesion") if tissue in truth}
+        for tissue, core in zip(fractions, core_masks(fractions, core_fraction=purity).values()):
+            sel = core & matched
             if sel.sum() == 0:
                 continue
             errors[tissue] = (
-                float(np.median(np.abs(t1_found[sel] / t1[sel] - 1))),
-                float(np.median(np.abs(t2_found[sel] / t2[sel] - 1))),
+                relative_deviation(t1_found, t1, sel, statistic="median"),
+                relative_deviation(t2_found, t2, sel, statistic="median"),
                 int(sel.sum()),
             )
         rows.append(CohortDemoRow(subject.id, subject.site, subject.group, int(matched.sum()),
@@ -263,6 +268,14 @@ class UnetDemoReport:
         simulated brain.
     t1_reldev, t2star_reldev : float
         Mean relative deviations in the brain (voxels both masks hold).
+    lesion_dice, lesion_detection_rate : float
+        At the paper's 33% against the true lesion mask (lesion fraction >= 0.5).
+    nawm_dice_volume, gm_dice_volume, nawm_dice_slice_mean, gm_dice_slice_mean : float
+        At 80% against the true NAWM (``truth/WM``, lesions already excluded)
+        and GM fractions: over the whole volume, and the mean over slices.
+    summary : dict
+        Every figure, as :func:`metrics_against_truth` returns it (the keys of
+        ``mrfengine evaluate``'s summaries, e.g. ``T1_relative_deviation_WM_core``).
     """
 
     subject: str
@@ -273,8 +286,10 @@ class UnetDemoReport:
     t2star_reldev: float
     lesion_dice: float
     lesion_detection_rate: float
-    nawm_dice: float
-    gm_dice: float
+    nawm_dice_volume: float
+    gm_dice_volume: float
+    nawm_dice_slice_mean: float
+    gm_dice_slice_mean: float
     gain: float = 1.0
     scl_slope: float = 1.0
     scl_inter: float = 0.0
@@ -283,6 +298,44 @@ class UnetDemoReport:
     mask_dice: float = float("nan")
     input_path: str = ""
     output_dir: str = ""
+    summary: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def nawm_dice(self) -> float:
+        """The whole-volume NAWM Dice (:attr:`nawm_dice_volume`; the name of earlier versions)."""
+        return self.nawm_dice_volume
+
+    @property
+    def gm_dice(self) -> float:
+        """The whole-volume GM Dice (:attr:`gm_dice_volume`; the name of earlier versions)."""
+        return self.gm_dice_volume
+
+
+def metrics_against_truth(subject, maps, mask=None) -> dict[str, float | None]:
+    """The demo's figures: ``maps`` against the subject's ground truth, as ``mrfengine evaluate`` computes them.
+
+    Parameters
+    ----------
+    subject : mrfengine.io.Subject
+        A simulated subject (with ``truth/``).
+    maps : mapping of str to ndarray
+        ``T1``, ``T2star`` (ms), ``NAWM``, ``GM``, ``lesion`` (probabilities),
+        any subset, ``(Z, Y, X)`` on the subject's grid.
+    mask : ndarray, bool, optional
+        Where the deviations are computed (default the brain mask).
+
+    Returns
+    -------
+    dict
+        :func:`mrfengine.report.evaluate.evaluate_maps`' summary against the
+        ``truth`` source (lesion reference: the lesion fraction >=
+        :data:`~mrfengine.metrics.REFERENCE_LESION_THRESHOLD`; NAWM:
+        ``truth/WM``, which excludes lesions already), without the sweep,
+        calibration and MSSEG extras; NaN written as None.
+    """
+    from .report.evaluate import evaluate_maps
+
+    return evaluate_maps(subject, dict(maps), "truth", mask=mask, extras=False, pred_name="the maps")["summary"]
 
 
 def write_scanner_series(mrf, affine, path, *, gain: float = SCANNER_GAIN):
@@ -332,8 +385,9 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
     (``--input-scale subject``, or ``card`` when the model's card is
     scale-free), a brain mask made from the series and the outside rule.  The
     maps written (``<path stem>-scanner/maps/``) are compared with the ground
-    truth: relative deviations in the brain, Dice at the paper's thresholds
-    (33% lesion, 80% tissue).
+    truth by :func:`metrics_against_truth` (the definitions of ``mrfengine
+    evaluate``): relative deviations in the brain, Dice at the paper's
+    thresholds (33% lesion, 80% tissue).
 
     Raises
     ------
@@ -348,13 +402,13 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
 
     from .cli.predict import predict as predict_command
     from .io import Cohort
-    from .metrics import dice, lesion_detection_rate, relative_deviation
+    from .metrics import dice
     from .nn import read_card
     from .phantom import simulate_cohort
-    from .pipeline.stages import _unet_path
+    from .nn.predict import resolve_model_path
     from .sequence import save_sequence
 
-    model_path = _unet_path(model)  # the clear error before simulating anything
+    model_path = str(resolve_model_path(model, what="demo --model"))  # the clear error before simulating anything
     path = Path(path)
     simulate_cohort(path, preset=preset, n_subjects=1, seed=10_000 + seed)
     sub = Cohort.open(path)[Cohort.open(path).subjects[0]]
@@ -380,18 +434,20 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
     brain = np.asarray(sub.brain_mask[:]) > 0
     made = read("desc-brain_mask") > 0
     both = brain & made
-    truth = sub.truth
-    lesion_truth = np.asarray(truth["lesion"][:]) >= 0.5
-    nawm_truth = np.clip(np.asarray(truth["WM"][:]) - np.asarray(truth["lesion"][:]), 0, 1)
-    lesion = read("label-lesion_probseg")
+    maps = {"T1": read("T1map") * 1e3, "T2star": read("T2starmap") * 1e3, "NAWM": read("label-NAWM_probseg"),
+            "GM": read("label-GM_probseg"), "lesion": read("label-lesion_probseg")}
+    summary = metrics_against_truth(sub, maps, both)
+
+    def figure(key: str) -> float:
+        return float("nan") if summary.get(key) is None else float(summary[key])
+
     return UnetDemoReport(
         subject=sub.id, model=str(model_path), shape=tuple(sub.shape), seconds=seconds,
-        t1_reldev=relative_deviation(read("T1map") * 1e3, np.asarray(truth["T1"][:]), both),
-        t2star_reldev=relative_deviation(read("T2starmap") * 1e3, np.asarray(truth["T2star"][:]), both),
-        lesion_dice=dice(lesion, lesion_truth, threshold=0.33),
-        lesion_detection_rate=lesion_detection_rate(lesion, lesion_truth, threshold=0.33),
-        nawm_dice=dice(read("label-NAWM_probseg"), nawm_truth, threshold=0.8),
-        gm_dice=dice(read("label-GM_probseg"), np.asarray(truth["GM"][:]), threshold=0.8),
+        t1_reldev=figure("T1_relative_deviation"), t2star_reldev=figure("T2star_relative_deviation"),
+        lesion_dice=figure("lesion_dice"), lesion_detection_rate=figure("lesion_detection_rate"),
+        nawm_dice_volume=figure("NAWM_dice_volume"), gm_dice_volume=figure("GM_dice_volume"),
+        nawm_dice_slice_mean=figure("NAWM_dice_slice_mean"), gm_dice_slice_mean=figure("GM_dice_slice_mean"),
+        summary=summary,
         gain=float(gain), scl_slope=slope, scl_inter=inter, input_level_ratio=side.get("InputLevelRatio"),
         input_scale=str(side.get("InputScale")), mask_dice=dice(made, brain), input_path=str(series),
         output_dir=str(out),

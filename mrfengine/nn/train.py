@@ -3,11 +3,13 @@
 One run trains one network configuration (Table 1 of the paper) on the
 training split of a cohort store with Adam, and after each epoch
 
-* validates on *whole* slices of the validation split (:func:`validate`):
-  lesion Dice and detection rate at a probability threshold of 33%, NAWM and
-  GM Dice at 80% (mean over slices) and the mean relative deviation of T1 and
-  T2* inside the brain, for the outputs the network has: the paper's
-  measures, so an epoch can be chosen on every one of them;
+* validates on *whole* slices of the validation split (:func:`validate`,
+  through :func:`mrfengine.metrics.evaluate_subject`, the definitions
+  ``mrfengine evaluate`` uses): lesion Dice and detection rate at a
+  probability threshold of 33%, NAWM and GM Dice at 80% (mean over slices)
+  and the mean relative deviation of T1 and T2* inside the brain, for the
+  outputs the network has: the paper's measures, so an epoch can be chosen
+  on every one of them;
 * writes ``checkpoint.pt`` (atomic; model, optimiser, history), the metrics
   table ``metrics.csv`` and its plot ``metrics.png``.
 
@@ -81,6 +83,7 @@ import torch
 
 from .._atomic import atomic_write_bytes
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
+from ..metrics.definitions import LESION_THRESHOLD, TISSUE_THRESHOLD  # nn.train's names before metrics had them
 from .configs import NetworkConfig, get_config
 from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
 
@@ -94,18 +97,14 @@ log = logging.getLogger(__name__)
 
 __all__ = ["TrainSettings", "TrainResult", "load_settings", "train", "cohort_hash", "validate",
            "CHECKPOINT_NAME", "METRICS_CSV", "METRICS_PNG", "MODEL_NAME", "LESION_THRESHOLD",
-           "TISSUE_THRESHOLD"]
+           "TISSUE_THRESHOLD", "LEGACY_VALIDATION_KEYS", "upgrade_history_row"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_CSV = "metrics.csv"
 METRICS_PNG = "metrics.png"
 MODEL_NAME = "model.pt"
-#: Lesion probability threshold of the validation Dice (the paper's 33%).
-LESION_THRESHOLD = 0.33
-#: NAWM/GM probability threshold of the validation Dice (the paper's 80%).
-TISSUE_THRESHOLD = 0.8
-_CSV_FIELDS = ("epoch", "train_loss", "lesion_dice", "lesion_detection_rate", "NAWM_dice", "GM_dice",
-               "T1_reldev", "T2star_reldev")
+_CSV_FIELDS = ("epoch", "train_loss", "lesion_dice", "lesion_detection_rate", "NAWM_dice_slice_mean",
+               "GM_dice_slice_mean", "T1_reldev", "T2star_reldev")
 
 
 @dataclass(frozen=True)
@@ -298,83 +297,113 @@ def validate(
     """Validation metrics on whole slices of ``sampler``'s split.
 
     The prediction is set to 0 outside the subject's brain mask, as the
-    ``unet`` stage of ``mrfengine batch`` writes it, and the metrics follow
-    ``mrfengine evaluate`` (the paper's definitions).
+    ``unet`` stage of ``mrfengine batch`` writes it.  Each validation
+    subject's slices are stacked into a volume and compared with its training
+    targets by :func:`mrfengine.metrics.evaluate_subject`, the function
+    ``mrfengine evaluate`` and the demo use (one definition of every
+    figure, at :data:`~mrfengine.metrics.LESION_THRESHOLD` and
+    :data:`~mrfengine.metrics.TISSUE_THRESHOLD`; the reference lesion mask
+    is the target ``>= REFERENCE_LESION_THRESHOLD``); the subjects' records
+    are then pooled over the split as below.
 
     Returns
     -------
     dict
-        For the outputs the network has:
+        For the outputs the network has (the columns of ``metrics.csv``):
 
         ``lesion_dice``
-            At :data:`LESION_THRESHOLD`, pooled over all voxels of the split;
-            NaN when neither prediction nor annotation has a lesion.
+            At :data:`LESION_THRESHOLD`, *pooled* over all voxels of the
+            split (one Dice of the split's summed overlap and volumes, not a
+            mean of the subjects' Dice); NaN when neither prediction nor
+            annotation has a lesion.
         ``lesion_detection_rate``
-            The paper's rule (:func:`mrfengine.metrics.lesion_detection_rate`:
-            3D lesions of at least 10 voxels, detected by one voxel at
-            :data:`LESION_THRESHOLD`), per subject, averaged over the subjects
-            with lesions; NaN when none has one.
-        ``NAWM_dice``, ``GM_dice``
-            At :data:`TISSUE_THRESHOLD` (80%), the mean over the slices of all
-            subjects where either mask is non-empty (the paper's "mean dice
-            coefficients along all subjects and slices").
+            The paper's rule (3D lesions of at least 10 voxels, detected by
+            one voxel at :data:`LESION_THRESHOLD`), per subject, averaged over
+            the subjects with lesions; NaN when none has one.
+        ``NAWM_dice_slice_mean``, ``GM_dice_slice_mean``
+            At :data:`TISSUE_THRESHOLD` (80%), the mean of the per-slice Dice
+            over the slices of all subjects where either mask is non-empty
+            (the paper's "mean dice coefficients along all subjects and
+            slices"); named ``NAWM_dice`` and ``GM_dice`` in older checkpoints
+            and cards (:data:`LEGACY_VALIDATION_KEYS`).
         ``T1_reldev``, ``T2star_reldev``
-            Mean relative deviation inside the brain.
+            Mean relative deviation inside the brain, pooled over the
+            voxels of all subjects.
     """
-    from ..metrics import dice, lesion_detection_rate, relative_deviation
+    from ..metrics import evaluate_subject
 
     config = sampler.config
     names = config.output_names
     paths = sampler.target_paths
     fill = sampler.background()[:, None, None]
-    lesion_p, lesion_r, rel = [], [], {n: ([], []) for n in ("T1", "T2star") if n in names}
-    tissue = {n: [] for n in ("NAWM", "GM") if n in names}
-    volumes: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    by_subject: dict[str, list[int]] = {}
+    for i, ref_slice in enumerate(sampler.slices):
+        by_subject.setdefault(ref_slice.subject, []).append(i)
+    records = []
     was_training = model.training
     model.eval()
     try:
-        for i, ref_slice in enumerate(sampler.slices):
-            subject, z = sampler.cohort[ref_slice.subject], ref_slice.z
+        for sid, indices in by_subject.items():
+            subject = sampler.cohort[sid]
             brain = subject.brain_mask
-            x = sampler.normalised_input(i)
-            h, w = x.shape[-2:]
-            xin = torch.from_numpy(_pad_to(x, config.size_multiple, fill)[None]).to(device)
-            with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                                 enabled=autocast):
-                out = model(xin)
-            pred = to_physical_units(out.float(), config)[0, :, :h, :w].cpu().numpy()
-            ref = np.asarray([np.asarray(subject.array(p)[z], dtype=np.float32) for p in paths])
-            b = np.ones((h, w), bool) if brain is None else np.asarray(brain[z]) > 0
-            for k, n in enumerate(names):
-                if n == "lesion":
-                    p_les = np.where(b, pred[k], 0.0).astype(np.float32)
-                    r_les = ref[k] >= 0.5
-                    lesion_p.append(p_les.ravel())
-                    lesion_r.append(r_les.ravel())
-                    vol = volumes.setdefault(ref_slice.subject, ([], []))
-                    vol[0].append(p_les)
-                    vol[1].append(r_les)
-                elif n in tissue:  # one Dice per slice, NaN where both masks are empty
-                    tissue[n].append(dice(np.where(b, pred[k], 0.0), ref[k], threshold=TISSUE_THRESHOLD))
-                elif n in rel:
-                    rel[n][0].append(pred[k][b])
-                    rel[n][1].append(ref[k][b])
+            pred, ref, inside = [], [], []
+            for i in indices:
+                z = sampler.slices[i].z
+                x = sampler.normalised_input(i)
+                h, w = x.shape[-2:]
+                xin = torch.from_numpy(_pad_to(x, config.size_multiple, fill)[None]).to(device)
+                with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                                                     enabled=autocast):
+                    out = model(xin)
+                b = np.ones((h, w), bool) if brain is None else np.asarray(brain[z]) > 0
+                pred.append(np.where(b, to_physical_units(out.float(), config)[0, :, :h, :w].cpu().numpy(), 0.0))
+                ref.append([np.asarray(subject.array(p)[z], dtype=np.float32) for p in paths])
+                inside.append(b)
+            p_vol = np.stack(pred, axis=1).astype(np.float32)  # (outputs, Z, Y, X)
+            r_vol = np.asarray(ref, dtype=np.float32).transpose(1, 0, 2, 3)
+            dx, dy, dz = subject.voxel_size_mm
+            records.append(evaluate_subject({n: p_vol[k] for k, n in enumerate(names)},
+                                            {n: r_vol[k] for k, n in enumerate(names)},
+                                            mask=np.stack(inside), voxel_size=(dz, dy, dx), slice_axis=0,
+                                            extras=False))
     finally:
         model.train(was_training)
+    return _pool_validation(records, names)
+
+
+def _pool_validation(records: list[dict[str, Any]], names: tuple[str, ...] | list[str]) -> dict[str, float]:
+    """The split's validation figures from the subjects' :func:`evaluate_subject` records (see :func:`validate`)."""
+    from ..metrics.overlap import dice_from_counts
+
+    nan = float("nan")
     metrics: dict[str, float] = {}
-    if lesion_p:
-        metrics["lesion_dice"] = float(dice(np.concatenate(lesion_p), np.concatenate(lesion_r),
-                                            threshold=LESION_THRESHOLD))
-        rates = [lesion_detection_rate(np.stack(p), np.stack(r), threshold=LESION_THRESHOLD)
-                 for p, r in volumes.values()]
-        rates = [r for r in rates if np.isfinite(r)]
-        metrics["lesion_detection_rate"] = float(np.mean(rates)) if rates else float("nan")
-    for n, values in tissue.items():
-        v = np.asarray(values, dtype=np.float64)
-        metrics[f"{n}_dice"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-    for n, (p, r) in rel.items():
-        metrics[f"{n}_reldev"] = float(relative_deviation(np.concatenate(p), np.concatenate(r)))
+    if "lesion" in names:
+        counts = [sum(r["lesion"][k] for r in records) for k in ("n_overlap_voxels", "n_pred_voxels", "n_ref_voxels")]
+        metrics["lesion_dice"] = float(dice_from_counts(*counts))
+        rates = [r["summary"]["lesion_detection_rate"] for r in records]
+        rates = [v for v in rates if v is not None]
+        metrics["lesion_detection_rate"] = float(np.mean(rates)) if rates else nan
+    for n in ("NAWM", "GM"):
+        if n in names:
+            v = np.concatenate([np.asarray(r[n]["dice_per_slice"], dtype=np.float64) for r in records])
+            metrics[f"{n}_dice_slice_mean"] = float(np.nanmean(v)) if np.isfinite(v).any() else nan
+    for n in ("T1", "T2star"):
+        if n in names:
+            weights = np.array([r[n]["n_voxels"] for r in records], dtype=np.float64)
+            values = np.array([r[n]["relative_deviation"] for r in records], dtype=np.float64)
+            ok = weights > 0
+            metrics[f"{n}_reldev"] = float(np.sum(values[ok] * weights[ok]) / weights[ok].sum()) if ok.any() else nan
     return metrics
+
+
+#: Validation keys of earlier versions, as checkpoints and cards may hold them, and their names now.
+LEGACY_VALIDATION_KEYS = {"NAWM_dice": "NAWM_dice_slice_mean", "GM_dice": "GM_dice_slice_mean"}
+
+
+def upgrade_history_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A validation row (a checkpoint's or a card's history) with the keys of earlier
+    versions renamed (:data:`LEGACY_VALIDATION_KEYS`); the figures are the same."""
+    return {LEGACY_VALIDATION_KEYS.get(k, k): v for k, v in row.items()}
 
 
 # ------------------------------------------------------------------ outputs
@@ -401,8 +430,10 @@ def _write_plot(path: Path, history: list[dict[str, float]], title: str) -> None
     ax_loss.set(xlabel="epoch", ylabel="training loss", title=title)
     panels = (
         (ax_overlap, "validation overlap", 1.0,
-         (("lesion_dice", "lesion Dice @ 0.33"), ("lesion_detection_rate", "detection rate @ 0.33"),
-          ("NAWM_dice", "NAWM Dice @ 0.8"), ("GM_dice", "GM Dice @ 0.8"))),
+         (("lesion_dice", f"lesion Dice @ {LESION_THRESHOLD:g}"),
+          ("lesion_detection_rate", f"detection rate @ {LESION_THRESHOLD:g}"),
+          ("NAWM_dice_slice_mean", f"NAWM Dice @ {TISSUE_THRESHOLD:g} (slice mean)"),
+          ("GM_dice_slice_mean", f"GM Dice @ {TISSUE_THRESHOLD:g} (slice mean)"))),
         (ax_dev, "validation rel. deviation (%)", 100.0,
          (("T1_reldev", "T1"), ("T2star_reldev", "T2*"))),
     )
@@ -542,7 +573,7 @@ def train(
                 raise ValidationError(f"{ckpt_path} was trained with input_scale = "
                                       f"{'subject' if normalisation.scale_free else 'absolute'}; only epochs may "
                                       "change on resume")
-            history = [dict(h) for h in ckpt.extra.get("history", [])]
+            history = [upgrade_history_row(h) for h in ckpt.extra.get("history", [])]
             start_epoch = ckpt.epoch
             log.info("resuming %s after epoch %d", config.name, start_epoch)
         else:

@@ -106,6 +106,7 @@ __all__ = [
     "tissue_from_truth",
     "intra_observer_dice",
     "evaluate_cohort",
+    "evaluate_maps",
 ]
 
 log = logging.getLogger(__name__)
@@ -330,16 +331,66 @@ def _tissue_fractions(subject: Subject, ref: dict[str, np.ndarray]) -> tuple[dic
     return fractions, sources
 
 
-def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, lesion_threshold: float,
-                  tissue_threshold: float) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    pred = pred_src.maps(subject)
+def evaluate_maps(
+    subject: Subject,
+    pred: dict[str, np.ndarray],
+    ref: str | MapSource = "truth",
+    *,
+    mask: np.ndarray | None = None,
+    lesion_threshold: float = LESION_THRESHOLD,
+    tissue_threshold: float = TISSUE_THRESHOLD,
+    extras: bool = True,
+    pred_name: str = "pred",
+) -> dict[str, Any]:
+    """One subject's maps against a reference source, as ``mrfengine evaluate`` compares them.
+
+    The demo and :func:`evaluate_cohort` both call this, so a figure of the
+    demo and the same figure of a cohort evaluation are one definition.
+
+    Parameters
+    ----------
+    subject : Subject
+    pred : dict of str to ndarray
+        Maps by key (``T1``, ``T2star`` in ms, ``NAWM``, ``GM``, ``lesion`` in
+        [0, 1]), ``(Z, Y, X)`` on the subject's grid.
+    ref : str or MapSource
+        The reference (module docstring; default ``truth``).
+    mask : ndarray, bool, optional
+        Where the deviations are computed (default the subject's brain mask,
+        or every voxel without one); brain voxels the prediction left
+        non-finite are left out and counted (``n_unmatched``).
+    lesion_threshold, tissue_threshold : float
+        As in :func:`evaluate_cohort`.
+    extras : bool
+        Passed to :func:`mrfengine.metrics.evaluate_subject` (False: the
+        paper's measures only, no sweep, calibration or MSSEG rule).
+    pred_name : str
+        Names the prediction in messages.
+
+    Returns
+    -------
+    dict
+        :func:`~mrfengine.metrics.evaluate_subject`'s record plus
+        ``tissue_cores``, ``n_unmatched``, ``maps`` and, for a subject
+        annotated twice, ``summary["intra_observer_dice"]``.
+    """
+    ref_src = parse_source(ref)
+    record, _ = _compare(subject, pred, ref_src, pred_name=pred_name, mask=mask, lesion_threshold=lesion_threshold,
+                         tissue_threshold=tissue_threshold, extras=extras)
+    return record
+
+
+def _compare(subject: Subject, pred: dict[str, np.ndarray], ref_src: MapSource, *, pred_name: str,
+             mask: np.ndarray | None, lesion_threshold: float, tissue_threshold: float,
+             extras: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     ref = _as_reference(ref_src.maps(subject), ref_src.name)
     shared = [k for k in MAP_KEYS if k in pred and k in ref]
     if not shared:
-        raise ValidationError(f"{subject.id}: pred {pred_src.name!r} (maps {sorted(pred)}) and ref "
+        raise ValidationError(f"{subject.id}: pred {pred_name!r} (maps {sorted(pred)}) and ref "
                               f"{ref_src.name!r} (maps {sorted(ref)}) share no map to compare")
-    brain = _brain(subject)
-    mask = np.ones(subject.shape, dtype=bool) if brain is None else brain
+    if mask is None:
+        mask = _brain(subject)
+    mask = np.ones(subject.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     n_unmatched = 0
     for key in ("T1", "T2star"):
         if key in shared:
@@ -348,7 +399,7 @@ def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, 
             mask = mask & np.isfinite(pred[key])
     if n_unmatched:
         log.warning("%s: %d brain voxel(s) without a %s estimate are left out of the deviations",
-                    subject.id, n_unmatched, pred_src.name)
+                    subject.id, n_unmatched, pred_name)
     dx, dy, dz = subject.voxel_size_mm
     fractions, cores = _tissue_fractions(subject, ref) if ("T1" in shared or "T2star" in shared) else ({}, {})
     record = evaluate_subject(
@@ -360,6 +411,7 @@ def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, 
         lesion_threshold=lesion_threshold,
         tissue_threshold=tissue_threshold,
         slice_axis=0,
+        extras=extras,
     )
     if cores:
         record["tissue_cores"] = cores
@@ -368,6 +420,14 @@ def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, 
     iod = intra_observer_dice(subject)
     if iod is not None:
         record["summary"]["intra_observer_dice"] = iod
+    return record, ref
+
+
+def _evaluate_one(subject: Subject, pred_src: MapSource, ref_src: MapSource, *, lesion_threshold: float,
+                  tissue_threshold: float) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    pred = pred_src.maps(subject)
+    record, ref = _compare(subject, pred, ref_src, pred_name=pred_src.name, mask=None,
+                           lesion_threshold=lesion_threshold, tissue_threshold=tissue_threshold)
     return record, pred, ref
 
 

@@ -68,8 +68,14 @@ def test_demo_runs_the_network_on_a_scanner_scale_int16_series(tmp_path, capsys)
     for suffix in ("T1map", "T2starmap", "label-NAWM_probseg", "label-GM_probseg", "label-lesion_probseg"):
         arr = np.asarray(nib.load(str(maps / f"sub-01_{suffix}.nii.gz")).dataobj)
         assert (arr[~made] == 0).all() and np.isfinite(arr).all()  # the outside rule
-    for value in (rep.t1_reldev, rep.t2star_reldev, rep.nawm_dice, rep.gm_dice):
+    for value in (rep.t1_reldev, rep.t2star_reldev, rep.nawm_dice_volume, rep.gm_dice_volume):
         assert np.isfinite(value)
+    # the figures are mrfengine evaluate's (metrics_against_truth): same keys, the old names still read
+    assert (rep.nawm_dice, rep.gm_dice) == (rep.nawm_dice_volume, rep.gm_dice_volume)
+    assert rep.summary["T1_relative_deviation"] == rep.t1_reldev
+    assert rep.summary.get("NAWM_dice_slice_mean") == (None if np.isnan(rep.nawm_dice_slice_mean)
+                                                       else rep.nawm_dice_slice_mean)
+    assert "T1_relative_deviation_WM_core" in rep.summary
 
 
 def test_demo_keeps_the_cohort_where_asked(tmp_path, capsys):

@@ -59,7 +59,7 @@ def test_a_run_writes_checkpoint_metrics_plot_and_model(full_run, cohort_path):
     for r in rows:
         assert float(r["train_loss"]) > 0
         assert 0 <= float(r["lesion_dice"]) <= 1
-        assert 0 <= float(r["NAWM_dice"]) <= 1 and 0 <= float(r["GM_dice"]) <= 1
+        assert 0 <= float(r["NAWM_dice_slice_mean"]) <= 1 and 0 <= float(r["GM_dice_slice_mean"]) <= 1
         assert float(r["T1_reldev"]) > 0 and float(r["T2star_reldev"]) > 0
     assert (full_run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = read_card(full_run / "model.card.json")
@@ -158,9 +158,16 @@ def test_loss_weights_and_lesion_centring_settings(tmp_path, cohort_path):
     state = torch.load(ckpt_path, weights_only=True)
     for key in ("lesion_centring", "patch_centring", "loss_weights"):
         del state["extra"]["settings"][key]
+    # ... and one whose history has the validation keys of earlier versions reads them as today's
+    first = dict(state["extra"]["history"][0])
+    state["extra"]["history"] = [{{"NAWM_dice_slice_mean": "NAWM_dice", "GM_dice_slice_mean": "GM_dice"}.get(k, k): v
+                                  for k, v in first.items()}]
     torch.save(state, ckpt_path)
     longer = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 2))
-    assert len(train(longer, resume=True).history) == 2
+    resumed = train(longer, resume=True)
+    assert len(resumed.history) == 2 and resumed.history[0] == first
+    rows = list(csv.DictReader((tmp_path / "plain" / "metrics.csv").open()))
+    assert float(rows[0]["GM_dice_slice_mean"]) == pytest.approx(first["GM_dice_slice_mean"])
     weighted = load_settings(_write_settings(tmp_path / "plain.toml", cohort_path, "plain", 3))
     weighted = TrainSettings(**{**weighted.to_dict(), "loss_weights": {"lesion": 3.0}})
     with pytest.raises(ValidationError, match="loss_weights"):
@@ -263,9 +270,77 @@ def test_validation_metrics_are_the_evaluation_measures(cohort_path):
     for n in ("NAWM", "GM"):
         expected = tissue_dice(P[:, k[n]], R[:, k[n]], threshold=0.8, axis=0).slice_mean
         assert 0 < expected < 1
-        assert got[f"{n}_dice"] == pytest.approx(expected)
+        assert got[f"{n}_dice_slice_mean"] == pytest.approx(expected)
     for n in ("T1", "T2star"):
         assert got[f"{n}_reldev"] == pytest.approx(relative_deviation(P[:, k[n]][B], R[:, k[n]][B]))
+
+
+def test_validation_demo_and_report_give_the_same_figures_for_the_same_maps(cohort_path):
+    """One definition of each figure: the training validation, the demo's metrics and
+    `mrfengine evaluate` all go through metrics.evaluate_subject, so the same maps against
+    the same reference give the same numbers."""
+    from mrfengine.demo import metrics_against_truth
+    from mrfengine.nn import get_config
+    from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation
+    from mrfengine.nn.train import validate
+    from mrfengine.nn.training import to_physical_units
+    from mrfengine.report.evaluate import evaluate_cohort
+
+    cohort = Cohort.open(cohort_path)
+    (sid,) = cohort.subjects_in("validation")
+    subject = cohort[sid]
+    config = get_config("MSE-5")
+    sampler = PatchSampler(cohort, config, fit_cohort_normalisation(cohort, config), split="validation",
+                           augment=False, patch_size=32)
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(config.in_channels, len(config.outputs), 1)
+    with torch.no_grad():
+        model.bias.copy_(torch.tensor([1.0, 0.6, 0.7, 0.7, 0.2]))
+        model.weight.mul_(0.3)
+    by_validation = validate(model, sampler)
+
+    # the same network's maps as whole volumes, masked to the brain as validate() masks them
+    brain = np.asarray(subject.brain_mask[:]) > 0
+    slices = []
+    for i, ref_slice in enumerate(sampler.slices):
+        with torch.no_grad():
+            out = to_physical_units(model(torch.from_numpy(sampler.normalised_input(i)[None])), config)
+        slices.append(np.where(brain[ref_slice.z], out[0].numpy(), 0.0))
+    assert [r.z for r in sampler.slices] == list(range(subject.shape[0]))
+    volumes = np.stack(slices, axis=1).astype(np.float32)
+    maps = {n: volumes[k] for k, n in enumerate(config.output_names)}
+
+    class Network:
+        name = "network"
+
+        def maps(self, _subject):
+            return maps
+
+    class Targets:  # the training targets: truth T1/T2*/WM/GM, the annotation as the lesion reference
+        name = "targets"
+
+        def maps(self, s):
+            return {n: np.asarray(s.array(p)[:], np.float32) for n, p in zip(config.output_names, sampler.target_paths)}
+
+    def report(ref):
+        rep = evaluate_cohort(cohort_path, pred=Network(), ref=ref, subjects=[sid], figures=False)
+        return rep["subjects"][sid]["summary"]
+
+    against_targets, against_truth = report(Targets()), report("truth")
+    demo = metrics_against_truth(subject, maps, brain)
+    assert 0 < by_validation["lesion_dice"] < 1 and 0 < by_validation["NAWM_dice_slice_mean"] < 1
+    for key, report_key in (("lesion_dice", "lesion_dice"), ("lesion_detection_rate", "lesion_detection_rate"),
+                            ("NAWM_dice_slice_mean", "NAWM_dice_slice_mean"),
+                            ("GM_dice_slice_mean", "GM_dice_slice_mean"),
+                            ("T1_reldev", "T1_relative_deviation"), ("T2star_reldev", "T2star_relative_deviation")):
+        assert by_validation[key] == pytest.approx(against_targets[report_key], rel=1e-9), key
+    for key in ("lesion_dice", "lesion_detection_rate", "NAWM_dice_volume", "NAWM_dice_slice_mean",
+                "GM_dice_volume", "T1_relative_deviation", "T2star_relative_deviation",
+                "T1_relative_deviation_WM_core", "T2star_relative_deviation_lesion_core"):
+        assert demo[key] == against_truth[key], key
+    # NAWM/GM and T1/T2* have one reference (the truth) in all three
+    assert by_validation["NAWM_dice_slice_mean"] == pytest.approx(demo["NAWM_dice_slice_mean"], rel=1e-12)
+    assert by_validation["T1_reldev"] == pytest.approx(demo["T1_relative_deviation"], rel=1e-9)
 
 
 def test_a_held_apart_cohort_is_refused(tmp_path):
