@@ -33,6 +33,7 @@ from numpy.typing import ArrayLike
 
 from .._atomic import atomic_path
 from ..errors import ValidationError
+from ..metrics.definitions import LESION_THRESHOLD
 
 __all__ = [
     "SPLIT_COLORS",
@@ -94,7 +95,7 @@ def plot_threshold_sweeps(
     splits: Mapping[str, str],
     *,
     path: str | os.PathLike,
-    operating_threshold: float | None = 0.33,
+    operating_threshold: float | None = LESION_THRESHOLD,
     mean_split: str = "test",
     dpi: int = 150,
 ) -> Path:
@@ -298,7 +299,7 @@ def plot_overlays(
     panels: Sequence[OverlayPanel],
     *,
     path: str | os.PathLike,
-    threshold: float = 0.33,
+    threshold: float = LESION_THRESHOLD,
     show_above: float = 0.1,
     dpi: int = 150,
 ) -> Path:
@@ -430,6 +431,6 @@ def report_figures(
             {sid: v["calibration"] for sid, v in lesion.items()}, splits, path=out / FIGURE_FILES["reliability"], dpi=dpi
         )
     if overlays:
-        op = next(iter(lesion.values())).get("threshold", 0.33) if lesion else 0.33
+        op = next(iter(lesion.values())).get("threshold", LESION_THRESHOLD) if lesion else LESION_THRESHOLD
         written["overlays"] = plot_overlays(overlays, path=out / FIGURE_FILES["overlays"], threshold=op, dpi=dpi)
     return written
