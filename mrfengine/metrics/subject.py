@@ -17,14 +17,8 @@ from numpy.typing import ArrayLike
 from ..errors import ValidationError
 from ._validate import as_array, binary_mask, parse_axis, parse_mask, parse_thresholds, parse_voxel_size, same_shape
 from .calibration import reliability_curve
-from .definitions import (
-    CORE_FRACTION,
-    LESION_THRESHOLD,
-    REFERENCE_LESION_THRESHOLD,
-    TISSUE_THRESHOLD,
-    core_masks,
-    reference_lesion_mask,
-)
+from . import definitions
+from .definitions import CORE_FRACTION, LESION_THRESHOLD, TISSUE_THRESHOLD, core_masks, reference_lesion_mask
 from .lesions import evaluate_lesions, lesion_rule, reference_lesions
 from .overlap import binarize_map, dice, dice_per_slice, tissue_dice
 from .quantitative import relative_deviation, relative_deviation_by_tissue, relative_deviations
@@ -158,7 +152,7 @@ def evaluate_subject(
         n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ann))
         record["lesion"] = {
             "threshold": float(lesion_threshold),
-            "reference_threshold": REFERENCE_LESION_THRESHOLD,
+            "reference_threshold": definitions.REFERENCE_LESION_THRESHOLD,
             "dice": d,
             "dice_per_slice": dice_per_slice(pred_mask, ann, axis=axis).tolist(),
             "paper": at_paper.to_dict(),

@@ -223,26 +223,33 @@ def test_a_run_can_start_from_a_saved_model(full_run, cohort_path, tmp_path):
         train(load_settings(bad))
 
 
-def test_validation_metrics_are_the_evaluation_measures(cohort_path):
-    """validate() gives what mrfengine.metrics gives on the masked whole volumes:
-    lesion Dice and detection rate at 33%, NAWM/GM Dice at 80% as a mean over
-    all slices, relative deviations in the brain."""
-    from mrfengine.metrics import dice, lesion_detection_rate, relative_deviation, tissue_dice
+def _validation_split_and_network(cohort_path):
+    """The tiny cohort, MSE-5, its validation sampler and a 1x1 convolution for a network:
+    any in-plane size, outputs that cross both thresholds somewhere."""
     from mrfengine.nn import get_config
     from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation
-    from mrfengine.nn.train import validate
-    from mrfengine.nn.training import to_physical_units
 
     cohort = Cohort.open(cohort_path)
     config = get_config("MSE-5")
     norm = fit_cohort_normalisation(cohort, config)
     sampler = PatchSampler(cohort, config, norm, split="validation", augment=False, patch_size=32)
     torch.manual_seed(0)
-    # a 1x1 convolution: any in-plane size, outputs that cross both thresholds somewhere
     model = torch.nn.Conv2d(config.in_channels, len(config.outputs), 1)
     with torch.no_grad():
         model.bias.copy_(torch.tensor([1.0, 0.6, 0.7, 0.7, 0.2]))
         model.weight.mul_(0.3)
+    return cohort, config, sampler, model
+
+
+def test_validation_metrics_are_the_evaluation_measures(cohort_path):
+    """validate() gives what mrfengine.metrics gives on the masked whole volumes:
+    lesion Dice and detection rate at 33%, NAWM/GM Dice at 80% as a mean over
+    all slices, relative deviations in the brain."""
+    from mrfengine.metrics import dice, lesion_detection_rate, relative_deviation, tissue_dice
+    from mrfengine.nn.train import validate
+    from mrfengine.nn.training import to_physical_units
+
+    cohort, config, sampler, model = _validation_split_and_network(cohort_path)
     got = validate(model, sampler)
 
     names = config.output_names
@@ -280,23 +287,13 @@ def test_validation_demo_and_report_give_the_same_figures_for_the_same_maps(coho
     `mrfengine evaluate` all go through metrics.evaluate_subject, so the same maps against
     the same reference give the same numbers."""
     from mrfengine.demo import metrics_against_truth
-    from mrfengine.nn import get_config
-    from mrfengine.nn.data import PatchSampler, fit_cohort_normalisation
     from mrfengine.nn.train import validate
     from mrfengine.nn.training import to_physical_units
     from mrfengine.report.evaluate import evaluate_cohort
 
-    cohort = Cohort.open(cohort_path)
+    cohort, config, sampler, model = _validation_split_and_network(cohort_path)
     (sid,) = cohort.subjects_in("validation")
     subject = cohort[sid]
-    config = get_config("MSE-5")
-    sampler = PatchSampler(cohort, config, fit_cohort_normalisation(cohort, config), split="validation",
-                           augment=False, patch_size=32)
-    torch.manual_seed(0)
-    model = torch.nn.Conv2d(config.in_channels, len(config.outputs), 1)
-    with torch.no_grad():
-        model.bias.copy_(torch.tensor([1.0, 0.6, 0.7, 0.7, 0.2]))
-        model.weight.mul_(0.3)
     by_validation = validate(model, sampler)
 
     # the same network's maps as whole volumes, masked to the brain as validate() masks them
