@@ -47,8 +47,9 @@ outside the brain (:func:`fill_not_estimated`): ``mrfengine match``, the
 batch's ``match`` stage (stored by ``write``) and the network's input maps
 alike.  The reasons are the outside rule's: 0 is no tissue's T1, T2* or B1, and
 NaN would spread through every later step.  Where the voxels were estimated is
-in the maps themselves: a T1 of 0 is never an estimate, and the match
-correlation is 0 exactly where nothing was matched.  The network estimates
+in the maps themselves: a T1 of 0 is never an estimate (:func:`has_estimate`,
+for readers that leave such voxels out), and the match correlation is 0
+exactly where nothing was matched.  The network estimates
 every voxel it is given, so its maps have no such voxels.
 
 References
@@ -72,7 +73,8 @@ from .errors import ValidationError
 log = logging.getLogger(__name__)
 
 __all__ = ["BRAIN_MASK_SOURCE", "MASK_METHOD", "NOT_ESTIMATED_VALUE", "OUTSIDE_BRAIN_VALUE", "apply_outside_rule",
-           "brain_mask_from_mean", "brain_mask_from_mrf", "fill_not_estimated", "mean_image", "outside_rule_fields"]
+           "brain_mask_from_mean", "brain_mask_from_mrf", "fill_not_estimated", "has_estimate", "mean_image",
+           "outside_rule_fields"]
 
 #: What every written map holds outside the brain mask (see "The outside rule" above).
 OUTSIDE_BRAIN_VALUE = 0.0
@@ -248,6 +250,23 @@ def fill_not_estimated(maps: Mapping[str, ArrayLike], estimated: ArrayLike) -> d
         A map whose shape is not ``estimated``'s.
     """
     return _keep_where(maps, estimated, NOT_ESTIMATED_VALUE, "the mask of estimated voxels")
+
+
+def has_estimate(values: ArrayLike) -> np.ndarray:
+    """Where a relaxation-time map (T1, T2*) holds an estimate: finite and not
+    :data:`NOT_ESTIMATED_VALUE` (0 s is no tissue's T1 or T2*).
+
+    For readers of written maps (an evaluation leaving out the voxels the
+    matcher did not match): old stores hold NaN there, new ones 0; both are
+    "no estimate".  Not for probabilities, B1 or M0, where 0 is a value.
+
+    Returns
+    -------
+    ndarray of bool, ``values``' shape
+    """
+    arr = np.asarray(values)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(arr) & (arr != NOT_ESTIMATED_VALUE)
 
 
 def outside_rule_fields(mask: str | None, source: str) -> dict[str, Any]:

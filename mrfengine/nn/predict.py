@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_int
 from ..errors import BackendUnavailableError, InputFileError, OptionError, ValidationError
 from ..masking import MASK_METHOD, apply_outside_rule
 from ..sequence import Sequence
@@ -131,9 +132,7 @@ def torch_threads(n_threads: int | None) -> Iterator[None]:
 
     old = torch.get_num_threads()
     if n_threads:
-        if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-            raise ValidationError(f"threads must be a positive integer; got {n_threads!r}")
-        torch.set_num_threads(int(n_threads))
+        torch.set_num_threads(check_int(n_threads, "threads"))
     try:
         yield
     finally:

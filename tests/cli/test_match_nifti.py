@@ -11,7 +11,7 @@ import pytest
 
 from mrfengine.errors import ValidationError
 from mrfengine.io.bids import SIDECAR_KEYS, map_sidecar
-from mrfengine.masking import outside_rule_fields
+from mrfengine.masking import has_estimate, outside_rule_fields
 from mrfengine.pipeline import STAGES, match_nifti
 from mrfengine.sequence import hermann2021, save_sequence
 from mrfengine.testing import random_fingerprints
@@ -86,6 +86,11 @@ def test_the_match_stage_and_match_nifti_give_the_same_maps_and_background(serie
         want = stored[name].transpose(2, 1, 0) * np.float32(scale)
         np.testing.assert_allclose(_read(path)[0], want, rtol=1e-6)
         assert (stored[name].transpose(2, 1, 0)[series["unmatched"]] == 0).all(), name  # 0, not NaN
+    # a reader tells the voxels without an estimate (0 now, NaN in older stores) from the rest
+    none = np.zeros(series["mask"].shape, bool)
+    none[series["unmatched"]] = True
+    for t1 in (stored["T1"], np.where(stored["T1"] == 0, np.nan, stored["T1"])):
+        np.testing.assert_array_equal(has_estimate(t1.transpose(2, 1, 0)), ~none)
 
 
 def test_the_sidecar_schema():
