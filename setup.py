@@ -50,7 +50,8 @@ compile_args, link_args = _flags()
 ext_modules = [
     Pybind11Extension(
         "mrfengine._ext",
-        sources=["csrc/bindings.cpp", "csrc/match.cpp", "csrc/separable.cpp", "csrc/bindings_matching.cpp", "csrc/mppca.cpp"],
+        sources=["csrc/bindings.cpp", "csrc/match.cpp", "csrc/separable.cpp", "csrc/bindings_matching.cpp", "csrc/mppca.cpp",
+                 "csrc/eigen_sym.cpp"],
         include_dirs=["csrc"],
         cxx_std=17,
         extra_compile_args=compile_args,

@@ -9,7 +9,9 @@
 #include <array>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "eigen_sym.hpp"
 #include "match.hpp"
 #include "mppca.hpp"
 
@@ -96,6 +98,29 @@ void mppca_accumulate(py::array x, py::array out, py::array theta_sum, py::array
                                    n_threads);
 }
 
+// All eigenpairs of symmetric matrices (..., n, n) with the MP-PCA kernel's
+// eigen-solver (lower triangle read): (values (..., n) ascending, vectors
+// (..., n, n), eigenvector k in column k), as numpy.linalg.eigh.
+template <typename T>
+py::tuple eigh_sym(py::array_t<T, py::array::c_style | py::array::forcecast> a) {
+    if (a.ndim() < 2 || a.shape(a.ndim() - 1) != a.shape(a.ndim() - 2))
+        throw std::invalid_argument("_eigh_sym: a must be (..., n, n)");
+    const auto n = a.shape(a.ndim() - 1);
+    if (n > 4096) throw std::invalid_argument("_eigh_sym: n must be at most 4096");
+    std::vector<py::ssize_t> vshape(a.shape(), a.shape() + a.ndim());
+    std::vector<py::ssize_t> wshape(a.shape(), a.shape() + a.ndim() - 1);
+    const std::int64_t count = n == 0 ? 0 : a.size() / (n * n);
+    py::array_t<T> values(wshape), vectors(vshape);
+    const T* ap = a.data();
+    T* wp = values.mutable_data();
+    T* vp = vectors.mutable_data();
+    {
+        py::gil_scoped_release release;
+        mrfengine::eigen::eigh_sym<T>(ap, count, static_cast<int>(n), wp, vp);
+    }
+    return py::make_tuple(values, vectors);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
@@ -108,6 +133,10 @@ PYBIND11_MODULE(_ext, m) {
     m.def("mppca_accumulate_f64", &mppca_accumulate<double>, py::arg("x"), py::arg("out"), py::arg("theta_sum"),
           py::arg("var_sum"), py::arg("active"), py::arg("n_components"), py::arg("window"), py::arg("estimator"),
           py::arg("n_threads") = 0, "Sliding-window MP-PCA accumulation, float64 (see mrfengine.denoise).");
+    m.def("_eigh_sym", &eigh_sym<float>, py::arg("a").noconvert(),
+          "The MP-PCA kernel's symmetric eigen-solver, float32 (private: for tests).");
+    m.def("_eigh_sym", &eigh_sym<double>, py::arg("a").noconvert(),
+          "The MP-PCA kernel's symmetric eigen-solver, float64 (private: for tests).");
     m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP's default thread count.");
     mrfengine::register_matching(m);
 }

@@ -11,15 +11,12 @@
 //   window's Gram is then the sum of the wb ring slots Q_b and of wc
 //   neighbouring columns.  Data are shifted by the sweep's mean before the
 //   products, so float32 sums do not cancel catastrophically.
-// * Per lane group: Householder tridiagonalisation of the centred covariance
-//   (packed lower storage, dsytd2's algorithm, each step's rank-2 update
-//   fused with the next step's matrix-vector product); only the eigenvalues
-//   the MP rule needs -- the smallest, then the largest down to the first
-//   below the MP edge -- by Sturm-count bisection, 8 chains interleaved (no
-//   lane waits for another to converge, unlike QL: measured 4x faster); the
-//   classification per lane in double; inverse iteration on the tridiagonal
-//   for the p signal eigenvectors (partial pivoting, re-orthogonalised every
-//   step, so clusters are safe), and the back-transformation.
+// * Per lane group, the eigen-solver of eigen_sym.hpp (one window per SIMD
+//   lane): Householder tridiagonalisation of the centred covariance; only
+//   the eigenvalues the MP rule needs -- the smallest, then the largest down
+//   to the first below the MP edge -- by Sturm-count bisection, 8 chains
+//   interleaved; the classification per lane in double; inverse iteration
+//   for the p signal eigenvectors, and the back-transformation.
 // * Windows whose covariance is at rounding level (constant or zero
 //   regions) are recomputed two-pass in double, so they give p = 0 and
 //   sigma = 0 exactly as the reference does.
@@ -41,92 +38,25 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
-
-#ifndef MPPCA_STAGE
-#define MPPCA_STAGE  // profiling builds define it as __attribute__((noinline))
-#endif
+#include "eigen_sym.hpp"
+#include "simd.hpp"
 
 namespace mrfengine {
 namespace {
 
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-    static constexpr int L = 16;
-    typedef float V __attribute__((vector_size(64)));
-    typedef std::int32_t M __attribute__((vector_size(64)));
-};
-template <>
-struct Simd<double> {
-    static constexpr int L = 8;
-    typedef double V __attribute__((vector_size(64)));
-    typedef std::int64_t M __attribute__((vector_size(64)));
-};
-
-// Lane-wise square root as one instruction where the ISA has it (a plain
-// std::sqrt loop is not vectorised: errno semantics).
-template <typename V>
-inline V vector_sqrt(V x) {
-    constexpr int L = sizeof(V) / sizeof(x[0]);
-    constexpr bool is_float = sizeof(x[0]) == 4;
-#if defined(__AVX512F__)
-    if constexpr (is_float) {
-        __m512 v;
-        std::memcpy(&v, &x, 64);
-        v = _mm512_sqrt_ps(v);
-        std::memcpy(&x, &v, 64);
-    } else {
-        __m512d v;
-        std::memcpy(&v, &x, 64);
-        v = _mm512_sqrt_pd(v);
-        std::memcpy(&x, &v, 64);
-    }
-#elif defined(__AVX__)
-    for (int h = 0; h < 2; ++h) {
-        if constexpr (is_float) {
-            __m256 v;
-            std::memcpy(&v, reinterpret_cast<char*>(&x) + 32 * h, 32);
-            v = _mm256_sqrt_ps(v);
-            std::memcpy(reinterpret_cast<char*>(&x) + 32 * h, &v, 32);
-        } else {
-            __m256d v;
-            std::memcpy(&v, reinterpret_cast<char*>(&x) + 32 * h, 32);
-            v = _mm256_sqrt_pd(v);
-            std::memcpy(reinterpret_cast<char*>(&x) + 32 * h, &v, 32);
-        }
-    }
-#elif defined(__SSE2__)
-    for (int h = 0; h < 4; ++h) {
-        if constexpr (is_float) {
-            __m128 v;
-            std::memcpy(&v, reinterpret_cast<char*>(&x) + 16 * h, 16);
-            v = _mm_sqrt_ps(v);
-            std::memcpy(reinterpret_cast<char*>(&x) + 16 * h, &v, 16);
-        } else {
-            __m128d v;
-            std::memcpy(&v, reinterpret_cast<char*>(&x) + 16 * h, 16);
-            v = _mm_sqrt_pd(v);
-            std::memcpy(reinterpret_cast<char*>(&x) + 16 * h, &v, 16);
-        }
-    }
-#else
-    for (int l = 0; l < L; ++l) x[l] = std::sqrt(x[l]);
-#endif
-    (void)L;
-    return x;
-}
-
-inline std::int64_t packed(std::int64_t i, std::int64_t j) { return i * (i + 1) / 2 + j; }  // i >= j
+using eigen::packed;
+using simd::any;
+using simd::load;
+using simd::splat;
+using simd::store;
+using simd::vabs;
 
 template <typename T>
 class Denoiser {
-    using V = typename Simd<T>::V;
-    using MV = typename Simd<T>::M;
-    static constexpr int L = Simd<T>::L;
+    using Eig = eigen::SymEigLanes<T>;
+    using V = typename Eig::V;
+    using MV = typename Eig::MV;
+    static constexpr int L = Eig::L;
 
   public:
     Denoiser(const T* data, T* out, T* theta_sum, T* var_sum, const std::uint8_t* active, std::int16_t* ncomp,
@@ -160,9 +90,8 @@ class Denoiser {
     // Per-thread buffers.
     struct Work {
         std::vector<T> dring, ybuf, qring, psum, gring, fpad, rrow, ref;
-        std::vector<V> s, amat, tau, d0, e0, e2, ymat, umat, tmp, xv, yv;
-        V pivmin, bis_tol;
-        std::vector<MV> piv;
+        std::vector<V> s, umat, xv, yv;
+        Eig eig;                      // the window covariances, one per lane
         std::vector<char> slot_nonzero;
         std::vector<T> desc;          // L x n: each lane's eigenvalues, descending
     };
@@ -178,14 +107,10 @@ class Denoiser {
         w.rrow.assign(static_cast<std::size_t>(ne_) * ncp_, T(0));
         w.ref.assign(n, T(0));
         w.s.assign(nq_, V{});
-        w.amat.assign(np_, V{});
-        for (auto* v : {&w.tau, &w.d0, &w.e0, &w.e2}) v->assign(n, V{});
+        w.eig.resize(n_);
         w.xv.assign(static_cast<std::size_t>(std::max(wa_, 8)) * n, V{});
-        w.tmp.assign(4 * n, V{});
         w.yv.assign(static_cast<std::size_t>(std::max(wa_, 8)) * n, V{});
-        w.ymat.assign(n * n, V{});
         w.umat.assign(n * n, V{});
-        w.piv.assign(n, MV{});
         w.slot_nonzero.assign(wb_, 0);
         w.desc.assign(static_cast<std::size_t>(L) * n, T(0));
     }
@@ -207,21 +132,6 @@ class Denoiser {
     MpEstimator est_;
     std::int64_t A_, B_, C_, Aw_, Bw_, Cw_, n_samples_, q_;
     int n_, wa_, wb_, wc_, r_, np_, nq_, ne_, ncv_, ncp_, padlen_;
-
-    static V splat(T x) { return V{} + x; }
-    static V load(const T* p) {
-        V v;
-        std::memcpy(&v, p, sizeof(V));
-        return v;
-    }
-    static void store(T* p, V v) { std::memcpy(p, &v, sizeof(V)); }
-    static V vabs(V x) { return x < 0 ? -x : x; }
-    static V vsqrt(V x) { return vector_sqrt(x); }
-    static bool any(MV m) {
-        for (int l = 0; l < L; ++l)
-            if (m[l]) return true;
-        return false;
-    }
 
     bool window_active(std::int64_t a, std::int64_t b, std::int64_t c) const {
         return active_ == nullptr || active_[(a * Bw_ + b) * Cw_ + c] != 0;
@@ -351,27 +261,28 @@ class Denoiser {
         const T inv_n = T(1) / static_cast<T>(n_samples_);
         const T inv_eff = T(1) / static_cast<T>(n_samples_ - 1);
         // Centred covariance, scaled per lane so its largest diagonal entry is 1.
+        V* amat = w.eig.matrix();
         for (int i = 0; i < n; ++i) {
             const V si = w.s[np_ + i];
-            for (int j = 0; j <= i; ++j) w.amat[packed(i, j)] = (w.s[packed(i, j)] - si * (w.s[np_ + j] * inv_n)) * inv_eff;
+            for (int j = 0; j <= i; ++j) amat[packed(i, j)] = (w.s[packed(i, j)] - si * (w.s[np_ + j] * inv_n)) * inv_eff;
         }
         exact_where_imprecise(w, a, bw, c0, nl);
         V scale{};
-        for (int i = 0; i < n; ++i) scale = w.amat[packed(i, i)] > scale ? w.amat[packed(i, i)] : scale;
+        for (int i = 0; i < n; ++i) scale = amat[packed(i, i)] > scale ? amat[packed(i, i)] : scale;
         scale = scale > 0 ? scale : splat(T(1));
         const V inv_scale = splat(T(1)) / scale;
-        for (int x = 0; x < np_; ++x) w.amat[x] *= inv_scale;
+        for (int x = 0; x < np_; ++x) amat[x] *= inv_scale;
 
         // Mean square of each window, sum_t ((N-1)/N C_tt + m_t^2), for the zero floor.
         V ev{};
         const T biased = static_cast<T>(n_samples_ - 1) * inv_n;
         for (int i = 0; i < n; ++i) {
             const V m = w.s[np_ + i] * inv_n + w.ref[i];
-            ev += w.amat[packed(i, i)] * scale * biased + m * m;
+            ev += amat[packed(i, i)] * scale * biased + m * m;
         }
         double energy[L];
         for (int l = 0; l < L; ++l) energy[l] = static_cast<double>(ev[l]);
-        tridiagonalize(w);
+        w.eig.tridiagonalize();
         int p[L];
         double sigma2[L];
         eigen_classify(w, scale, energy, nl, p, sigma2);
@@ -391,15 +302,7 @@ class Denoiser {
         }
 
         // Signal eigenvectors (tridiagonal basis), then back to the frame basis.
-        V tiny{};
-        for (int i = 0; i < n; ++i) {
-            V row = vabs(w.d0[i]);
-            if (i + 1 < n) row += vabs(w.e0[i]);
-            if (i > 0) row += vabs(w.e0[i - 1]);
-            tiny = row > tiny ? row : tiny;
-        }
-        tiny = tiny * std::numeric_limits<T>::epsilon();
-        tiny = tiny > 0 ? tiny : splat(std::numeric_limits<T>::min());
+        const V tiny = w.eig.pivot_floor();
         for (int j = 0; j < pmax; ++j) {
             V lam{};
             MV keep{};
@@ -407,10 +310,9 @@ class Denoiser {
                 lam[l] = w.desc[static_cast<std::size_t>(l) * n + j];
                 keep[l] = j < p[l] ? -1 : 0;
             }
-            V* y = w.ymat.data() + static_cast<std::size_t>(j) * n;
-            inverse_iteration(w, lam, tiny, j, y);
+            V* y = w.eig.inverse_iteration(lam, tiny, j);
             for (int i = 0; i < n; ++i) y[i] = keep ? y[i] : V{};
-            back_transform(w, y, w.umat.data() + static_cast<std::size_t>(j) * n);
+            w.eig.back_transform(y, w.umat.data() + static_cast<std::size_t>(j) * n);
         }
 
         // Weighted projector F (packed), offset g, theta, theta * sigma^2 -> fpad.
@@ -462,9 +364,10 @@ class Denoiser {
     MPPCA_STAGE void exact_where_imprecise(Work& w, std::int64_t a, std::int64_t bw, std::int64_t c0, int nl) const {
         const int n = n_;
         const T limit = T(256) * std::numeric_limits<T>::epsilon() / static_cast<T>(n_samples_);
+        V* amat = w.eig.matrix();
         V trace{}, energy{};
         for (int i = 0; i < n; ++i) {
-            trace += w.amat[packed(i, i)];
+            trace += amat[packed(i, i)];
             energy += w.s[packed(i, i)];
         }
         const MV flagged = trace <= limit * energy;
@@ -491,151 +394,9 @@ class Denoiser {
                 for (int j = 0; j <= i; ++j) {
                     double acc = 0.0;
                     for (std::int64_t u = 0; u < n_samples_; ++u) acc += patch[u * n + i] * patch[u * n + j];
-                    w.amat[packed(i, j)][l] = static_cast<T>(acc / static_cast<double>(n_samples_ - 1));
+                    amat[packed(i, j)][l] = static_cast<T>(acc / static_cast<double>(n_samples_ - 1));
                 }
         }
-    }
-
-    // Householder tridiagonalisation (dsytd2's algorithm, lower) of w.amat in
-    // place: diagonal -> d0, off-diagonal -> e0 (e0[n-1] = 0), reflector v_k
-    // below the subdiagonal of column k (v_k[k+1] = 1 implicit), tau.  One
-    // pass over the trailing triangle per step: the rank-2 update of step k
-    // is fused with the matrix-vector product of step k + 1, whose reflector
-    // is formed first from the updated column k + 1.
-    MPPCA_STAGE void tridiagonalize(Work& w) const {
-        const int n = n_;
-        V* A = w.amat.data();
-        V* v = w.tmp.data();        // v_k
-        V* y = v + n;               // y_k
-        V* vn = y + n;              // v_{k+1}
-        V* yn = vn + n;             // y_{k+1}
-        for (int i = 0; i < n; ++i) w.e0[i] = w.tau[i] = V{};
-        if (n < 3) {
-            for (int i = 0; i < n; ++i) w.d0[i] = A[packed(i, i)];
-            if (n == 2) w.e0[0] = A[packed(1, 0)];
-            return;
-        }
-        V tau = reflector(w, A, 0, v);
-        for (int i = 1; i < n; ++i) y[i] = V{};
-        for (int i = 1; i < n; ++i) {  // y = A22 v (first step only)
-            const V* row = A + packed(i, 0);
-            const V vi = v[i];
-            V acc = row[i] * vi;
-            for (int j = 1; j < i; ++j) {
-                acc += row[j] * v[j];
-                y[j] += row[j] * vi;
-            }
-            y[i] += acc;
-        }
-        for (int k = 0; k + 2 < n; ++k) {
-            // y_k = tau A22 v - (tau/2)(y.v) v
-            V dot{};
-            for (int i = k + 1; i < n; ++i) {
-                y[i] *= tau;
-                dot += y[i] * v[i];
-            }
-            const V half = T(-0.5) * tau * dot;
-            for (int i = k + 1; i < n; ++i) y[i] += half * v[i];
-            w.d0[k] = A[packed(k, k)];
-            w.tau[k] = tau;
-            // Update column k + 1 (rows k+1..n-1) of the trailing block.
-            const int k1 = k + 1;
-            for (int i = k1; i < n; ++i) A[packed(i, k1)] -= v[i] * y[k1] + y[i] * v[k1];
-            if (k1 + 2 > n - 1) {
-                // Last step: the trailing 2 x 2 block.
-                for (int i = k1 + 1; i < n; ++i)
-                    for (int j = k1 + 1; j <= i; ++j) A[packed(i, j)] -= v[i] * y[j] + y[i] * v[j];
-                break;
-            }
-            const V taun = reflector(w, A, k1, vn);
-            for (int i = k1 + 1; i < n; ++i) yn[i] = V{};
-            for (int i = k1 + 1; i < n; ++i) {
-                V* row = A + packed(i, 0);
-                const V vi = v[i], yi = y[i], vni = vn[i];
-                V acc{};
-                for (int j = k1 + 1; j < i; ++j) {
-                    const V a = row[j] - (vi * y[j] + yi * v[j]);
-                    row[j] = a;
-                    acc += a * vn[j];
-                    yn[j] += a * vni;
-                }
-                const V aii = row[i] - (vi * y[i] + yi * v[i]);
-                row[i] = aii;
-                yn[i] += acc + aii * vni;
-            }
-            std::swap(v, vn);
-            std::swap(y, yn);
-            tau = taun;
-        }
-        w.d0[n - 2] = A[packed(n - 2, n - 2)];
-        w.e0[n - 2] = A[packed(n - 1, n - 2)];
-        w.d0[n - 1] = A[packed(n - 1, n - 1)];
-    }
-
-    // Reflector annihilating A(k+2.., k) (dlarfg): v (support k+1..n-1,
-    // v[k+1] = 1) is also stored below the subdiagonal of column k; the new
-    // subdiagonal beta goes to e0[k]; returns tau.
-    V reflector(Work& w, V* A, int k, V* v) const {
-        const int n = n_;
-        const V alpha = A[packed(k + 1, k)];
-        V xn2{};
-        for (int i = k + 2; i < n; ++i) xn2 += A[packed(i, k)] * A[packed(i, k)];
-        const MV trivial = xn2 == 0;
-        const V mag = vsqrt(alpha * alpha + xn2);
-        const V beta = trivial ? alpha : (alpha >= 0 ? -mag : mag);
-        const V tau = trivial ? V{} : (beta - alpha) / beta;
-        const V diff = alpha - beta;
-        const V sc = trivial ? V{} : splat(T(1)) / (trivial ? splat(T(1)) : diff);
-        v[k + 1] = splat(T(1));
-        for (int i = k + 2; i < n; ++i) {
-            v[i] = A[packed(i, k)] * sc;
-            A[packed(i, k)] = v[i];
-        }
-        w.e0[k] = beta;
-        return tau;
-    }
-
-    // Eigenvalues of the tridiagonal (d0, e0) with ascending indices kasc[c]
-    // (the same for every lane), NC of them at once: bisection on Sturm
-    // counts (LAPACK dstebz's rule), the NC chains interleaved so the
-    // divisions pipeline.  Accurate to ~2 eps ||T|| like any backward-stable
-    // method.  lo/hi: per-chain brackets, refined in place; result = midpoint.
-    template <int NC>
-    MPPCA_STAGE void bisect(const Work& w, const int* kasc, V* lo, V* hi) const {
-        const int n = n_;
-        const V* d = w.d0.data();
-        const V* e2 = w.e2.data();
-        const V pivmin = w.pivmin;
-        const V tol = w.bis_tol;
-        for (int it = 0; it < 4 * std::numeric_limits<T>::digits; ++it) {
-            V mid[NC], q[NC];
-            MV below[NC];
-            for (int c = 0; c < NC; ++c) {
-                mid[c] = (lo[c] + hi[c]) * T(0.5);
-                V t = d[0] - mid[c];
-                t = vabs(t) < pivmin ? -pivmin : t;
-                q[c] = t;
-                below[c] = MV{} - (t < 0);
-            }
-            for (int i = 1; i < n; ++i) {
-                const V di = d[i], ei = e2[i - 1];
-                for (int c = 0; c < NC; ++c) {
-                    V t = (di - mid[c]) - ei / q[c];
-                    t = vabs(t) < pivmin ? -pivmin : t;
-                    q[c] = t;
-                    below[c] -= (t < 0);
-                }
-            }
-            MV open{};
-            for (int c = 0; c < NC; ++c) {
-                const MV up = below[c] <= kasc[c];  // at most k eigenvalues below mid: lambda_k >= mid
-                lo[c] = up ? mid[c] : lo[c];
-                hi[c] = up ? hi[c] : mid[c];
-                open |= (hi[c] - lo[c]) > tol;
-            }
-            if (!any(open)) break;
-        }
-        for (int c = 0; c < NC; ++c) lo[c] = (lo[c] + hi[c]) * T(0.5);
     }
 
     // Eigenvalues as far as the Marchenko-Pastur rule needs them, and the
@@ -647,27 +408,16 @@ class Denoiser {
     MPPCA_STAGE void eigen_classify(Work& w, V scale, const double* energy, int nl, int* p, double* sigma2) const {
         constexpr int NC = 8;  // interleaved bisection chains: the smallest + 7 largest, then 8 more at a time
         const int n = n_, r = r_;
-        // Gershgorin bounds, pivot floor, tolerance.
-        V glo = w.d0[0], ghi = w.d0[0], emax{};
-        for (int i = 0; i < n; ++i) {
-            w.e2[i] = w.e0[i] * w.e0[i];
-            emax = w.e2[i] > emax ? w.e2[i] : emax;
-            const V rad = vabs(w.e0[i]) + (i > 0 ? vabs(w.e0[i - 1]) : V{});  // e0[n-1] = 0
-            const V a = w.d0[i] - rad, b = w.d0[i] + rad;
-            glo = a < glo ? a : glo;
-            ghi = b > ghi ? b : ghi;
-        }
-        const V one = splat(T(1));
-        w.pivmin = (emax > one ? emax : one) * std::numeric_limits<T>::min();
-        const V gmax = vabs(glo) > vabs(ghi) ? vabs(glo) : vabs(ghi);
-        w.bis_tol = T(2) * std::numeric_limits<T>::epsilon() * gmax + w.pivmin;
+        w.eig.bounds();
+        const V glo = w.eig.lower(), ghi = w.eig.upper();
+        const V* d0 = w.eig.diagonal();
         double trace[L], lam_min[L], topsum[L], floor[L], edge[L];
         int state[L];  // 0: looking for the noise count, 1: counting eigenvalues above the edge, 2: done
         const double q = static_cast<double>(q_);
         const double edge_factor = (1.0 + std::sqrt(r / q)) * (1.0 + std::sqrt(r / q));
         for (int l = 0; l < L; ++l) {
             trace[l] = 0.0;
-            for (int i = 0; i < n; ++i) trace[l] += static_cast<double>(w.d0[i][l]);
+            for (int i = 0; i < n; ++i) trace[l] += static_cast<double>(d0[i][l]);
             trace[l] = std::max(trace[l] * static_cast<double>(scale[l]), 0.0);
             topsum[l] = 0.0;
             state[l] = l >= nl ? 2 : 0;
@@ -688,7 +438,7 @@ class Denoiser {
                 lo[cc] = glo;
                 hi[cc] = ghi;
             }
-            bisect<NC>(w, kasc, lo, hi);
+            w.eig.template bisect<NC>(kasc, lo, hi);
             const int off = first ? 1 : 0;
             for (int l = 0; l < L; ++l) {
                 if (first) {
@@ -742,88 +492,6 @@ class Denoiser {
             bool all = true;
             for (int l = 0; l < L; ++l) all = all && state[l] == 2;
             if (all || j0 >= r) break;
-        }
-    }
-
-    // Unit eigenvector y of the tridiagonal (d0, e0) for eigenvalue lam (per
-    // lane), orthogonal to the j vectors found before (ymat rows 0..j-1).
-    MPPCA_STAGE void inverse_iteration(Work& w, V lam, V tiny, int j, V* y) const {
-        const int n = n_;
-        V* dl = w.tmp.data();
-        V* dd = dl + n;
-        V* du = dd + n;
-        V* du2 = du + n;
-        MV* piv = w.piv.data();
-        for (int i = 0; i < n; ++i) {
-            dd[i] = w.d0[i] - lam;
-            dl[i] = w.e0[i];
-            du[i] = w.e0[i];
-            du2[i] = V{};
-        }
-        // LU with partial pivoting (dgttrf).
-        for (int i = 0; i + 1 < n; ++i) {
-            const V di = dd[i], li = dl[i], ui = du[i], di1 = dd[i + 1];
-            const V ui1 = i + 2 < n ? du[i + 1] : V{};
-            const MV swap = vabs(di) < vabs(li);
-            const V fact_ns = li / (di != 0 ? di : splat(T(1)));
-            const V fact_s = di / (li != 0 ? li : splat(T(1)));
-            dl[i] = swap ? fact_s : fact_ns;
-            dd[i] = swap ? li : di;
-            du[i] = swap ? di1 : ui;
-            dd[i + 1] = swap ? ui - fact_s * di1 : di1 - fact_ns * ui;
-            if (i + 2 < n) {
-                du2[i] = swap ? ui1 : V{};
-                du[i + 1] = swap ? -fact_s * ui1 : ui1;
-            }
-            piv[i] = swap;
-        }
-        for (int i = 0; i < n; ++i) {
-            const MV small = vabs(dd[i]) < tiny;
-            dd[i] = small ? (dd[i] >= 0 ? tiny : -tiny) : dd[i];
-        }
-        // Start from a fixed, generic vector.
-        for (int i = 0; i < n; ++i) y[i] = splat(static_cast<T>(1.0 + 0.5 * std::fmod(0.6180339887 * (i + 1), 1.0)));
-        for (int it = 0; it < 3; ++it) {
-            orthonormalize(w, y, j);
-            for (int i = 0; i + 1 < n; ++i) {
-                const V yi = y[i], yi1 = y[i + 1];
-                const MV swap = piv[i];
-                y[i] = swap ? yi1 : yi;
-                y[i + 1] = swap ? yi - dl[i] * yi1 : yi1 - dl[i] * yi;
-            }
-            y[n - 1] = y[n - 1] / dd[n - 1];
-            if (n > 1) y[n - 2] = (y[n - 2] - du[n - 2] * y[n - 1]) / dd[n - 2];
-            for (int i = n - 3; i >= 0; --i) y[i] = (y[i] - du[i] * y[i + 1] - du2[i] * y[i + 2]) / dd[i];
-        }
-        orthonormalize(w, y, j);
-    }
-
-    void orthonormalize(Work& w, V* y, int j) const {
-        const int n = n_;
-        for (int jj = 0; jj < j; ++jj) {
-            const V* u = w.ymat.data() + static_cast<std::size_t>(jj) * n;
-            V dot{};
-            for (int i = 0; i < n; ++i) dot += u[i] * y[i];
-            for (int i = 0; i < n; ++i) y[i] -= dot * u[i];
-        }
-        V nrm{};
-        for (int i = 0; i < n; ++i) nrm += y[i] * y[i];
-        nrm = vsqrt(nrm);
-        const V inv = nrm > 0 ? splat(T(1)) / (nrm > 0 ? nrm : splat(T(1))) : V{};
-        for (int i = 0; i < n; ++i) y[i] *= inv;
-    }
-
-    // u = H_0 H_1 ... H_{n-3} y.
-    MPPCA_STAGE void back_transform(Work& w, const V* y, V* u) const {
-        const int n = n_;
-        const V* A = w.amat.data();
-        for (int i = 0; i < n; ++i) u[i] = y[i];
-        for (int k = n - 3; k >= 0; --k) {
-            V s = u[k + 1];
-            for (int i = k + 2; i < n; ++i) s += A[packed(i, k)] * u[i];
-            s *= w.tau[k];
-            u[k + 1] -= s;
-            for (int i = k + 2; i < n; ++i) u[i] -= s * A[packed(i, k)];
         }
     }
 

@@ -1,35 +1,133 @@
 // Portable SIMD helpers (GCC/Clang vector extensions): -march=native lowers
-// them to AVX-512, AVX2 or NEON from the same source.
+// them to AVX-512, AVX2 or NEON from the same source.  One vector is 64 bytes:
+// 16 floats or 8 doubles (two AVX2 registers, one AVX-512 register).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+// Without AVX-512 a 64-byte vector is wider than a register, and GCC notes
+// (-Wpsabi) that its calling convention changed in GCC 4.6.  These vectors
+// never cross the extension's boundary (every function that takes one is
+// compiled here, with the same flags), so the note is not about this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 namespace mrfengine {
 namespace simd {
 
-constexpr int W = 16;  // floats per vector
+constexpr int kBytes = 64;
 
-typedef float vf __attribute__((vector_size(W * sizeof(float))));
-typedef std::int32_t vi __attribute__((vector_size(W * sizeof(std::int32_t))));
+// Lanes<T>: the vector of T (V), its comparison mask (M, all bits set where
+// true) and the lane count L.
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+    static constexpr int L = kBytes / sizeof(float);
+    typedef float V __attribute__((vector_size(kBytes)));
+    typedef std::int32_t M __attribute__((vector_size(kBytes)));
+    typedef std::int32_t Int;
+};
+template <>
+struct Lanes<double> {
+    static constexpr int L = kBytes / sizeof(double);
+    typedef double V __attribute__((vector_size(kBytes)));
+    typedef std::int64_t M __attribute__((vector_size(kBytes)));
+    typedef std::int64_t Int;
+};
 
-inline vf vabs(vf v) {
-    vi bits;
-    std::memcpy(&bits, &v, sizeof(v));
-    bits &= 0x7fffffff;
-    std::memcpy(&v, &bits, sizeof(v));
-    return v;
-}
+constexpr int W = Lanes<float>::L;  // floats per vector
+typedef Lanes<float>::V vf;
+typedef Lanes<float>::M vi;
+typedef Lanes<double>::V vd;
+typedef Lanes<double>::M vl;
 
-inline vf load(const float* p) {
-    vf v;
+template <typename T>
+inline typename Lanes<T>::V load(const T* p) {
+    typename Lanes<T>::V v;
     std::memcpy(&v, p, sizeof(v));
     return v;
 }
 
-inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(v)); }
+template <typename T>
+inline void store(T* p, typename Lanes<T>::V v) {
+    std::memcpy(p, &v, sizeof(v));
+}
 
-inline vf splat(float s) { return vf{} + s; }
+template <typename T>
+inline typename Lanes<T>::V splat(T s) {
+    return typename Lanes<T>::V{} + s;
+}
+
+namespace detail {
+
+template <typename T>
+inline typename Lanes<T>::V abs(typename Lanes<T>::V v) {
+    typename Lanes<T>::M bits;
+    std::memcpy(&bits, &v, sizeof(v));
+    bits &= std::numeric_limits<typename Lanes<T>::Int>::max();  // clear the sign bits
+    std::memcpy(&v, &bits, sizeof(v));
+    return v;
+}
+
+template <typename M>
+inline bool any(M m) {
+    for (std::size_t l = 0; l < sizeof(M) / sizeof(m[0]); ++l)
+        if (m[l]) return true;
+    return false;
+}
+
+// sqrt in place of one ISA register's worth of lanes at p (kChunk bytes).
+#if defined(__AVX512F__)
+constexpr int kChunk = 64;
+inline void sqrt_chunk(float* p) { _mm512_storeu_ps(p, _mm512_sqrt_ps(_mm512_loadu_ps(p))); }
+inline void sqrt_chunk(double* p) { _mm512_storeu_pd(p, _mm512_sqrt_pd(_mm512_loadu_pd(p))); }
+#elif defined(__AVX__)
+constexpr int kChunk = 32;
+inline void sqrt_chunk(float* p) { _mm256_storeu_ps(p, _mm256_sqrt_ps(_mm256_loadu_ps(p))); }
+inline void sqrt_chunk(double* p) { _mm256_storeu_pd(p, _mm256_sqrt_pd(_mm256_loadu_pd(p))); }
+#elif defined(__SSE2__)
+constexpr int kChunk = 16;
+inline void sqrt_chunk(float* p) { _mm_storeu_ps(p, _mm_sqrt_ps(_mm_loadu_ps(p))); }
+inline void sqrt_chunk(double* p) { _mm_storeu_pd(p, _mm_sqrt_pd(_mm_loadu_pd(p))); }
+#else
+constexpr int kChunk = 0;
+#endif
+
+template <typename T>
+inline typename Lanes<T>::V sqrt(typename Lanes<T>::V v) {
+    T x[Lanes<T>::L];
+    std::memcpy(x, &v, sizeof(v));
+    if constexpr (kChunk > 0) {
+        for (int l = 0; l < Lanes<T>::L; l += kChunk / static_cast<int>(sizeof(T))) sqrt_chunk(x + l);
+    } else {
+        for (int l = 0; l < Lanes<T>::L; ++l) x[l] = std::sqrt(x[l]);
+    }
+    std::memcpy(&v, x, sizeof(v));
+    return v;
+}
+
+}  // namespace detail
+
+inline vf vabs(vf v) { return detail::abs<float>(v); }
+inline vd vabs(vd v) { return detail::abs<double>(v); }
+
+// Lane-wise square root as one instruction per register where the ISA has
+// one (a plain std::sqrt loop is not vectorised: errno semantics).
+inline vf vsqrt(vf v) { return detail::sqrt<float>(v); }
+inline vd vsqrt(vd v) { return detail::sqrt<double>(v); }
+
+// True when any lane of the mask is set.
+inline bool any(vi m) { return detail::any(m); }
+inline bool any(vl m) { return detail::any(m); }
 
 inline vi lanes() {
     vi l;
