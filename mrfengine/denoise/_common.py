@@ -18,12 +18,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import ValidationError
 
 __all__ = [
+    "Accumulate",
     "ESTIMATORS",
     "parse_patch_radius",
     "window_extent",
@@ -49,6 +51,41 @@ EXACT_BITS = 8
 window's mean square (the scale of the rounding in one-pass sums) carries
 fewer than that many significant bits: constant or zero regions.  The fast
 backends recompute such windows exactly (two-pass, float64)."""
+
+
+class Accumulate(Protocol):
+    """What every backend's window loop does (``accumulate_<backend>``).
+
+    ``accumulate(x, out, window, estimator, active)`` adds every window's
+    weighted estimate to ``out``; :func:`._reference.accumulate_reference` is
+    its definition, the others reproduce it.
+
+    Parameters
+    ----------
+    x : array, (A, B, C, M)
+        The data, frames last, any strides, the compute dtype (the reference
+        computes in float64).
+    out : array, (A, B, C, M), zero-initialised
+        Receives ``sum_w theta_w * xhat_w(v)`` over the windows ``w`` holding
+        voxel ``v``, where ``xhat_w = m_w + P_w (x_v - m_w)`` is the window's
+        rank-``p_w`` PCA estimate and ``theta_w = 1 / (1 + p_w)``.
+    window : (wa, wb, wc)
+    estimator : {"mp", "exp2"}
+    active : ndarray of bool, (A - wa + 1, B - wb + 1, C - wc + 1), or None
+        Windows to compute; the others are skipped (None: all).
+
+    Returns
+    -------
+    theta_sum : array, (A, B, C)
+        ``sum_w theta_w``.
+    var_sum : array, (A, B, C)
+        ``sum_w theta_w sigma_w^2``.
+    n_components : ndarray of int16, window-start shape
+        ``p_w`` per window, -1 where skipped.
+    """
+
+    def __call__(self, x: Any, out: Any, window: tuple[int, int, int], estimator: str, active: Any = None,
+                 **options: Any) -> tuple[Any, Any, Any]: ...
 
 
 def single_threaded_blas() -> contextlib.AbstractContextManager:

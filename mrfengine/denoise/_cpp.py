@@ -26,18 +26,10 @@ def kernel_roles(shape: tuple[int, int, int]) -> tuple[int, int, int]:
     return order[1], order[2], order[0]
 
 
-def accumulate_cpp(
-    x: np.ndarray,
-    out: np.ndarray,
-    window: tuple[int, int, int],
-    estimator: str,
-    active: np.ndarray | None,
-    *,
-    n_threads: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Same contract as :func:`mrfengine.denoise._reference.accumulate_reference`.
+def accumulate_cpp(x, out, window, estimator, active=None, *, n_threads: int = 0):
+    """:class:`._common.Accumulate` in C++ on ``n_threads`` (0: OpenMP's default).
 
-    ``x`` and ``out`` share a dtype (float32 or float64) that is also the
+    ``x`` and ``out`` are numpy arrays of one dtype (float32 or float64), the
     compute dtype; both may have any strides (no copy is made).
     """
     ext = get_ext()

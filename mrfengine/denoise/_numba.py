@@ -46,6 +46,6 @@ def _analyse_numba(cov, mean, energy, n: int, estimator: str, dtype):
     return f.astype(dtype, copy=False), g.astype(dtype, copy=False), theta, sigma2, p
 
 
-def accumulate_numba(x, out, window: tuple[int, int, int], estimator: str, active=None):
-    """Same contract as :func:`mrfengine.denoise._reference.accumulate_reference` (numpy arrays)."""
+def accumulate_numba(x, out, window, estimator, active=None):
+    """:class:`._common.Accumulate` with a Numba-parallel eigen-analysis (numpy arrays)."""
     return accumulate_xp(x, out, window, estimator, active, analyse=_analyse_numba)

@@ -15,36 +15,11 @@ from ._common import classify_one
 __all__ = ["accumulate_reference"]
 
 
-def accumulate_reference(
-    x: np.ndarray,
-    out: np.ndarray,
-    window: tuple[int, int, int],
-    estimator: str,
-    active: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Add every window's weighted estimate to ``out``.
+def accumulate_reference(x, out, window, estimator, active=None):
+    """The definition of :class:`._common.Accumulate`: one window at a time, in float64.
 
-    Parameters
-    ----------
-    x : ndarray, (A, B, C, M)
-        The data, frames last, any float dtype (computed in float64).
-    out : ndarray, (A, B, C, M), zero-initialised
-        Receives ``sum_w theta_w * xhat_w(v)`` over the windows ``w`` holding
-        voxel ``v``, where ``xhat_w = m_w + P_w (x_v - m_w)`` is the window's
-        rank-``p_w`` PCA estimate and ``theta_w = 1 / (1 + p_w)``.
-    window : (wa, wb, wc)
-    estimator : {"mp", "exp2"}
-    active : ndarray of bool, (A - wa + 1, B - wb + 1, C - wc + 1), optional
-        Windows to compute; the others are skipped (None: all).
-
-    Returns
-    -------
-    theta_sum : ndarray, (A, B, C), float64
-        ``sum_w theta_w``.
-    var_sum : ndarray, (A, B, C), float64
-        ``sum_w theta_w sigma_w^2``.
-    n_components : ndarray of int16, window-start shape
-        ``p_w`` per window, -1 where skipped.
+    ``x`` and ``out`` are numpy arrays; ``theta_sum`` and ``var_sum`` come
+    back in float64.
     """
     A, B, C, M = x.shape
     wa, wb, wc = window

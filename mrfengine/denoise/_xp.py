@@ -100,8 +100,8 @@ def analyse_xp(cov, mean, energy, n: int, estimator: str, dtype):
     return f, g, theta, sigma2, p
 
 
-def accumulate_xp(x, out, window: tuple[int, int, int], estimator: str, active=None, *, analyse=analyse_xp):
-    """Same contract as :func:`mrfengine.denoise._reference.accumulate_reference`.
+def accumulate_xp(x, out, window, estimator, active=None, *, analyse=analyse_xp):
+    """:class:`._common.Accumulate` on the array module of ``out``.
 
     ``x`` and ``out`` are numpy or CuPy arrays (the same module); the window
     sums are float64, ``analyse`` (:func:`analyse_xp`, or the Numba
