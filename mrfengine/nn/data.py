@@ -38,6 +38,7 @@ import torch
 
 from .._validate import check_int
 from ..errors import StoreError, ValidationError
+from ..metrics.definitions import reference_lesion_mask
 from ..metrics.lesions import connectivity_structure
 from .configs import NetworkConfig
 from .normalisation import Normalisation, input_level
@@ -332,7 +333,7 @@ class PatchSampler:
                 if lesion is None:
                     refs.append(SliceRef(sid, z, False))
                     continue
-                mask = np.asarray(lesion[z]) >= 0.5
+                mask = reference_lesion_mask(np.asarray(lesion[z]))
                 yx = np.argwhere(mask)
                 labels, _ = ndimage.label(mask, structure=eight)
                 refs.append(SliceRef(sid, z, len(yx) > 0, tuple((int(a), int(b)) for a, b in yx),

@@ -83,6 +83,7 @@ import numpy as np
 
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, Subject
+from ..masking import has_estimate
 from ..metrics import (
     CORE_FRACTION,
     LESION_THRESHOLD,
@@ -394,9 +395,9 @@ def _compare(subject: Subject, pred: dict[str, np.ndarray], ref_src: MapSource, 
     n_unmatched = 0
     for key in ("T1", "T2star"):
         if key in shared:
-            bad = mask & ~np.isfinite(pred[key])
-            n_unmatched = max(n_unmatched, int(np.count_nonzero(bad)))
-            mask = mask & np.isfinite(pred[key])
+            estimated = has_estimate(pred[key])  # matched maps hold 0 (older stores NaN) where not estimated
+            n_unmatched = max(n_unmatched, int(np.count_nonzero(mask & ~estimated)))
+            mask = mask & estimated
     if n_unmatched:
         log.warning("%s: %d brain voxel(s) without a %s estimate are left out of the deviations",
                     subject.id, n_unmatched, pred_name)
