@@ -60,11 +60,11 @@ import numpy as np
 
 from .. import __version__
 from ..errors import StoreError
-from ..masking import apply_outside_rule, outside_rule_fields
+from ..masking import BRAIN_MASK_SOURCE, apply_outside_rule, outside_rule_fields
 from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, MS, NETWORK_MAPS, OTHER_MAPS, SECOND, TRUTH_MAPS,
                     UNCERTAINTY_SUFFIX, uncertainty_spec)
 from .bids import write_sidecar
-from .cohort import SCHEMA_VERSION, Cohort, Subject
+from .cohort import SCHEMA_VERSION, Cohort, Subject, derived_attrs
 from .nifti import save_nifti
 
 __all__ = ["export_name", "export_array", "export_subject"]
@@ -139,12 +139,13 @@ def _sequence_fields(subject: Subject) -> dict[str, Any]:
     }
 
 
-def _derived_fields(store: Path, subject: Subject, array_path: str, attrs: dict[str, Any], fields: dict[str, Any]) -> None:
+def _derived_fields(cohort: Cohort, subject: Subject, array_path: str, attrs: dict[str, Any],
+                    fields: dict[str, Any]) -> None:
     """Sidecar fields of a derived map: units from the array, the pipeline's provenance."""
     pipeline = array_path.split("/")[1]
     if attrs.get("units") == MS:
         fields["Units"] = SECOND
-    record = _derived_record(store, subject, pipeline)
+    record = _derived_record(cohort, subject, pipeline)
     prov = dict(record.get("provenance") or {})
     fields["GeneratedBy"] = [{
         "Name": "mrfengine",
@@ -156,21 +157,16 @@ def _derived_fields(store: Path, subject: Subject, array_path: str, attrs: dict[
         fields["PipelineTimings"] = record["timings_s"]
 
 
-def _derived_record(store: Path, subject: Subject, pipeline: str) -> dict[str, Any]:
-    import json
-
-    doc = store / "subjects" / subject.id / "derived" / pipeline / "zarr.json"
-    try:
-        record = json.loads(doc.read_text()).get("attributes", {}).get("mrfengine_derived", {})
-    except (OSError, ValueError):
-        record = {}
+def _derived_record(cohort: Cohort, subject: Subject, pipeline: str) -> dict[str, Any]:
+    """The derived group's ``mrfengine_derived`` attributes, which must say it is complete."""
+    record = derived_attrs(cohort, subject.id, pipeline) or {}
     if record.get("complete") is not True:
         raise StoreError(f"{subject.id}: derived/{pipeline}/ is not complete (an interrupted run?); "
                          f"rerun mrfengine batch before exporting it")
     return record
 
 
-def _derived_outside_rule(store: Path, subject: Subject, array_path: str,
+def _derived_outside_rule(cohort: Cohort, subject: Subject, array_path: str,
                           ext: str) -> tuple[np.ndarray | None, str | None, str]:
     """The brain mask a derived map is exported under, its exported file name and its source.
 
@@ -178,10 +174,8 @@ def _derived_outside_rule(store: Path, subject: Subject, array_path: str,
     ``write`` stage says so; a record from before says nothing, and the runner
     always passed the mask); the mask leaves as ``<sub>_desc-brain_mask``.
     """
-    from ..pipeline.stages import BRAIN_MASK_SOURCE
-
     pipeline = array_path.split("/")[1]
-    stages = (_derived_record(store, subject, pipeline).get("provenance") or {}).get("stages") or {}
+    stages = (_derived_record(cohort, subject, pipeline).get("provenance") or {}).get("stages") or {}
     used = (stages.get("write") or {}).get("brain_mask", BRAIN_MASK_SOURCE) != "none"
     if not used or subject.brain_mask is None:
         return None, None, "none"
@@ -226,7 +220,7 @@ def export_array(
     data = np.asarray(arr[...])
     rule = None
     if data.ndim == 3 and array_path.startswith("derived/"):
-        rule = _derived_outside_rule(Path(cohort.path), subject, array_path, ext)
+        rule = _derived_outside_rule(cohort, subject, array_path, ext)
         data = apply_outside_rule({array_path: data}, rule[0])[array_path]  # on the store's (Z, Y, X) order
     if data.ndim == 4:
         data = data.transpose(3, 2, 1, 0)
@@ -251,14 +245,14 @@ def export_array(
     fields: dict[str, Any] = {
         "Description": attrs.get("description", array_path),
         "Units": unit,
-        "Sources": [f"{cohort.path.name}:{subject.id}/{array_path}"],
+        "Sources": [f"{cohort.name}:{subject.id}/{array_path}"],
         "CohortSchemaVersion": SCHEMA_VERSION,
         "GeneratedBy": [{"Name": "mrfengine", "Version": __version__}],
     }
     if array_path == "mrf":
         fields.update(_sequence_fields(subject))
     if array_path.startswith("derived/"):
-        _derived_fields(Path(cohort.path), subject, array_path, attrs, fields)
+        _derived_fields(cohort, subject, array_path, attrs, fields)
         if rule is not None:
             fields.update(outside_rule_fields(rule[1], rule[2]))
     if array_path.startswith("truth/") and cohort.generator:

@@ -24,7 +24,6 @@ subjects are never touched again unless ``force`` is given.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError, ValidationError
-from ..io.cohort import Cohort, json_equal, normalize_subject_id
+from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
 from .run import SubjectResult, failed_result, load_inputs, peak_memory_mb
@@ -197,21 +196,11 @@ def _finalize_task(cohort_path, subject_id, pipeline, backend, *outcomes):
 
 # --------------------------------------------------------------------------- checks
 def check_writable(cohort_path: str | os.PathLike) -> None:
-    """Raise :class:`StoreError` naming the store if a file cannot be created in
-    its ``subjects/`` folder (read-only location, no permission, full disk)."""
-    folder = Path(cohort_path) / "subjects"
-    probe = folder / f".mrfengine-write-test-{uuid.uuid4().hex}"
-    try:
-        with open(probe, "wb") as fh:
-            fh.write(b"x" * 4096)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise StoreError(f"{cohort_path}: cannot write derived maps into the store ({exc.strerror or exc}); "
-                         f"the batch writes its results into the cohort, so it must be writable") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
+    """Raise :class:`StoreError` naming the store if it cannot take the batch's writes
+    (read-only store, location or file system, no permission, full disk); the store is
+    asked (:func:`mrfengine.io.cohort.require_writable`), nothing is written."""
+    require_writable(cohort_path, action="write derived maps into the store",
+                     because="the batch writes its results into the cohort, so it must be writable")
 
 
 # --------------------------------------------------------------------------- batch

@@ -23,9 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,21 +31,25 @@ import numpy as np
 from ..errors import StoreError, ValidationError
 from ..io.cohort import (
     CHUNKS_KEY,
+    DERIVED_KEY,
     SUBJECT_KEY,
     array_write_config,
     default_compressor,
+    delete_node,
+    derived_attrs,
+    derived_complete,
     normalize_subject_id,
-    read_cohort_attrs,
+    open_cohort_for_writing,
     stored_chunk_keys,
 )
+from ..io.cohort import check_name as _check_name
+from ..io.cohort.schema import _NAME_RE, DERIVED, SUBJECTS
+from ..io.cohort.store import has_keys, join
 from ..maps import MATCH_MAPS, derived_spec
 
 __all__ = ["DERIVED_KEY", "DERIVED_ARRAYS", "derived_complete", "derived_attrs", "remove_derived", "write_derived"]
 
 log = logging.getLogger(__name__)
-
-#: Key of the derived group's attributes.
-DERIVED_KEY = "mrfengine_derived"
 
 #: What the ``write`` stage stores where a map has no value (the brain outside
 #: the mask is 0 for every map, :func:`mrfengine.masking.apply_outside_rule`).
@@ -72,51 +74,10 @@ def _array_attributes(name: str) -> dict[str, str]:
     return {"units": spec.unit, "description": spec.description} if spec else {"units": "", "description": ""}
 
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
-
-
-def _check_name(pipeline: str) -> str:
-    if not isinstance(pipeline, str) or not _NAME_RE.fullmatch(pipeline):
-        raise ValidationError(f"pipeline name must be letters, digits, '_', '.', '-'; got {pipeline!r}")
-    return pipeline
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def derived_attrs(cohort_path: str | os.PathLike, subject: str, pipeline: str) -> dict[str, Any] | None:
-    """The ``mrfengine_derived`` attributes of ``subjects/<subject>/derived/<pipeline>/``,
-    or None where the group does not exist or has none."""
-    sid = normalize_subject_id(subject)
-    doc = _read_json(Path(cohort_path) / "subjects" / sid / "derived" / _check_name(pipeline) / "zarr.json")
-    attrs = (doc or {}).get("attributes", {}).get(DERIVED_KEY)
-    return attrs if isinstance(attrs, dict) else None
-
-
-def derived_complete(cohort_path: str | os.PathLike, subject: str, pipeline: str) -> bool:
-    """Whether ``derived/<pipeline>/`` of ``subject`` is finished: its group carries
-    ``complete: true`` *and* every one of its arrays is listed in the subject's
-    ``arrays`` attribute (the record written last)."""
-    attrs = derived_attrs(cohort_path, subject, pipeline)
-    if not attrs or attrs.get("complete") is not True:
-        return False
-    sid = normalize_subject_id(subject)
-    doc = _read_json(Path(cohort_path) / "subjects" / sid / "zarr.json")
-    listed = set(((doc or {}).get("attributes", {}).get(SUBJECT_KEY) or {}).get("arrays", ()))
-    return all(f"derived/{pipeline}/{a}" in listed for a in attrs.get("arrays", ())) and bool(attrs.get("arrays"))
-
-
 def _open_subject(cohort_path: str | os.PathLike, sid: str):
-    import zarr
-
-    read_cohort_attrs(cohort_path)  # StoreError: not a cohort / wrong schema
-    root = zarr.open_group(str(cohort_path), mode="r+")
+    root, _ = open_cohort_for_writing(cohort_path)  # StoreError: not a cohort / wrong schema / not writable
     try:
-        group = root["subjects"][sid]
+        group = root[join(SUBJECTS, sid)]
     except KeyError:
         raise StoreError(f"{cohort_path}: no subject group {sid!r}") from None
     attrs = dict(group.attrs.get(SUBJECT_KEY) or {})
@@ -150,10 +111,13 @@ def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) 
     listed = any(p.startswith(prefix) for p in attrs.get("arrays", []))
     if listed:
         _set_listed(group, attrs, pipeline, [])
-    parent = group.get("derived")
-    present = parent is not None and pipeline in parent
+    where = join(DERIVED, pipeline)
+    present = has_keys(group.store_path, where)
     if present:
-        del parent[pipeline]
+        left = delete_node(group.store_path, where)
+        if left:
+            log.warning("%s: derived/%s/ of %s held %d file(s) mrfengine did not write; they are kept (%s)",
+                        cohort_path, pipeline, sid, len(left), ", ".join(left[:3]))
     return listed or present
 
 
@@ -229,7 +193,7 @@ def write_derived(
     if remove_derived(cohort_path, sid, pipeline):
         log.info("%s: removed the previous derived/%s/", sid, pipeline)
         group, sub_attrs = _open_subject(cohort_path, sid)
-    out = group.require_group("derived").create_group(pipeline)
+    out = group.require_group(DERIVED).create_group(pipeline)
     record = {"pipeline": pipeline, **extra, "complete": False}
     out.attrs.update({DERIVED_KEY: record})
     chunks = {name: _write_array(out, name, data[name]) for name in sorted(data)}

@@ -212,24 +212,25 @@ def test_a_really_full_filesystem_fails_cleanly(pristine, tmp_path, client):
 
 
 def test_a_read_only_store_is_refused_before_any_work(pristine, tmp_path, client, monkeypatch):
+    """The store is asked, nothing is written to find out (no probe file)."""
+    from mrfengine.io.cohort import store as store_mod
+
     path = _copy(pristine, tmp_path)
+    before = sorted(p.relative_to(path) for p in path.rglob("*"))
     if os.geteuid() != 0:
         os.chmod(path / "subjects", 0o555)
-    else:  # root writes anyway: make the probe meet what a read-only mount gives
-        real_open = open
-
-        def ro_open(file, mode="r", *args, **kwargs):
-            if "w" in mode and str(path) in str(file):
-                raise OSError(errno.EROFS, "Read-only file system", str(file))
-            return real_open(file, mode, *args, **kwargs)
-
-        monkeypatch.setattr("builtins.open", ro_open)
+    else:  # root writes anyway: make os.access answer what a read-only mount gives it (EROFS)
+        real_access = os.access
+        monkeypatch.setattr(store_mod.os, "access", lambda p, mode, *a, **k: False if (
+            mode & os.W_OK and str(path) in str(p)) else real_access(p, mode, *a, **k))
     try:
-        with pytest.raises(StoreError, match=r"tiny\.zarr: cannot write derived maps into the store"):
+        with pytest.raises(StoreError, match=r"tiny\.zarr: cannot write derived maps into the store \(.*tiny\.zarr\S* is "
+                                             r"not writable: permission denied or a read-only file system\); the batch"):
             run_batch(path, PIPE, client)
     finally:
         os.chmod(path / "subjects", 0o755)
     monkeypatch.undo()
+    assert sorted(p.relative_to(path) for p in path.rglob("*")) == before  # nothing created
     assert not any(derived_complete(path, s, PIPE.name) for s in Cohort.open(path).subjects)
 
 

@@ -1,0 +1,89 @@
+"""The cohort store: a zarr v3 hierarchy holding the MRF series, reference
+images, ground truth, annotations and derived maps of many subjects.
+
+The layout, attributes and rules are specified in ``docs/cohort-format.md``;
+this package is their one implementation, by concept:
+
+* :mod:`.schema` -- keys, attribute names, the schema version, the layout, the
+  rules a node must meet (no store access);
+* :mod:`.store` -- where a cohort lives: a folder, a ``.zip``, an fsspec URL or
+  any zarr store object, reached only through zarr's API; the root opened and
+  checked; whether a store can be written (asked, never probed by writing);
+* :mod:`.read` -- :class:`Cohort` (``Cohort.open(path_or_store)``),
+  :class:`Subject`, derived groups (:func:`derived_attrs`, :func:`derived_complete`);
+* :mod:`.write` -- :func:`create_cohort`, :func:`open_cohort_for_writing`,
+  :func:`register_subjects`, :class:`SubjectWriter` and its crash-safe completion;
+* :mod:`.validate` -- which subjects are complete and why the others are not,
+  checked array reads (:class:`StoreArray`), :func:`validate_cohort`.
+
+A subject counts only once its ``complete`` attribute is true; that attribute
+is written after every array, so an interrupted writer leaves a subject that
+readers treat as absent and writers rewrite.
+"""
+
+from .read import Cohort, Subject, derived_attrs, derived_complete, read_cohort_attrs, subject_complete
+from .schema import (
+    _GROUPS_OF_SUBJECT,
+    _NAME_RE,
+    _SUBJECT_RE,
+    CHUNKS_KEY,
+    DERIVED_KEY,
+    GROUPS,
+    REQUIRED_TRUTH,
+    ROOT_KEY,
+    SCHEMA_VERSION,
+    SPLITS,
+    SUBJECT_KEY,
+    TRUTH_SPECS,
+    SiteEntry,
+    SubjectEntry,
+    array_write_config,
+    check_name,
+    default_compressor,
+    expected_dtype,
+    json_equal,
+    normalize_subject_id,
+)
+from .store import open_store, require_writable, stored_chunk_keys
+from .validate import StoreArray, ValidationReport, validate_cohort
+from .write import SubjectWriter, create_cohort, delete_node, open_cohort_for_writing, register_subjects
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ROOT_KEY",
+    "SUBJECT_KEY",
+    "DERIVED_KEY",
+    "SPLITS",
+    "GROUPS",
+    "TRUTH_SPECS",
+    "REQUIRED_TRUTH",
+    "SiteEntry",
+    "SubjectEntry",
+    "Cohort",
+    "Subject",
+    "SubjectWriter",
+    "create_cohort",
+    "open_cohort_for_writing",
+    "register_subjects",
+    "validate_cohort",
+    "normalize_subject_id",
+    "check_name",
+    "default_compressor",
+    "read_cohort_attrs",
+    "subject_complete",
+    "derived_attrs",
+    "derived_complete",
+    "json_equal",
+    "ValidationReport",
+    "CHUNKS_KEY",
+    "StoreArray",
+    "expected_dtype",
+    "stored_chunk_keys",
+    "array_write_config",
+    "open_store",
+    "require_writable",
+    "delete_node",
+]
+
+# Private names other modules of mrfengine import.
+_ = (_GROUPS_OF_SUBJECT, _NAME_RE, _SUBJECT_RE)
