@@ -12,9 +12,11 @@ DOC = PACKAGE.parent / "docs" / "architecture.md"
 
 PHYSICS_AND_KERNELS = {"sequence", "dictionary", "noise", "backend", "matching", "denoise"}
 FOUNDATIONS = {"errors", "_atomic", "tissue", "maps"}
+DATA = {"io", "masking"}
 RULES = [
     (PHYSICS_AND_KERNELS, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),
     ({"metrics"}, {"nn", "pipeline", "cli", "report", "phantom", "demo"}),
+    (DATA, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),
 ]
 
 
