@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -26,22 +27,14 @@ namespace simd {
 constexpr int kBytes = 64;
 
 // Lanes<T>: the vector of T (V), its comparison mask (M, all bits set where
-// true) and the lane count L.
+// true, of the integer Int as wide as T) and the lane count L.
 template <typename T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-    static constexpr int L = kBytes / sizeof(float);
-    typedef float V __attribute__((vector_size(kBytes)));
-    typedef std::int32_t M __attribute__((vector_size(kBytes)));
-    typedef std::int32_t Int;
-};
-template <>
-struct Lanes<double> {
-    static constexpr int L = kBytes / sizeof(double);
-    typedef double V __attribute__((vector_size(kBytes)));
-    typedef std::int64_t M __attribute__((vector_size(kBytes)));
-    typedef std::int64_t Int;
+struct Lanes {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "lanes of float or double");
+    static constexpr int L = kBytes / sizeof(T);
+    using Int = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+    typedef T V __attribute__((vector_size(kBytes)));
+    typedef Int M __attribute__((vector_size(kBytes)));
 };
 
 constexpr int W = Lanes<float>::L;  // floats per vector
