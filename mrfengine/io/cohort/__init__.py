@@ -22,68 +22,27 @@ readers treat as absent and writers rewrite.
 """
 
 from .read import Cohort, Subject, derived_attrs, derived_complete, read_cohort_attrs, subject_complete
-from .schema import (
-    _GROUPS_OF_SUBJECT,
-    _NAME_RE,
-    _SUBJECT_RE,
-    CHUNKS_KEY,
-    DERIVED_KEY,
-    GROUPS,
-    REQUIRED_TRUTH,
-    ROOT_KEY,
-    SCHEMA_VERSION,
-    SPLITS,
-    SUBJECT_KEY,
-    TRUTH_SPECS,
-    SiteEntry,
-    SubjectEntry,
-    array_write_config,
-    check_name,
-    default_compressor,
-    expected_dtype,
-    json_equal,
-    normalize_subject_id,
-)
+from .schema import (_GROUPS_OF_SUBJECT, _NAME_RE, _SUBJECT_RE, CHUNKS_KEY, DERIVED_KEY, GROUPS, REQUIRED_TRUTH, ROOT_KEY,
+                     SCHEMA_VERSION, SPLITS, SUBJECT_KEY, TRUTH_SPECS, SiteEntry, SubjectEntry, array_write_config,
+                     check_name, default_compressor, expected_dtype, json_equal, normalize_subject_id)
 from .store import open_store, require_writable, stored_chunk_keys
 from .validate import StoreArray, ValidationReport, validate_cohort
 from .write import SubjectWriter, create_cohort, delete_node, open_cohort_for_writing, register_subjects
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "ROOT_KEY",
-    "SUBJECT_KEY",
-    "DERIVED_KEY",
-    "SPLITS",
-    "GROUPS",
-    "TRUTH_SPECS",
-    "REQUIRED_TRUTH",
-    "SiteEntry",
-    "SubjectEntry",
-    "Cohort",
-    "Subject",
-    "SubjectWriter",
-    "create_cohort",
-    "open_cohort_for_writing",
-    "register_subjects",
-    "validate_cohort",
-    "normalize_subject_id",
-    "check_name",
-    "default_compressor",
-    "read_cohort_attrs",
-    "subject_complete",
-    "derived_attrs",
-    "derived_complete",
-    "json_equal",
-    "ValidationReport",
-    "CHUNKS_KEY",
-    "StoreArray",
-    "expected_dtype",
-    "stored_chunk_keys",
-    "array_write_config",
-    "open_store",
-    "require_writable",
-    "delete_node",
+    # the schema
+    "SCHEMA_VERSION", "ROOT_KEY", "SUBJECT_KEY", "DERIVED_KEY", "CHUNKS_KEY", "SPLITS", "GROUPS", "TRUTH_SPECS",
+    "REQUIRED_TRUTH", "SiteEntry", "SubjectEntry", "normalize_subject_id", "check_name", "default_compressor",
+    "expected_dtype", "array_write_config", "json_equal",
+    # the store
+    "open_store", "require_writable", "stored_chunk_keys",
+    # reading
+    "Cohort", "Subject", "read_cohort_attrs", "subject_complete", "derived_attrs", "derived_complete",
+    # writing
+    "SubjectWriter", "create_cohort", "open_cohort_for_writing", "register_subjects", "delete_node",
+    # checking
+    "validate_cohort", "ValidationReport", "StoreArray",
 ]
 
-# Private names other modules of mrfengine import.
+# Private names other modules of mrfengine import (the importer's name check).
 _ = (_GROUPS_OF_SUBJECT, _NAME_RE, _SUBJECT_RE)

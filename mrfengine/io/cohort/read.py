@@ -19,22 +19,8 @@ import numpy as np
 
 from ...errors import StoreError, ValidationError
 from ...sequence import Sequence
-from .schema import (
-    CHUNKS_KEY,
-    DERIVED,
-    DERIVED_KEY,
-    SPLITS,
-    SUBJECTS,
-    SiteEntry,
-    SubjectEntry,
-    array_problem,
-    attrs_problem,
-    check_name,
-    is_complete,
-    normalize_subject_id,
-    parse_sites,
-    parse_subjects_lenient,
-)
+from .schema import (CHUNKS_KEY, DERIVED, DERIVED_KEY, SPLITS, SUBJECTS, SiteEntry, SubjectEntry, array_problem,
+                     attrs_problem, check_name, is_complete, normalize_subject_id, parse_sites, parse_subjects_lenient)
 from .store import join, local_folder, location, open_root, open_store
 from .validate import NO_FOLDER, StoreArray, subject_names, subject_state
 
