@@ -21,16 +21,9 @@ from .card import FORMATS, ModelCard, card_path, check_card, read_card
 from .inference import PRECISIONS, InputScaling, Prediction, input_scaling, pad_amounts, predict_volume, run_network
 from .losses import elementwise_loss, log_cosh, multi_output_loss, reference_fused_loss, soft_dice_loss
 from .normalisation import Normalisation, fit_normalisation
-from .training import (
-    Checkpoint,
-    evaluate_batch,
-    load_checkpoint,
-    make_optimizer,
-    save_checkpoint,
-    to_network_units,
-    to_physical_units,
-    train_step,
-)
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .targets import to_network_units, to_physical_units
+from .train import evaluate_batch, make_optimizer, train_step
 from .unet import UNet2d, init_weights
 
 __all__ = [

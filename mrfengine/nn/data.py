@@ -11,7 +11,7 @@ that take maps, its T1/T2* maps), normalised per channel with statistics of
 the *training split only*; targets are read where each output's
 ``OutputSpec.target`` points (``truth/T1``, ``truth/WM``,
 ``annotations/lesion``, ...) and scaled to network units
-(:func:`mrfengine.nn.training.to_network_units`).
+(:func:`mrfengine.nn.targets.to_network_units`).
 
 Slices are read lazily from zarr (one chunk per slice) through a small LRU
 cache, so memory stays bounded by ``cache_slices`` slices whatever the
@@ -42,7 +42,7 @@ from ..metrics.definitions import reference_lesion_mask
 from ..metrics.lesions import connectivity_structure
 from .configs import NetworkConfig
 from .normalisation import Normalisation, input_level
-from .training import to_network_units
+from .targets import to_network_units
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ import torch
 from ..errors import ValidationError
 from .artifact import LoadedModel
 from .normalisation import input_level
-from .training import to_physical_units
+from .targets import to_physical_units
 from .uncertainty import MC_SEED, MCDropout, RunningMoments, check_mc_samples
 
 log = logging.getLogger(__name__)

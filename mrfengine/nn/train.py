@@ -1,4 +1,9 @@
-"""The training loop: ``mrfengine train CONFIG.toml``.
+"""Training: ``mrfengine train CONFIG.toml``, the loop and its one optimisation step.
+
+:func:`make_optimizer` (Adam, the paper's learning rate 1e-4), :func:`train_step`
+and :func:`evaluate_batch` are the step; :func:`train` the run around it, with
+checkpoints from :mod:`mrfengine.nn.checkpoint` and target scaling from
+:mod:`mrfengine.nn.targets`.
 
 One run trains one network configuration (Table 1 of the paper) on the
 training split of a cohort store with Adam, and after each epoch
@@ -82,22 +87,26 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write_bytes
+from .._validate import check_int
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from ..metrics.definitions import LESION_THRESHOLD, TISSUE_THRESHOLD  # nn.train's names before metrics had them
+from .checkpoint import load_checkpoint, save_checkpoint
 from .configs import NetworkConfig, get_config
 from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
+from .losses import multi_output_loss
+from .targets import _check_channels, to_physical_units
 
 INPUT_SCALES = ("subject", "absolute")
 """``subject``: every subject's MRF series is rescaled to the training data's intensity
 level before the network (trained and run free of the input's global scale, the card's
 ``subject_level``); ``absolute``: taken at the simulator's scale (models before it)."""
-from .training import load_checkpoint, make_optimizer, save_checkpoint, to_physical_units, train_step
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TrainSettings", "TrainResult", "load_settings", "train", "cohort_hash", "validate",
            "CHECKPOINT_NAME", "METRICS_CSV", "METRICS_PNG", "MODEL_NAME", "LESION_THRESHOLD",
-           "TISSUE_THRESHOLD", "LEGACY_VALIDATION_KEYS", "upgrade_history_row"]
+           "TISSUE_THRESHOLD", "LEGACY_VALIDATION_KEYS", "upgrade_history_row", "make_optimizer", "train_step",
+           "evaluate_batch"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_CSV = "metrics.csv"
@@ -140,13 +149,13 @@ class TrainSettings:
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValidationError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
         for key in ("epochs", "batch_size", "patches_per_slice"):
-            _check_int(key, getattr(self, key), minimum=1, maximum=_MAXIMA[key])
+            check_int(getattr(self, key), key, minimum=1, maximum=_MAXIMA[key])
         if self.init_model is not None and (not isinstance(self.init_model, str) or not self.init_model):
             raise ValidationError(f"init_model must be the path of a saved model; got {self.init_model!r}")
-        _check_int("seed", self.seed, minimum=0, maximum=2**63 - 1)
+        check_int(self.seed, "seed", minimum=0, maximum=2**63 - 1)
         for key in ("patch_size", "lesion_oversampling", "depth", "base_filters", "threads"):
             if getattr(self, key) is not None:
-                _check_int(key, getattr(self, key), minimum=1, maximum=_MAXIMA[key])
+                check_int(getattr(self, key), key, minimum=1, maximum=_MAXIMA[key])
         cfg = get_config(self.network) if isinstance(self.network, str) and self.network else None
         if cfg is not None:
             depth = cfg.depth if self.depth is None else self.depth
@@ -211,13 +220,6 @@ _MAXIMA = {"epochs": 100_000, "batch_size": 65_536, "patches_per_slice": 65_536,
 _MAX_BRIDGE_FILTERS = 4096
 
 
-def _check_int(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum \
-            or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
-        raise ValidationError(f"{name} must be an integer {bound}; got {value!r}")
-
-
 def load_settings(path: str | os.PathLike) -> TrainSettings:
     """Read a training settings TOML file; relative ``cohort`` and
     ``output_dir`` are taken relative to the file's folder.
@@ -273,6 +275,80 @@ class TrainResult:
     metrics_csv: Path
     metrics_png: Path
     history: tuple[dict[str, float], ...]
+
+
+# ------------------------------------------------------------------ one step
+def make_optimizer(model: torch.nn.Module, config: NetworkConfig) -> torch.optim.Adam:
+    """Adam over the model's parameters with ``config.learning_rate`` (the paper's optimiser)."""
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def _loss(model, inputs, targets, config, mask, impl):
+    if inputs.dim() != 4 or inputs.shape[1] != config.in_channels:
+        raise ValidationError(f"inputs must be (N, {config.in_channels}, H, W) for network {config.name}; "
+                              f"got {tuple(inputs.shape)}")
+    _check_channels(targets, config, "targets")
+    pred = model(inputs)
+    return multi_output_loss(pred, targets.to(pred.dtype), kinds=config.loss_kinds, weights=config.loss_weights,
+                             mask=mask, impl=impl)
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    config: NetworkConfig,
+    mask: torch.Tensor | None = None,
+    impl: str = "auto",
+) -> float:
+    """One optimisation step on a batch; returns the batch loss before the step.
+
+    Parameters
+    ----------
+    model : UNet2d
+        Put in training mode (dropout active).
+    optimizer : torch.optim.Optimizer
+    inputs : Tensor, (N, C_in, H, W)
+        Normalised network inputs.
+    targets : Tensor, (N, C_out, H, W)
+        In network units (:func:`to_network_units`).
+    config : NetworkConfig
+        Loss kinds and weights per output.
+    mask : Tensor, optional
+        Voxels that count in the loss.
+    impl : {"auto", "triton", "torch"}
+        Implementation of the elementwise loss (:func:`mrfengine.nn.fused_loss`).
+
+    Returns
+    -------
+    float
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = _loss(model, inputs, targets, config, mask, impl)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def evaluate_batch(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    config: NetworkConfig,
+    mask: torch.Tensor | None = None,
+) -> float:
+    """The loss of a batch in evaluation mode (no dropout, no gradients)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return float(_loss(model, inputs, targets, config, mask, "auto"))
+    finally:
+        model.train(was_training)
 
 
 # ------------------------------------------------------------------ validation

@@ -372,7 +372,7 @@ def test_a_diverging_run_names_the_learning_rate(tmp_path, cohort, monkeypatch):
 
 def test_a_checkpoint_holding_objects_is_refused(tmp_path):
     """``--resume`` reads checkpoint.pt with weights_only: a pickled object is refused, never built."""
-    from mrfengine.nn.training import load_checkpoint
+    from mrfengine.nn.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
     path = tmp_path / "checkpoint.pt"

@@ -12,7 +12,7 @@ from mrfengine.errors import InputFileError, ValidationError
 from mrfengine.io import Cohort
 from mrfengine.nn import load_model, read_card
 from mrfengine.nn.train import TrainSettings, cohort_hash, load_settings, train
-from mrfengine.nn.training import load_checkpoint
+from mrfengine.nn.checkpoint import load_checkpoint
 
 from _tiny_cohort import tiny_cohort_path
 
@@ -247,7 +247,7 @@ def test_validation_metrics_are_the_evaluation_measures(cohort_path):
     all slices, relative deviations in the brain."""
     from mrfengine.metrics import dice, lesion_detection_rate, relative_deviation, tissue_dice
     from mrfengine.nn.train import validate
-    from mrfengine.nn.training import to_physical_units
+    from mrfengine.nn.targets import to_physical_units
 
     cohort, config, sampler, model = _validation_split_and_network(cohort_path)
     got = validate(model, sampler)
@@ -288,7 +288,7 @@ def test_validation_demo_and_report_give_the_same_figures_for_the_same_maps(coho
     the same reference give the same numbers."""
     from mrfengine.demo import metrics_against_truth
     from mrfengine.nn.train import validate
-    from mrfengine.nn.training import to_physical_units
+    from mrfengine.nn.targets import to_physical_units
     from mrfengine.report.evaluate import evaluate_cohort
 
     cohort, config, sampler, model = _validation_split_and_network(cohort_path)

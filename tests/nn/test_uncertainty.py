@@ -16,7 +16,7 @@ from mrfengine.dictionary import fingerprints
 from mrfengine.errors import ValidationError
 from mrfengine.nn import load_model, pad_amounts, run_network, save_model
 from mrfengine.nn.consistency import physics_consistency
-from mrfengine.nn.training import to_physical_units
+from mrfengine.nn.targets import to_physical_units
 from mrfengine.nn.uncertainty import MCDropout, RunningMoments, dropout_modules
 from mrfengine.pipeline.stages import STAGES, Pipeline
 
