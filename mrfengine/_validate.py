@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from numbers import Integral, Real
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "check_int",
     "check_name",
     "check_range",
+    "deprecated_alias",
     "is_sha256",
 ]
 
@@ -134,6 +136,25 @@ def check_name(value: Any, what: str) -> str:
         raise ValidationError(f"{what} must be letters, digits, '_', '.' or '-', starting with a letter or digit; "
                               f"got {value!r}")
     return value
+
+
+def deprecated_alias(value: Any, alias_value: Any, *, name: str, alias: str, default: Any, where: str,
+                     stacklevel: int = 3) -> Any:
+    """The value of keyword ``name`` of ``where``, whose former name ``alias`` still works.
+
+    ``alias_value`` is None when the old keyword was not given; otherwise it
+    is used, with a :class:`DeprecationWarning` attributed ``stacklevel``
+    frames up (3: the caller of the function that called this one).  Both
+    given with different values (``value`` not ``default``) is an error.
+    """
+    if alias_value is None:
+        return value
+    warnings.warn(f"{where}: the keyword {alias!r} is deprecated; use {name!r}", DeprecationWarning,
+                  stacklevel=stacklevel)
+    if value != default and value != alias_value:
+        raise ValidationError(f"{where}: got {name}={value!r} and its deprecated alias {alias}={alias_value!r}; "
+                              f"give {name} only")
+    return alias_value
 
 
 def is_sha256(value: Any) -> bool:

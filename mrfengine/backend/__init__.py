@@ -1,7 +1,9 @@
-"""Which compute backends exist here, probed once and never raising on import.
+"""Which compute backends exist here, probed once and never raising on import,
+and :func:`resolve`, the one place a kernel family (``match``, ``mppca``)
+turns a requested backend name into the implementation that runs.
 
-``HAS_CUPY`` is true only when a CUDA device is usable, not merely when the
-``cupy`` import works (it imports fine on machines without a GPU).
+``probe("cupy")`` is available only when a CUDA device is usable, not merely
+when the ``cupy`` import works (it imports fine on machines without a GPU).
 """
 
 from __future__ import annotations
@@ -9,13 +11,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BackendInfo", "probe", "backends", "is_simulated", "get_ext", "get_array_module", "cpu_threads"]
+__all__ = ["BackendInfo", "probe", "backends", "resolve", "is_simulated", "get_ext", "get_array_module",
+           "cpu_threads"]
 
 
 @dataclass(frozen=True)
@@ -52,19 +56,25 @@ def _probe_cpp() -> BackendInfo:
     return BackendInfo("cpp", True, f"C++/OpenMP extension, {ext.max_threads()} threads")
 
 
-def _probe_numba() -> BackendInfo:
+def _import(module: str, backend: str, extra: str) -> ModuleType | BackendInfo:
+    """``module``, or why ``backend`` cannot run without it."""
     try:
-        numba = importlib.import_module("numba")
+        return importlib.import_module(module)
     except ImportError:
-        return BackendInfo("numba", False, "numba not installed (pip install mrfengine[numba])")
+        return BackendInfo(backend, False, f"{module.split('.')[0]} not installed (pip install mrfengine[{extra}])")
+
+
+def _probe_numba() -> BackendInfo:
+    numba = _import("numba", "numba", "numba")
+    if isinstance(numba, BackendInfo):
+        return numba
     return BackendInfo("numba", True, f"numba {numba.__version__}")
 
 
 def _probe_cupy() -> BackendInfo:
-    try:
-        cupy = importlib.import_module("cupy")
-    except ImportError:
-        return BackendInfo("cupy", False, "cupy not installed (pip install mrfengine[gpu])")
+    cupy = _import("cupy", "cupy", "gpu")
+    if isinstance(cupy, BackendInfo):
+        return cupy
     try:
         if not cupy.cuda.is_available():
             return BackendInfo("cupy", False, f"cupy {cupy.__version__} installed but no CUDA device found")
@@ -75,11 +85,10 @@ def _probe_cupy() -> BackendInfo:
 
 
 def _probe_numba_cuda() -> BackendInfo:
-    try:
-        numba = importlib.import_module("numba")
-        cuda = importlib.import_module("numba.cuda")
-    except ImportError:
-        return BackendInfo("numba-cuda", False, "numba not installed (pip install mrfengine[numba])")
+    cuda = _import("numba.cuda", "numba-cuda", "numba")
+    if isinstance(cuda, BackendInfo):
+        return cuda
+    numba = importlib.import_module("numba")
     if numba.config.ENABLE_CUDASIM:
         return BackendInfo("numba-cuda", True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1): for tests, very slow")
     try:
@@ -96,6 +105,11 @@ def is_simulated(name: str) -> bool:
     return name == "numba-cuda" and probe(name).detail.startswith("CUDA simulator")
 
 
+_PROBES = {"cpp": _probe_cpp, "numba": _probe_numba, "cupy": _probe_cupy, "numba-cuda": _probe_numba_cuda}
+KNOWN = ("numpy", *_PROBES)
+"""The backends :func:`probe` knows, in :func:`backends`' order."""
+
+
 @lru_cache(maxsize=None)
 def probe(name: str) -> BackendInfo:
     """Probe one backend by name: ``numpy``, ``cpp``, ``numba``, ``cupy`` or ``numba-cuda``."""
@@ -103,17 +117,86 @@ def probe(name: str) -> BackendInfo:
         import numpy
 
         return BackendInfo("numpy", True, f"numpy {numpy.__version__} (reference)")
-    probes = {"cpp": _probe_cpp, "numba": _probe_numba, "cupy": _probe_cupy, "numba-cuda": _probe_numba_cuda}
-    if name not in probes:
+    if name not in _PROBES:
         from ..errors import ValidationError
 
-        raise ValidationError(f"unknown backend {name!r}; known: numpy, {', '.join(probes)}")
-    return probes[name]()
+        raise ValidationError(f"unknown backend {name!r}; known: {', '.join(KNOWN)}")
+    return _PROBES[name]()
 
 
 def backends() -> list[BackendInfo]:
     """All known backends with their availability."""
-    return [probe(n) for n in ("numpy", "cpp", "numba", "cupy", "numba-cuda")]
+    return [probe(n) for n in KNOWN]
+
+
+def resolve(
+    requested: str,
+    *,
+    kernel: str,
+    implemented: Sequence[str],
+    auto: Sequence[str],
+    refused: Mapping[str, str] | None = None,
+) -> str:
+    """The backend that runs one call of a kernel family.
+
+    Parameters
+    ----------
+    requested : str
+        ``"auto"`` or a backend name, as the user gave it.
+    kernel : str
+        The kernel family (``"match"``, ``"mppca"``): named in messages and
+        in the log line of ``auto``'s choice.
+    implemented : sequence of str
+        The backends the family implements: names :func:`probe` knows, or
+        pure-Python implementations of the family's own (mppca's
+        ``"reference"``), which can always run.
+    auto : sequence of str
+        What ``"auto"`` tries, in order; it takes the first that is
+        available, not simulated (:func:`is_simulated`) and not refused.
+    refused : mapping of str to str, optional
+        Implemented backends that cannot take this call, each with the
+        reason (e.g. ``"matches real data only"`` for complex signals).
+
+    Returns
+    -------
+    str
+        The chosen backend's name (logged at INFO when ``requested`` is
+        ``"auto"``).
+
+    Raises
+    ------
+    ValidationError
+        ``requested`` is neither ``"auto"`` nor one of ``implemented``.
+    BackendUnavailableError
+        ``requested`` is implemented but cannot run here (not installed, no
+        GPU, ...) or is refused for this call; or nothing in ``auto`` can.
+    """
+    from ..errors import BackendUnavailableError, ValidationError
+
+    refused = refused or {}
+
+    def why_not(name: str) -> str | None:
+        if name in refused:
+            return f"cannot run this call: {refused[name]}"
+        if name not in KNOWN:
+            return None  # the family's own pure-Python implementation
+        info = probe(name)
+        return None if info.available else f"is not available here: {info.detail}"
+
+    if requested == "auto":
+        for name in auto:
+            if why_not(name) is None and not (name in KNOWN and is_simulated(name)):
+                log.info("%s: backend 'auto' chose %r", kernel, name)
+                return name
+        raise BackendUnavailableError(f"{kernel}: no backend can run this call (tried {', '.join(auto)})")
+    if requested not in implemented:
+        raise ValidationError(
+            f"{kernel}: backend must be 'auto' or one of {', '.join(implemented)}; got {requested!r}"
+        )
+    reason = why_not(requested)
+    if reason is not None:
+        raise BackendUnavailableError(f"{kernel}: backend {requested!r} {reason}")
+    return requested
 
 
 def get_array_module(x: object) -> ModuleType:

@@ -10,8 +10,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from ..backend import get_array_module, probe
-from ..errors import BackendUnavailableError, ValidationError
+from .._validate import deprecated_alias
+from ..backend import get_array_module, resolve
+from ..errors import ValidationError
 from ._common import ESTIMATORS, own_window_start, parse_patch_radius, window_any, window_extent
 
 __all__ = ["MPPCAResult", "mppca", "BACKENDS"]
@@ -60,22 +61,16 @@ class MPPCAResult:
 
 
 def _resolve_backend(backend: str, on_gpu: bool) -> str:
-    if backend == "auto":
-        if on_gpu:
-            return "cupy"
-        for name in _AUTO_ORDER:
-            if probe(name).available:
-                log.info("mppca: backend 'auto' chose %r", name)
-                return name
-        return "numpy"  # pragma: no cover - numpy is always available
-    if backend not in BACKENDS:
-        raise ValidationError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
-    if backend == "reference":
-        return backend
-    info = probe(backend)
-    if not info.available:
-        raise BackendUnavailableError(f"backend {backend!r} is not available here: {info.detail}")
-    return backend
+    return resolve(backend, kernel="mppca", implemented=BACKENDS, auto=("cupy",) if on_gpu else _AUTO_ORDER)
+
+
+def _channel_axis(channel_axis: int, axis: int | None, *, default: int, where: str) -> int:
+    """The frame axis of a 4D series as an index in [0, 3] (``axis``: its deprecated name)."""
+    channel_axis = deprecated_alias(channel_axis, axis, name="channel_axis", alias="axis", default=default,
+                                    where=where, stacklevel=4)
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)) or not -4 <= channel_axis < 4:
+        raise ValidationError(f"channel_axis must be in [-4, 3]; got {channel_axis!r}")
+    return int(channel_axis) % 4
 
 
 def _compute_dtype(data_dtype: np.dtype, dtype: DTypeLike | None) -> np.dtype:
@@ -105,13 +100,14 @@ def _check_finite(x, xp) -> None:
 def mppca(
     data: ArrayLike,
     *,
-    axis: int = -1,
+    channel_axis: int = -1,
     mask: ArrayLike | None = None,
     patch_radius: int | Sequence[int] = 2,
     estimator: Literal["mp", "exp2"] = "mp",
     backend: Literal["auto", "cpp", "numba", "numpy", "cupy", "reference"] | str = "auto",
     dtype: DTypeLike | None = None,
     n_threads: int = 0,
+    axis: int | None = None,
 ) -> MPPCAResult:
     """Denoise a 4D magnitude series by sliding-window Marchenko-Pastur PCA.
 
@@ -146,9 +142,10 @@ def mppca(
         Three spatial axes and one frame axis; magnitude images (any real
         dtype).  A NumPy array, or a CuPy array (then computed on the GPU
         and returned as CuPy arrays).
-    axis : int
-        The frame axis: -1 for ``(X, Y, Z, T)`` (dipy's convention), 0 for
-        the cohort's ``(T, Z, Y, X)``.
+    channel_axis : int
+        The frame axis (scikit-image's name for the axis that is not
+        spatial): -1 for ``(X, Y, Z, T)`` (dipy's layout), 0 for the cohort's
+        ``(T, Z, Y, X)``.
     mask : array_like of bool, spatial shape, optional
         Voxels to denoise.  Windows that hold at least one mask voxel are
         computed, so a mask voxel's result is exactly the unmasked result;
@@ -174,6 +171,8 @@ def mppca(
     n_threads : int
         Threads of the ``cpp`` backend; 0 uses OpenMP's default (all cores,
         or ``OMP_NUM_THREADS``).
+    axis : int, optional
+        Deprecated name of ``channel_axis`` (a DeprecationWarning).
 
     Returns
     -------
@@ -207,19 +206,17 @@ def mppca(
     Manjon J.V. et al., Diffusion weighted image denoising using overcomplete
     local PCA. PLoS ONE 8:e73021 (2013).
     """
+    axis = _channel_axis(channel_axis, axis, default=-1, where="mppca")
     xp = get_array_module(data)
     arr = data if xp is not np else np.asarray(data)
     if arr.ndim != 4:
         raise ValidationError(f"data must be 4D (three spatial axes and frames); got shape {arr.shape}")
-    if not -4 <= axis < 4 or isinstance(axis, bool):
-        raise ValidationError(f"axis must be in [-4, 3]; got {axis!r}")
     if arr.dtype.kind not in "fiub":
         raise ValidationError(f"data must be real numbers (magnitude images); got dtype {arr.dtype}")
     if estimator not in ESTIMATORS:
         raise ValidationError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
         raise ValidationError(f"n_threads must be an int >= 0; got {n_threads!r}")
-    axis %= 4
     x = xp.moveaxis(arr, axis, -1)
     spatial = tuple(int(s) for s in x.shape[:3])
     if x.shape[3] < 2:

@@ -20,7 +20,7 @@ from numpy.typing import DTypeLike
 
 from ..errors import StoreError, ValidationError
 from ._common import ESTIMATORS, parse_patch_radius, window_extent
-from .api import _check_finite, _compute_dtype, _resolve_backend, denoise_into
+from .api import _channel_axis, _check_finite, _compute_dtype, _resolve_backend, denoise_into
 
 __all__ = ["mppca_zarr"]
 
@@ -48,20 +48,21 @@ def mppca_zarr(
     sigma: Any | None = None,
     n_components: Any | None = None,
     mask: Any | None = None,
-    axis: int = 0,
+    channel_axis: int = 0,
     patch_radius: int | Sequence[int] = 2,
     estimator: str = "mp",
     backend: str = "auto",
     dtype: DTypeLike | None = None,
     slab_planes: int | None = None,
     n_threads: int = 0,
+    axis: int | None = None,
 ) -> dict[str, Any]:
     """Denoise a zarr (or any sliceable) 4D array into another, slab by slab.
 
     Parameters
     ----------
     source : zarr.Array, 4D
-        E.g. the cohort's ``(T, Z, Y, X)`` magnitude series (``axis=0``).
+        E.g. the cohort's ``(T, Z, Y, X)`` magnitude series (``channel_axis=0``).
     destination : zarr.Array
         Same shape as ``source``, float dtype; receives the denoised series.
         When every slab is written, ``destination.attrs["mrfengine_mppca"]``
@@ -71,7 +72,7 @@ def mppca_zarr(
         Receive the noise map and the component counts (see :func:`mppca`).
     mask : array_like of bool, spatial shape, optional
         As in :func:`mppca` (a zarr array is read slab by slab).
-    axis : int
+    channel_axis : int
         The frame axis of ``source``.  Slabs are cut along the first spatial
         axis (Z for ``(T, Z, Y, X)``).
     patch_radius, estimator, backend, dtype, n_threads
@@ -81,6 +82,8 @@ def mppca_zarr(
         the slab axis, at least 8.  Memory is about
         ``(slab_planes + 2 (w - 1)) x`` one plane x 3 (input, compute copy,
         output).
+    axis : int, optional
+        Deprecated name of ``channel_axis`` (a DeprecationWarning).
 
     Returns
     -------
@@ -98,12 +101,10 @@ def mppca_zarr(
     ----------
     Veraart J. et al., NeuroImage 142:394 (2016).
     """
+    axis = _channel_axis(channel_axis, axis, default=0, where="mppca_zarr")
     shape = tuple(int(s) for s in source.shape)
     if len(shape) != 4:
         raise ValidationError(f"source must be 4D; got shape {shape}")
-    if not -4 <= axis < 4:
-        raise ValidationError(f"axis must be in [-4, 3]; got {axis!r}")
-    axis %= 4
     if tuple(destination.shape) != shape:
         raise ValidationError(f"destination must have the source's shape {shape}; got {tuple(destination.shape)}")
     if np.dtype(destination.dtype).kind != "f":
@@ -135,7 +136,7 @@ def mppca_zarr(
         "estimator": estimator,
         "patch_radius": list(radius),
         "window": list(window),
-        "axis": axis,
+        "channel_axis": axis,
         "complete": False,
     }
     try:

@@ -10,8 +10,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..backend import is_simulated, probe
-from ..errors import BackendUnavailableError, DictionaryError, ValidationError
+from .._validate import deprecated_alias
+from ..backend import resolve
+from ..errors import DictionaryError, ValidationError
 from ..dictionary import Dictionary, SliceDictionaries
 from ._cpp import best_atoms_cpp, best_atoms_separable_cpp
 from ._numpy import best_atoms_numpy
@@ -76,22 +77,9 @@ class MatchResult:
 
 
 def _resolve_backend(backend: str, complex_data: bool) -> str:
-    if backend == "auto":
-        for name in _AUTO_ORDER:
-            if complex_data and name != "numpy":
-                continue
-            if probe(name).available and not is_simulated(name):
-                log.info("match: backend 'auto' chose %r", name)
-                return name
-        return "numpy"
-    if backend not in BACKENDS:
-        raise ValidationError(f"backend must be 'auto' or one of {', '.join(BACKENDS)}; got {backend!r}")
-    info = probe(backend)
-    if not info.available:
-        raise BackendUnavailableError(f"backend {backend!r} is not available here: {info.detail}")
-    if complex_data and backend != "numpy":
-        raise BackendUnavailableError(f"backend {backend!r} matches real data only; use 'numpy' for complex signals")
-    return backend
+    refused = {b: "it matches real data only; use 'numpy' for complex signals" for b in BACKENDS if b != "numpy"}
+    return resolve(backend, kernel="match", implemented=BACKENDS, auto=_AUTO_ORDER,
+                   refused=refused if complex_data else None)
 
 
 def _resolve_method(method: str, backend: str, dictionary: Dictionary, complex_data: bool, rank: int | None) -> str:
@@ -108,20 +96,25 @@ def _resolve_method(method: str, backend: str, dictionary: Dictionary, complex_d
     return method
 
 
-def _prepare(signals: ArrayLike, n_frames: int, axis: int, mask: ArrayLike | None, invalid: str):
+def _frame_axis(shape: tuple[int, ...], channel_axis: int, n_frames: int) -> int:
+    """``channel_axis`` checked against the signals' shape and the dictionary, as an index >= 0."""
+    if not -len(shape) <= channel_axis < len(shape):
+        raise ValidationError(f"channel_axis {channel_axis} is out of range for signals of shape {shape}")
+    channel_axis %= len(shape)
+    if shape[channel_axis] != n_frames:
+        raise ValidationError(
+            f"signals must have {n_frames} frames (the dictionary's) along axis {channel_axis}; got shape {shape}"
+        )
+    return channel_axis
+
+
+def _prepare(signals: ArrayLike, n_frames: int, channel_axis: int, mask: ArrayLike | None, invalid: str):
     x = np.asarray(signals)
     if x.ndim == 0:
         raise ValidationError("signals must have a frame axis; got a scalar")
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise ValidationError(f"signals must be numeric; got dtype {x.dtype}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValidationError(f"axis {axis} is out of range for signals of shape {x.shape}")
-    axis %= x.ndim
-    if x.shape[axis] != n_frames:
-        raise ValidationError(
-            f"signals must have {n_frames} frames (the dictionary's) along axis {axis}; got shape {x.shape}"
-        )
-    x = np.moveaxis(x, axis, -1)
+    x = np.moveaxis(x, _frame_axis(x.shape, channel_axis, n_frames), -1)
     spatial = x.shape[:-1]
     flat = x.reshape(-1, n_frames)
     if not np.iscomplexobj(flat) and flat.dtype not in (np.float32, np.float64):
@@ -149,7 +142,7 @@ def match(
     signals: ArrayLike,
     dictionary: Dictionary,
     *,
-    axis: int = -1,
+    channel_axis: int = -1,
     mask: ArrayLike | None = None,
     backend: Literal["auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"] | str = "auto",
     method: Literal["auto", "brute", "structured"] = "auto",
@@ -157,6 +150,7 @@ def match(
     chunk: int | None = None,
     invalid: Literal["mask", "raise"] = "mask",
     n_threads: int = 0,
+    axis: int | None = None,
 ) -> MatchResult:
     """Match fingerprints to a dictionary by the largest normalised inner product.
 
@@ -168,10 +162,12 @@ def match(
         arrays (real data only).
     dictionary : Dictionary
         Any dictionary: mrfengine's or one simulated elsewhere.
-    axis : int
-        The frame axis of ``signals``.
+    channel_axis : int
+        The frame axis of ``signals`` (scikit-image's name for the axis that
+        is not spatial).
     mask : array_like of bool, optional
-        Spatial shape (``signals`` without ``axis``); False voxels are skipped.
+        Spatial shape (``signals`` without ``channel_axis``); False voxels
+        are skipped.
     backend : {"auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"}
         ``auto`` picks the fastest available (GPU, then C++, then Numba, then
         numpy; logged); an unavailable explicit choice raises
@@ -196,6 +192,8 @@ def match(
         leave them unmatched (logged) or raise.
     n_threads : int
         Threads of the C++ backend; 0 uses all cores.
+    axis : int, optional
+        Deprecated name of ``channel_axis`` (a DeprecationWarning).
 
     Returns
     -------
@@ -222,16 +220,17 @@ def match(
     Ma D. et al., Magnetic resonance fingerprinting. Nature 495:187 (2013).
     McGivney D.F. et al., SVD compression for MRF. IEEE TMI 33:2311 (2014).
     """
+    channel_axis = deprecated_alias(channel_axis, axis, name="channel_axis", alias="axis", default=-1, where="match")
     if not isinstance(dictionary, Dictionary):
         raise ValidationError(f"dictionary must be a mrfengine.Dictionary; got {type(dictionary).__name__}")
     if type(signals).__module__.split(".")[0] == "dask":
-        return _match_dask(signals, dictionary, axis=axis, mask=mask, backend=backend, method=method, rank=rank,
+        return _match_dask(signals, dictionary, channel_axis=channel_axis, mask=mask, backend=backend, method=method, rank=rank,
                            chunk=chunk, invalid=invalid, n_threads=n_threads)
     if invalid not in ("mask", "raise"):
         raise ValidationError(f"invalid must be 'mask' or 'raise'; got {invalid!r}")
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
         raise ValidationError(f"chunk must be a positive integer; got {chunk!r}")
-    flat, spatial, valid = _prepare(signals, dictionary.n_frames, axis, mask, invalid)
+    flat, spatial, valid = _prepare(signals, dictionary.n_frames, channel_axis, mask, invalid)
     complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
     name = _resolve_backend(backend, complex_data)
     how = _resolve_method(method, name, dictionary, complex_data, rank)
@@ -359,21 +358,15 @@ def _run_structured(name: str, x: np.ndarray, dictionary: Dictionary, *, n_threa
     return best
 
 
-def _match_dask(signals, dictionary: Dictionary, *, axis: int, mask, **options) -> MatchResult:
+def _match_dask(signals, dictionary: Dictionary, *, channel_axis: int, mask, **options) -> MatchResult:
     """``match`` over a dask array, chunk by chunk; fields come back as dask arrays."""
     import dask.array as da
 
     x = signals
-    if not -x.ndim <= axis < x.ndim:
-        raise ValidationError(f"axis {axis} is out of range for signals of shape {x.shape}")
+    frames = _frame_axis(tuple(x.shape), channel_axis, dictionary.n_frames)
     if np.iscomplexobj(np.empty(0, dtype=x.dtype)):
         raise ValidationError("dask signals must be real; compute complex data in memory")
-    if x.shape[axis] != dictionary.n_frames:
-        raise ValidationError(
-            f"signals must have {dictionary.n_frames} frames (the dictionary's) along axis {axis % x.ndim}; "
-            f"got shape {x.shape}"
-        )
-    x = da.moveaxis(x, axis, -1).rechunk({x.ndim - 1: -1})
+    x = da.moveaxis(x, frames, -1).rechunk({x.ndim - 1: -1})
     names = list(dictionary.params)
     n_fields = len(names) + 4
     if mask is None:
@@ -385,7 +378,7 @@ def _match_dask(signals, dictionary: Dictionary, *, axis: int, mask, **options) 
         m = m.astype(bool)[..., None].rechunk(x.chunks[:-1] + ((1,),))
 
     def block(xb: np.ndarray, mb: np.ndarray) -> np.ndarray:
-        r = match(xb, dictionary, axis=-1, mask=mb[..., 0], **options)
+        r = match(xb, dictionary, channel_axis=-1, mask=mb[..., 0], **options)
         fields = [r.params[k] for k in names] + [r.m0, r.correlation, r.index, r.matched]
         return np.stack([np.asarray(f, dtype=np.float64) for f in fields], axis=-1)
 
@@ -409,7 +402,7 @@ def match_slices(
     dictionaries: SliceDictionaries | Sequence[Dictionary] | Callable[[int], Dictionary],
     *,
     slice_axis: int,
-    axis: int = -1,
+    channel_axis: int = -1,
     mask: ArrayLike | None = None,
     backend: str = "auto",
     method: Literal["auto", "brute", "structured"] = "auto",
@@ -418,13 +411,14 @@ def match_slices(
     invalid: Literal["mask", "raise"] = "mask",
     n_threads: int = 0,
     progress: Callable[[int], None] | None = None,
+    axis: int | None = None,
 ) -> MatchResult:
     """Match a volume slice by slice, each slice against its own dictionary.
 
     Parameters
     ----------
     signals : array_like
-        E.g. (X, Y, Z, T) with ``slice_axis=2``, ``axis=-1``.
+        E.g. (X, Y, Z, T) with ``slice_axis=2``, ``channel_axis=-1``.
     dictionaries : SliceDictionaries, list of Dictionary, or callable
         The dictionary of slice position ``z``: ``dictionaries.for_slice(z)``,
         ``dictionaries[z]`` or ``dictionaries(z)``.  All must share
@@ -435,16 +429,19 @@ def match_slices(
     progress : callable, optional
         Called with the number of slices done after each slice.
 
-    Other parameters are those of :func:`match`.
+    Other parameters are those of :func:`match` (``axis``: the deprecated
+    name of ``channel_axis``).
     """
+    axis = deprecated_alias(channel_axis, axis, name="channel_axis", alias="axis", default=-1,
+                            where="match_slices")
     x = np.asarray(signals)
-    for name, ax in (("slice_axis", slice_axis), ("axis", axis)):
+    for name, ax in (("slice_axis", slice_axis), ("channel_axis", axis)):
         if not -x.ndim <= ax < x.ndim:
             raise ValidationError(f"{name} {ax} is out of range for signals of shape {x.shape}")
     slice_axis %= x.ndim
     axis %= x.ndim
     if slice_axis == axis:
-        raise ValidationError("slice_axis and axis (frames) must differ")
+        raise ValidationError("slice_axis and channel_axis (frames) must differ")
     if isinstance(dictionaries, SliceDictionaries):
         get = dictionaries.for_slice
         if x.shape[slice_axis] != dictionaries.sequence.n_slices:
@@ -481,7 +478,7 @@ def match_slices(
         elif tuple(d.params) != names:
             raise DictionaryError(f"dictionary of slice {z} has parameters {tuple(d.params)}, expected {names}")
         results.append(
-            match(moved[z], d, axis=-1, mask=None if m is None else m[z], backend=backend, method=method,
+            match(moved[z], d, channel_axis=-1, mask=None if m is None else m[z], backend=backend, method=method,
                   rank=rank, chunk=chunk, invalid=invalid, n_threads=n_threads)
         )
         if progress is not None:

@@ -84,7 +84,8 @@ def test_nan_and_inf_are_rejected_with_a_count(noisy32):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"axis": 4}, "axis"),
+        ({"channel_axis": 4}, "channel_axis must be in"),
+        ({"channel_axis": 1.0}, "channel_axis must be in"),
         ({"estimator": "exp1"}, "estimator"),
         ({"patch_radius": -1}, "patch_radius"),
         ({"patch_radius": (2, 2)}, "patch_radius"),
@@ -98,6 +99,16 @@ def test_nan_and_inf_are_rejected_with_a_count(noisy32):
 def test_bad_options_name_themselves(noisy32, kwargs, message):
     with pytest.raises(ValidationError, match=message):
         mppca(noisy32, **kwargs)
+
+
+def test_axis_is_a_deprecated_alias_of_channel_axis(noisy32):
+    cohort = np.ascontiguousarray(np.moveaxis(noisy32, -1, 0))
+    with pytest.warns(DeprecationWarning, match="mppca: the keyword 'axis' is deprecated; use 'channel_axis'"):
+        old = mppca(cohort, axis=0)
+    new = mppca(cohort, channel_axis=0)
+    np.testing.assert_array_equal(old.denoised, new.denoised)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError, match="give channel_axis only"):
+        mppca(cohort, channel_axis=1, axis=0)
 
 
 def test_bad_data_is_rejected():
@@ -127,6 +138,6 @@ def test_empty_mask_returns_the_input_and_warns(noisy32, caplog):
 
 
 def test_auto_logs_its_choice(noisy32, caplog):
-    with caplog.at_level(logging.INFO, logger="mrfengine.denoise"):
+    with caplog.at_level(logging.INFO, logger="mrfengine"):
         r = mppca(noisy32)
-    assert f"chose {r.backend!r}" in caplog.text
+    assert f"mppca: backend 'auto' chose {r.backend!r}" in caplog.text

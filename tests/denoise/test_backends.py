@@ -82,7 +82,7 @@ def test_frames_first_layout_and_strided_input(backend, lowrank_small):
     _, noisy, _ = lowrank_small
     ref = mppca(noisy, backend="reference")
     cohort = np.ascontiguousarray(np.moveaxis(noisy, -1, 0).transpose(0, 3, 2, 1))  # (T, Z, Y, X)
-    got = mppca(cohort, axis=0, backend=backend)
+    got = mppca(cohort, channel_axis=0, backend=backend)
     np.testing.assert_allclose(got.denoised, np.moveaxis(ref.denoised, -1, 0).transpose(0, 3, 2, 1), atol=1e-9)
     np.testing.assert_array_equal(got.n_components, ref.n_components.transpose(2, 1, 0))
     # A non-contiguous view (every other frame) is read in place and gives the copy's answer.

@@ -33,12 +33,13 @@ def test_slabs_reproduce_the_in_memory_result(tmp_path, cohort_like, slab_planes
     root = zarr.open_group(tmp_path / "store.zarr", mode="w")
     src, dst, sig, ncomp = _arrays(root, cohort_like)
     info = mppca_zarr(src, dst, sigma=sig, n_components=ncomp, slab_planes=slab_planes)
-    whole = mppca(cohort_like, axis=0)
+    whole = mppca(cohort_like, channel_axis=0)
     assert info["slabs"] == -(-cohort_like.shape[1] // slab_planes)
     np.testing.assert_allclose(dst[...], whole.denoised, rtol=0, atol=2e-5 * float(np.abs(cohort_like).max()))
     np.testing.assert_allclose(sig[...], whole.sigma, rtol=1e-4)
     assert np.mean(ncomp[...] == whole.n_components) > 0.99
     assert dst.attrs["mrfengine_mppca"]["complete"] is True
+    assert dst.attrs["mrfengine_mppca"]["channel_axis"] == 0
 
 
 def test_float64_slabs_are_exact_to_rounding_and_honour_the_mask(tmp_path, cohort_like):
@@ -52,7 +53,7 @@ def test_float64_slabs_are_exact_to_rounding_and_honour_the_mask(tmp_path, cohor
     mask_store = root.create_array("mask", shape=mask.shape, chunks=(2, 12, 11), dtype=bool)
     mask_store[...] = mask
     mppca_zarr(src, dst, mask=mask_store, slab_planes=2, estimator="exp2")
-    whole = mppca(series, axis=0, mask=mask, estimator="exp2")
+    whole = mppca(series, channel_axis=0, mask=mask, estimator="exp2")
     np.testing.assert_allclose(dst[...], whole.denoised, rtol=0, atol=1e-10)
 
 
@@ -87,6 +88,11 @@ def test_bad_arguments(tmp_path, cohort_like):
         mppca_zarr(src, dst, sigma=root.create_array("s2", shape=(3, 3, 3), dtype="f4"))
     with pytest.raises(ValidationError, match="slab_planes"):
         mppca_zarr(src, dst, slab_planes=0)
+    with pytest.raises(ValidationError, match="channel_axis must be in"):
+        mppca_zarr(src, dst, channel_axis=4)
+    with pytest.warns(DeprecationWarning, match="mppca_zarr: the keyword 'axis'"), \
+            pytest.raises(ValidationError, match="channel_axis must be in"):
+        mppca_zarr(src, dst, axis=-5)
     src[0, 0, 0, 0] = np.nan
     with pytest.raises(ValidationError, match="NaN"):
         mppca_zarr(src, dst)

@@ -112,14 +112,19 @@ def test_shapes_axes_and_errors():
     x = np.abs(rng.normal(size=(4, 5, 35))).astype(np.float32)
     r = match(x, d)
     assert r.params["T1"].shape == (4, 5) and r.m0.shape == (4, 5) and r.index.shape == (4, 5)
-    r0 = match(np.moveaxis(x, -1, 0), d, axis=0)
+    r0 = match(np.moveaxis(x, -1, 0), d, channel_axis=0)
     np.testing.assert_array_equal(r0.index, r.index)
     with pytest.raises(ValidationError, match=r"must have 35 frames .* along axis 2; got shape \(4, 5, 34\)"):
         match(x[..., :34], d)
     with pytest.raises(ValidationError, match="mask must have the signals' spatial shape"):
         match(x, d, mask=np.ones((5, 4), bool))
-    with pytest.raises(ValidationError, match="axis 3 is out of range"):
-        match(x, d, axis=3)
+    with pytest.raises(ValidationError, match="channel_axis 3 is out of range"):
+        match(x, d, channel_axis=3)
+    with pytest.warns(DeprecationWarning, match="match: the keyword 'axis' is deprecated; use 'channel_axis'"):
+        old = match(np.moveaxis(x, -1, 0), d, axis=0)
+    np.testing.assert_array_equal(old.index, r.index)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValidationError, match="give channel_axis only"):
+        match(x, d, channel_axis=2, axis=0)
     with pytest.raises(ValidationError, match="backend must be"):
         match(x, d, backend="fortran")
     with pytest.raises(ValidationError, match="mrfengine.Dictionary"):
@@ -131,10 +136,10 @@ def test_shapes_axes_and_errors():
 
 
 def test_unavailable_backend_is_an_error_and_auto_falls_back(monkeypatch):
-    import mrfengine.matching.api as api
+    import mrfengine.backend as backend
     from mrfengine.backend import BackendInfo
 
-    monkeypatch.setattr(api, "probe", lambda name: BackendInfo(name, name == "numpy", "missing for the test"))
+    monkeypatch.setattr(backend, "probe", lambda name: BackendInfo(name, name == "numpy", "missing for the test"))
     rng = np.random.default_rng(5)
     d = random_dictionary(rng, 20, 35)
     x = np.abs(rng.normal(size=(3, 35)))
@@ -208,7 +213,7 @@ def test_match_slices_uses_each_slices_dictionary():
         idx = rng.integers(0, d.n_atoms, shape)
         vol[:, :, z] = d.atoms[idx]
         truth.append(idx)
-    r = match_slices(vol, sd, slice_axis=2, axis=-1, backend="numpy")
+    r = match_slices(vol, sd, slice_axis=2, channel_axis=-1, backend="numpy")
     assert r.index.shape == (3, 4, 6)
     for z in range(6):
         d = sd.for_slice(z)
@@ -220,10 +225,14 @@ def test_match_slices_uses_each_slices_dictionary():
     # The frame axis first and slices last works too; the mask follows the spatial axes.
     mask = np.zeros((3, 4, 6), bool)
     mask[1:, :, ::2] = True
-    r2 = match_slices(np.moveaxis(vol, -1, 0), sd, slice_axis=3, axis=0, mask=mask, backend="numpy")
+    r2 = match_slices(np.moveaxis(vol, -1, 0), sd, slice_axis=3, channel_axis=0, mask=mask, backend="numpy")
     np.testing.assert_array_equal(r2.matched, mask)
     np.testing.assert_array_equal(r2.index[mask], r.index[mask])
     with pytest.raises(ValidationError, match="slices"):
         match_slices(vol[:, :, :5], sd, slice_axis=2)
     with pytest.raises(ValidationError, match="must differ"):
-        match_slices(vol, sd, slice_axis=3, axis=-1)
+        match_slices(vol, sd, slice_axis=3, channel_axis=-1)
+    # The frame axis's former name still works, with a DeprecationWarning.
+    with pytest.warns(DeprecationWarning, match="match_slices: the keyword 'axis' is deprecated; use 'channel_axis'"):
+        r3 = match_slices(np.moveaxis(vol, -1, 0), sd, slice_axis=3, axis=0, mask=mask, backend="numpy")
+    np.testing.assert_array_equal(r3.index, r2.index)

@@ -169,7 +169,7 @@ def test_dask_arrays_match_chunk_by_chunk(noisy_case):
     np.testing.assert_array_equal(lazy.matched.compute(), mask)
     np.testing.assert_allclose(lazy.m0.compute(), ref.m0, rtol=1e-6)
     # Frames first, split over chunks: rechunked internally.
-    lazy0 = match(da.from_array(np.moveaxis(vol, -1, 0), chunks=(10, 5, 60)), d, axis=0)
+    lazy0 = match(da.from_array(np.moveaxis(vol, -1, 0), chunks=(10, 5, 60)), d, channel_axis=0)
     np.testing.assert_array_equal(lazy0.index.compute()[1:], ref.index[1:])
 
 
