@@ -124,7 +124,7 @@ def check_range(value: Any, name: str, *, minimum: float | None = None) -> tuple
     return lo, hi
 
 
-def check_name(value: Any, what: str) -> str:
+def check_name(value: Any, what: str = "name") -> str:
     """A user-chosen name that becomes a key or a file name (:data:`NAME_RE`).
 
     Raises

@@ -25,10 +25,10 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
+from .._validate import check_name
 from ..errors import InputFileError, StoreError, ValidationError
 from ..sequence import Sequence, hermann2021
 from .cohort import (
-    _NAME_RE,
     SiteEntry,
     SubjectEntry,
     SubjectWriter,
@@ -171,9 +171,7 @@ def import_subject(
         raise ValidationError(f"slice_axis must be 0, 1 or 2; got {slice_axis!r}")
     for option, named in (("annotation", annotations), ("reference", references)):
         for name in (named or {}):
-            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-                raise ValidationError(f"{option} name {name!r} must be letters, digits, '_', '.', '-' "
-                                      f"(starting with a letter or digit)")
+            check_name(name, f"{option} name")
     cohort_path = Path(cohort_path)
     mrf_path = Path(mrf_path)
     root = None

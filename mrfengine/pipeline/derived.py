@@ -42,8 +42,8 @@ from ..io.cohort import (
     open_cohort_for_writing,
     stored_chunk_keys,
 )
-from ..io.cohort import check_name as _check_name
-from ..io.cohort.schema import _NAME_RE, DERIVED, SUBJECTS
+from .._validate import check_name
+from ..io.cohort.schema import DERIVED, SUBJECTS
 from ..io.cohort.store import has_keys, join
 from ..maps import MATCH_MAPS, derived_spec
 
@@ -105,7 +105,7 @@ def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) 
     """Delete ``derived/<pipeline>/`` of a subject: de-list its arrays first, then
     delete the group.  Returns whether anything was there."""
     sid = normalize_subject_id(subject)
-    _check_name(pipeline)
+    check_name(pipeline, "pipeline name")
     group, attrs = _open_subject(cohort_path, sid)
     prefix = f"derived/{pipeline}/"
     listed = any(p.startswith(prefix) for p in attrs.get("arrays", []))
@@ -173,15 +173,14 @@ def write_derived(
         A bad pipeline or array name, a map not of shape (Z, Y, X).
     """
     sid = normalize_subject_id(subject)
-    _check_name(pipeline)
+    check_name(pipeline, "pipeline name")
     if not arrays:
         raise ValidationError(f"{sid}: nothing to write into derived/{pipeline}/")
     group, sub_attrs = _open_subject(cohort_path, sid)
     shape = tuple(int(v) for v in sub_attrs["shape_zyx"])
     data = {}
     for name, value in arrays.items():
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise ValidationError(f"derived array names must be letters, digits, '_', '.', '-'; got {name!r}")
+        check_name(name, "derived array name")
         value = np.asarray(value, dtype=np.float32)
         if value.shape != shape:
             raise ValidationError(f"{sid}: derived/{pipeline}/{name} must have the subject's shape {shape} "

@@ -63,7 +63,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -71,6 +70,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_name
 from ..errors import ValidationError
 from ..masking import BRAIN_MASK_SOURCE, OUTSIDE_BRAIN_VALUE, apply_outside_rule
 from ..sequence import Sequence
@@ -95,7 +95,6 @@ VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0})
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: no trailing newline
 
 StageFunction = Callable[..., tuple[dict[str, Any], dict[str, Any]]]
 
@@ -412,9 +411,7 @@ class Pipeline:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
-            raise ValidationError(f"pipeline name must be letters, digits, '_', '.', '-' (it names the derived "
-                                  f"group); got {self.name!r}")
+        check_name(self.name, "pipeline name (it names the derived group)")
         names = _parse_stage_names(self.stages)
         _check_flow(names)
         object.__setattr__(self, "stages", names)

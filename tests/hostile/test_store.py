@@ -305,12 +305,12 @@ def test_subject_ids_with_a_trailing_newline_are_refused(name):
 def test_names_with_a_trailing_newline_are_refused(tmp_path):
     from mrfengine.io.cohort import SubjectEntry
     from mrfengine.pipeline import Pipeline
-    from mrfengine.pipeline.derived import _check_name
+    from mrfengine.pipeline.derived import check_name
 
     with pytest.raises(ValidationError):
         SubjectEntry("1\n")
     with pytest.raises(ValidationError):
-        _check_name("match\n")
+        check_name("match\n", "pipeline name")
     with pytest.raises(ValidationError):
         Pipeline.from_stages("match", name="match\n")
 

@@ -22,7 +22,7 @@ readers treat as absent and writers rewrite.
 """
 
 from .read import Cohort, Subject, derived_attrs, derived_complete, read_cohort_attrs, subject_complete
-from .schema import (_GROUPS_OF_SUBJECT, _NAME_RE, _SUBJECT_RE, CHUNKS_KEY, DERIVED_KEY, GROUPS, REQUIRED_TRUTH, ROOT_KEY,
+from .schema import (_GROUPS_OF_SUBJECT, _SUBJECT_RE, CHUNKS_KEY, DERIVED_KEY, GROUPS, REQUIRED_TRUTH, ROOT_KEY,
                      SCHEMA_VERSION, SPLITS, SUBJECT_KEY, TRUTH_SPECS, SiteEntry, SubjectEntry, array_write_config,
                      check_name, default_compressor, expected_dtype, json_equal, normalize_subject_id)
 from .store import open_store, require_writable, stored_chunk_keys
@@ -45,4 +45,4 @@ __all__ = [
 ]
 
 # Private names other modules of mrfengine import (the importer's name check).
-_ = (_GROUPS_OF_SUBJECT, _NAME_RE, _SUBJECT_RE)
+_ = (_GROUPS_OF_SUBJECT, _SUBJECT_RE)

@@ -369,7 +369,7 @@ def derived_attrs(cohort: Any, subject: str, pipeline: str) -> dict[str, Any] | 
     import zarr
 
     sid = normalize_subject_id(subject)
-    check_name(pipeline)
+    check_name(pipeline, "pipeline name")
     try:
         root = _root_of(cohort)
         group = zarr.open_group(store=root.store, path=join(root.path, SUBJECTS, sid, DERIVED, pipeline), mode="r",

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..._validate import NAME_RE, check_name
 from ...errors import StoreError, ValidationError
 from ...maps import TRUTH_MAPS
 from ...sequence import Sequence
@@ -87,7 +88,6 @@ REQUIRED_TRUTH = ("T1", "T2star", "B1", "PD", "GM", "WM", "CSF", "lesion")
 
 # ``\Z``, not ``$``: ``$`` also matches before a trailing newline ("sub-01\n").
 _SUBJECT_RE = re.compile(r"sub-[A-Za-z0-9]+\Z")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _GROUPS_OF_SUBJECT = ("reference", "truth", "annotations")
 
 
@@ -128,14 +128,6 @@ def normalize_subject_id(subject_id: str) -> str:
     if not _SUBJECT_RE.fullmatch(sid):
         raise ValidationError(f"subject id must be 'sub-' followed by letters or digits (BIDS); got {subject_id!r}")
     return sid
-
-
-def check_name(name: str, what: str = "pipeline name") -> str:
-    """``name`` if it is a node name of the store (letters, digits, ``_``, ``.``, ``-``,
-    starting with a letter or digit: never a path); ValidationError otherwise."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValidationError(f"{what} must be letters, digits, '_', '.', '-'; got {name!r}")
-    return name
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -183,7 +175,7 @@ class SubjectEntry:
     group: str = "unknown"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.site, str) or not _NAME_RE.fullmatch(self.site):
+        if not isinstance(self.site, str) or not NAME_RE.match(self.site):
             raise ValidationError(f"site must be a short name such as '1'; got {self.site!r}")
         if self.split not in SPLITS:
             raise ValidationError(f"split must be one of {SPLITS}; got {self.split!r}")

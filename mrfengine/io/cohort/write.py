@@ -43,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
+from ..._validate import NAME_RE, check_name
 from ...errors import StoreError, ValidationError
 from ...sequence import Sequence
 from .schema import (
     _GROUPS_OF_SUBJECT,
-    _NAME_RE,
     CHUNKS_KEY,
     REPLACED_PREFIX,
     ROOT_KEY,
@@ -467,11 +467,10 @@ class SubjectWriter:
         ``frames`` gives it the MRF shape (n_frames, Z, Y, X); otherwise (Z, Y, X).
         """
         head, _, name = path.rpartition("/")
-        if head and not _NAME_RE.fullmatch(head):
+        if head and not NAME_RE.match(head):
             raise ValidationError(
                 f"arrays live at the subject level or one group deep (e.g. {_GROUPS_OF_SUBJECT}); got {path!r}")
-        if not _NAME_RE.fullmatch(name):
-            raise ValidationError(f"array name must be letters, digits, '_', '.', '-'; got {name!r}")
+        check_name(name, "array name")
         z, y, x = self.shape
         shape = (self.n_frames, z, y, x) if frames else (z, y, x)
         chunks = (self.n_frames, 1, y, x) if frames else (1, y, x)
