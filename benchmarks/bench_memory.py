@@ -42,7 +42,7 @@ x = np.load(sys.argv[1])
 seq = hermann2021(1)
 per = [SliceDictionaries(seq, cache=False).for_slice(z) for z in range(x.shape[0])] if x.shape[0] < 60 else SliceDictionaries(seq, cache=False)
 before = rss()
-r = match_slices(x, per, slice_axis=0, axis=-1, backend=sys.argv[2])
+r = match_slices(x, per, slice_axis=0, channel_axis=-1, backend=sys.argv[2])
 print(json.dumps({"before_mb": before, "after_mb": rss(), "input_mb": x.nbytes / 2**20}))
 """
 

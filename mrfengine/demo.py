@@ -127,7 +127,7 @@ def run_demo(
     per_slice = [dicts.for_slice(p) for p in positions]
     t_dict = time.perf_counter() - t0
     t0 = time.perf_counter()
-    result = match_slices(noisy, per_slice, slice_axis=0, axis=-1, backend=backend, method=method)
+    result = match_slices(noisy, per_slice, slice_axis=0, channel_axis=-1, backend=backend, method=method)
     t_match = time.perf_counter() - t0
 
     rows = []

@@ -93,7 +93,7 @@ def match_volume(volume: Any, dictionaries, *, slice_axis: int, axis: int, z0: i
 
         def per_slice(z: int):
             return dictionaries.for_slice(z0 + z)
-    result = match_slices(volume, per_slice, slice_axis=slice_axis, axis=axis, mask=mask, n_threads=n_threads,
+    result = match_slices(volume, per_slice, slice_axis=slice_axis, channel_axis=axis, mask=mask, n_threads=n_threads,
                           backend=backend, method=method, rank=rank, progress=progress)
     slots = sorted({sequence.slot_of_slice(z0 + z) for z in range(n)})
     info = {"backend": result.backend, "method": result.method, "rank": result.rank, "sequence": sequence.name,

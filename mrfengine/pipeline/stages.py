@@ -161,7 +161,7 @@ class Stage:
 def _denoise(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
     from ..denoise import mppca
 
-    result = mppca(inputs["mrf"], axis=0, mask=inputs["mask"], backend=backend, n_threads=n_threads,
+    result = mppca(inputs["mrf"], channel_axis=0, mask=inputs["mask"], backend=backend, n_threads=n_threads,
                    patch_radius=options["patch_radius"], estimator=options["estimator"])
     info = {"backend": result.backend, "estimator": result.estimator, "window": list(result.window)}
     return {"mrf": np.asarray(result.denoised, dtype=np.float32)}, info

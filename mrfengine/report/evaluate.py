@@ -201,7 +201,7 @@ class ConventionalSource:
             self._dictionaries[digest] = SliceDictionaries(subject.sequence, cache=self.cache)
         mrf = np.asarray(subject.mrf[:])  # (F, Z, Y, X)
         mask = _brain(subject)
-        result = match_slices(mrf, self._dictionaries[digest], slice_axis=1, axis=0, mask=mask,
+        result = match_slices(mrf, self._dictionaries[digest], slice_axis=1, channel_axis=0, mask=mask,
                               backend=self.backend, method=self.method)
         log.debug("%s: matched %d voxels (%s, %s)", subject.id, int(np.count_nonzero(result.matched)),
                  result.backend, result.method)

@@ -412,6 +412,6 @@ def test_out_of_core_mppca_is_scale_equivariant(tmp_path, mppca_data):
     src = root.create_array("src", shape=series.shape, chunks=(series.shape[0], 2) + series.shape[2:], dtype="f4")
     src[...] = series
     dst = root.create_array("dst", shape=series.shape, chunks=src.chunks, dtype="f4")
-    mppca_zarr(src, dst, axis=0, slab_planes=2, backend="numpy")
+    mppca_zarr(src, dst, channel_axis=0, slab_planes=2, backend="numpy")
     ref = mppca(mppca_data, backend="numpy").denoised
     np.testing.assert_allclose(np.moveaxis(dst[...], 0, -1) / 1e37, ref, rtol=1e-4, atol=1e-5)

@@ -149,7 +149,7 @@ def test_noise_free_subject_matches_its_truth(tmp_path):
     pure = wm > 0.97
     assert pure.sum() > 20
     dicts = SliceDictionaries(sub.sequence, cache=False)
-    r = match_slices(mrf, lambda z: dicts.for_slice(z + 4), slice_axis=1, axis=0, mask=pure, backend="numpy")
+    r = match_slices(mrf, lambda z: dicts.for_slice(z + 4), slice_axis=1, channel_axis=0, mask=pure, backend="numpy")
     for key in ("T1", "T2star"):
         truth = np.asarray(sub.truth[key][zs])[pure]
         err = np.abs(r.params[key][pure] / truth - 1)
