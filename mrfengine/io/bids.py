@@ -130,6 +130,7 @@ def map_sidecar(
     sources: Iterable[str | os.PathLike],
     outside: Mapping[str, Any] | None,
     generated_by: str = "",
+    generated_version: str | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The fields of a map's JSON sidecar: the one schema of every map mrfengine writes.
@@ -150,6 +151,10 @@ def map_sidecar(
     generated_by : str
         What made it, for ``GeneratedBy``'s ``Description`` (e.g. ``U-net
         MSE-5``, ``dictionary matching``, ``pipeline match: match -> write``).
+    generated_version : str, optional
+        The mrfengine version that computed the map, for ``GeneratedBy``'s
+        ``Version`` when it is not the one writing the file (an export of maps
+        a batch stored earlier); ``mrfengine_version`` is always the writer's.
     provenance : mapping, optional
         The method's own record (model, sequence, backend, ...), after the
         schema's keys; none of them may be one of :data:`SIDECAR_KEYS`.
@@ -175,7 +180,7 @@ def map_sidecar(
     names = [Path(s).name if isinstance(s, Path) else str(s) for s in sources]
     if not names:
         raise ValidationError("a map's sidecar needs at least one source")
-    tool: dict[str, Any] = {"Name": "mrfengine", "Version": __version__}
+    tool: dict[str, Any] = {"Name": "mrfengine", "Version": generated_version or __version__}
     if generated_by:
         tool["Description"] = generated_by
     fields: dict[str, Any] = {"Description": str(description), "Units": str(units), "Sources": names,

@@ -58,12 +58,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import __version__
 from ..errors import StoreError
 from ..masking import BRAIN_MASK_SOURCE, apply_outside_rule, outside_rule_fields
-from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, MS, NETWORK_MAPS, OTHER_MAPS, SECOND, TRUTH_MAPS,
+from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, NETWORK_MAPS, OTHER_MAPS, TRUTH_MAPS,
                     UNCERTAINTY_SUFFIX, uncertainty_spec)
-from .bids import write_sidecar
+from .bids import map_sidecar, write_sidecar
 from .cohort import SCHEMA_VERSION, Cohort, Subject, derived_attrs
 from .nifti import save_nifti
 
@@ -139,22 +138,38 @@ def _sequence_fields(subject: Subject) -> dict[str, Any]:
     }
 
 
-def _derived_fields(cohort: Cohort, subject: Subject, array_path: str, attrs: dict[str, Any],
-                    fields: dict[str, Any]) -> None:
-    """Sidecar fields of a derived map: units from the array, the pipeline's provenance."""
-    pipeline = array_path.split("/")[1]
-    if attrs.get("units") == MS:
-        fields["Units"] = SECOND
-    record = _derived_record(cohort, subject, pipeline)
-    prov = dict(record.get("provenance") or {})
-    fields["GeneratedBy"] = [{
-        "Name": "mrfengine",
-        "Version": prov.get("mrfengine_version", __version__),
-        "Description": f"pipeline {pipeline}: " + " -> ".join((prov.get("config") or {}).get("stages", [])),
-    }]
-    fields["PipelineProvenance"] = prov
-    if record.get("timings_s"):
-        fields["PipelineTimings"] = record["timings_s"]
+def _sidecar(cohort: Cohort, subject: Subject, array_path: str, unit: str,
+             rule: tuple[np.ndarray | None, str | None, str] | None) -> dict[str, Any]:
+    """The exported array's sidecar, in the one schema (:func:`mrfengine.io.bids.map_sidecar`).
+
+    A derived map names the pipeline that computed it (``GeneratedBy``, with
+    the version that ran it), its provenance and timings, and the outside
+    rule it was exported under; the series names its sequence; a simulated
+    truth map its seed.
+    """
+    attrs = dict(subject.array(array_path).attrs)
+    if unit == ARBITRARY and attrs.get("units") not in (None, ""):  # not in the registry: its own unit, unscaled
+        unit = str(attrs["units"])
+    extra: dict[str, Any] = {"CohortSchemaVersion": SCHEMA_VERSION}
+    generated_by, version = "", None
+    if array_path == "mrf":
+        extra.update(_sequence_fields(subject))
+    if array_path.startswith("derived/"):
+        pipeline = array_path.split("/")[1]
+        record = _derived_record(cohort, subject, pipeline)
+        prov = dict(record.get("provenance") or {})
+        generated_by = f"pipeline {pipeline}: " + " -> ".join((prov.get("config") or {}).get("stages", []))
+        version = prov.get("mrfengine_version")
+        extra["PipelineProvenance"] = prov
+        if record.get("timings_s"):
+            extra["PipelineTimings"] = record["timings_s"]
+    if array_path.startswith("truth/") and cohort.generator:
+        extra["Simulated"] = True
+        extra["Seed"] = cohort.generator.get("seed")
+    return map_sidecar(attrs.get("description", array_path), unit,
+                       sources=[f"{cohort.name}:{subject.id}/{array_path}"],
+                       outside=None if rule is None else outside_rule_fields(rule[1], rule[2]),
+                       generated_by=generated_by, generated_version=version, provenance=extra)
 
 
 def _derived_record(cohort: Cohort, subject: Subject, pipeline: str) -> dict[str, Any]:
@@ -241,24 +256,7 @@ def export_array(
         sform_code=int(a.get("sform_code", 1)),
         frame_interval=float(a.get("frame_interval", 0.0)) or None,
     )
-    attrs = dict(arr.attrs)
-    fields: dict[str, Any] = {
-        "Description": attrs.get("description", array_path),
-        "Units": unit,
-        "Sources": [f"{cohort.name}:{subject.id}/{array_path}"],
-        "CohortSchemaVersion": SCHEMA_VERSION,
-        "GeneratedBy": [{"Name": "mrfengine", "Version": __version__}],
-    }
-    if array_path == "mrf":
-        fields.update(_sequence_fields(subject))
-    if array_path.startswith("derived/"):
-        _derived_fields(cohort, subject, array_path, attrs, fields)
-        if rule is not None:
-            fields.update(outside_rule_fields(rule[1], rule[2]))
-    if array_path.startswith("truth/") and cohort.generator:
-        fields["Simulated"] = True
-        fields["Seed"] = cohort.generator.get("seed")
-    write_sidecar(path.with_name(path.name[: -len(ext)] + ".json"), fields)
+    write_sidecar(path.with_name(path.name[: -len(ext)] + ".json"), _sidecar(cohort, subject, array_path, unit, rule))
     return path
 
 

@@ -15,6 +15,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore, ZipStore
 
 from mrfengine.errors import StoreError
+from mrfengine.io.bids import SIDECAR_KEYS
 from mrfengine.io import Cohort, export_array, validate_cohort
 from mrfengine.io.cohort import (
     SiteEntry,
@@ -96,6 +97,11 @@ def test_a_cohort_packed_in_a_zip_opens_lists_validates_and_reads(tmp_path):
     out = export_array(packed, "sub-01", "derived/match/T1", tmp_path / "nifti")
     side = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
     assert side["Sources"] == ["c.zarr.zip:sub-01/derived/match/T1"] and side["Units"] == "s"
+    # ... in the one sidecar schema of predict and match (io.bids.map_sidecar)
+    assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS
+    assert side["GeneratedBy"][0]["Description"] == "pipeline match: match"
+    assert side["BrainMask"] == "sub-01_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
+    assert side["PipelineProvenance"] == {"config": {"stages": ["match"]}}
 
 
 def test_a_chunk_missing_from_the_zip_is_an_error_not_zeros(tmp_path):
