@@ -82,32 +82,30 @@ def check_writable_dir(path: str | os.PathLike, *, what: str = "output folder") 
 def check_store_writable(path: str | os.PathLike) -> Path:
     """Check, before any work, that a cohort store can be created or written at ``path``.
 
-    An existing store must be a folder we can read and write (its root and
-    ``subjects/``); a new one needs a writable folder to be created in.
+    A new store needs a writable folder to be created in; an existing one is
+    asked by :func:`mrfengine.io.cohort.require_writable` (the one writability
+    check: what zarr knows of the store, a local folder's permissions and free
+    space), after checking that a local folder can be read at all.
 
     Raises
     ------
     StoreError
         Names the store and what is wrong.
     """
+    from .cohort import require_writable
+
     path = Path(path)
     if not os.path.lexists(path):
         try:
             return check_writable_dir(path, what="cohort store")
         except InputFileError as exc:
             raise StoreError(str(exc)) from None
-    if not path.is_dir():
+    if not path.is_dir() and path.suffix.lower() != ".zip":
         raise StoreError(f"{path}: the cohort store exists and is not a folder")
     for folder in (path, path / "subjects"):
-        if not folder.is_dir():
-            continue
-        if not os.access(folder, os.R_OK | os.X_OK):
+        if folder.is_dir() and not os.access(folder, os.R_OK | os.X_OK):
             raise StoreError(f"{path}: cannot read the cohort store ({folder}: permission denied)")
-        if not os.access(folder, os.W_OK):
-            raise StoreError(f"{path}: the cohort store is read-only ({folder} is not writable)")
-    meta = path / "zarr.json"
-    if meta.exists() and not os.access(meta, os.R_OK):
-        raise StoreError(f"{path}: cannot read the cohort store ({meta}: permission denied)")
+    require_writable(path, action="write into the cohort store")
     return path
 
 
