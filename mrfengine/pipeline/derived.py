@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_name
 from ..errors import StoreError, ValidationError
 from ..io.cohort import (
     CHUNKS_KEY,
@@ -42,25 +43,23 @@ from ..io.cohort import (
     open_cohort_for_writing,
     stored_chunk_keys,
 )
-from .._validate import check_name
 from ..io.cohort.schema import DERIVED, SUBJECTS
 from ..io.cohort.store import has_keys, join
 from ..maps import MATCH_MAPS, derived_spec
+from ..masking import NOT_ESTIMATED_VALUE
 
 __all__ = ["DERIVED_KEY", "DERIVED_ARRAYS", "derived_complete", "derived_attrs", "remove_derived", "write_derived"]
 
 log = logging.getLogger(__name__)
 
-#: What the ``write`` stage stores where a map has no value (the brain outside
-#: the mask is 0 for every map, :func:`mrfengine.masking.apply_outside_rule`).
-_UNMATCHED = {"T1": "NaN", "T2star": "NaN", "B1": "NaN", "M0": "0", "correlation": "0"}
-
 #: array name -> (units, description) of dictionary matching's maps as the
-#: ``write`` stage stores them, from the one map registry (:data:`mrfengine.maps.MATCH_MAPS`);
+#: ``write`` stage stores them, from the one map registry (:data:`mrfengine.maps.MATCH_MAPS`),
+#: each saying the one rule for voxels without an estimate (0, as outside the brain:
+#: :data:`mrfengine.masking.NOT_ESTIMATED_VALUE`);
 #: other arrays (the network's maps, their uncertainty, the physics consistency)
 #: take theirs from :func:`mrfengine.maps.derived_spec`.
 DERIVED_ARRAYS: dict[str, tuple[str, str]] = {
-    name: (spec.unit, f"{spec.description} ({_UNMATCHED[name]} where not matched)")
+    name: (spec.unit, f"{spec.description} ({NOT_ESTIMATED_VALUE:g} where not matched)")
     for name, spec in MATCH_MAPS.items()
 }
 
