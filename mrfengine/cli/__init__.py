@@ -54,7 +54,8 @@ def cli(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     if verbose == 0:
         # Library chatter (e.g. the backend choice) only with -v.
-        logging.getLogger("mrfengine.matching").setLevel(logging.WARNING)
+        for chatty in ("mrfengine.matching", "mrfengine.backend"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 for _name in _COMMAND_MODULES:

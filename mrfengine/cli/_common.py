@@ -10,6 +10,10 @@ import click
 
 T = TypeVar("T")
 
+READ_COHORT = click.Path(dir_okay=True, file_okay=True)
+"""A cohort a command only reads: a folder, a ``.zip`` of one, or a store URL (``s3://...``,
+fsspec); whether it is a cohort is checked when it is opened (:func:`mrfengine.io.cohort.open_store`)."""
+
 sequence_option = click.option(
     "--sequence",
     "sequence_spec",

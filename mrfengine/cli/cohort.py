@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import progress_option
+from ._common import READ_COHORT, progress_option
 from ._outputs import force_options
 
 
@@ -115,7 +115,7 @@ def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, bra
 
 
 @click.command()
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
 @click.option("--subject", "subject_ids", multiple=True, help="Subject(s) to export (default: all).")
 @click.option("--array", "arrays", multiple=True,
@@ -187,7 +187,7 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
 
 
 @click.command()
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
 @click.option("--subject", "subject_id", default=None, help="Subject (default: the first).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--slice", "slices", multiple=True, type=click.IntRange(0), help="Slice(s) to show (default: 3).")
@@ -214,7 +214,7 @@ def show(cohort, subject_id, output, slices, frames, force) -> None:
 
 
 @click.command()
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
 @click.option("--deep", is_flag=True, help="Also read the data (finite values, fractions, binary masks).")
 @click.option("--allow-incomplete", is_flag=True, help="Incomplete subjects are warnings, not errors.")
 def validate(cohort, deep, allow_incomplete) -> None:

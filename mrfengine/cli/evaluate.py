@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..metrics.definitions import CORE_FRACTION, LESION_THRESHOLD, REFERENCE_LESION_THRESHOLD, TISSUE_THRESHOLD
-from ._common import backend_option, cache_option, method_option, no_cache_option, split_subjects
+from ._common import READ_COHORT, backend_option, cache_option, method_option, no_cache_option, split_subjects
 from ._outputs import force_option
 
 
@@ -16,7 +16,7 @@ def _deprecated_threshold(_ctx, _param, value):
 
 
 @click.command()
-@click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
+@click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False),
               help="Folder for evaluation.json, table.md and the PNG figures.")
 @click.option("--pred", default="conventional", show_default=True,

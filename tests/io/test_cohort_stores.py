@@ -97,6 +97,13 @@ def test_a_cohort_packed_in_a_zip_opens_lists_validates_and_reads(tmp_path):
     out = export_array(packed, "sub-01", "derived/match/T1", tmp_path / "nifti")
     side = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
     assert side["Sources"] == ["c.zarr.zip:sub-01/derived/match/T1"] and side["Units"] == "s"
+    # ... and the command line reads it too
+    from click.testing import CliRunner
+
+    from mrfengine.cli import cli as main_group
+
+    res = CliRunner().invoke(main_group, ["validate", str(packed), "--allow-incomplete"])
+    assert res.exit_code == 0 and "c.zarr.zip" in res.output, res.output
     # ... in the one sidecar schema of predict and match (io.bids.map_sidecar)
     assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS
     assert side["GeneratedBy"][0]["Description"] == "pipeline match: match"
