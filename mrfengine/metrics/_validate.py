@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .._validate import check_int
 from ..errors import ValidationError
 
 
@@ -131,6 +132,5 @@ def parse_mask(mask: ArrayLike | None, shape: tuple[int, ...], name: str = "mask
 
 
 def parse_positive_int(value: int, name: str, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValidationError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+    """:func:`mrfengine._validate.check_int` (the package's one integer check) with a lower bound."""
+    return check_int(value, name, minimum=minimum)
