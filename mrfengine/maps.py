@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Mapping
 
+from .errors import ValidationError
+
 __all__ = [
     "UNITS", "MS", "SECOND", "DIMENSIONLESS", "ARBITRARY", "LABEL", "VOXEL", "KINDS",
     "MapSpec", "TRUTH_MAPS", "MATCH_MAPS", "NETWORK_MAPS", "OTHER_MAPS",
@@ -95,9 +97,9 @@ class MapSpec:
 
     def __post_init__(self) -> None:
         if self.unit not in UNITS or (self.bids_unit and self.bids_unit not in UNITS):
-            raise ValueError(f"map {self.name}: units must be among {UNITS}; got {self.unit!r}, {self.bids_unit!r}")
+            raise ValidationError(f"map {self.name}: units must be among {UNITS}; got {self.unit!r}, {self.bids_unit!r}")
         if self.kind not in KINDS:
-            raise ValueError(f"map {self.name}: kind must be one of {KINDS}; got {self.kind!r}")
+            raise ValidationError(f"map {self.name}: kind must be one of {KINDS}; got {self.kind!r}")
         if not self.bids_unit:
             object.__setattr__(self, "bids_unit", self.unit)
 

@@ -133,6 +133,7 @@ class UNet2d(nn.Module):
         init_weights(self, seed=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ValueError, not ValidationError (its subclass): TorchScript compiles only built-in exceptions.
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet2d expects input (N, {self.in_channels}, H, W); got {list(x.shape)}")
         if x.shape[2] % self.size_multiple != 0 or x.shape[3] % self.size_multiple != 0:
