@@ -396,6 +396,14 @@ def _prepare(pred: ArrayLike, ref: ArrayLike, threshold: float | None) -> tuple[
     return binarize(p, t, "pred"), binary_mask(r, "ref")
 
 
+def _masks_and_rule(pred: ArrayLike, ref: ArrayLike, threshold: float | None, rule: str,
+                    **options: Any) -> tuple[np.ndarray, np.ndarray, LesionRule]:
+    """The binary prediction and reference (:func:`_prepare`) and the :func:`lesion_rule` of
+    ``rule`` with ``options`` on their number of axes: the start of every lesion-wise measure."""
+    pm, rm = _prepare(pred, ref, threshold)
+    return pm, rm, lesion_rule(rule, ndim=pm.ndim, **options)
+
+
 def evaluate_lesions(pred_mask: np.ndarray, ref_lesions: Lesions, rule: LesionRule, threshold: float | None = None) -> LesionEvaluation:
     """:func:`lesion_wise` on a binarised prediction and already labelled
     reference lesions (reuse the labelling across thresholds or metrics)."""
@@ -448,8 +456,8 @@ def reference_lesions(ref_mask: np.ndarray, rule: LesionRule) -> Lesions:
 def lesion_wise(
     pred: ArrayLike,
     ref: ArrayLike,
-    threshold: float | None = LESION_THRESHOLD,
     *,
+    threshold: float | None = LESION_THRESHOLD,
     rule: Literal["paper", "msseg"] = "paper",
     min_size: int | None = None,
     min_volume_mm3: float | None = None,
@@ -484,16 +492,8 @@ def lesion_wise(
     Objective evaluation of multiple sclerosis lesion segmentation using a
     data management and processing infrastructure, Sci Rep 8:13650, 2018.
     """
-    pm, rm = _prepare(pred, ref, threshold)
-    spec = lesion_rule(
-        rule,
-        min_size=min_size,
-        min_volume_mm3=min_volume_mm3,
-        min_overlap=min_overlap,
-        connectivity=connectivity,
-        voxel_size=voxel_size,
-        ndim=pm.ndim,
-    )
+    pm, rm, spec = _masks_and_rule(pred, ref, threshold, rule, min_size=min_size, min_volume_mm3=min_volume_mm3,
+                                   min_overlap=min_overlap, connectivity=connectivity, voxel_size=voxel_size)
     t = None if threshold is None or np.asarray(pred).dtype == bool else float(threshold)
     return evaluate_lesions(pm, reference_lesions(rm, spec), spec, t)
 
@@ -546,16 +546,8 @@ def lesion_detection_rate(
         Shapes differ, non-binary ``ref``, a non-bool ``pred`` without a
         threshold that is not 0/1, unknown rule or bad option.
     """
-    pm, rm = _prepare(pred, ref, threshold)
-    spec = lesion_rule(
-        rule,
-        min_size=min_size,
-        min_volume_mm3=min_volume_mm3,
-        min_overlap=min_overlap,
-        connectivity=connectivity,
-        voxel_size=voxel_size,
-        ndim=pm.ndim,
-    )
+    pm, rm, spec = _masks_and_rule(pred, ref, threshold, rule, min_size=min_size, min_volume_mm3=min_volume_mm3,
+                                   min_overlap=min_overlap, connectivity=connectivity, voxel_size=voxel_size)
     ref_les = reference_lesions(rm, spec)
     if spec.filters_prediction:
         return evaluate_lesions(pm, ref_les, spec).detection_rate
