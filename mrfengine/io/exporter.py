@@ -185,14 +185,22 @@ def _derived_outside_rule(cohort: Cohort, subject: Subject, array_path: str,
                           ext: str) -> tuple[np.ndarray | None, str | None, str]:
     """The brain mask a derived map is exported under, its exported file name and its source.
 
-    The pipeline ran with the subject's ``brain_mask`` when it has one (its
-    ``write`` stage says so; a record from before says nothing, and the runner
-    always passed the mask); the mask leaves as ``<sub>_desc-brain_mask``.
+    A mask the pipeline made from the series is stored with its maps
+    (``derived/<pipeline>/brain_mask``, the ``mask`` stage) and leaves with
+    them; otherwise the pipeline ran with the subject's ``brain_mask`` when it
+    has one (its ``write`` stage says so; a record from before says nothing,
+    and the runner always passed the mask), which leaves as
+    ``<sub>_desc-brain_mask``.
     """
     pipeline = array_path.split("/")[1]
-    stages = (_derived_record(cohort, subject, pipeline).get("provenance") or {}).get("stages") or {}
-    used = (stages.get("write") or {}).get("brain_mask", BRAIN_MASK_SOURCE) != "none"
-    if not used or subject.brain_mask is None:
+    record = _derived_record(cohort, subject, pipeline)
+    stages = (record.get("provenance") or {}).get("stages") or {}
+    source = (stages.get("write") or {}).get("brain_mask", BRAIN_MASK_SOURCE)
+    if "brain_mask" in (record.get("arrays") or []):
+        mask_path = f"derived/{pipeline}/brain_mask"
+        mask = np.asarray(subject.array(mask_path)[...]) > 0
+        return mask, f"{subject.id}_{export_name(mask_path)[0]}{ext}", (stages.get("mask") or {}).get("source", source)
+    if source == "none" or subject.brain_mask is None:
         return None, None, "none"
     mask = np.asarray(subject.brain_mask[...]) > 0
     return mask, f"{subject.id}_{export_name('brain_mask')[0]}{ext}", BRAIN_MASK_SOURCE

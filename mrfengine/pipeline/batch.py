@@ -1,7 +1,10 @@
 """A pipeline over a whole cohort on Dask: :func:`run_batch` (its client: :mod:`.cluster`).
 
-Each subject becomes one or more *slab* tasks (planes ``[lo, hi)`` read with
-the halo the stages need, see :func:`plan_slabs`) and one *finalize* task that
+Each subject becomes one *prepare* task (the whole-subject stages: its brain
+mask, the stored one or one made from its series, :func:`prepare_task`), one
+or more *slab* tasks (planes ``[lo, hi)`` read with
+the halo the stages need, see :func:`plan_slabs`; each gets its planes of the
+mask) and one *finalize* task that
 gathers the slabs' maps and writes ``derived/<pipeline>/`` with the completion
 record last (:func:`mrfengine.pipeline.derived.write_derived`).  Tasks take
 only paths, ids and the pipeline description, so they run unchanged on a
@@ -40,11 +43,11 @@ from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
-from .run import SubjectResult, failed_result, load_inputs, peak_memory_mb
+from .run import STORED_MASK, SubjectResult, failed_result, load_inputs, peak_memory_mb, prepare_subject
 from .stages import Pipeline, pipeline_halo, run_stages
 
-__all__ = ["SLAB_PLANES", "Slab", "SlabOutcome", "BatchReport", "plan_slabs", "run_slab", "finalize_subject",
-           "check_writable", "batch_client", "run_batch", "prepare_dictionaries"]
+__all__ = ["SLAB_PLANES", "Slab", "SlabOutcome", "Prepared", "BatchReport", "plan_slabs", "prepare_task", "run_slab",
+           "finalize_subject", "check_writable", "batch_client", "run_batch", "prepare_dictionaries"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,30 @@ def plan_slabs(n_planes: int, pipeline: Pipeline, slab_planes: int = SLAB_PLANES
 
 # --------------------------------------------------------------------------- tasks
 @dataclass(frozen=True)
+class Prepared:
+    """What a subject's prepare task gives its slab tasks: the whole-subject stages'
+    outputs (``mask``, ``mask_source``), timings and info, or the failure."""
+
+    subject: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    failure: SubjectResult | None = None
+
+
+def prepare_task(cohort_path: str, subject_id: str, pipeline: Pipeline, *, backend: str = "auto") -> Prepared:
+    """Run the whole-subject stages of one subject (:func:`mrfengine.pipeline.run.prepare_subject`).
+    Never raises for the subject's data: the failure rides in the result."""
+    sid = normalize_subject_id(subject_id)
+    try:
+        outputs, timings, info = prepare_subject(cohort_path, sid, pipeline, backend=backend)
+    except Exception as exc:  # noqa: BLE001 - reported per subject
+        phase = "input" if isinstance(exc, StoreError) else "stage"
+        return Prepared(sid, failure=failed_result(sid, pipeline.name, exc, phase, quiet=True))
+    return Prepared(sid, outputs, timings, info)
+
+
+@dataclass(frozen=True)
 class SlabOutcome:
     """What one slab task returns to its subject's finalize task."""
 
@@ -106,22 +133,33 @@ class SlabOutcome:
     started: float = float("nan")
 
 
-def run_slab(cohort_path: str, subject_id: str, pipeline: Pipeline, slab: Slab, *, backend: str = "auto",
-             n_threads: int = 1) -> SlabOutcome:
+def run_slab(cohort_path: str, subject_id: str, pipeline: Pipeline, slab: Slab, prepared: Prepared | None = None, *,
+             backend: str = "auto", n_threads: int = 1) -> SlabOutcome:
     """Read a slab with its halo, run the stages, keep its planes.  Never raises
-    for the subject's data or a stage: the failure rides in the outcome."""
+    for the subject's data or a stage: the failure rides in the outcome.
+
+    ``prepared`` is the subject's :func:`prepare_task` result (the brain mask);
+    without it the slab runs the whole-subject stages itself.  The first slab's
+    timings include the prepare task's."""
     sid = normalize_subject_id(subject_id)
     started = time.time()
     timings: dict[str, float] = {}
     phase = "input"
     try:
+        if prepared is None:
+            prepared = prepare_task(cohort_path, sid, pipeline, backend=backend)
+        if prepared.failure is not None:
+            return SlabOutcome(sid, slab, None, {}, {}, prepared.failure, peak_memory_mb(), started)
+        if slab.index == 0:
+            timings.update(prepared.timings_s)
         t0 = time.perf_counter()
-        artifacts = load_inputs(cohort_path, sid, (slab.read_lo, slab.read_hi))
-        timings["read"] = time.perf_counter() - t0
+        artifacts = {**prepared.outputs,
+                     **load_inputs(cohort_path, sid, (slab.read_lo, slab.read_hi), mask=prepared.outputs.get("mask", STORED_MASK))}
+        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
         phase = "stage"
         state, stage_times, info = run_stages(
             pipeline, artifacts, backend=backend, n_threads=n_threads,
-            crop=(slab.keep_lo - slab.read_lo, slab.read_hi - slab.keep_hi))
+            crop=(slab.keep_lo - slab.read_lo, slab.read_hi - slab.keep_hi), subject_done=prepared.info)
         timings.update(stage_times)
         derived = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state["derived"].items()}
     except Exception as exc:  # noqa: BLE001 - reported per subject
@@ -366,10 +404,15 @@ def run_batch(
 
     by_key: dict[str, tuple[str, str]] = {}
     futures = []
+    prepares = []  # held until the batch ends (their slab tasks hold them on the cluster too)
     for sid in todo:
         slab_futures = []
+        # The brain mask needs the whole subject: one task, whose result every slab task takes.
+        prepared = client.submit(prepare_task, cohort_path, sid, pipeline, backend=backend,
+                                 key=f"prepare-{pipeline.name}-{sid}-{uuid.uuid4().hex[:8]}", pure=False)
+        prepares.append(prepared)
         for slab in plans[sid]:
-            f = client.submit(run_slab, cohort_path, sid, pipeline, slab, backend=backend, n_threads=1,
+            f = client.submit(run_slab, cohort_path, sid, pipeline, slab, prepared, backend=backend, n_threads=1,
                               key=f"slab-{pipeline.name}-{sid}-{slab.index}-{uuid.uuid4().hex[:8]}", pure=False)
             by_key[f.key] = ("slab", sid)
             slab_futures.append(f)
@@ -415,7 +458,7 @@ def run_batch(
                 break
     finally:
         if pending:
-            client.cancel([f for f in futures if not f.done()])
+            client.cancel([f for f in futures + prepares if not f.done()])
     report.results = [results[s] for s in selected if s in results]
     report.not_run = [s for s in selected if s not in results]
     report.wall_s = time.perf_counter() - t_start

@@ -5,6 +5,12 @@
 returns a small :class:`SubjectResult`, so a Dask task can call it as it is.
 It never raises for a subject's failure: the error is caught, logged and
 reported in the result, and no completion record is written.
+
+A subject runs in two steps: the whole-subject stages (the ``mask`` stage:
+the subject's brain mask, or one made from its series) on the subject as the
+store holds it (:func:`subject_inputs`, the series read lazily), then the
+other stages on the series read into memory (:func:`load_inputs`) with that
+mask.  ``mrfengine batch`` does the same, the second step slab by slab.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ import numpy as np
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
-from .stages import Pipeline, run_stages
+from .stages import Pipeline, run_stages, run_subject_stages
 
-__all__ = ["SubjectResult", "run_subject", "load_inputs", "failed_result", "peak_memory_mb"]
+__all__ = ["SubjectResult", "run_subject", "load_inputs", "subject_inputs", "prepare_subject", "failed_result",
+           "peak_memory_mb", "STORED_MASK"]
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,78 @@ class SubjectResult:
     peak_memory_mb: float | None = None
 
 
-def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[int, int] | None = None) -> dict[str, Any]:
+#: :func:`load_inputs`' default ``mask``: the subject's stored ``brain_mask`` (or None without one).
+STORED_MASK: Any = "stored"
+
+
+def _open_checked(cohort_path: str | os.PathLike, sid: str):
+    subject = Cohort.open(cohort_path)[sid]  # StoreError naming an unknown or incomplete subject
+    expect = (subject.sequence.n_measurements,) + subject.shape
+    if tuple(subject.mrf.shape) != expect:
+        raise StoreError(f"{sid}: 'mrf' has shape {tuple(subject.mrf.shape)}; expected {expect} (frames, Z, Y, X)")
+    return subject
+
+
+def _read_mask(subject: Any, sid: str, lo: int, hi: int) -> np.ndarray | None:
+    try:
+        return None if subject.brain_mask is None else np.asarray(subject.brain_mask[lo:hi]) > 0
+    except StoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise StoreError(f"{sid}: cannot read its 'brain_mask' array ({type(exc).__name__}: {exc})") from exc
+
+
+def subject_inputs(cohort_path: str | os.PathLike, subject_id: str) -> dict[str, Any]:
+    """The inputs of the whole-subject stages (:func:`~mrfengine.pipeline.stages.run_subject_stages`):
+    ``mrf`` as the store's lazily sliced array, ``mask`` the stored ``brain_mask`` (bool, or None),
+    ``sequence``, ``z0`` 0.
+
+    Raises
+    ------
+    StoreError
+        No such or an incomplete subject, a shape that does not fit the sequence, an unreadable mask.
+    """
+    sid = normalize_subject_id(subject_id)
+    subject = _open_checked(cohort_path, sid)
+    return {"mrf": subject.mrf, "mask": _read_mask(subject, sid, 0, subject.shape[0]),
+            "sequence": subject.sequence, "z0": 0}
+
+
+def prepare_subject(cohort_path: str | os.PathLike, subject_id: str, pipeline: Pipeline, *,
+                    backend: str = "auto") -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Run the whole-subject stages of ``pipeline`` on one subject, before its other stages.
+
+    Returns
+    -------
+    outputs, timings_s, info
+        As :func:`~mrfengine.pipeline.stages.run_subject_stages` (``outputs["mask"]``:
+        the mask for :func:`load_inputs`); ``timings_s`` also has ``read`` (opening the
+        subject and reading its stored mask).
+
+    Raises
+    ------
+    StoreError
+        As :func:`subject_inputs`; a chunk of ``mrf`` that cannot be read.
+    ValidationError
+        A series no brain mask can be made from.
+    """
+    t0 = time.perf_counter()
+    artifacts = subject_inputs(cohort_path, subject_id)
+    read = time.perf_counter() - t0
+    outputs, timings, info = run_subject_stages(pipeline, artifacts, backend=backend)
+    return outputs, {"read": read, **timings}, info
+
+
+def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[int, int] | None = None, *,
+                mask: np.ndarray | None = STORED_MASK) -> dict[str, Any]:
     """Read and check the stage inputs of one subject, or of its planes ``[lo, hi)``.
+
+    Parameters
+    ----------
+    mask : ndarray of bool (Z, Y, X) of the whole subject, or None
+        The brain mask the stages run in (the ``mask`` stage's, see
+        :func:`prepare_subject`; None: the whole field of view); its planes
+        ``[lo, hi)`` are used.  Default: the subject's stored ``brain_mask``.
 
     Returns the :data:`~mrfengine.pipeline.stages.INITIAL_ARTIFACTS`: ``mrf``
     (T, Z, Y, X) float32, ``mask`` (Z, Y, X) bool or None, ``sequence`` and
@@ -79,11 +156,7 @@ def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[i
         NaN/Inf inside the brain mask (the message names the subject and how many).
     """
     sid = normalize_subject_id(subject_id)
-    cohort = Cohort.open(cohort_path)
-    subject = cohort[sid]  # StoreError naming an unknown or incomplete subject
-    expect = (subject.sequence.n_measurements,) + subject.shape
-    if tuple(subject.mrf.shape) != expect:
-        raise StoreError(f"{sid}: 'mrf' has shape {tuple(subject.mrf.shape)}; expected {expect} (frames, Z, Y, X)")
+    subject = _open_checked(cohort_path, sid)
     lo, hi = (0, subject.shape[0]) if planes is None else (int(planes[0]), int(planes[1]))
     if not 0 <= lo < hi <= subject.shape[0]:
         raise ValidationError(f"{sid}: planes [{lo}, {hi}) are outside its {subject.shape[0]} slices")
@@ -95,12 +168,12 @@ def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[i
         raise
     except Exception as exc:  # noqa: BLE001 - any read failure of the array is a broken subject
         raise StoreError(f"{sid}: cannot read its 'mrf' array ({type(exc).__name__}: {exc})") from exc
-    try:
-        mask = None if subject.brain_mask is None else np.asarray(subject.brain_mask[lo:hi]) > 0
-    except StoreError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise StoreError(f"{sid}: cannot read its 'brain_mask' array ({type(exc).__name__}: {exc})") from exc
+    if isinstance(mask, str) and mask == STORED_MASK:
+        mask = _read_mask(subject, sid, lo, hi)
+    elif mask is not None:
+        if tuple(mask.shape) != subject.shape:
+            raise ValidationError(f"{sid}: the brain mask has shape {tuple(mask.shape)}; the subject {subject.shape}")
+        mask = np.asarray(mask[lo:hi]) > 0
     region = mrf if mask is None else mrf[:, mask]
     bad = int(np.count_nonzero(~np.isfinite(region)))
     if bad:
@@ -172,12 +245,19 @@ def run_subject(
         if force:
             # The old maps go first, so a failed forced run leaves none that look current.
             remove_derived(cohort_path, sid, pipeline.name)
+        phase = "stage"  # the mask stage reads the series itself; a store it cannot read fails as input
+        try:
+            made, subject_times, subject_info = prepare_subject(cohort_path, sid, pipeline, backend=backend)
+        except StoreError:
+            phase = "input"
+            raise
+        timings.update(subject_times)
         phase = "input"
         t0 = time.perf_counter()
-        artifacts = load_inputs(cohort_path, sid)
-        timings["read"] = time.perf_counter() - t0
+        artifacts = {**made, **load_inputs(cohort_path, sid, mask=made["mask"])}
+        timings["read"] = timings.get("read", 0.0) + time.perf_counter() - t0
         phase = "stage"
-        state, stage_times, info = run_stages(pipeline, artifacts, backend=backend)
+        state, stage_times, info = run_stages(pipeline, artifacts, backend=backend, subject_done=subject_info)
         timings.update(stage_times)
         provenance = {
             "mrfengine_version": __version__,

@@ -15,6 +15,18 @@ store.  The artifacts a run starts with (:data:`INITIAL_ARTIFACTS`) are
 
 The stages:
 
+``mask``
+    The brain mask the other stages run in (option ``source``): ``auto`` (the
+    default) takes the subject's ``brain_mask`` when it has one and otherwise
+    makes one from the series (:func:`mrfengine.masking.brain_mask_from_mrf`,
+    nilearn's ``compute_epi_mask`` on the mean over frames); ``series`` always
+    makes one; ``none`` runs over the whole field of view.  Replaces ``mask``
+    and gives ``mask_source`` (:data:`~mrfengine.masking.BRAIN_MASK_SOURCE`,
+    :data:`~mrfengine.masking.MASK_METHOD` or ``"none"``); its provenance
+    names the source and counts the voxels.  Every pipeline runs it first: a
+    pipeline that does not name it gets it with ``source = "auto"``, so a
+    subject without a brain mask (an imported NIfTI, usually) is denoised and
+    matched in its brain, not over the whole field of view.
 ``denoise``
     MP-PCA (:func:`mrfengine.denoise.mppca`) of ``mrf`` inside ``mask``;
     replaces ``mrf``.
@@ -41,21 +53,31 @@ The stages:
     :func:`mrfengine.pipeline.conventional.match_maps`; see
     :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`), with the outside rule
     (:func:`mrfengine.masking.apply_outside_rule`): every array is 0 outside
-    ``mask`` (the subject's ``brain_mask``); without a mask, nothing is.  Persisting them is the
-    runner's job (:func:`mrfengine.pipeline.run.run_subject`).
+    ``mask`` (the mask stage's); without a mask, nothing is.  A mask made from
+    the series is stored with the maps (``brain_mask``, 1 inside, 0 outside),
+    which ``mrfengine export`` writes and exports the maps under.  Persisting
+    them is the runner's job (:func:`mrfengine.pipeline.run.run_subject`).
 
 Slabs.  A stage also states how many neighbouring planes each output plane
 depends on (:attr:`Stage.halo`, 0 for voxel- or slice-wise stages, ``None``
 for one that needs the whole volume).  From it :func:`run_stages` runs a slab
 read with a halo and crops it, so ``mrfengine batch`` can spread one subject
-over several workers.  A slab's maps equal the whole volume's up to
+over several workers.  A stage that needs the whole subject before anything
+else (:attr:`Stage.whole_subject`: the ``mask`` stage, since the mask is made
+from the whole series) is not a stage with a ``None`` halo, which would keep
+the subject in one piece: the runner runs it once on the whole subject
+(:func:`run_subject_stages`, reading the series lazily, a few planes at a
+time) before the slabs, and hands each slab its planes of the result; the
+other stages then run slab by slab as before.  A slab's maps equal the whole volume's up to
 floating-point rounding (the MP-PCA kernel's running sums start at the slab's
 first plane); the batch's slab plan depends only on the subject's shape and
 the pipeline, so reruns give the same bytes.
 
 A pipeline is the ordered list of stage names with their options, from a TOML
 table (:meth:`Pipeline.from_dict`) or ``--stages denoise,match``
-(:meth:`Pipeline.from_stages`); ``write`` is appended when it is not named.
+(:meth:`Pipeline.from_stages`); ``mask`` is put first and ``write`` appended
+when they are not named (``--stages mask,denoise,match`` names the mask stage
+to give it options; it must come first).
 """
 
 from __future__ import annotations
@@ -72,7 +94,7 @@ import numpy as np
 
 from .._validate import check_name
 from ..errors import ValidationError
-from ..masking import BRAIN_MASK_SOURCE, OUTSIDE_BRAIN_VALUE, apply_outside_rule
+from ..masking import BRAIN_MASK_SOURCE, MASK_METHOD, OUTSIDE_BRAIN_VALUE, apply_outside_rule, brain_mask_from_mrf
 from ..sequence import Sequence
 
 __all__ = [
@@ -83,6 +105,7 @@ __all__ = [
     "slice_dictionaries",
     "run_stages",
     "pipeline_halo",
+    "run_subject_stages",
     "VOLUME_AXES",
 ]
 
@@ -143,6 +166,11 @@ class Stage:
         (0: plane-wise; ``None``: the stage needs the whole volume, so the
         subject is never split).  A stage with a halo must output only
         :data:`VOLUME_AXES` artifacts, which :func:`run_stages` can crop.
+    whole_subject : bool
+        The stage runs once on the whole subject before the slabs are planned
+        (:func:`run_subject_stages`); its inputs may be lazily sliced arrays
+        (the store's) and its volume outputs are cut into each slab's planes.
+        Such stages come first in a pipeline and do not count in its halo.
     """
 
     name: str
@@ -155,6 +183,26 @@ class Stage:
     halo: Callable[[Mapping[str, Any]], int | None] = _no_halo
     any_of: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
+    whole_subject: bool = False
+
+
+# --------------------------------------------------------------------------- mask
+def _mask(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    source = options["source"]
+    stored = inputs["mask"]
+    if source == "none":
+        mask, made_from = None, "none"
+    elif source == "auto" and stored is not None:
+        mask, made_from = np.asarray(stored) > 0, BRAIN_MASK_SOURCE
+    else:
+        mask, made_from = brain_mask_from_mrf(inputs["mrf"], channel_axis=0), MASK_METHOD
+    info: dict[str, Any] = {"source": made_from, "option": source}
+    if mask is not None:
+        info.update(voxels=int(np.count_nonzero(mask)), fraction=round(float(np.mean(mask)), 6))
+        if made_from == MASK_METHOD:
+            log.info("brain mask made from the series: %d voxels (%.1f%% of the field of view)",
+                     info["voxels"], 100.0 * info["fraction"])
+    return {"mask": mask, "mask_source": made_from}, info
 
 
 # --------------------------------------------------------------------------- denoise
@@ -216,6 +264,7 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
     card = model.card
     sequence: Sequence = inputs["sequence"]
     mask = inputs["mask"]
+    mask_source = inputs.get("mask_source", BRAIN_MASK_SOURCE)
     if card.config.input_kind == "maps":
         from .conventional import match_maps
 
@@ -230,8 +279,8 @@ def _unet(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n
         volume = inputs["mrf"]
         check_card(card, channels=volume.shape[0], sequence=sequence, input_kind="mrf", source=path)
     with torch_threads(n_threads if device == "cpu" else None):
-        # the subject's brain mask, or the whole field of view for a subject without one
-        net = network_maps(volume, model, sequence=sequence, mask=mask, mask_source=BRAIN_MASK_SOURCE,
+        # the mask stage's brain mask, or the whole field of view (its source "none")
+        net = network_maps(volume, model, sequence=sequence, mask=mask, mask_source=mask_source,
                            brain_mask=mask is not None, channel_axis=0, batch_size=int(options["batch_size"]),
                            precision=str(options["precision"]), device=device, tta=str(options["tta"]),
                            input_scale=str(options["input_scale"]), mc_samples=options["mc_samples"],
@@ -283,13 +332,21 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
     derived.update(nn_maps)
     # The outside rule (mrfengine.masking): every map, conventional or network, 0 outside the brain mask.
     mask = inputs.get("mask")
+    source = "none" if mask is None else inputs.get("mask_source", BRAIN_MASK_SOURCE)
+    if source == MASK_METHOD:
+        if "brain_mask" in derived:
+            raise ValidationError("a stage produced 'brain_mask', the name of the mask made from the series; "
+                                  "give the unet stage a prefix")
+        derived["brain_mask"] = np.asarray(mask, dtype=np.float32)  # stored with the maps it was used for
     derived = {k: np.ascontiguousarray(v) for k, v in apply_outside_rule(derived, mask).items()}
-    return {"derived": derived}, {"brain_mask": "none" if mask is None else BRAIN_MASK_SOURCE,
+    return {"derived": derived}, {"brain_mask": source,
                                   "outside_brain_value": None if mask is None else OUTSIDE_BRAIN_VALUE}
 
 
 #: The known stages by name.
 STAGES: Mapping[str, Stage] = MappingProxyType({
+    "mask": Stage("mask", _mask, ("mrf", "mask"), ("mask", "mask_source"), MappingProxyType({"source": "auto"}),
+                  choices=MappingProxyType({"source": ("auto", "series", "none")}), whole_subject=True),
     "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf",),
                      MappingProxyType({"patch_radius": 2, "estimator": "mp"}),
                      choices=MappingProxyType({"estimator": ("mp", "exp2")}),
@@ -308,8 +365,8 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                                             "consistency": (False, True)}),
                   checks=MappingProxyType({"mc_samples": _uncertainty_check("check_mc_samples"),
                                            "mc_seed": _uncertainty_check("check_mc_seed")}),
-                  optional=("maps",), halo=_whole_volume),
-    "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps")),
+                  optional=("maps", "mask_source"), halo=_whole_volume),
+    "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps"), optional=("mask_source",)),
 })
 
 
@@ -333,6 +390,10 @@ def _parse_stage_names(stages: str | list[str] | tuple[str, ...]) -> tuple[str, 
         names.append("write")
     elif names[-1] != "write":
         raise ValidationError(f"'write' must be the last stage; got {names}")
+    if "mask" not in names:
+        names.insert(0, "mask")  # the brain mask every stage runs in: source "auto"
+    elif names[0] != "mask":
+        raise ValidationError(f"'mask' must be the first stage (every later stage runs in its mask); got {names}")
     return tuple(names)
 
 
@@ -421,11 +482,12 @@ class Pipeline:
     def from_stages(cls, stages: str | list[str] | tuple[str, ...], *, name: str | None = None,
                     options: Mapping[str, Mapping[str, Any]] | None = None) -> Pipeline:
         """``Pipeline.from_stages("denoise,match")``; the name defaults to the stage
-        names joined by ``-`` (without ``write``), e.g. ``denoise-match``."""
+        names joined by ``-`` (without ``mask`` and ``write``, which every pipeline
+        runs), e.g. ``denoise-match``."""
         names = _parse_stage_names(stages)
         _check_flow(names)  # before the default name, so `--stages write` says what is missing
         if name is None:
-            name = "-".join(s for s in names if s != "write")
+            name = "-".join(s for s in names if s not in ("mask", "write"))
         return cls(name, names, options or {})
 
     @classmethod
@@ -475,9 +537,12 @@ class Pipeline:
 
 def pipeline_halo(pipeline: Pipeline) -> int | None:
     """Planes of input needed on each side of a slab for exact output: the sum
-    of the stages' halos, or ``None`` if a stage needs the whole volume."""
+    of the stages' halos, or ``None`` if a stage needs the whole volume (the
+    :attr:`Stage.whole_subject` stages run before the slabs and do not count)."""
     total = 0
     for name in pipeline.stages:
+        if STAGES[name].whole_subject:
+            continue
         h = STAGES[name].halo(pipeline.options[name])
         if h is None:
             return None
@@ -498,8 +563,58 @@ def _crop_planes(state: dict[str, Any], drop_lo: int, drop_hi: int) -> None:
     state["z0"] = int(state.get("z0", 0) or 0) + drop_lo
 
 
+def _run_one(name: str, options: Mapping[str, Any], state: Mapping[str, Any], backend: str, n_threads: int):
+    stage = STAGES[name]
+    given = {k: state[k] for k in stage.inputs}
+    given.update({k: state[k] for k in stage.any_of + stage.optional if k in state})
+    return stage.function(given, options, backend, n_threads=n_threads)
+
+
+def run_subject_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str = "auto",
+                       n_threads: int = 0, clock: Callable[[], float] | None = None,
+                       ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Run the :attr:`Stage.whole_subject` stages of ``pipeline`` (the ``mask`` stage) on a whole subject.
+
+    The runner calls it once per subject before it plans slabs, and gives
+    each slab its planes of the outputs and the returned ``info`` as
+    :func:`run_stages`' ``subject_done``.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    artifacts : mapping
+        The whole subject's :data:`INITIAL_ARTIFACTS`; ``mrf`` may be a lazily
+        sliced array (the store's), read a few planes at a time.
+
+    Returns
+    -------
+    outputs : dict
+        The artifacts these stages made (``mask``, ``mask_source``).
+    timings_s : dict
+        Stage name -> seconds.
+    info : dict
+        Stage name -> the stage's provenance info.
+    """
+    import time
+
+    clock = clock or time.perf_counter
+    state = dict(artifacts)
+    outputs: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    for name in pipeline.stages:
+        if not STAGES[name].whole_subject:
+            continue
+        t0 = clock()
+        made, info[name] = _run_one(name, pipeline.options[name], state, backend, n_threads)
+        timings[name] = clock() - t0
+        state.update(made)
+        outputs.update(made)
+    return outputs, timings, info
+
+
 def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str = "auto", n_threads: int = 0,
-               crop: tuple[int, int] = (0, 0),
+               crop: tuple[int, int] = (0, 0), subject_done: Mapping[str, Any] | None = None,
                clock: Callable[[], float] | None = None) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
     """Run every stage of ``pipeline`` on ``artifacts`` (the :data:`INITIAL_ARTIFACTS`).
 
@@ -518,6 +633,12 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
         still need (:attr:`Stage.halo`); the result covers only the planes
         wanted.  Must be at least the halo of the stages that follow, on each
         side that is not the volume's edge (the caller's job).
+    subject_done : mapping, optional
+        Stage name -> info of the :attr:`Stage.whole_subject` stages the
+        caller ran on the whole subject (:func:`run_subject_stages`), whose
+        outputs ``artifacts`` hold for these planes; they are not run again.
+        Without it, ``artifacts`` must be the whole subject (no ``crop``), and
+        every stage runs here.
 
     Returns
     -------
@@ -543,15 +664,19 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
     for k, name in enumerate(pipeline.stages):
+        if STAGES[name].whole_subject:
+            if subject_done is not None and name in subject_done:
+                info[name] = subject_done[name]
+                continue
+            if extra_lo or extra_hi or state["z0"]:
+                raise ValidationError(f"stage {name!r} needs the whole subject; run it first "
+                                      f"(run_subject_stages) and pass its info as subject_done")
         needed = sum(halos[k:])
         drop_lo, drop_hi = max(0, extra_lo - needed), max(0, extra_hi - needed)
         _crop_planes(state, drop_lo, drop_hi)
         extra_lo, extra_hi = extra_lo - drop_lo, extra_hi - drop_hi
-        stage = STAGES[name]
         t0 = clock()
-        given = {k2: state[k2] for k2 in stage.inputs}
-        given.update({k2: state[k2] for k2 in stage.any_of + stage.optional if k2 in state})
-        outputs, stage_info = stage.function(given, pipeline.options[name], backend, n_threads=n_threads)
+        outputs, stage_info = _run_one(name, pipeline.options[name], state, backend, n_threads)
         timings[name] = clock() - t0
         info[name] = stage_info
         state.update(outputs)

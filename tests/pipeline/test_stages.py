@@ -18,7 +18,9 @@ from mrfengine.sequence import hermann2021
 def test_from_stages_appends_write_and_fills_defaults():
     p = Pipeline.from_stages("denoise, match")
     assert p.name == "denoise-match"
-    assert p.stages == ("denoise", "match", "write")
+    assert p.stages == ("mask", "denoise", "match", "write")  # the mask stage first, "auto" by default
+    assert p.options["mask"] == {"source": "auto"}
+    assert Pipeline.from_stages("mask,denoise,match") == p  # naming it with its defaults is the same pipeline
     assert p.options["denoise"] == {"patch_radius": 2, "estimator": "mp"}
     assert p.options["match"] == {"method": "auto", "rank": None}
     assert pickle.loads(pickle.dumps(p)) == p  # a Dask task can carry it
@@ -38,7 +40,7 @@ method = "brute"
     assert p.name == "mppca-brute"
     assert p.options["denoise"]["patch_radius"] == 1 and p.options["denoise"]["estimator"] == "mp"
     assert p.options["match"]["method"] == "brute"
-    assert Pipeline.from_dict({"stages": "match"}).stages == ("match", "write")
+    assert Pipeline.from_dict({"stages": "match"}).stages == ("mask", "match", "write")
 
 
 @pytest.mark.parametrize("stages, words", [
@@ -47,6 +49,7 @@ method = "brute"
     ("write", ["'write' needs one of", "maps"]),
     ("write,match", ["'write' must be the last stage"]),
     ("match,match", ["once"]),
+    ("match,mask", ["'mask' must be the first stage"]),
     ("", ["at least one stage"]),
 ])
 def test_bad_stage_lists(stages, words):
@@ -71,6 +74,8 @@ def test_bad_configs():
         Pipeline.from_dict({"stages": ["unet"], "unet": {"tta": "mirror"}})
     with pytest.raises(ValidationError, match="option 'method' of stage 'match'"):
         Pipeline.from_dict({"stages": ["match"], "match": {"method": "fast"}})
+    with pytest.raises(ValidationError, match="option 'source' of stage 'mask' must be one of"):
+        Pipeline.from_dict({"stages": ["match"], "mask": {"source": "brain"}})
 
 
 def test_option_choices_are_the_implementations():
@@ -134,13 +139,16 @@ def test_run_stages_match_on_exact_fingerprints():
     mrf = np.stack([fingerprints(seq, seq.slot_of_slice(k), t1_ms=np.full(y * x, 800.0),
                                  t2star_ms=np.full(y * x, 60.0), b1=np.full(y * x, 1.0),
                                  m0=np.full(y * x, 1.0)).T.reshape(-1, y, x) for k in range(z)], axis=1)
-    pipe = Pipeline.from_stages("match")
+    pipe = Pipeline.from_stages("match", options={"mask": {"source": "none"}})  # every voxel is a fingerprint
     state, timings, info = run_stages(pipe, {"mrf": np.abs(mrf).astype(np.float32), "mask": None,
                                              "sequence": seq})
     t1 = state["derived"]["T1"]
     assert t1.shape == (z, y, x)
     np.testing.assert_allclose(t1, 800.0, rtol=0.03)
-    assert set(timings) == {"match", "write"} and info["match"]["sequence_digest"] == seq.digest()
+    assert set(timings) == {"mask", "match", "write"} and info["match"]["sequence_digest"] == seq.digest()
+    assert info["mask"] == {"source": "none", "option": "none"} and info["write"]["brain_mask"] == "none"
+    with pytest.raises(ValidationError, match="'mask' needs the whole subject"):  # a slab cannot make the mask
+        run_stages(pipe, {"mrf": np.abs(mrf).astype(np.float32), "mask": None, "sequence": seq}, crop=(1, 0))
 
 
 def test_the_readme_lists_every_stage_option():
