@@ -1,6 +1,6 @@
 // Portable SIMD helpers (GCC/Clang vector extensions): -march=native lowers
-// them to AVX-512, AVX2 or NEON from the same source.  One vector is 64 bytes:
-// 16 floats or 8 doubles (two AVX2 registers, one AVX-512 register).
+// them to AVX-512, AVX2 or NEON from the same source.  One vector is one
+// register (kBytes below): 16 floats with AVX-512, 8 with AVX2.
 #pragma once
 
 #include <cmath>
@@ -24,7 +24,16 @@
 namespace mrfengine {
 namespace simd {
 
+// One vector is one register where the target has AVX-512 (64 bytes) or AVX2
+// (32 bytes).  A 64-byte vector on an AVX2-only machine is lowered badly by
+// GCC 12 (spills and scalarised reductions): measured on an AVX2 EPYC (znver3),
+// 32-byte vectors made structured matching 11x, brute-force matching 24x and
+// MP-PCA 5x faster (benchmarks/README.md).  Elsewhere (NEON, no AVX) 64 bytes.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr int kBytes = 32;
+#else
 constexpr int kBytes = 64;
+#endif
 
 // Lanes<T>: the vector of T (V), its comparison mask (M, all bits set where
 // true, of the integer Int as wide as T) and the lane count L.
