@@ -588,18 +588,15 @@ def run_subject_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, back
 
     Returns
     -------
-    outputs : dict
-        The artifacts these stages made (``mask``, ``mask_source``).
-    timings_s : dict
-        Stage name -> seconds.
-    info : dict
-        Stage name -> the stage's provenance info.
+    tuple
+        ``(outputs, timings_s, info)`` as :func:`run_stages` gives them, ``outputs``
+        holding just the artifacts these stages made (``mask``, ``mask_source``).
     """
     import time
 
     clock = clock or time.perf_counter
-    state = dict(artifacts)
     outputs: dict[str, Any] = {}
+    state = dict(artifacts)
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
     for name in pipeline.stages:
