@@ -112,6 +112,9 @@ def export_name(array_path: str) -> tuple[str, str, float]:
         if sep and not rest and base in _UNCERTAIN:
             spec = uncertainty_spec(_UNCERTAIN[base])
             return spec.bids_name(f"{desc}uncertainty"), spec.bids_unit, spec.scale_to_bids
+        if leaf == "brain_mask":  # the mask the pipeline made from the series (the mask stage)
+            spec = OTHER_MAPS[leaf]
+            return spec.bids_name(f"{desc}brain"), spec.bids_unit, spec.scale_to_bids
         spec = MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or (OTHER_MAPS[leaf] if leaf == "physics_consistency"
                                                                    else None)
         if spec is not None:
@@ -242,7 +245,7 @@ def export_array(
     name, unit, scale = export_name(array_path)
     data = np.asarray(arr[...])
     rule = None
-    if data.ndim == 3 and array_path.startswith("derived/"):
+    if data.ndim == 3 and array_path.startswith("derived/") and not array_path.endswith("/brain_mask"):
         rule = _derived_outside_rule(cohort, subject, array_path, ext)
         data = apply_outside_rule({array_path: data}, rule[0])[array_path]  # on the store's (Z, Y, X) order
     if data.ndim == 4:

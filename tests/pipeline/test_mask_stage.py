@@ -76,7 +76,9 @@ def test_export_applies_and_names_the_made_mask(auto, tmp_path):
     sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["BrainMaskSource"] == MASK_METHOD and sidecar["OutsideBrainValue"] == 0.0
     mask_image = export_array(auto, BARE, "derived/match/brain_mask", tmp_path)
-    assert sidecar["BrainMask"] == mask_image.name
+    assert sidecar["BrainMask"] == mask_image.name == f"{BARE}_desc-matchbrain_mask.nii.gz"
+    mask_sidecar = json.loads(mask_image.with_name(mask_image.name.replace(".nii.gz", ".json")).read_text())
+    assert mask_sidecar["Units"] == "1" and "BrainMaskSource" not in mask_sidecar  # a mask is no estimate
 
 
 def test_source_none_keeps_the_whole_field_of_view(auto):
