@@ -138,6 +138,7 @@ def test_empty_mask_returns_the_input_and_warns(noisy32, caplog):
 
 
 def test_auto_logs_its_choice(noisy32, caplog):
-    with caplog.at_level(logging.INFO, logger="mrfengine"):
+    # the resolver's own logger: the CLI quiets it without -v, which sticks when CLI tests ran before
+    with caplog.at_level(logging.INFO, logger="mrfengine.backend"):
         r = mppca(noisy32)
     assert f"mppca: backend 'auto' chose {r.backend!r}" in caplog.text
