@@ -49,15 +49,16 @@ from ..io.bids import (
 )
 from ..io.nifti import load_mask_like, load_nifti, save_nifti
 from ..io.outputs import check_outputs, check_prefix
+from ..maps import OTHER_MAPS, UNCERTAINTY_SUFFIX
 from ..masking import MASK_METHOD, outside_rule_fields
 from ..sequence import Sequence
 
 __all__ = ["NiftiResult", "match_nifti", "predict_nifti"]
 
-#: Names of the optional outputs in :attr:`NiftiResult.files`, as the ``unet`` stage names its arrays.
-UNCERTAINTY_SUFFIX = "_uncertainty"
-CONSISTENCY_NAME = "physics_consistency"
-BRAIN_MASK_NAME = "brain_mask"
+#: Names of the optional outputs in :attr:`NiftiResult.files`, as the ``unet`` stage names its arrays
+#: (the map registry's: ``<output>`` + :data:`mrfengine.maps.UNCERTAINTY_SUFFIX`).
+CONSISTENCY_NAME = OTHER_MAPS["physics_consistency"].name
+BRAIN_MASK_NAME = OTHER_MAPS["brain_mask"].name
 
 
 @dataclass(frozen=True)
