@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
+from .._validate import check_int
 from ..errors import StoreError, ValidationError
 from ._common import ESTIMATORS, parse_patch_radius, window_extent
 from .api import _channel_axis, _check_finite, _compute_dtype, _resolve_backend, denoise_into
@@ -130,8 +131,7 @@ def mppca_zarr(
     if slab_planes is None:
         chunks = getattr(destination, "chunks", None)
         slab_planes = max(8, int(chunks[slab_axis]) if chunks else 8)
-    if isinstance(slab_planes, bool) or not isinstance(slab_planes, (int, np.integer)) or slab_planes < 1:
-        raise ValidationError(f"slab_planes must be a positive integer; got {slab_planes!r}")
+    slab_planes = check_int(slab_planes, "slab_planes")
     settings = {
         "estimator": estimator,
         "patch_radius": list(radius),

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .._validate import deprecated_alias
+from .._validate import check_int, deprecated_alias
 from ..backend import resolve
 from ..errors import DictionaryError, ValidationError
 from ..dictionary import Dictionary, SliceDictionaries
@@ -228,8 +228,8 @@ def match(
                            chunk=chunk, invalid=invalid, n_threads=n_threads)
     if invalid not in ("mask", "raise"):
         raise ValidationError(f"invalid must be 'mask' or 'raise'; got {invalid!r}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
-        raise ValidationError(f"chunk must be a positive integer; got {chunk!r}")
+    if chunk is not None:
+        chunk = check_int(chunk, "chunk")
     flat, spatial, valid = _prepare(signals, dictionary.n_frames, channel_axis, mask, invalid)
     complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
     name = _resolve_backend(backend, complex_data)

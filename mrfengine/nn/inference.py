@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validate import check_int
 from ..errors import ValidationError
 from .artifact import LoadedModel
 from .normalisation import input_level
@@ -360,8 +361,7 @@ def run_network(
     if shape[channel_axis] != cfg.in_channels:
         raise ValidationError(f"volume must have {cfg.in_channels} channels along axis {channel_axis} for network "
                               f"{cfg.name}; got shape {shape}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValidationError(f"batch_size must be a positive integer; got {batch_size!r}")
+    batch_size = check_int(batch_size, "batch_size")
     if precision not in PRECISIONS:
         raise ValidationError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     if tta not in TTA_MODES:

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validate import check_int
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
@@ -73,9 +74,8 @@ def plan_slabs(n_planes: int, pipeline: Pipeline, slab_planes: int = SLAB_PLANES
     the sides that are not the volume's edge.  A pipeline with a whole-volume
     stage, or slabs that would be thinner than the halo, give fewer slabs (at
     least one)."""
-    if isinstance(slab_planes, bool) or not isinstance(slab_planes, (int, np.integer)) or slab_planes < 1:
-        raise ValidationError(f"slab_planes must be a positive integer; got {slab_planes!r}")
-    n_slabs = math.ceil(n_planes / int(slab_planes)) if n_planes > 0 else 1
+    slab_planes = check_int(slab_planes, "slab_planes")
+    n_slabs = math.ceil(n_planes / slab_planes) if n_planes > 0 else 1
     if n_planes < 1:
         raise ValidationError(f"a subject needs at least one plane; got {n_planes}")
     halo = pipeline_halo(pipeline)

@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import ValidationError
+from ..metrics.definitions import REFERENCE_LESION_THRESHOLD
 from ..io.cohort import Cohort, Subject
 from .figures import save_figure
 
@@ -165,7 +166,7 @@ def subject_mosaic(
                 lo, hi = np.percentile(img, [1, 99.5])
                 ax.imshow(view(img), cmap="gray", vmin=lo, vmax=hi, origin="lower")
                 if "lesion" in truth:
-                    ax.contour(view(np.asarray(truth["lesion"][z])), [0.5], colors="red", linewidths=0.8)
+                    ax.contour(view(np.asarray(truth["lesion"][z])), [REFERENCE_LESION_THRESHOLD], colors="red", linewidths=0.8)
                 for name, color in (("lesion", "cyan"), ("lesion_repeat", "yellow")):
                     if name in ann:
                         a = view(np.asarray(ann[name][z], dtype=float))

@@ -197,14 +197,6 @@ def parse_sites(where: Any, attrs: Mapping[str, Any]) -> dict[str, SiteEntry]:
     return sites
 
 
-def parse_subjects(where: Any, attrs: Mapping[str, Any]) -> dict[str, SubjectEntry]:
-    """The subject entries of a cohort's root attributes; StoreError at the first malformed one."""
-    out, bad = parse_subjects_lenient(where, attrs)
-    if bad:
-        raise StoreError(f"{where}: {next(iter(bad.values()))}")
-    return out
-
-
 def parse_subjects_lenient(where: Any, attrs: Mapping[str, Any]) -> tuple[dict[str, SubjectEntry], dict[str, str]]:
     """The well-formed subject entries, and why each other one is malformed (one bad
     subject must not make the whole cohort unreadable)."""

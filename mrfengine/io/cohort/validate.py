@@ -143,11 +143,6 @@ class StoreArray:
         data = self[...]
         return data if dtype is None else data.astype(dtype, copy=False)
 
-    @property
-    def zarr_array(self) -> Any:
-        """The wrapped :class:`zarr.Array` (unchecked reads)."""
-        return self._array
-
     def where(self, coords: tuple[int, ...]) -> str:
         """``chunk c/0/3/0/0 (slice 3)``: a chunk by its key and the planes it holds."""
         key = self._array.metadata.encode_chunk_key(coords)
