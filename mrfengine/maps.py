@@ -40,7 +40,7 @@ from .errors import ValidationError
 
 __all__ = [
     "UNITS", "MS", "SECOND", "DIMENSIONLESS", "ARBITRARY", "LABEL", "VOXEL", "KINDS",
-    "MapSpec", "TRUTH_MAPS", "MATCH_MAPS", "NETWORK_MAPS", "OTHER_MAPS",
+    "MapSpec", "TRUTH_MAPS", "MATCH_MAPS", "NETWORK_MAPS", "OTHER_MAPS", "PIPELINE_MAPS",
     "UNCERTAINTY_SUFFIX", "uncertainty_spec", "derived_spec",
 ]
 
@@ -173,6 +173,18 @@ NETWORK_MAPS: Mapping[str, MapSpec] = _frozen(
     _probability("lesion", "White-matter lesion probability"),
 )
 
+#: The conventional pipeline's tissue maps (the ``segment`` stage, :mod:`mrfengine.segmentation`)
+#: and its distortion correction (the ``register`` stage, :mod:`mrfengine.registration`).
+PIPELINE_MAPS: Mapping[str, MapSpec] = _frozen(
+    _probability("GM", "Grey-matter probability (cortical and deep), mixture model with MNI152 priors"),
+    _probability("WM", "White-matter probability (lesions included), mixture model with MNI152 priors"),
+    _probability("CSF", "Cerebrospinal-fluid probability, mixture model with MNI152 priors"),
+    _probability("NAWM", "Normal-appearing white-matter probability: WM outside the lesion mask"),
+    MapSpec("displacement", VOXEL, "EPI distortion estimated by registration to the T2-weighted reference: the "
+            "tissue at voxel p lies at MRF voxel p + d along the phase-encoding axis (before the rigid part)",
+            "displacement", "displacement"),
+)
+
 #: Arrays that are not a parameter map of one source.
 OTHER_MAPS: Mapping[str, MapSpec] = _frozen(
     MapSpec("mrf", ARBITRARY, "MRF-EPI magnitude images, frames in acquisition order", "image", "mrf"),
@@ -207,4 +219,4 @@ def derived_spec(name: str) -> MapSpec | None:
         return uncertainty_spec(NETWORK_MAPS[base])
     if name == "physics_consistency":
         return OTHER_MAPS[name]
-    return None
+    return PIPELINE_MAPS.get(name)

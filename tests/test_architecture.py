@@ -13,7 +13,9 @@ DOC = PACKAGE.parent / "docs" / "architecture.md"
 PHYSICS_AND_KERNELS = {"sequence", "dictionary", "noise", "backend", "matching", "denoise"}
 FOUNDATIONS = {"errors", "_atomic", "tissue", "maps"}
 DATA = {"io", "masking"}
+IMAGE_ANALYSIS = {"registration", "segmentation", "_ants"}
 RULES = [
+    (IMAGE_ANALYSIS, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),
     (PHYSICS_AND_KERNELS, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),
     ({"metrics"}, {"nn", "pipeline", "cli", "report", "phantom", "demo"}),
     (DATA, {"pipeline", "nn", "cli", "report", "phantom", "demo"}),

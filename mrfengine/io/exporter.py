@@ -60,7 +60,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..masking import BRAIN_MASK_SOURCE, apply_outside_rule, outside_rule_fields
-from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, NETWORK_MAPS, OTHER_MAPS, TRUTH_MAPS,
+from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, NETWORK_MAPS, OTHER_MAPS, PIPELINE_MAPS, TRUTH_MAPS,
                     UNCERTAINTY_SUFFIX, uncertainty_spec)
 from .bids import map_sidecar, write_sidecar
 from .cohort import SCHEMA_VERSION, Cohort, Subject, derived_attrs
@@ -115,8 +115,8 @@ def export_name(array_path: str) -> tuple[str, str, float]:
         if leaf == "brain_mask":  # the mask the pipeline made from the series (the mask stage)
             spec = OTHER_MAPS[leaf]
             return spec.bids_name(f"{desc}brain"), spec.bids_unit, spec.scale_to_bids
-        spec = MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or (OTHER_MAPS[leaf] if leaf == "physics_consistency"
-                                                                   else None)
+        spec = (MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or PIPELINE_MAPS.get(leaf)
+                or (OTHER_MAPS[leaf] if leaf == "physics_consistency" else None))
         if spec is not None:
             return spec.bids_name(desc), spec.bids_unit, spec.scale_to_bids
         return f"desc-{desc}{_alnum(leaf)}_map", ARBITRARY, 1.0

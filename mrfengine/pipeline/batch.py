@@ -44,8 +44,9 @@ from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
-from .run import STORED_MASK, SubjectResult, failed_result, load_inputs, peak_memory_mb, prepare_subject
-from .stages import Pipeline, pipeline_halo, run_stages
+from .run import (STORED_MASK, SubjectResult, failed_result, finish_subject, load_inputs, peak_memory_mb,
+                  prepare_subject)
+from .stages import Pipeline, has_after_slabs, pipeline_halo, run_stages
 
 __all__ = ["SLAB_PLANES", "Slab", "SlabOutcome", "Prepared", "BatchReport", "plan_slabs", "prepare_task", "run_slab",
            "finalize_subject", "check_writable", "batch_client", "run_batch", "prepare_dictionaries"]
@@ -186,9 +187,11 @@ def _merge_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def finalize_subject(cohort_path: str, subject_id: str, pipeline: Pipeline, outcomes: Sequence[SlabOutcome], *,
-                     backend: str = "auto") -> SubjectResult:
-    """Gather a subject's slab outcomes and write ``derived/<pipeline>/`` (completion
-    record last).  The first failed slab makes the subject fail, writing nothing.
+                     backend: str = "auto", prepared: Prepared | None = None) -> SubjectResult:
+    """Gather a subject's slab outcomes, run the ``register``/``segment`` stages on the whole
+    subject (:func:`mrfengine.pipeline.run.finish_subject`; ``prepared`` is its prepare task's
+    result, the brain mask) and write ``derived/<pipeline>/`` (completion record last).  The
+    first failed slab or stage makes the subject fail, writing nothing.
     ``timings_s["wall"]`` is the time from its first slab's start to the write's end."""
     from .. import __version__
 
@@ -205,14 +208,29 @@ def finalize_subject(cohort_path: str, subject_id: str, pipeline: Pipeline, outc
             log.error("%s: pipeline %r failed: %s", sid, pipeline.name, f.error)
             return SubjectResult(sid, pipeline.name, "failed", timings, f.error, error_kind=f.error_kind,
                                  peak_memory_mb=peak)
+    names = sorted(outcomes[0].derived)
+    derived = {n: np.concatenate([o.derived[n] for o in outcomes], axis=0) for n in names}
+    stage_info = _merge_info([o.info for o in outcomes])
+    if has_after_slabs(pipeline):
+        try:
+            if prepared is None:
+                prepared = prepare_task(cohort_path, sid, pipeline, backend=backend)
+            if prepared.failure is not None:
+                return prepared.failure
+            state = {"derived": derived, "mask": prepared.outputs.get("mask"),
+                     "mask_source": prepared.outputs.get("mask_source")}
+            state, after_times, after_info = finish_subject(cohort_path, sid, pipeline, state, backend=backend)
+        except Exception as exc:  # noqa: BLE001 - reported per subject
+            return failed_result(sid, pipeline.name, exc, "stage", timings)
+        derived = state["derived"]
+        timings.update(after_times)
+        stage_info.update(after_info)
     try:
         t0 = time.perf_counter()
-        names = sorted(outcomes[0].derived)
-        derived = {n: np.concatenate([o.derived[n] for o in outcomes], axis=0) for n in names}
         provenance = {
             "mrfengine_version": __version__,
             "backend": backend,
-            "stages": _merge_info([o.info for o in outcomes]),
+            "stages": stage_info,
             "config": pipeline.to_dict(),
             "slabs": [[o.slab.keep_lo, o.slab.keep_hi] for o in outcomes],
         }
@@ -228,8 +246,8 @@ def finalize_subject(cohort_path: str, subject_id: str, pipeline: Pipeline, outc
     return SubjectResult(sid, pipeline.name, "ok", timings, None, tuple(paths), peak_memory_mb=peak)
 
 
-def _finalize_task(cohort_path, subject_id, pipeline, backend, *outcomes):
-    return finalize_subject(cohort_path, subject_id, pipeline, outcomes, backend=backend)
+def _finalize_task(cohort_path, subject_id, pipeline, backend, prepared, *outcomes):
+    return finalize_subject(cohort_path, subject_id, pipeline, outcomes, backend=backend, prepared=prepared)
 
 
 # --------------------------------------------------------------------------- checks
@@ -416,7 +434,7 @@ def run_batch(
                               key=f"slab-{pipeline.name}-{sid}-{slab.index}-{uuid.uuid4().hex[:8]}", pure=False)
             by_key[f.key] = ("slab", sid)
             slab_futures.append(f)
-        f = client.submit(_finalize_task, cohort_path, sid, pipeline, backend, *slab_futures,
+        f = client.submit(_finalize_task, cohort_path, sid, pipeline, backend, prepared, *slab_futures,
                           key=f"finalize-{pipeline.name}-{sid}-{uuid.uuid4().hex[:8]}", pure=False)
         by_key[f.key] = ("subject", sid)
         futures.extend(slab_futures)

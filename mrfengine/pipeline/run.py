@@ -27,10 +27,10 @@ import numpy as np
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
-from .stages import Pipeline, run_stages, run_subject_stages
+from .stages import Pipeline, has_after_slabs, run_after_slabs, run_stages, run_subject_stages
 
 __all__ = ["SubjectResult", "run_subject", "load_inputs", "subject_inputs", "prepare_subject", "failed_result",
-           "peak_memory_mb", "STORED_MASK"]
+           "peak_memory_mb", "STORED_MASK", "subject_facts", "finish_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,49 @@ def prepare_subject(cohort_path: str | os.PathLike, subject_id: str, pipeline: P
     read = time.perf_counter() - t0
     outputs, timings, info = run_subject_stages(pipeline, artifacts, backend=backend)
     return outputs, {"read": read, **timings}, info
+
+
+def subject_facts(cohort_path: str | os.PathLike, subject_id: str) -> dict[str, Any]:
+    """The :data:`~mrfengine.pipeline.stages.SUBJECT_ARTIFACTS` of a subject, read for the
+    ``register`` and ``segment`` stages: ``reference`` and ``annotations`` (name -> (Z, Y, X)
+    array, read here), ``spacing_zyx`` (mm), ``affine`` (4 x 4).
+
+    Raises
+    ------
+    StoreError
+        No such subject, or an array that cannot be read (naming it).
+    """
+    sid = normalize_subject_id(subject_id)
+    subject = _open_checked(cohort_path, sid)
+    out: dict[str, Any] = {"spacing_zyx": tuple(float(v) for v in subject.voxel_size_mm[::-1]),
+                           "affine": np.asarray(subject.affine, dtype=np.float64)}
+    for group in ("reference", "annotations"):
+        arrays = {}
+        for name, array in getattr(subject, group).items():
+            try:
+                arrays[name] = np.asarray(array[...])
+            except StoreError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise StoreError(f"{sid}: cannot read its '{group}/{name}' array ({type(exc).__name__}: {exc})") from exc
+            if arrays[name].shape != subject.shape:
+                raise StoreError(f"{sid}: '{group}/{name}' has shape {arrays[name].shape}; the subject {subject.shape}")
+        out[group] = arrays
+    return out
+
+
+def finish_subject(cohort_path: str | os.PathLike, subject_id: str, pipeline: Pipeline, state: dict[str, Any], *,
+                   backend: str = "auto") -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Run the ``register``/``segment`` stages (:attr:`~mrfengine.pipeline.stages.Stage.after_slabs`)
+    on a whole subject's ``state`` (``derived``, ``mask``, ``mask_source``); without such stages,
+    ``state`` as it is.  Returns ``(state, timings_s, info)``."""
+    if not has_after_slabs(pipeline):
+        return state, {}, {}
+    t0 = time.perf_counter()
+    facts = subject_facts(cohort_path, subject_id)
+    read = time.perf_counter() - t0
+    state, timings, info = run_after_slabs(pipeline, state, facts, backend=backend)
+    return state, {"read_subject": read, **timings}, info
 
 
 def load_inputs(cohort_path: str | os.PathLike, subject_id: str, planes: tuple[int, int] | None = None, *,
@@ -259,6 +302,9 @@ def run_subject(
         phase = "stage"
         state, stage_times, info = run_stages(pipeline, artifacts, backend=backend, subject_done=subject_info)
         timings.update(stage_times)
+        state, after_times, after_info = finish_subject(cohort_path, sid, pipeline, state, backend=backend)
+        timings.update(after_times)
+        info.update(after_info)
         provenance = {
             "mrfengine_version": __version__,
             "backend": backend,

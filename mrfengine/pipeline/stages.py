@@ -92,7 +92,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validate import check_name
+from .._validate import check_float, check_name
 from ..errors import ValidationError
 from ..masking import BRAIN_MASK_SOURCE, MASK_METHOD, OUTSIDE_BRAIN_VALUE, apply_outside_rule, brain_mask_from_mrf
 from ..sequence import Sequence
@@ -107,10 +107,19 @@ __all__ = [
     "pipeline_halo",
     "run_subject_stages",
     "VOLUME_AXES",
+    "SUBJECT_ARTIFACTS",
+    "run_after_slabs",
+    "has_after_slabs",
 ]
 
 #: Artifacts a run provides before the first stage.
 INITIAL_ARTIFACTS = ("mrf", "mask", "sequence", "z0")
+
+#: Artifacts the :attr:`Stage.after_slabs` stages also get, facts of the whole
+#: subject: ``reference`` (name -> (Z, Y, X) image, e.g. ``T2w``), ``spacing_zyx``
+#: (voxel size in mm), ``affine`` (4 x 4, NIfTI-style) and ``annotations``
+#: (name -> (Z, Y, X) mask, e.g. ``lesion``).
+SUBJECT_ARTIFACTS = ("reference", "spacing_zyx", "affine", "annotations")
 
 #: Artifacts that are volumes, with the axis along which planes (slices) run;
 #: :func:`run_stages` crops these when it drops a slab's halo.
@@ -171,6 +180,15 @@ class Stage:
         (:func:`run_subject_stages`); its inputs may be lazily sliced arrays
         (the store's) and its volume outputs are cut into each slab's planes.
         Such stages come first in a pipeline and do not count in its halo.
+    after_slabs : bool
+        The stage runs once on the whole subject *after* the others, on the
+        ``derived`` arrays of all its planes gathered (the ``register`` and
+        ``segment`` stages: a registration and a segmentation need the whole
+        brain); :func:`run_after_slabs`.  Such stages come after ``write``, and
+        they also see the :data:`SUBJECT_ARTIFACTS`.
+    after : tuple of str
+        Stages that must run earlier in the pipeline (``register`` needs
+        ``match``'s T1 map).
     """
 
     name: str
@@ -184,6 +202,8 @@ class Stage:
     any_of: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     whole_subject: bool = False
+    after_slabs: bool = False
+    after: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- mask
@@ -343,6 +363,112 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
                                   "outside_brain_value": None if mask is None else OUTSIDE_BRAIN_VALUE}
 
 
+# --------------------------------------------------------------------------- register
+#: How the register stage resamples a derived array, by name: masks nearest, probabilities and
+#: quality maps linearly (then kept in [0, 1]), quantitative maps with a cubic B-spline (the
+#: paper's) where all their neighbours are estimated and nearest at the edge of the estimate.
+_NEAREST = ("brain_mask",)
+_LINEAR_KINDS = ("probability", "fraction", "quality", "mask")
+
+
+def _resample_order(name: str) -> int:
+    from ..maps import derived_spec
+
+    if name in _NEAREST:
+        return 0
+    spec = derived_spec(name.rpartition("_uncertainty")[0] if name.endswith("_uncertainty") else name)
+    if spec is None:
+        return 1
+    return 3 if spec.kind == "quantitative" and not name.endswith("_uncertainty") else 1
+
+
+def _register(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    from ..masking import has_estimate
+    from ..registration import register_to_reference
+
+    derived = dict(inputs["derived"])
+    name = str(options["reference"])
+    references = inputs.get("reference") or {}
+    if name not in references:
+        raise ValidationError(f"the subject has no reference image {name!r} (reference/{name}) to register to; "
+                              f"import one with --reference {name}=FILE, or drop the register stage")
+    if "T1" not in derived:
+        raise ValidationError("the register stage registers the matched T1 map; run 'match' before it")
+    reference = np.asarray(references[name], dtype=np.float32)
+    mask = inputs.get("mask")
+    moving = np.asarray(derived["T1"], dtype=np.float32)
+    region = np.asarray(mask, bool) if mask is not None else moving > 0
+    reg = register_to_reference(moving, reference, inputs["spacing_zyx"], mask=region,
+                                phase_encoding=str(options["phase_encoding"]), grid_mm=float(options["grid_mm"]))
+    shape = moving.shape
+    # the brain on the reference grid: the mask the maps were made in, moved with them
+    new_mask = None if mask is None else reg.resample(region.astype(np.float32), order=0) > 0.5
+    where = new_mask
+    # cubic only where every neighbour is estimated (else the zeros outside would ring in)
+    inside = reg.resample(has_estimate(moving).astype(np.float32), order=1, where=where) >= 0.999
+    out: dict[str, np.ndarray] = {}
+    for key, value in derived.items():
+        value = np.asarray(value, dtype=np.float32)
+        order = _resample_order(key)
+        if order == 3:
+            cubic = reg.resample(value, order=3, where=where)
+            near = reg.resample(value, order=0, where=where)
+            moved = np.where(inside, np.maximum(cubic, 0.0), near)
+        else:
+            moved = reg.resample(value, order=order, where=where)
+            if order == 1 and _resample_order(key) == 1:
+                from ..maps import derived_spec
+
+                spec = derived_spec(key)
+                if spec is not None and spec.kind in _LINEAR_KINDS:
+                    moved = np.clip(moved, 0.0, 1.0)
+        out[key] = moved.astype(np.float32)
+    if new_mask is not None:
+        out = apply_outside_rule(out, new_mask)
+    if reg.displacement is not None:
+        if "displacement" in out:
+            raise ValidationError("a stage produced 'displacement', the register stage's field; rename it")
+        out["displacement"] = reg.displacement  # the transform, over the whole field of view
+    info = {**reg.to_dict(), "reference": f"reference/{name}", "space": f"reference/{name}",
+            "resampling": "cubic B-spline (maps), linear (probabilities), nearest (masks)",
+            "arrays": sorted(out), "shape_zyx": list(shape)}
+    return {"derived": out, "mask": new_mask}, info
+
+
+# --------------------------------------------------------------------------- segment
+def _segment(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    from ..segmentation import segment_tissues
+
+    derived = dict(inputs["derived"])
+    if "T1" not in derived:
+        raise ValidationError("the segment stage segments the matched T1 map; run 'match' before it")
+    mask = inputs.get("mask")
+    t1 = np.asarray(derived["T1"], dtype=np.float32)
+    region = np.asarray(mask, bool) if mask is not None else t1 > 0
+    priors = None if options["priors"] == "none" else str(options["priors"])
+    seg = segment_tissues(t1, region, inputs["spacing_zyx"], t2star_ms=derived.get("T2star"), m0=derived.get("M0"),
+                          affine=inputs.get("affine"), priors=priors, n_threads=n_threads)
+    lesion_option = str(options["lesion"])
+    annotations = inputs.get("annotations") or {}
+    lesion = None
+    if lesion_option == "annotation" and "lesion" not in annotations:
+        raise ValidationError("segment option lesion = 'annotation', but the subject has no annotations/lesion")
+    if lesion_option in ("auto", "annotation") and "lesion" in annotations:
+        lesion = np.asarray(annotations["lesion"]) > 0
+        if lesion.shape != t1.shape:
+            raise ValidationError(f"annotations/lesion has shape {lesion.shape}; the maps {t1.shape}")
+    probs = {k: np.asarray(v, dtype=np.float32) for k, v in seg.probabilities.items()}
+    probs["NAWM"] = probs["WM"] if lesion is None else np.where(lesion, 0.0, probs["WM"]).astype(np.float32)
+    clash = sorted(set(probs) & set(derived))
+    if clash:
+        raise ValidationError(f"both 'segment' and an earlier stage produce {clash}; give the unet stage a prefix "
+                              f"(e.g. [unet] prefix = \"unet_\")")
+    derived.update(apply_outside_rule(probs, mask))
+    info = {**seg.info, "lesion": "annotations/lesion" if lesion is not None else "none",
+            "NAWM": "WM outside annotations/lesion" if lesion is not None else "WM (no lesion mask)"}
+    return {"derived": derived}, info
+
+
 #: The known stages by name.
 STAGES: Mapping[str, Stage] = MappingProxyType({
     "mask": Stage("mask", _mask, ("mrf", "mask"), ("mask", "mask_source"), MappingProxyType({"source": "auto"}),
@@ -367,6 +493,18 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                                            "mc_seed": _uncertainty_check("check_mc_seed")}),
                   optional=("maps", "mask_source"), halo=_whole_volume),
     "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps"), optional=("mask_source",)),
+    "register": Stage("register", _register, ("derived", "mask", "reference", "spacing_zyx"), ("derived", "mask"),
+                      MappingProxyType({"reference": "T2w", "phase_encoding": "j", "grid_mm": 2.0}),
+                      choices=MappingProxyType({"phase_encoding": ("j", "i", "k", "none")}),
+                      checks=MappingProxyType({"reference": lambda v: check_name(v, "register option reference"),
+                                               "grid_mm": lambda v: check_float(v, "grid_mm", minimum=0.0,
+                                                                                exclusive_minimum=True)}),
+                      after_slabs=True, after=("match",), halo=_whole_volume),
+    "segment": Stage("segment", _segment, ("derived", "mask", "spacing_zyx"), ("derived",),
+                     MappingProxyType({"priors": "mni152", "lesion": "auto"}),
+                     choices=MappingProxyType({"priors": ("mni152", "none"),
+                                               "lesion": ("auto", "annotation", "none")}),
+                     optional=("affine", "annotations"), after_slabs=True, after=("match",), halo=_whole_volume),
 })
 
 
@@ -387,9 +525,13 @@ def _parse_stage_names(stages: str | list[str] | tuple[str, ...]) -> tuple[str, 
     if dup:
         raise ValidationError(f"each stage may appear once; {dup} appear(s) more often in {names}")
     if "write" not in names:
-        names.append("write")
-    elif names[-1] != "write":
-        raise ValidationError(f"'write' must be the last stage; got {names}")
+        first_after = next((i for i, n in enumerate(names) if STAGES[n].after_slabs), len(names))
+        names.insert(first_after, "write")
+    w = names.index("write")
+    if any(not STAGES[n].after_slabs for n in names[w + 1:]) or any(STAGES[n].after_slabs for n in names[:w]):
+        later = sorted(n for n in STAGES if STAGES[n].after_slabs)
+        raise ValidationError(f"'write' must be the last stage (only {later} may follow it, after every other "
+                              f"stage); got {names}")
     if "mask" not in names:
         names.insert(0, "mask")  # the brain mask every stage runs in: source "auto"
     elif names[0] != "mask":
@@ -399,8 +541,14 @@ def _parse_stage_names(stages: str | list[str] | tuple[str, ...]) -> tuple[str, 
 
 def _check_flow(names: tuple[str, ...]) -> None:
     available = set(INITIAL_ARTIFACTS)
-    for name in names:
+    for k, name in enumerate(names):
         stage = STAGES[name]
+        if stage.after_slabs:
+            available.update(SUBJECT_ARTIFACTS)
+        missing_stages = [a for a in stage.after if a not in names[:k]]
+        if missing_stages:
+            raise ValidationError(f"stage {name!r} needs {' and '.join(repr(m) for m in missing_stages)} before it; "
+                                  f"e.g. --stages {','.join(['denoise', 'match', name])}")
         missing = [i for i in stage.inputs if i not in available]
         if missing:
             makers = sorted({s.name for s in STAGES.values() if set(missing) & set(s.outputs)})
@@ -541,7 +689,7 @@ def pipeline_halo(pipeline: Pipeline) -> int | None:
     :attr:`Stage.whole_subject` stages run before the slabs and do not count)."""
     total = 0
     for name in pipeline.stages:
-        if STAGES[name].whole_subject:
+        if STAGES[name].whole_subject or STAGES[name].after_slabs:
             continue
         h = STAGES[name].halo(pipeline.options[name])
         if h is None:
@@ -653,7 +801,7 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
     state.setdefault("z0", 0)
     halos = []
     for name in pipeline.stages:
-        h = STAGES[name].halo(pipeline.options[name])
+        h = None if STAGES[name].after_slabs else STAGES[name].halo(pipeline.options[name])
         halos.append(0 if h is None else int(h))
     extra_lo, extra_hi = (int(c) for c in crop)
     if min(extra_lo, extra_hi) < 0:
@@ -661,6 +809,8 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
     for k, name in enumerate(pipeline.stages):
+        if STAGES[name].after_slabs:
+            break  # run once on the gathered subject: run_after_slabs
         if STAGES[name].whole_subject:
             if subject_done is not None and name in subject_done:
                 info[name] = subject_done[name]
@@ -680,4 +830,46 @@ def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str
     if extra_lo or extra_hi:
         raise ValidationError(f"the last stage {pipeline.stages[-1]!r} has a halo; a pipeline must end with "
                               f"plane-wise stages")
+    return state, timings, info
+
+
+def has_after_slabs(pipeline: Pipeline) -> bool:
+    """Whether ``pipeline`` has :attr:`Stage.after_slabs` stages (``register``, ``segment``)."""
+    return any(STAGES[n].after_slabs for n in pipeline.stages)
+
+
+def run_after_slabs(pipeline: Pipeline, state: Mapping[str, Any], subject: Mapping[str, Any], *,
+                    backend: str = "auto", n_threads: int = 0, clock: Callable[[], float] | None = None,
+                    ) -> tuple[dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Run the :attr:`Stage.after_slabs` stages of ``pipeline`` on a whole subject.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+    state : mapping
+        The whole subject after the other stages: ``derived`` (its arrays,
+        all planes), ``mask`` (the whole brain mask or None) and ``mask_source``.
+    subject : mapping
+        The :data:`SUBJECT_ARTIFACTS` (``reference``, ``spacing_zyx``,
+        ``affine``, ``annotations``).
+
+    Returns
+    -------
+    tuple
+        ``(state, timings_s, info)`` as :func:`run_stages`: ``state["derived"]``
+        the arrays to store.
+    """
+    import time
+
+    clock = clock or time.perf_counter
+    state = {**dict(subject), **dict(state)}
+    timings: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    for name in pipeline.stages:
+        if not STAGES[name].after_slabs:
+            continue
+        t0 = clock()
+        outputs, info[name] = _run_one(name, pipeline.options[name], state, backend, n_threads)
+        timings[name] = clock() - t0
+        state.update(outputs)
     return state, timings, info

@@ -11,7 +11,7 @@ import pytest
 from mrfengine.errors import ValidationError
 from mrfengine.matching import MatchResult
 from mrfengine.pipeline import STAGES, Pipeline, slice_dictionaries
-from mrfengine.pipeline.stages import run_stages
+from mrfengine.pipeline.stages import pipeline_halo, run_stages
 from mrfengine.sequence import hermann2021
 
 
@@ -41,10 +41,20 @@ method = "brute"
     assert p.options["denoise"]["patch_radius"] == 1 and p.options["denoise"]["estimator"] == "mp"
     assert p.options["match"]["method"] == "brute"
     assert Pipeline.from_dict({"stages": "match"}).stages == ("mask", "match", "write")
+    # register and segment run on the whole subject after the others: write comes before them
+    full = Pipeline.from_stages("denoise,match,register,segment")
+    assert full.stages == ("mask", "denoise", "match", "write", "register", "segment")
+    assert full.name == "denoise-match-register-segment"
+    assert full.options["register"] == {"reference": "T2w", "phase_encoding": "j", "grid_mm": 2.0}
+    assert full.options["segment"] == {"priors": "mni152", "lesion": "auto"}
+    assert pipeline_halo(full) == pipeline_halo(Pipeline.from_stages("denoise,match"))
 
 
 @pytest.mark.parametrize("stages, words", [
-    ("denoise,segment", ["unknown stage", "segment", "known stages"]),
+    ("denoise,segmentation", ["unknown stage", "segmentation", "known stages"]),
+    ("unet,segment", ["'segment' needs 'match' before it"]),
+    ("match,register,write", ["'write' must be the last stage", "register"]),
+    ("match,write,denoise", ["'write' must be the last stage"]),
     ("denoise", ["'write' needs one of", "maps", "'match'"]),
     ("write", ["'write' needs one of", "maps"]),
     ("write,match", ["'write' must be the last stage"]),
