@@ -137,8 +137,12 @@ class Registration:
         if not len(points[0]):
             return out
         coords = self.coordinates(np.stack(points))
-        out[points] = ndimage.map_coordinates(image, coords, order=order, mode="constant", cval=fill,
-                                              prefilter=order > 1)
+        # a voxel within half a voxel of the grid's edge takes the edge's value (scipy's "constant" mode
+        # would give the first and last planes' voxels that map just outside the fill)
+        size = np.asarray(image.shape, dtype=np.float64)[:, None]
+        inside = np.all((coords >= -0.5) & (coords <= size - 0.5), axis=0)
+        values = ndimage.map_coordinates(image, coords, order=order, mode="nearest", prefilter=order > 1)
+        out[points] = np.where(inside, values, np.float32(fill))
         return out
 
     def to_dict(self) -> dict[str, Any]:
