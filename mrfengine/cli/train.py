@@ -10,13 +10,19 @@ from ._common import progress_option
 @click.command()
 @click.argument("settings_path", metavar="CONFIG.toml", type=click.Path(dir_okay=False))
 @click.option("--resume", is_flag=True, help="Continue the run from OUTPUT_DIR/checkpoint.pt.")
+@click.option("--tissue-targets", default=None, metavar="truth|derived:PIPELINE",
+              help="Where the NAWM and GM outputs' targets come from: 'truth' (the phantom's truth/WM and "
+                   "truth/GM; the default) or 'derived:PIPELINE' (the NAWM/GM probability maps of that pipeline's "
+                   "segment stage, made by 'mrfengine batch COHORT --stages denoise,match,segment', as the paper "
+                   "took them from SPM).  Overrides the settings file's tissue_targets; recorded in the "
+                   "checkpoint and the model card.")
 @progress_option
-def train(settings_path, resume, show_progress) -> None:
+def train(settings_path, resume, tissue_targets, show_progress) -> None:
     """Train a U-net (a configuration of Table 1, e.g. MSE-5) on the training
     split of a cohort store, as the settings file says (cohort, network,
     output_dir, epochs, batch_size, learning_rate, patches_per_slice, seed;
     optional patch_size, lesion_oversampling, depth, base_filters, map_source,
-    device, bf16, compile, threads, init_model, trust_model_code).  Settings
+    tissue_targets, device, bf16, compile, threads, init_model, trust_model_code).  Settings
     are checked against sane ranges before any work.  init_model (a network
     to start from) is read as weights only; a TorchScript init_model runs
     code stored in the file and is refused unless trust_model_code = true
@@ -25,12 +31,25 @@ def train(settings_path, resume, show_progress) -> None:
     After each epoch: validation metrics (lesion Dice at 33%, T1/T2* relative
     deviation) in metrics.csv and metrics.png, and checkpoint.pt; at the end
     model.pt (weights only) with its card model.card.json.  --resume continues an
-    interrupted run from its checkpoint (same settings; epochs may grow)."""
+    interrupted run from its checkpoint (same settings; epochs may grow).
+
+    The NAWM/GM targets are the cohort's truth by default; --tissue-targets
+    derived:PIPELINE trains them on a segment stage's maps instead (every
+    training and validation subject must have them; validation then scores
+    NAWM/GM against them too)."""
+    from dataclasses import replace
+
+    from ..errors import ValidationError
     from ..nn.train import load_settings
     from ..nn.train import train as run_training
     from ._common import progress
 
     settings = load_settings(settings_path)
+    if tissue_targets is not None:
+        try:
+            settings = replace(settings, tissue_targets=tissue_targets)
+        except ValidationError as exc:
+            raise ValidationError(f"--tissue-targets: {exc}") from exc
 
     def bar(iterable, total, desc):
         return progress(iterable, total=total, desc=desc, enabled=show_progress)

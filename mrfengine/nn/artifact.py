@@ -201,6 +201,7 @@ def save_model(
     format: str = "state_dict",
     weights_dtype: str = "float32",
     training_sequences: Iterable[Sequence] = (),
+    tissue_targets: str = "truth",
 ) -> ModelCard:
     """Write ``model`` to ``path`` (``.pt``) and its card beside it (``.card.json``).
 
@@ -233,6 +234,9 @@ def save_model(
     training_sequences : iterable of Sequence
         Every acquisition of the training data (several sites); the card
         accepts data of any of them (and of ``sequence``).
+    tissue_targets : {"truth", "derived:<pipeline>"}
+        Where the NAWM/GM outputs' training targets came from
+        (``ModelCard.tissue_targets``).
 
     Returns
     -------
@@ -268,6 +272,7 @@ def save_model(
         software=software_versions(),
         weights_dtype=weights_dtype,
         training_sequences=tuple({"name": q.name, "digest": q.digest()} for q in training_sequences),
+        tissue_targets=tissue_targets,
     )
     write_card(card, path)
     log.debug("saved %s (%s, %s weights) and its card %s", path, format, weights_dtype, card_path(path).name)
@@ -286,8 +291,8 @@ def resave_model(
 
     The source is loaded with :func:`load_model` (so its card and hash are
     checked) and written to ``dst`` in ``format`` (default: the source's).  The new card keeps
-    the configuration, normalisation, sequence, training cohort hash and
-    metrics of the source; the artifact's file name, SHA-256 and weights
+    the configuration, normalisation, sequence, training cohort hash, tissue
+    targets and metrics of the source; the artifact's file name, SHA-256 and weights
     dtype are the new file's.  ``software`` names the versions that wrote
     the new file, and keeps those that trained the network as
     ``trained_mrfengine``/``trained_torch``.
@@ -346,6 +351,7 @@ def resave_model(
         software={**trained, **software_versions()},
         weights_dtype=weights_dtype,
         training_sequences=old.training_sequences,
+        tissue_targets=old.tissue_targets,
     )
     write_card(card, dst)
     log.info("re-saved %s as %s (%s, %s weights, %d bytes)", loaded.path, dst, format, weights_dtype,

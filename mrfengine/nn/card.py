@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .._atomic import atomic_write_text
-from .._validate import is_sha256
+from .._validate import NAME_RE, is_sha256
 from ..errors import InputFileError, ValidationError
 from ..sequence import Sequence
 from .configs import NetworkConfig
@@ -105,6 +105,13 @@ class ModelCard:
     training_sequences : tuple of dict
         ``{"name", "digest"}`` of every acquisition in the training data (a
         cohort of several sites); data of any of them are accepted.
+    tissue_targets : str
+        Where the NAWM and GM outputs' training targets came from: ``truth``
+        (the phantom's tissue fractions, ``truth/WM`` and ``truth/GM``) or
+        ``derived:<pipeline>`` (the probability maps of that pipeline's
+        ``segment`` stage, as the paper's came from SPM on the conventional T1
+        map).  In the JSON under ``training``; cards written before this field
+        existed mean ``truth``.
     """
 
     config: NetworkConfig
@@ -118,8 +125,12 @@ class ModelCard:
     software: dict[str, str] = field(default_factory=dict)
     weights_dtype: str = "float32"
     training_sequences: tuple[dict[str, Any], ...] = ()
+    tissue_targets: str = "truth"
 
     def __post_init__(self) -> None:
+        if not _is_target_source(self.tissue_targets):
+            raise ValidationError(f"tissue_targets must be 'truth' or 'derived:<pipeline>'; got "
+                                  f"{self.tissue_targets!r}")
         object.__setattr__(self, "training_sequences", tuple(dict(s) for s in self.training_sequences or ()))
         for entry in self.training_sequences:
             if not {"name", "digest"} <= set(entry) or not is_sha256(entry["digest"]):
@@ -212,7 +223,8 @@ class ModelCard:
             "target_scaling": "value in 'unit' = activation(network output) * scale",
             "sequence": self.sequence,
             "training": {"cohort_hash": self.training_cohort_hash,
-                         "sequences": [dict(e) for e in self.training_sequences]},
+                         "sequences": [dict(e) for e in self.training_sequences],
+                         "tissue_targets": self.tissue_targets},
             "metrics": self.metrics,
             "software": self.software,
             "config": cfg.to_dict(),
@@ -263,7 +275,14 @@ class ModelCard:
             software=dict(data.get("software") or {}),
             weights_dtype=data.get("weights_dtype", "float32"),
             training_sequences=tuple(training.get("sequences") or ()),
+            tissue_targets=training.get("tissue_targets", "truth"),
         )
+
+
+def _is_target_source(value: Any) -> bool:
+    """``truth`` or ``derived:<pipeline>`` with a valid pipeline name."""
+    return value == "truth" or (isinstance(value, str) and value.startswith("derived:")
+                                and bool(NAME_RE.match(value[len("derived:"):])))
 
 
 def sequence_entry(sequence: Sequence | None) -> dict[str, Any] | None:

@@ -11,7 +11,9 @@ that take maps, its T1/T2* maps), normalised per channel with statistics of
 the *training split only*; targets are read where each output's
 ``OutputSpec.target`` points (``truth/T1``, ``truth/WM``,
 ``annotations/lesion``, ...) and scaled to network units
-(:func:`mrfengine.nn.targets.to_network_units`).
+(:func:`mrfengine.nn.targets.to_network_units`); ``map_source`` and
+``tissue_targets`` redirect the T1/T2* and the NAWM/GM targets to a pipeline's
+derived maps (:func:`resolve_target`).
 
 Slices are read lazily from zarr (one chunk per slice) through a small LRU
 cache, so memory stays bounded by ``cache_slices`` slices whatever the
@@ -47,8 +49,7 @@ from .targets import to_network_units
 log = logging.getLogger(__name__)
 
 __all__ = ["SliceRef", "PatchSampler", "fit_cohort_normalisation", "resolve_target", "subject_level", "SPLITS",
-           "LESION_CENTRING",
-           "PATCH_CENTRING"]
+           "LESION_CENTRING", "PATCH_CENTRING", "TISSUE_OUTPUTS", "SEGMENT_STAGES", "check_target_arrays"]
 
 SPLITS = ("train", "validation", "test")
 #: How an oversampled patch picks its lesion (:class:`PatchSampler`).
@@ -58,6 +59,12 @@ PATCH_CENTRING = ("uniform", "brain")
 
 #: Quantitative outputs whose targets may come from a derived group instead of ``truth/``.
 _MAP_OUTPUTS = ("T1", "T2star")
+#: Tissue outputs whose targets may come from a pipeline's ``segment`` stage
+#: (``derived/<pipeline>/NAWM``, ``.../GM``) instead of ``truth/`` (``tissue_targets``),
+#: as the paper took them from SPM's segmentation of the conventional T1 map.
+TISSUE_OUTPUTS = ("NAWM", "GM")
+#: The stages of ``mrfengine batch`` that make a cohort's NAWM/GM targets.
+SEGMENT_STAGES = "denoise,match,segment"
 
 
 @dataclass(frozen=True)
@@ -73,25 +80,32 @@ class SliceRef:
     lesion_label: tuple[int, ...] = ()
 
 
-def _parse_map_source(map_source: str) -> str | None:
-    """``"truth"`` -> None; ``"derived:<name>"`` -> ``<name>``."""
+def _parse_map_source(map_source: str, key: str = "map_source") -> str | None:
+    """``"truth"`` -> None; ``"derived:<name>"`` -> ``<name>`` (``key`` names the setting in errors)."""
     if map_source == "truth":
         return None
     if isinstance(map_source, str) and map_source.startswith("derived:") and len(map_source) > len("derived:"):
         return map_source[len("derived:"):]
-    raise ValidationError(f"map_source must be 'truth' or 'derived:<name>'; got {map_source!r}")
+    raise ValidationError(f"{key} must be 'truth' or 'derived:<name>'; got {map_source!r}")
 
 
-def resolve_target(target: str, name: str, map_source: str = "truth") -> str:
+def resolve_target(target: str, name: str, map_source: str = "truth", tissue_targets: str = "truth") -> str:
     """The array path of an output's training target in a subject group.
 
     ``T1``/``T2star`` targets are read from ``derived/<name>/`` when
     ``map_source`` is ``derived:<name>`` (e.g. dictionary-matched maps, as in
-    the paper); every other target from where its ``OutputSpec.target`` says.
+    the paper); ``NAWM``/``GM`` targets from ``derived/<pipeline>/NAWM`` and
+    ``.../GM`` when ``tissue_targets`` is ``derived:<pipeline>`` (the
+    ``segment`` stage's probability maps, as the paper's came from SPM);
+    every other target from where its ``OutputSpec.target`` says
+    (``truth/WM`` for NAWM, ``truth/GM``, ``annotations/lesion``, ...).
     """
     derived = _parse_map_source(map_source)
+    tissue = _parse_map_source(tissue_targets, "tissue_targets")
     if derived is not None and name in _MAP_OUTPUTS:
         return f"derived/{derived}/{name}"
+    if tissue is not None and name in TISSUE_OUTPUTS:
+        return f"derived/{tissue}/{name}"
     if not target:
         raise ValidationError(f"output {name} names no target array (OutputSpec.target is empty)")
     return target
@@ -103,6 +117,54 @@ def _input_paths(config: NetworkConfig, map_source: str) -> list[str] | None:
         return None
     derived = _parse_map_source(map_source)
     return [f"derived/{derived}/{n}" if derived else f"truth/{n}" for n in config.input_names]
+
+
+def _missing_array_message(sid: str, path: str, network: str, cohort_path, tissue_targets: str) -> str:
+    """Why ``sid`` cannot be trained on: it lacks ``path``; for the segment stage's
+    tissue maps, the command that makes them."""
+    tissue = _parse_map_source(tissue_targets, "tissue_targets")
+    if tissue is not None and path in {f"derived/{tissue}/{n}" for n in TISSUE_OUTPUTS}:
+        name = "" if tissue == SEGMENT_STAGES.replace(",", "-") else f" --name {tissue}"
+        return (f"subject {sid} has no {path!r}, a tissue target of network {network} (tissue_targets = "
+                f"{tissue_targets!r}: the NAWM/GM probability maps of pipeline {tissue!r}'s segment stage); make "
+                f"them with 'mrfengine batch {cohort_path} --stages {SEGMENT_STAGES}{name}', or train on "
+                "tissue_targets = 'truth'")
+    return f"subject {sid} has no array {path!r} needed by network {network}"
+
+
+def check_target_arrays(
+    cohort,
+    config: NetworkConfig,
+    subjects,
+    *,
+    map_source: str = "truth",
+    tissue_targets: str = "truth",
+) -> None:
+    """Refuse, before any work, subjects that lack an array a network's training reads.
+
+    Parameters
+    ----------
+    cohort : mrfengine.io.Cohort
+    config : NetworkConfig
+    subjects : iterable of str
+        The subjects to be read (a training run: its train and validation splits).
+    map_source, tissue_targets : str
+        ``truth`` or ``derived:<name>`` (:func:`resolve_target`).
+
+    Raises
+    ------
+    ValidationError
+        Naming the first subject and the array it lacks; for a missing tissue
+        target of ``tissue_targets = "derived:<pipeline>"`` also the
+        ``mrfengine batch`` command that makes it.
+    """
+    paths = [resolve_target(o.target, o.name, map_source, tissue_targets) for o in config.outputs]
+    paths += _input_paths(config, map_source) or []
+    for sid in subjects:
+        arrays = cohort[sid].arrays
+        for path in paths:
+            if path not in arrays:
+                raise ValidationError(_missing_array_message(sid, path, config.name, cohort.path, tissue_targets))
 
 
 def _subjects_of(cohort, split: str) -> list[str]:
@@ -236,6 +298,10 @@ class PatchSampler:
         Same seed, same patches (and batches) for every epoch.
     map_source : str
         ``truth`` or ``derived:<name>``: where T1/T2* targets (and map inputs) come from.
+    tissue_targets : str
+        ``truth`` (``truth/WM``, ``truth/GM``) or ``derived:<pipeline>``
+        (``derived/<pipeline>/NAWM``, ``.../GM``, a ``segment`` stage's maps):
+        where the NAWM and GM targets come from.
     cache_slices : int
         Slices kept in memory (LRU); bounds the memory use.
     lesion_centring : {"voxel", "lesion"}
@@ -275,6 +341,7 @@ class PatchSampler:
         cache_slices: int = 32,
         lesion_centring: str = "voxel",
         patch_centring: str = "uniform",
+        tissue_targets: str = "truth",
     ) -> None:
         self.cohort = cohort
         self.config = config
@@ -304,7 +371,8 @@ class PatchSampler:
         self._scale, self._offset = (a[:, None, None] for a in normalisation.scale_and_offset())
         self._gains: dict[str, float] = {}  # per subject, measured when its first slice is read
         self._input_paths = _input_paths(config, map_source)
-        self._target_paths = [resolve_target(o.target, o.name, map_source) for o in config.outputs]
+        self.tissue_targets = tissue_targets
+        self._target_paths = [resolve_target(o.target, o.name, map_source, tissue_targets) for o in config.outputs]
         self._cache: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._cache_size = check_int(cache_slices, "cache_slices")
         self.subjects = _subjects_of(cohort, split)
@@ -327,7 +395,8 @@ class PatchSampler:
             subject = self.cohort[sid]
             for path in self._target_paths + (self._input_paths or []):
                 if path not in subject.arrays:
-                    raise ValidationError(f"{sid} has no array {path!r} needed by network {self.config.name}")
+                    raise ValidationError(_missing_array_message(sid, path, self.config.name, self.cohort.path,
+                                                                 self.tissue_targets))
             lesion = subject.array(lesion_path) if lesion_path in subject.arrays else None
             for z in range(subject.shape[0]):
                 if lesion is None:

@@ -39,7 +39,13 @@ The settings file (TOML)::
     patches_per_slice = 64
     seed = 0
     # optional: patch_size = 64, lesion_oversampling = 5, depth, base_filters,
-    # map_source = "truth" | "derived:<name>", device = "auto" | "cpu" | "cuda",
+    # map_source = "truth" | "derived:<name>"  (where the T1/T2* targets come from),
+    # tissue_targets = "truth" | "derived:<pipeline>"  (where the NAWM/GM targets come from:
+    #                          truth/WM and truth/GM, or derived/<pipeline>/NAWM and .../GM,
+    #                          the probability maps of 'mrfengine batch --stages
+    #                          denoise,match,segment', as the paper's came from SPM;
+    #                          validation then scores NAWM/GM against the same maps),
+    # device = "auto" | "cpu" | "cuda",
     # bf16 = false, compile = false, threads,
     # lesion_centring = "voxel" | "lesion"  (what an oversampled patch is centred on: a
     #                          random lesion voxel, or a random lesion, so small ones count),
@@ -87,12 +93,20 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write_bytes
-from .._validate import check_int
+from .._validate import check_int, check_name
 from ..errors import BackendUnavailableError, InputFileError, ValidationError
 from ..metrics.definitions import LESION_THRESHOLD, TISSUE_THRESHOLD  # nn.train's names before metrics had them
 from .checkpoint import load_checkpoint, save_checkpoint
 from .configs import NetworkConfig, get_config
-from .data import LESION_CENTRING, PATCH_CENTRING, PatchSampler, fit_cohort_normalisation
+from .data import (
+    LESION_CENTRING,
+    PATCH_CENTRING,
+    TISSUE_OUTPUTS,
+    PatchSampler,
+    _parse_map_source,
+    check_target_arrays,
+    fit_cohort_normalisation,
+)
 from .losses import multi_output_loss
 from .targets import _check_channels, to_physical_units
 
@@ -143,9 +157,10 @@ class TrainSettings:
     loss_weights: dict[str, float] | None = None
     trust_model_code: bool = False
     input_scale: str = "subject"
+    tissue_targets: str = "truth"
 
     def __post_init__(self) -> None:
-        for key in ("cohort", "network", "output_dir", "map_source", "device"):
+        for key in ("cohort", "network", "output_dir", "map_source", "device", "tissue_targets"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValidationError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
         for key in ("epochs", "batch_size", "patches_per_slice"):
@@ -177,6 +192,13 @@ class TrainSettings:
             raise ValidationError(f"patch_centring must be one of {PATCH_CENTRING}; got {self.patch_centring!r}")
         if self.input_scale not in INPUT_SCALES:
             raise ValidationError(f"input_scale must be one of {INPUT_SCALES}; got {self.input_scale!r}")
+        tissue = _parse_map_source(self.tissue_targets, "tissue_targets")
+        if tissue is not None:
+            check_name(tissue, "the pipeline of tissue_targets = 'derived:<pipeline>'")
+            if cfg is not None and not set(TISSUE_OUTPUTS) & set(cfg.output_names):
+                raise ValidationError(f"tissue_targets = {self.tissue_targets!r}, but network {self.network} has "
+                                      f"no {' or '.join(TISSUE_OUTPUTS)} output (its outputs: "
+                                      f"{', '.join(cfg.output_names)}); leave tissue_targets at 'truth'")
         if self.loss_weights is not None:
             if not isinstance(self.loss_weights, Mapping) or not self.loss_weights:
                 raise ValidationError("loss_weights must be a table of output name = weight, e.g. "
@@ -619,6 +641,9 @@ def train(
         raise ValidationError(f"{settings.cohort}: no subject in the 'train' split")
     if not cohort.subjects_in("validation"):
         raise ValidationError(f"{settings.cohort}: no subject in the 'validation' split")
+    # every target of every subject read (derived tissue maps above all) is there before any work
+    check_target_arrays(cohort, config, [*train_subjects, *cohort.subjects_in("validation")],
+                        map_source=settings.map_source, tissue_targets=settings.tissue_targets)
 
     with _deterministic():
         model = config.build(seed=settings.seed).to(device)
@@ -642,7 +667,8 @@ def train(
                                                       "trust_model_code")
                           and stored.get(k, defaults.get(k)) != now[k])
             if diff:
-                raise ValidationError(f"{ckpt_path} was written with other settings ({', '.join(diff)}); "
+                changes = ", ".join(f"{k}: {stored.get(k, defaults.get(k))!r} there, {now[k]!r} now" for k in diff)
+                raise ValidationError(f"{ckpt_path} was written with other settings ({changes}); "
                                       "only epochs may change on resume")
             normalisation = ckpt.normalisation
             if normalisation.scale_free != (settings.input_scale == "subject") and config.input_kind == "mrf":
@@ -662,7 +688,7 @@ def train(
             else:
                 normalisation = fit_cohort_normalisation(cohort, config, split="train", map_source=settings.map_source,
                                                          scale_free=scale_free)
-        common = dict(seed=settings.seed, map_source=settings.map_source)
+        common = dict(seed=settings.seed, map_source=settings.map_source, tissue_targets=settings.tissue_targets)
         train_sampler = PatchSampler(cohort, config, normalisation, split="train",
                                      lesion_centring=settings.lesion_centring,
                                      patch_centring=settings.patch_centring, **common)
@@ -710,7 +736,7 @@ def train(
                sequence=sequence if config.input_kind == "mrf" else None, cohort_hash=cohort_hash(cohort),
                training_sequences=[cohort.sequence(site) for site in sorted(digests)]
                if config.input_kind == "mrf" else (),
-               metrics=metrics)
+               metrics=metrics, tissue_targets=settings.tissue_targets)
     return TrainResult(out, model_path, ckpt_path, out / METRICS_CSV, out / METRICS_PNG, tuple(history))
 
 

@@ -281,6 +281,7 @@ def test_the_shipped_training_files_are_the_cards_record():
         assert record.get("lesion_centring", "voxel") == settings.lesion_centring
         assert record.get("patch_centring", "uniform") == settings.patch_centring
         assert record.get("loss_weights") == settings.loss_weights
+        assert record.get("tissue_targets", "truth") == settings.tissue_targets
         assert record["cohort"] == Path(settings.cohort).name
         assert len(record["history"]) == settings.epochs
         if settings.init_model is None:

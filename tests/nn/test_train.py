@@ -69,6 +69,7 @@ def test_a_run_writes_checkpoint_metrics_plot_and_model(full_run, cohort_path):
     assert card.sequence_digest == cohort.sequence(site).digest()
     assert card.metrics["validation"]["T1_reldev"] == pytest.approx(float(rows[-1]["T1_reldev"]))
     assert card.metrics["epochs"] == 2
+    assert card.tissue_targets == "truth" and card.metrics["training_run"]["tissue_targets"] == "truth"
     ckpt = load_checkpoint(full_run / "checkpoint.pt", restore_rng=False)
     assert card.normalisation == ckpt.normalisation
     assert card.config == ckpt.config and card.config.learning_rate == 1e-4
