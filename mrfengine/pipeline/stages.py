@@ -83,6 +83,7 @@ to give it options; it must come first).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -189,6 +190,10 @@ class Stage:
     after : tuple of str
         Stages that must run earlier in the pipeline (``register`` needs
         ``match``'s T1 map).
+    requires : tuple of str
+        Python modules the stage needs beyond mrfengine's dependencies
+        (``ants``: the ``ants`` extra); a pipeline naming the stage is refused
+        without them, before any subject runs.
     """
 
     name: str
@@ -204,6 +209,7 @@ class Stage:
     whole_subject: bool = False
     after_slabs: bool = False
     after: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- mask
@@ -499,12 +505,13 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                       checks=MappingProxyType({"reference": lambda v: check_name(v, "register option reference"),
                                                "grid_mm": lambda v: check_float(v, "grid_mm", minimum=0.0,
                                                                                 exclusive_minimum=True)}),
-                      after_slabs=True, after=("match",), halo=_whole_volume),
+                      after_slabs=True, after=("match",), requires=("ants",), halo=_whole_volume),
     "segment": Stage("segment", _segment, ("derived", "mask", "spacing_zyx"), ("derived",),
                      MappingProxyType({"priors": "mni152", "lesion": "auto"}),
                      choices=MappingProxyType({"priors": ("mni152", "none"),
                                                "lesion": ("auto", "annotation", "none")}),
-                     optional=("affine", "annotations"), after_slabs=True, after=("match",), halo=_whole_volume),
+                     optional=("affine", "annotations"), after_slabs=True, after=("match",), requires=("ants",),
+                     halo=_whole_volume),
 })
 
 
@@ -545,6 +552,10 @@ def _check_flow(names: tuple[str, ...]) -> None:
         stage = STAGES[name]
         if stage.after_slabs:
             available.update(SUBJECT_ARTIFACTS)
+        absent = [m for m in stage.requires if importlib.util.find_spec(m) is None]
+        if absent:
+            raise ValidationError(f"stage {name!r} needs the Python module(s) {absent}, which are not installed: "
+                                  f"pip install 'mrfengine[ants]' (antspyx)")
         missing_stages = [a for a in stage.after if a not in names[:k]]
         if missing_stages:
             raise ValidationError(f"stage {name!r} needs {' and '.join(repr(m) for m in missing_stages)} before it; "

@@ -177,3 +177,13 @@ def test_the_readme_lists_every_stage_option():
             for v in values:
                 word = str(v).lower() if isinstance(v, bool) else v  # as TOML spells it
                 assert f"`{word}`" in rows[name], f"README's row for {name!r} does not name {key} = {v!r}"
+
+
+def test_a_stage_whose_library_is_missing_is_refused_before_any_subject(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ants" else real(name, *a))
+    with pytest.raises(ValidationError, match=r"stage 'register' needs the Python module\(s\) \['ants'\].*mrfengine\[ants\]"):
+        Pipeline.from_stages("denoise,match,register")
+    assert Pipeline.from_stages("denoise,match").stages[-1] == "write"
