@@ -236,14 +236,17 @@ class DerivedSource:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class StoredConventionalSource:
-    """``conventional`` with the matched maps a batch stored (``derived/<stage>/T1``,
-    ``T2star``, e.g. ``mrfengine batch``'s ``denoise-match``) instead of matching on
-    the fly; lesion = the annotation, NAWM/GM = the truth stand-ins, as ``conventional``."""
+    """``conventional`` with the maps a batch stored (``derived/<stage>/T1``, ``T2star``,
+    e.g. ``mrfengine batch``'s ``denoise-match``) instead of matching on the fly; lesion =
+    the annotation; NAWM/GM = the ``segment`` stage's maps where the group has them
+    (``denoise-match-register-segment``), else the truth stand-ins, as ``conventional``
+    (:attr:`tissue_from_truth` then turns true, and the tables mark the rows)."""
 
     stage: str
-    tissue_from_truth = True  # NAWM/GM: the truth fractions (a class constant, not a field)
+    #: Whether a subject's NAWM/GM were the truth stand-ins (no segment stage in the group).
+    tissue_from_truth: bool = field(default=False, init=False)
 
     @property
     def name(self) -> str:
@@ -258,7 +261,13 @@ class StoredConventionalSource:
                                  f"`mrfengine batch` (pipeline {self.stage!r}) first")
             out[key] = np.asarray(subject.array(path)[:], dtype=np.float32)
         out.update(AnnotationSource().maps(subject))
-        for key, path in (("NAWM", "truth/WM"), ("GM", "truth/GM")):
+        segmented = {key: f"derived/{self.stage}/{key}" for key in ("NAWM", "GM")}
+        if all(path in subject.arrays for path in segmented.values()):
+            pairs = segmented.items()  # the segment stage's probabilities
+        else:
+            pairs = (("NAWM", "truth/WM"), ("GM", "truth/GM"))
+            self.tissue_from_truth = True
+        for key, path in pairs:
             if path in subject.arrays:
                 out[key] = np.asarray(subject.array(path)[:], dtype=np.float32)
         return out

@@ -163,6 +163,30 @@ def test_stored_conventional_source_reads_a_batch_group(tiny, tmp_path):
         parse_source("conventional:match").maps(Cohort.open(path)["sub-01"])
     with pytest.raises(ValidationError, match="conventional:<name>"):
         parse_source("conventional:")
+    assert parse_source("conventional:match").tissue_from_truth is False  # until a subject falls back
+    source = parse_source("conventional:match")
+    source.maps(Cohort.open(path)[sid])
+    assert source.tissue_from_truth is True  # no segment stage in the group: the truth stand-ins
+
+
+def test_stored_conventional_source_takes_the_segment_stages_tissue_maps(tiny, tmp_path):
+    from mrfengine.pipeline.derived import write_derived
+
+    src, _ = tiny
+    path = tmp_path / "copy.zarr"
+    shutil.copytree(src, path)
+    sid = "sub-02"
+    shape = Cohort.open(path)[sid].shape
+    seg = {"T1": np.full(shape, 800, np.float32), "T2star": np.full(shape, 50, np.float32),
+           "NAWM": np.full(shape, 0.25, np.float32), "GM": np.full(shape, 0.5, np.float32)}
+    write_derived(path, sid, "seg", seg)
+    source = parse_source("conventional:seg")
+    maps = source.maps(Cohort.open(path)[sid])
+    np.testing.assert_array_equal(maps["NAWM"], seg["NAWM"])
+    np.testing.assert_array_equal(maps["GM"], seg["GM"])
+    assert source.tissue_from_truth is False
+    rep = evaluate_cohort(path, pred="conventional:seg", ref="truth", subjects=[sid], figures=False)
+    assert "tissue_maps_from_truth" not in rep["settings"]
 
 
 def test_bad_sources_and_subjects(tiny):
