@@ -11,6 +11,8 @@ import click
 from ._common import progress_option, split_subjects
 
 DEFAULT_STAGES = "denoise,match"
+#: The stage names --help lists (mrfengine.pipeline.STAGES, not imported at start-up; a test keeps them equal).
+KNOWN_STAGES = ("mask", "denoise", "match", "unet", "write", "register", "segment")
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -197,8 +199,9 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
 @click.command()
 @click.argument("cohort", metavar="COHORT.zarr", type=click.Path(file_okay=False))
 @click.option("--stages", default=None,
-              help=f"Stages to run, comma-separated (default: {DEFAULT_STAGES}; 'write' is added). "
-                   "Known: denoise, match, write.")
+              help=f"Stages to run, comma-separated (default: {DEFAULT_STAGES}; 'mask' and 'write' are added). "
+                   f"Known: {', '.join(KNOWN_STAGES)}; the whole conventional pipeline: "
+                   "denoise,match,register,segment.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="A TOML pipeline description ([pipeline] name, stages; one table of options per stage).")
 @click.option("--name", default=None,

@@ -187,3 +187,9 @@ def test_a_stage_whose_library_is_missing_is_refused_before_any_subject(monkeypa
     with pytest.raises(ValidationError, match=r"stage 'register' needs the Python module\(s\) \['ants'\].*mrfengine\[ants\]"):
         Pipeline.from_stages("denoise,match,register")
     assert Pipeline.from_stages("denoise,match").stages[-1] == "write"
+
+
+def test_batch_help_lists_every_stage():
+    from mrfengine.cli.batch import KNOWN_STAGES
+
+    assert tuple(KNOWN_STAGES) == tuple(STAGES)
