@@ -67,6 +67,7 @@ from .card import (
     ModelCard,
     card_path,
     check_card,
+    check_tissue_targets,
     file_sha256,
     read_card,
     sequence_entry,
@@ -254,6 +255,7 @@ def save_model(
     if format not in FORMATS:
         raise ValidationError(f"format must be one of {FORMATS}; got {format!r}")
     _check_weights_dtype(weights_dtype)
+    check_tissue_targets(tissue_targets)
     _check_model(model, config)
     if sequence is not None and config.input_kind == "mrf" and sequence.n_measurements != config.in_channels:
         raise ValidationError(f"sequence {sequence.name} has {sequence.n_measurements} frames but network "

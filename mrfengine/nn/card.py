@@ -128,9 +128,7 @@ class ModelCard:
     tissue_targets: str = "truth"
 
     def __post_init__(self) -> None:
-        if not _is_target_source(self.tissue_targets):
-            raise ValidationError(f"tissue_targets must be 'truth' or 'derived:<pipeline>'; got "
-                                  f"{self.tissue_targets!r}")
+        check_tissue_targets(self.tissue_targets)
         object.__setattr__(self, "training_sequences", tuple(dict(s) for s in self.training_sequences or ()))
         for entry in self.training_sequences:
             if not {"name", "digest"} <= set(entry) or not is_sha256(entry["digest"]):
@@ -279,10 +277,19 @@ class ModelCard:
         )
 
 
-def _is_target_source(value: Any) -> bool:
-    """``truth`` or ``derived:<pipeline>`` with a valid pipeline name."""
-    return value == "truth" or (isinstance(value, str) and value.startswith("derived:")
-                                and bool(NAME_RE.match(value[len("derived:"):])))
+def check_tissue_targets(value: Any) -> str:
+    """``value`` if it is ``truth`` or ``derived:<pipeline>`` with a valid pipeline name
+    (:attr:`ModelCard.tissue_targets`).
+
+    Raises
+    ------
+    ValidationError
+        Anything else.
+    """
+    if value == "truth" or (isinstance(value, str) and value.startswith("derived:")
+                            and bool(NAME_RE.match(value[len("derived:"):]))):
+        return value
+    raise ValidationError(f"tissue_targets must be 'truth' or 'derived:<pipeline>'; got {value!r}")
 
 
 def sequence_entry(sequence: Sequence | None) -> dict[str, Any] | None:

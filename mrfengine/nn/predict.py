@@ -60,6 +60,7 @@ _SIDECAR_NAMES = {
     "model_file": "ModelFile",
     "sha256": "ModelSHA256",
     "training_cohort_hash": "TrainingCohortHash",
+    "tissue_targets": "TissueTargets",
     "sequence": "Sequence",
     "sequence_digest": "SequenceDigest",
     "device": "Device",
@@ -327,6 +328,8 @@ class NetworkMaps:
             "model_file": Path(self.model.path).name,
             "sha256": card.artifact_sha256,
             "training_cohort_hash": card.training_cohort_hash,
+            # where the NAWM/GM outputs' training targets came from (truth, or a segment stage's maps)
+            "tissue_targets": card.tissue_targets,
             "sequence": None if self.sequence is None else self.sequence.name,
             "sequence_digest": None if self.sequence is None else self.sequence.digest(),
             "device": self.device,

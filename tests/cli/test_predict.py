@@ -190,6 +190,7 @@ def test_predict_without_model_uses_the_environment_variable(tmp_path, capsys, n
         np.testing.assert_array_equal(env[suffix], given[suffix])
     side = json.loads((tmp_path / "env" / "sub-01_T1map.json").read_text())
     assert side["ModelFile"] == model_path.name and side["ModelSHA256"] == read_card(model_path).artifact_sha256
+    assert side["TissueTargets"] == "truth"  # where the card says the NAWM/GM targets came from
 
 
 def test_predict_without_model_uses_the_shipped_float16_model(tmp_path, capsys, no_shipped_model):

@@ -172,3 +172,25 @@ def test_cards_without_the_field_read_as_truth(seg_run, tmp_path):
     old.write_text(json.dumps(data))
     with pytest.raises(ValidationError, match="old.card.json: tissue_targets must be"):
         read_card(old)
+
+
+def test_saved_models_carry_the_setting_into_resaves_and_the_predictions_record(tmp_path, tiny_config,
+                                                                                tiny_normalisation, tiny_sequence):
+    from mrfengine.nn import load_model, save_model
+    from mrfengine.nn.artifact import resave_model
+    from mrfengine.nn.predict import network_maps
+
+    config = tiny_config()
+    card = save_model(config.build(seed=0), tmp_path / "seg.pt", config=config, normalisation=tiny_normalisation(35),
+                      sequence=tiny_sequence, tissue_targets="derived:seg")
+    assert card.tissue_targets == read_card(tmp_path / "seg.pt").tissue_targets == "derived:seg"
+    assert resave_model(tmp_path / "seg.pt", tmp_path / "half.pt").tissue_targets == "derived:seg"
+    volume = np.random.default_rng(0).uniform(0, 0.3, (2, 35, 16, 16)).astype(np.float32)
+    run = network_maps(volume, load_model(tmp_path / "half.pt"), sequence=tiny_sequence, brain_mask=False,
+                       input_scale="absolute")
+    assert run.info()["tissue_targets"] == "derived:seg"
+    assert run.sidecar_fields()["TissueTargets"] == "derived:seg"  # predict's NIfTI sidecars say it
+    with pytest.raises(ValidationError, match="tissue_targets must be"):
+        save_model(config.build(seed=0), tmp_path / "bad.pt", config=config, normalisation=tiny_normalisation(35),
+                   sequence=tiny_sequence, tissue_targets="spm")
+    assert not (tmp_path / "bad.pt").exists()  # refused before anything is written
