@@ -47,6 +47,22 @@ The stages:
     ``mrfengine predict``'s (:func:`mrfengine.nn.predict.network_maps`: the
     same checks, options, uncertainty, physics consistency and outside rule,
     with the subject's ``brain_mask``, or the whole field of view without one).
+``register``
+    Distortion correction (:func:`mrfengine.registration.register_to_reference`):
+    the matched T1 map registered to the subject's T2-weighted reference
+    (option ``reference``, default ``T2w``) with ANTs, rigidly and then with
+    a SyN field along the phase-encoding axis (option ``phase_encoding``,
+    ``j`` = Y; ``none``: rigid only), every ``derived`` array resampled onto
+    the reference grid (cubic B-spline for maps, linear for probabilities,
+    nearest for masks), the brain mask moved with them and stored as
+    ``brain_mask``; the field is stored as ``displacement`` and the rigid
+    matrix goes into the provenance.  Runs after ``write``, once per subject.
+``segment``
+    GM/WM/CSF probability maps from the (corrected) T1 map
+    (:func:`mrfengine.segmentation.segment_tissues`: a mixture model with
+    MNI152 priors, option ``priors``) and ``NAWM`` = WM outside the lesion
+    annotation (option ``lesion``); adds ``GM``, ``WM``, ``CSF``, ``NAWM`` to
+    ``derived``.  Runs after ``write`` (and ``register``), once per subject.
 ``write``
     Turns ``maps`` and/or ``nn_maps`` into ``derived``, the float32 arrays of the derived group
     (T1, T2star in ms, B1, M0, correlation, 0 where not matched:
@@ -72,6 +88,12 @@ other stages then run slab by slab as before.  A slab's maps equal the whole vol
 floating-point rounding (the MP-PCA kernel's running sums start at the slab's
 first plane); the batch's slab plan depends only on the subject's shape and
 the pipeline, so reruns give the same bytes.
+
+After the slabs.  ``register`` and ``segment`` need the whole brain
+(:attr:`Stage.after_slabs`): they run once per subject on the ``derived``
+arrays of all its planes, gathered (:func:`run_after_slabs`; in a batch, in
+the subject's finalize task), with the :data:`SUBJECT_ARTIFACTS`.  They come
+after ``write``, which is inserted before them when not named.
 
 A pipeline is the ordered list of stage names with their options, from a TOML
 table (:meth:`Pipeline.from_dict`) or ``--stages denoise,match``
@@ -430,6 +452,8 @@ def _register(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: st
                     moved = np.clip(moved, 0.0, 1.0)
         out[key] = moved.astype(np.float32)
     if new_mask is not None:
+        # the mask moved with the maps is theirs (export applies and names it), whatever its source
+        out["brain_mask"] = new_mask.astype(np.float32)
         out = apply_outside_rule(out, new_mask)
     if reg.displacement is not None:
         if "displacement" in out:

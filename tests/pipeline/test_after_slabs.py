@@ -51,7 +51,7 @@ def _arrays(path: Path, sid: str, pipeline: str) -> dict[str, np.ndarray]:
 
 def test_register_stores_the_correction_and_the_corrected_maps(registered):
     maps = _arrays(registered, "sub-01", REGISTER.name)
-    assert {"T1", "T2star", "M0", "B1", "correlation", "displacement"} <= set(maps)
+    assert {"T1", "T2star", "M0", "B1", "correlation", "displacement", "brain_mask"} <= set(maps)
     record = derived_attrs(registered, "sub-01", REGISTER.name)["provenance"]["stages"]["register"]
     assert record["reference"] == "reference/T2w" and record["phase_encoding"] == "j" and record["phase_axis"] == 1
     assert record["method"].startswith("ANTs rigid + SyN") and record["itk_threads"] == 1
@@ -61,6 +61,7 @@ def test_register_stores_the_correction_and_the_corrected_maps(registered):
     stored = Registration(matrix, maps["displacement"], record["phase_axis"])
     brain = np.asarray(Cohort.open(registered)["sub-01"].brain_mask[...]) > 0
     moved = stored.resample(brain.astype(np.float32), order=0) > 0.5
+    np.testing.assert_array_equal(maps["brain_mask"] > 0, moved)  # stored with the maps: export applies it
     assert np.all(maps["T1"][~moved] == 0) and np.mean(maps["T1"][moved] > 0) > 0.95
     assert np.all((maps["correlation"] >= 0) & (maps["correlation"] <= 1))
     # against the truth (undistorted): the corrected T1 is as close as the uncorrected one, or closer
