@@ -12,10 +12,12 @@ reproducibility.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["import_ants", "ITK_THREADS_VARIABLE"]
+__all__ = ["ITK_THREADS_VARIABLE", "ants_seed", "import_ants", "itk_threads"]
 
 ITK_THREADS_VARIABLE = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
@@ -42,3 +44,15 @@ def itk_threads() -> int:
         return int(os.environ.get(ITK_THREADS_VARIABLE, "1"))
     except ValueError:
         return 0
+
+
+@contextlib.contextmanager
+def ants_seed(ants: Any, seed: int) -> Iterator[None]:
+    """ANTs' random seed while active (``ants.registration`` passes it as ``--random-seed``:
+    the metric's sampling), restored after."""
+    old = ants.config._random_seed
+    ants.config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        ants.config._random_seed = old

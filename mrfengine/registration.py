@@ -43,11 +43,10 @@ SyN leaves 0.30.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,17 +159,6 @@ def _downsample(a: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return a.reshape(shape).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
 
-@contextlib.contextmanager
-def _ants_seed(ants: Any, seed: int) -> Iterator[None]:
-    """ANTs' random seed (its sampling of the metric), restored after."""
-    old = ants.config._random_seed
-    ants.config._random_seed = int(seed)
-    try:
-        yield
-    finally:
-        ants.config._random_seed = old
-
-
 def _check_inputs(moving: np.ndarray, reference: np.ndarray, spacing_zyx: Sequence[float],
                   mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     moving = np.asarray(moving, dtype=np.float32)
@@ -239,7 +227,7 @@ def register_to_reference(
     ValidationError
         Images of different shapes, NaN/Inf, an empty image or mask, a bad option.
     """
-    from ._ants import import_ants, itk_threads
+    from ._ants import ants_seed, import_ants, itk_threads
 
     ants = import_ants()
     if phase_encoding not in PHASE_ENCODING_AXES:
@@ -271,7 +259,7 @@ def register_to_reference(
     fixed, mov = image(reference), image(moving)
     sigmas = (2, 1, 0)
     timings: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="mrfengine-register-") as tmp, _ants_seed(ants, seed):
+    with tempfile.TemporaryDirectory(prefix="mrfengine-register-") as tmp, ants_seed(ants, seed):
         t1 = time.perf_counter()
         rigid = ants.registration(fixed, mov, type_of_transform="Rigid", aff_metric="mattes", aff_sampling=32,
                                   aff_shrink_factors=(4, 2, 1), aff_smoothing_sigmas=sigmas,

@@ -97,14 +97,13 @@ NeuroImage 54:313-327, 2011 (the MNI ICBM152 2009 templates).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import glob
 import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -233,17 +232,6 @@ def _check_inputs(t1_ms, mask, spacing_zyx, t2star_ms, m0, affine):
 
 
 # --------------------------------------------------------------------------- ANTs
-@contextlib.contextmanager
-def _ants_seed(ants: Any, seed: int) -> Iterator[None]:
-    """``ants.registration`` passes ``--random-seed`` while this is active."""
-    old = ants.config._random_seed
-    ants.config._random_seed = int(seed)
-    try:
-        yield
-    finally:
-        ants.config._random_seed = old
-
-
 def _ants_image(ants: Any, arr_zyx: np.ndarray, affine: np.ndarray) -> Any:
     """An ANTs image of a (Z, Y, X) array whose NIfTI affine maps (x, y, z) indices to RAS mm."""
     lps = _RAS_TO_LPS @ affine[:3, :3]
@@ -304,7 +292,7 @@ def mni152_priors(t1_ms: np.ndarray, mask: np.ndarray, affine: np.ndarray, *,
         The registration (transform, mutual-information metric, correlation of
         the registered template with the subject's R1 in the mask) and timings.
     """
-    from ._ants import import_ants, itk_threads
+    from ._ants import ants_seed, import_ants, itk_threads
 
     ants = import_ants()
     t0 = time.perf_counter()
@@ -321,7 +309,7 @@ def mni152_priors(t1_ms: np.ndarray, mask: np.ndarray, affine: np.ndarray, *,
     coarse_affine = t_affine @ np.diag([2.0, 2.0, 2.0, 1.0])
     coarse_affine[:3, 3] = t_affine[:3, :3] @ np.full(3, 0.5) + t_affine[:3, 3]
     moving = _ants_image(ants, blocks.mean(axis=(1, 3, 5)), coarse_affine)
-    with tempfile.TemporaryDirectory(prefix="mrfengine-segment-") as tmp, _ants_seed(ants, _SEED):
+    with tempfile.TemporaryDirectory(prefix="mrfengine-segment-") as tmp, ants_seed(ants, _SEED):
         t1 = time.perf_counter()
         reg = ants.registration(fixed, moving, type_of_transform="Affine", aff_metric="mattes", aff_sampling=32,
                                 aff_random_sampling_rate=0.25, aff_iterations=(200, 100),
