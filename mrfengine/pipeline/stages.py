@@ -775,22 +775,29 @@ def run_subject_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, back
         ``(outputs, timings_s, info)`` as :func:`run_stages` gives them, ``outputs``
         holding just the artifacts these stages made (``mask``, ``mask_source``).
     """
+    return _run_selected(pipeline, dict(artifacts), lambda stage: stage.whole_subject, backend, n_threads, clock)[1:]
+
+
+def _run_selected(pipeline: Pipeline, state: dict[str, Any], selected: Callable[[Stage], bool], backend: str,
+                  n_threads: int, clock: Callable[[], float] | None,
+                  ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float], dict[str, Any]]:
+    """Run the stages of ``pipeline`` that ``selected`` picks, in order, on ``state`` (updated in place).
+    Returns ``(state, outputs, timings_s, info)``, ``outputs`` the artifacts they made."""
     import time
 
     clock = clock or time.perf_counter
     outputs: dict[str, Any] = {}
-    state = dict(artifacts)
     timings: dict[str, float] = {}
     info: dict[str, Any] = {}
     for name in pipeline.stages:
-        if not STAGES[name].whole_subject:
+        if not selected(STAGES[name]):
             continue
         t0 = clock()
         made, info[name] = _run_one(name, pipeline.options[name], state, backend, n_threads)
         timings[name] = clock() - t0
         state.update(made)
         outputs.update(made)
-    return outputs, timings, info
+    return state, outputs, timings, info
 
 
 def run_stages(pipeline: Pipeline, artifacts: Mapping[str, Any], *, backend: str = "auto", n_threads: int = 0,
@@ -894,17 +901,6 @@ def run_after_slabs(pipeline: Pipeline, state: Mapping[str, Any], subject: Mappi
         ``(state, timings_s, info)`` as :func:`run_stages`: ``state["derived"]``
         the arrays to store.
     """
-    import time
-
-    clock = clock or time.perf_counter
-    state = {**dict(subject), **dict(state)}
-    timings: dict[str, float] = {}
-    info: dict[str, Any] = {}
-    for name in pipeline.stages:
-        if not STAGES[name].after_slabs:
-            continue
-        t0 = clock()
-        outputs, info[name] = _run_one(name, pipeline.options[name], state, backend, n_threads)
-        timings[name] = clock() - t0
-        state.update(outputs)
+    state, _, timings, info = _run_selected(pipeline, {**dict(subject), **dict(state)},
+                                            lambda stage: stage.after_slabs, backend, n_threads, clock)
     return state, timings, info

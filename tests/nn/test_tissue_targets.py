@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _tiny_cohort import tiny_cohort_path
+from _tiny_cohort import TRAIN_TOML, tiny_cohort_path
 
 from mrfengine.cli import main
 from mrfengine.errors import ValidationError
@@ -17,23 +17,10 @@ from mrfengine.nn.data import PatchSampler, check_target_arrays, resolve_target
 from mrfengine.nn.train import TrainSettings, load_settings, train
 from mrfengine.pipeline.derived import write_derived
 
-_TOML = """\
-cohort = "{cohort}"
-network = "MSE-5"
-output_dir = "{out}"
-epochs = {epochs}
-batch_size = 32
-patches_per_slice = 1
-patch_size = 32
-depth = 2
-base_filters = 4
-seed = 5
-threads = 1
-"""
 
 
 def _settings(path, cohort, out, epochs=1, extra=""):
-    path.write_text(_TOML.format(cohort=cohort, out=out, epochs=epochs) + extra)
+    path.write_text(TRAIN_TOML.format(cohort=cohort, out=out, epochs=epochs) + extra)
     return path
 
 

@@ -14,25 +14,12 @@ from mrfengine.nn import load_model, read_card
 from mrfengine.nn.train import TrainSettings, cohort_hash, load_settings, train
 from mrfengine.nn.checkpoint import load_checkpoint
 
-from _tiny_cohort import tiny_cohort_path
+from _tiny_cohort import TRAIN_TOML, tiny_cohort_path
 
-_TOML = """\
-cohort = "{cohort}"
-network = "MSE-5"
-output_dir = "{out}"
-epochs = {epochs}
-batch_size = 32
-patches_per_slice = 1
-patch_size = 32
-depth = 2
-base_filters = 4
-seed = 5
-threads = 1
-"""
 
 
 def _write_settings(path, cohort, out, epochs):
-    path.write_text(_TOML.format(cohort=cohort, out=out, epochs=epochs))
+    path.write_text(TRAIN_TOML.format(cohort=cohort, out=out, epochs=epochs))
     return path
 
 
