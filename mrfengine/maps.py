@@ -173,8 +173,9 @@ NETWORK_MAPS: Mapping[str, MapSpec] = _frozen(
     _probability("lesion", "White-matter lesion probability"),
 )
 
-#: The conventional pipeline's tissue maps (the ``segment`` stage, :mod:`mrfengine.segmentation`)
-#: and its distortion correction (the ``register`` stage, :mod:`mrfengine.registration`).
+#: The conventional pipeline's tissue maps (the ``segment`` stage, :mod:`mrfengine.segmentation`),
+#: its distortion correction (the ``register`` stage, :mod:`mrfengine.registration`) and the noise
+#: maps of its MP-PCA denoising (the ``denoise`` stage and ``mrfengine denoise``, :func:`mrfengine.denoise.mppca`).
 PIPELINE_MAPS: Mapping[str, MapSpec] = _frozen(
     _probability("GM", "Grey-matter probability (cortical and deep), mixture model with MNI152 priors"),
     _probability("WM", "White-matter probability (lesions included), mixture model with MNI152 priors"),
@@ -183,6 +184,10 @@ PIPELINE_MAPS: Mapping[str, MapSpec] = _frozen(
     MapSpec("displacement", VOXEL, "EPI distortion estimated by registration to the T2-weighted reference: the "
             "tissue at voxel p lies at MRF voxel p + d along the phase-encoding axis (before the rigid part)",
             "displacement", "displacement"),
+    MapSpec("mppca_sigma", ARBITRARY, "Noise standard deviation estimated by MP-PCA (Marchenko-Pastur law), in the "
+            "series' units: the weighted RMS of the noise levels of the windows that hold the voxel", "quality"),
+    MapSpec("mppca_rank", DIMENSIONLESS, "Signal components MP-PCA kept in the window centred on the voxel (the "
+            "rank of its local signal)", "quality"),
 )
 
 #: Arrays that are not a parameter map of one source.

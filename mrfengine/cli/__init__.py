@@ -16,7 +16,8 @@ from .. import __version__
 from ..errors import MRFEngineError
 
 # Each module defines ``commands``: a list of click commands to register.
-_COMMAND_MODULES = ("demo", "dictionary", "match", "info", "cohort", "predict", "evaluate", "train", "batch")
+_COMMAND_MODULES = ("demo", "dictionary", "match", "denoise", "info", "cohort", "predict", "evaluate", "train",
+                    "batch")
 
 
 class _Main(click.Group):

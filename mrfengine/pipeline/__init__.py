@@ -3,12 +3,13 @@
 :mod:`.stages` (``Stage``, ``Pipeline``), :mod:`.derived` (writing and checking
 ``subjects/<sub>/derived/<pipeline>/``), :mod:`.run` (``run_subject``) and
 :mod:`.batch` (``run_batch`` over a cohort on Dask, ``batch_client``); one NIfTI series in,
-maps out (:mod:`.nifti`: ``predict_nifti``, ``match_nifti``, behind ``mrfengine predict`` and ``match``).
+maps out (:mod:`.nifti`: ``predict_nifti``, ``match_nifti``, ``denoise_nifti``, behind ``mrfengine predict``,
+``match`` and ``denoise``).
 """
 
 from .batch import BatchReport, batch_client, run_batch
 from .derived import DERIVED_ARRAYS, derived_complete, remove_derived, write_derived
-from .nifti import NiftiResult, match_nifti, predict_nifti
+from .nifti import DenoiseResult, NiftiResult, denoise_nifti, match_nifti, predict_nifti
 from .run import SubjectResult, run_subject
 from .stages import STAGES, Pipeline, Stage, slice_dictionaries
 
@@ -17,11 +18,13 @@ __all__ = [
     "batch_client",
     "run_batch",
     "DERIVED_ARRAYS",
+    "DenoiseResult",
     "NiftiResult",
     "STAGES",
     "Pipeline",
     "Stage",
     "SubjectResult",
+    "denoise_nifti",
     "derived_complete",
     "match_nifti",
     "predict_nifti",

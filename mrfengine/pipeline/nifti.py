@@ -1,11 +1,13 @@
 """One MRF series in a NIfTI file, its maps out as NIfTI files: the library behind
-``mrfengine predict`` and ``mrfengine match``.
+``mrfengine predict``, ``mrfengine match`` and ``mrfengine denoise``.
 
 :func:`predict_nifti` runs a trained U-net, :func:`match_nifti` dictionary
-matching.  They share everything but the files with the batch's ``unet`` and
-``match`` stages (:mod:`mrfengine.pipeline.stages`): the network's run with its
-checks, outside rule and record (:mod:`mrfengine.nn.predict`), the matching
-with its maps and record (:mod:`mrfengine.pipeline.conventional`).  What they
+matching, :func:`denoise_nifti` MP-PCA denoising (the series out, with its
+noise and rank maps, as MRtrix3's ``dwidenoise``).  They share everything but
+the files with the batch's ``unet``, ``match`` and ``denoise`` stages
+(:mod:`mrfengine.pipeline.stages`): the network's run with its checks, outside
+rule and record (:mod:`mrfengine.nn.predict`), the matching with its maps and
+record (:mod:`mrfengine.pipeline.conventional`), :func:`mrfengine.denoise.mppca`.  What they
 add is the file side:
 
 * every output is planned and checked before any work
@@ -47,13 +49,13 @@ from ..io.bids import (
     uncertainty_file_spec,
     write_sidecar,
 )
-from ..io.nifti import load_mask_like, load_nifti, save_nifti
+from ..io.nifti import load_mask_like, load_nifti, nifti_suffix, save_nifti
 from ..io.outputs import check_outputs, check_prefix
 from ..maps import OTHER_MAPS, UNCERTAINTY_SUFFIX
-from ..masking import MASK_METHOD, outside_rule_fields
+from ..masking import MASK_METHOD, OUTSIDE_BRAIN_VALUE, outside_rule_fields
 from ..sequence import Sequence
 
-__all__ = ["NiftiResult", "match_nifti", "predict_nifti"]
+__all__ = ["DenoiseResult", "NiftiResult", "denoise_nifti", "match_nifti", "predict_nifti"]
 
 #: Names of the optional outputs in :attr:`NiftiResult.files`, as the ``unet`` stage names its arrays
 #: (the map registry's: ``<output>`` + :data:`mrfengine.maps.UNCERTAINTY_SUFFIX`).
@@ -425,3 +427,288 @@ def match_nifti(
                              provenance=run)
         files[key] = _save(values * np.float32(scale), affine, header, out, prefix, suffix, fields)
     return NiftiResult(out, prefix, files, n_slices, seconds, info)
+
+
+# --------------------------------------------------------------------------- denoise
+#: What ``denoise_nifti``'s OUT holds outside the mask (its sidecar's ``OutsideMask``).
+DENOISE_OUTSIDE = "the input's values, unchanged (not denoised)"
+
+
+@dataclass(frozen=True)
+class DenoiseResult:
+    """What :func:`denoise_nifti` wrote.
+
+    Attributes
+    ----------
+    files : dict of str to Path
+        ``denoised`` (the series), ``mppca_sigma`` (``noise_path``) and
+        ``mppca_rank`` (``rank_path``) when asked for; each has its JSON
+        sidecar beside it.
+    seconds : float
+        Time of the MP-PCA run.
+    info : dict
+        ``backend``, ``estimator``, ``window``, ``patch_radius``,
+        ``frames``, ``mask_source`` (``given``,
+        :data:`~mrfengine.masking.MASK_METHOD` or ``none``), ``voxels``
+        (denoised), ``median_sigma`` (in the denoised voxels, the input's
+        units) and ``median_rank``.
+    """
+
+    files: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name[: len(path.name) - len(nifti_suffix(path))] + ".json")
+
+
+def _plan_denoise_outputs(input_path: Path, outputs: dict[str, Path], others: list[Path], force: bool) -> None:
+    """Check every output of :func:`denoise_nifti` before any work: NIfTI names, none the input (or
+    the mask), no two alike, writable folders, nothing replaced unless ``force``."""
+    from ..errors import OptionError
+
+    seen: dict[Path, str] = {Path(os.path.abspath(p)): "the input" for p in [input_path, *others]}
+    for what, path in outputs.items():
+        if not nifti_suffix(path):
+            raise OptionError(f"{path}: the {what} output must be a NIfTI file name (.nii or .nii.gz)")
+        for p in (path, _sidecar_path(path)):
+            key = Path(os.path.abspath(p))
+            if key in seen:
+                raise OptionError(f"{p}: the {what} output would be the same file as {seen[key]}")
+            seen[key] = f"the {what} output"
+    for path in outputs.values():
+        check_outputs(path.parent, [path.name, _sidecar_path(path).name], force=force)
+
+
+def _derived_header(header):
+    """The input's header for an output: geometry, codes, units and frame timing kept; its
+    description, auxiliary file, display range, intent and extensions (which describe the input) not."""
+    hdr = header.copy()
+    for key, value in (("descrip", b""), ("aux_file", b""), ("cal_min", 0.0), ("cal_max", 0.0)):
+        if key in hdr:
+            hdr[key] = value
+    if hasattr(hdr, "set_intent"):
+        hdr.set_intent("none")
+    if hasattr(hdr, "extensions"):
+        hdr.extensions.clear()
+    return hdr
+
+
+def denoise_nifti(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    noise_path: str | os.PathLike | None = None,
+    rank_path: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    brain_mask: bool = True,
+    patch_radius: int | tuple[int, int, int] = 2,
+    estimator: str = "mp",
+    backend: str = "auto",
+    n_threads: int = 0,
+    force: bool = False,
+) -> DenoiseResult:
+    """MP-PCA denoising of a 4D NIfTI series, as MRtrix3's ``dwidenoise``: the library behind ``mrfengine denoise``.
+
+    The series is (X, Y, Z, frames), as NIfTI stores a 4D image (frames on
+    the fourth axis); the values are read with the file's scaling
+    (``scl_slope``/``scl_inter``) applied, any real numbers (magnitudes or
+    not).  Denoising is :func:`mrfengine.denoise.mppca`, the batch's
+    ``denoise`` stage: every ``(2 r + 1)^3`` window, Marchenko-Pastur noise
+    level and rank, the estimates of all windows that hold a voxel averaged.
+
+    Written, each atomically and only once all are computed (a failure leaves
+    no output), each with a JSON sidecar of the one schema
+    (:func:`mrfengine.io.bids.map_sidecar`: method, estimator, window,
+    backend, mask, ``Sources``, mrfengine's version):
+
+    * ``output_path``: the denoised series, float32, same shape, affine,
+      qform/sform codes, voxel sizes, units and frame interval as the input
+      (its ``descrip``, ``aux_file``, display range, intent and header
+      extensions are not copied).  **Outside the mask the input's values,
+      unchanged** (MP-PCA's own rule): the series stays whole for whatever
+      reads it next (``match``, ``predict``), which apply their own mask.
+      MRtrix3's ``dwidenoise -mask`` leaves those voxels 0.
+    * ``noise_path``: the noise standard deviation sigma (3D float32, in the
+      input's scaled units; registry name ``mppca_sigma``).
+    * ``rank_path``: the signal components kept in the window centred on
+      each voxel (3D int16, as ``dwidenoise -rank``; ``mppca_rank``).
+
+    Both maps are 0 outside the mask (mrfengine's outside rule), never NaN.
+
+    Parameters
+    ----------
+    input_path : path
+        The 4D series (``.nii`` or ``.nii.gz``); at least 2 frames, no NaN/Inf.
+    output_path : path
+        The denoised series (``.nii`` or ``.nii.gz``; its folder is made when missing).
+    noise_path, rank_path : path, optional
+        The noise map and the rank map.
+    mask : path, optional
+        A 3D mask on the input's grid (nonzero: denoise).
+    brain_mask : bool
+        True (default): without ``mask``, denoise inside a brain mask made
+        from the series (:func:`mrfengine.masking.brain_mask_from_mrf`, as
+        ``predict`` and the batch make it; not written, its voxel count is in
+        the sidecars).  False: the whole field of view; excludes ``mask``.
+    patch_radius : int or 3 ints
+        Window radius per axis (X, Y, Z); 2: 5 x 5 x 5 windows (dwidenoise's
+        default extent for up to 125 frames).
+    estimator : {"mp", "exp2"}
+        ``mp``: Veraart et al. 2016 (mrfengine's default, the batch's);
+        ``exp2``: Cordero-Grande et al. 2019 (dwidenoise's default).
+    backend : {"auto", "cpp", "numba", "numpy", "cupy", "reference"}
+        :data:`mrfengine.denoise.BACKENDS`; ``auto`` picks the fastest here.
+    n_threads : int
+        Threads of the ``cpp`` backend; 0: all (or ``OMP_NUM_THREADS``).
+    force : bool
+        Replace outputs that exist.
+
+    Returns
+    -------
+    DenoiseResult
+
+    Raises
+    ------
+    OptionError
+        A bad option: an output name that is not NIfTI or names the input (or
+        another output), ``mask`` with ``brain_mask=False``, a bad patch
+        radius, estimator, backend or thread count.
+    InputFileError
+        An unreadable series or mask; a series that is not 4D, has fewer than
+        2 frames or NaN/Inf values; a mask off the series' grid; an unusable
+        output folder.  The message names the file.
+    ValidationError
+        No brain found in the series (pass ``mask``, or ``brain_mask=False``).
+    OutputExistsError
+        Outputs exist and ``force`` is false.
+    BackendUnavailableError
+        ``backend`` cannot run here.
+    """
+    from ..denoise import BACKENDS, mppca
+    from ..denoise._common import ESTIMATORS, parse_patch_radius, window_extent
+    from ..errors import OptionError
+    from ..maps import OTHER_MAPS, PIPELINE_MAPS
+    from ..masking import brain_mask_from_mrf
+
+    if mask is not None and not brain_mask:
+        raise OptionError("a mask and brain_mask=False (--mask and --no-brain-mask) exclude each other: give the "
+                          "region to denoise, or denoise the whole field of view")
+    try:
+        radius = parse_patch_radius(patch_radius)
+    except ValidationError as exc:
+        raise OptionError(str(exc)) from None
+    if max(radius) < 1:
+        raise OptionError(f"patch_radius must be >= 1 along at least one axis (a window of one voxel has no "
+                          f"noise to measure); got {patch_radius!r}")
+    if estimator not in ESTIMATORS:
+        raise OptionError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {estimator!r}")
+    if backend not in ("auto", *BACKENDS):
+        raise OptionError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 0:
+        raise OptionError(f"n_threads must be an int >= 0; got {n_threads!r}")
+
+    input_path = Path(input_path)
+    outputs = {"denoised": Path(output_path)}
+    if noise_path is not None:
+        outputs["mppca_sigma"] = Path(noise_path)
+    if rank_path is not None:
+        outputs["mppca_rank"] = Path(rank_path)
+    _plan_denoise_outputs(input_path, outputs, [Path(mask)] if mask is not None else [], force)
+
+    data, affine, header = load_nifti(input_path, ndim=4)
+    if data.shape[3] < 2:
+        raise InputFileError(f"{input_path}: {data.shape[3]} frame; MP-PCA needs a series of at least 2 frames "
+                             "along the fourth axis")
+    if not np.isfinite(np.sum(data, dtype=np.float64)):
+        bad = ~np.isfinite(data)
+        n_bad = int(bad.sum())
+        if n_bad:
+            raise InputFileError(
+                f"{input_path}: {n_bad} NaN/Inf value(s) in {int(bad.any(axis=3).sum())} voxel(s); MP-PCA mixes "
+                "the voxels of each window, so it cannot denoise them: replace them first (e.g. with 0) and give "
+                "a --mask that leaves those voxels out")
+    spatial = tuple(int(s) for s in data.shape[:3])
+    if int(np.prod(window_extent(spatial, radius))) < 2:
+        raise OptionError(f"the window of patch_radius {patch_radius!r} on a {spatial} volume holds one voxel")
+    if mask is not None:
+        region, mask_source = load_mask_like(mask, spatial, affine, reference=input_path), "given"
+    elif brain_mask:
+        try:
+            # (X, Y, Z, F) -> (F, Z, Y, X) as a view; the mask comes back (Z, Y, X)
+            region = brain_mask_from_mrf(data.transpose(3, 2, 1, 0), channel_axis=0).transpose(2, 1, 0)
+        except ValidationError as exc:
+            raise ValidationError(f"{input_path}: {exc}; give a mask (--mask) or denoise the whole field of view "
+                                  "(--no-brain-mask)") from exc
+        mask_source = MASK_METHOD
+    else:
+        region, mask_source = None, "none"
+
+    t0 = time.perf_counter()
+    try:
+        result = mppca(data, channel_axis=-1, mask=region, patch_radius=radius, estimator=estimator,
+                       backend=backend, n_threads=int(n_threads))
+    except ValidationError as exc:
+        raise type(exc)(f"{input_path}: {exc}") from exc
+    seconds = time.perf_counter() - t0
+    inside = np.ones(spatial, bool) if region is None else np.asarray(region, bool)
+    sigma = np.where(inside, np.nan_to_num(result.sigma, nan=0.0), 0.0).astype(np.float32)
+    rank = np.where(inside, np.maximum(result.n_components, 0), 0).astype(np.int16)
+    n_inside = int(inside.sum())
+    info: dict[str, Any] = {
+        "backend": result.backend, "estimator": result.estimator, "window": list(result.window),
+        "patch_radius": list(radius), "frames": int(data.shape[3]), "mask_source": mask_source, "voxels": n_inside,
+        "median_sigma": float(np.median(sigma[inside])) if n_inside else None,
+        "median_rank": float(np.median(rank[inside])) if n_inside else None,
+    }
+
+    # the sidecars: the one schema, the run's record after it
+    source = input_path.name
+    sources = [source] + ([Path(mask).name] if mask is not None else [])
+    run = {"Method": "MP-PCA (Marchenko-Pastur PCA over sliding windows)", "Estimator": result.estimator,
+           "PatchRadius": list(radius), "Window": list(result.window),
+           "Recombination": "weighted mean of the estimates of all windows that hold the voxel, weight 1/(1 + rank)",
+           "Backend": result.backend, "Frames": int(data.shape[3]), "DenoisedVoxels": n_inside,
+           "ComputeSeconds": round(seconds, 3)}
+    mask_file = Path(mask).name if mask is not None else None
+    outside = {"BrainMask": mask_file, "BrainMaskSource": mask_source,
+               "OutsideBrainValue": OUTSIDE_BRAIN_VALUE if region is not None else None}
+    made_by = "MP-PCA denoising"
+    series = OTHER_MAPS["mrf"]
+    planned: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
+        "denoised": (np.asarray(result.denoised, dtype=np.float32),
+                     map_sidecar(f"{series.description}, denoised by MP-PCA", series.unit, sources=sources,
+                                 outside=None, generated_by=made_by,
+                                 provenance={"Mask": mask_file, "MaskSource": mask_source,
+                                             "OutsideMask": DENOISE_OUTSIDE if region is not None else None, **run}))}
+    for name, values in (("mppca_sigma", sigma), ("mppca_rank", rank)):
+        if name in outputs:
+            spec = PIPELINE_MAPS[name]
+            planned[name] = (values, map_sidecar(spec.description, spec.unit, sources=sources, outside=outside,
+                                                 generated_by=made_by, provenance=run))
+    hdr = _derived_header(header)
+    units = hdr.get_xyzt_units() if hasattr(hdr, "get_xyzt_units") else ("mm", "sec")
+    files = _write_all(outputs, planned, affine, hdr, units)
+    return DenoiseResult(files, seconds, info)
+
+
+def _write_all(outputs: dict[str, Path], planned: dict[str, tuple[np.ndarray, dict[str, Any]]], affine, header,
+               units) -> dict[str, Path]:
+    """Write every image and sidecar to a temporary file first, then rename them all: a failure
+    before the renames leaves no output (and the old files, with ``force``, as they were); the
+    denoised series is renamed last."""
+    import contextlib
+
+    from .._atomic import atomic_path
+
+    for path in outputs.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:  # exits in reverse: the first entered is renamed last
+        for name, path in outputs.items():
+            values, fields = planned[name]
+            tail = path.name[len(path.name) - len(nifti_suffix(path)):]
+            tmp = stack.enter_context(atomic_path(path, suffix=tail))
+            save_nifti(values, affine, tmp, header=header, xyzt_units=units)
+            write_sidecar(stack.enter_context(atomic_path(_sidecar_path(path))), fields)
+    return dict(outputs)
