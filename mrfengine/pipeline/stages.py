@@ -29,7 +29,8 @@ The stages:
     matched in its brain, not over the whole field of view.
 ``denoise``
     MP-PCA (:func:`mrfengine.denoise.mppca`) of ``mrf`` inside ``mask``;
-    replaces ``mrf``.
+    replaces ``mrf`` and gives ``mppca_sigma`` (the noise level per voxel)
+    and ``mppca_rank`` (the signal components kept), which ``write`` stores.
 ``match``
     Dictionary matching slice by slice (:func:`mrfengine.pipeline.conventional.match_volume`,
     as ``mrfengine match``) against the subject's per-slot dictionaries, built once per sequence
@@ -146,7 +147,7 @@ SUBJECT_ARTIFACTS = ("reference", "spacing_zyx", "affine", "annotations")
 
 #: Artifacts that are volumes, with the axis along which planes (slices) run;
 #: :func:`run_stages` crops these when it drops a slab's halo.
-VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0})
+VOLUME_AXES: Mapping[str, int] = MappingProxyType({"mrf": 1, "mask": 0, "mppca_sigma": 0, "mppca_rank": 0})
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,12 @@ def _denoise(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str
 
     result = mppca(inputs["mrf"], channel_axis=0, mask=inputs["mask"], backend=backend, n_threads=n_threads,
                    patch_radius=options["patch_radius"], estimator=options["estimator"])
-    info = {"backend": result.backend, "estimator": result.estimator, "window": list(result.window)}
-    return {"mrf": np.asarray(result.denoised, dtype=np.float32)}, info
+    info = {"backend": result.backend, "estimator": result.estimator, "window": list(result.window),
+            "arrays": ["mppca_sigma", "mppca_rank"]}
+    # the noise level and signal rank per voxel, stored by write (0 outside the mask: NaN and -1 there)
+    return {"mrf": np.asarray(result.denoised, dtype=np.float32),
+            "mppca_sigma": np.nan_to_num(np.asarray(result.sigma, dtype=np.float32), nan=0.0),
+            "mppca_rank": np.maximum(np.asarray(result.n_components), 0).astype(np.float32)}, info
 
 
 # --------------------------------------------------------------------------- match
@@ -378,6 +383,12 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
         raise ValidationError(f"both 'match' and 'unet' produce {clash}; give the unet stage a prefix "
                               f"(e.g. [unet] prefix = \"unet_\")")
     derived.update(nn_maps)
+    for name in ("mppca_sigma", "mppca_rank"):  # the denoise stage's noise maps (mrfengine.maps.PIPELINE_MAPS)
+        if inputs.get(name) is not None:
+            if name in derived:
+                raise ValidationError(f"a stage produced {name!r}, the name of the denoise stage's map; "
+                                      "give the unet stage a prefix")
+            derived[name] = np.asarray(inputs[name], dtype=np.float32)
     # The outside rule (mrfengine.masking): every map, conventional or network, 0 outside the brain mask.
     mask = inputs.get("mask")
     source = "none" if mask is None else inputs.get("mask_source", BRAIN_MASK_SOURCE)
@@ -395,7 +406,7 @@ def _write(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, 
 #: How the register stage resamples a derived array, by name: masks nearest, probabilities and
 #: quality maps linearly (then kept in [0, 1]), quantitative maps with a cubic B-spline (the
 #: paper's) where all their neighbours are estimated and nearest at the edge of the estimate.
-_NEAREST = ("brain_mask",)
+_NEAREST = ("brain_mask", "mppca_rank")
 _LINEAR_KINDS = ("probability", "fraction", "quality", "mask")
 
 
@@ -448,8 +459,8 @@ def _register(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: st
                 from ..maps import derived_spec
 
                 spec = derived_spec(key)
-                if spec is not None and spec.kind in _LINEAR_KINDS:
-                    moved = np.clip(moved, 0.0, 1.0)
+                if spec is not None and spec.kind in _LINEAR_KINDS and spec.unit == "1":
+                    moved = np.clip(moved, 0.0, 1.0)  # not sigma (arbitrary) nor T1_uncertainty (ms)
         out[key] = moved.astype(np.float32)
     if new_mask is not None:
         # the mask moved with the maps is theirs (export applies and names it), whatever its source
@@ -503,7 +514,7 @@ def _segment(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str
 STAGES: Mapping[str, Stage] = MappingProxyType({
     "mask": Stage("mask", _mask, ("mrf", "mask"), ("mask", "mask_source"), MappingProxyType({"source": "auto"}),
                   choices=MappingProxyType({"source": ("auto", "series", "none")}), whole_subject=True),
-    "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf",),
+    "denoise": Stage("denoise", _denoise, ("mrf", "mask"), ("mrf", "mppca_sigma", "mppca_rank"),
                      MappingProxyType({"patch_radius": 2, "estimator": "mp"}),
                      choices=MappingProxyType({"estimator": ("mp", "exp2")}),
                      halo=_denoise_halo),
@@ -522,7 +533,8 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                   checks=MappingProxyType({"mc_samples": _uncertainty_check("check_mc_samples"),
                                            "mc_seed": _uncertainty_check("check_mc_seed")}),
                   optional=("maps", "mask_source"), halo=_whole_volume),
-    "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps"), optional=("mask_source",)),
+    "write": Stage("write", _write, ("mask",), ("derived",), any_of=("maps", "nn_maps"),
+                   optional=("mask_source", "mppca_sigma", "mppca_rank")),
     "register": Stage("register", _register, ("derived", "mask", "reference", "spacing_zyx"), ("derived", "mask"),
                       MappingProxyType({"reference": "T2w", "phase_encoding": "j", "grid_mm": 2.0}),
                       choices=MappingProxyType({"phase_encoding": ("j", "i", "k", "none")}),

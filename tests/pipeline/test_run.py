@@ -90,7 +90,8 @@ def test_changed_configuration_is_recomputed_not_skipped(ran):
 def test_force_redoes_with_identical_bytes(ran):
     path, _ = ran
     before = _chunk_bytes(path, "sub-01", PIPE.name)
-    assert len(before) == len(DERIVED_ARRAYS) * 12  # one chunk per slice
+    # one chunk per slice, for matching's maps and the denoise stage's sigma and rank
+    assert len(before) == (len(DERIVED_ARRAYS) + 2) * 12
     result = run_subject(path, "sub-01", PIPE, force=True)
     assert result.status == "ok"
     assert _chunk_bytes(path, "sub-01", PIPE.name) == before
@@ -120,7 +121,7 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_completes(ran, monkey
     again = run_subject(path, "sub-02", PIPE)  # no force: the incomplete group is redone
     assert again.status == "ok"
     assert derived_complete(path, "sub-02", PIPE.name)
-    assert len(_chunk_bytes(path, "sub-02", PIPE.name)) == len(DERIVED_ARRAYS) * 12
+    assert len(_chunk_bytes(path, "sub-02", PIPE.name)) == (len(DERIVED_ARRAYS) + 2) * 12
 
 
 def test_corrupt_subjects_fail_clearly_others_succeed(pristine, tmp_path):
@@ -179,3 +180,19 @@ def test_run_subject_runs_in_another_process(ran):
         result = pool.submit(run_subject, path, "sub-04", PIPE, force=True).result(timeout=120)
     assert result.status == "ok" and result.subject == "sub-04"
     assert _chunk_bytes(path, "sub-04", PIPE.name) == before
+
+
+def test_the_denoise_stage_keeps_its_noise_and_rank_maps(ran):
+    from mrfengine.io import Cohort
+    from mrfengine.maps import derived_spec
+
+    path, _ = ran
+    s = Cohort.open(path)["sub-01"]
+    sigma = np.asarray(s.array(f"derived/{PIPE.name}/mppca_sigma")[...])
+    rank = np.asarray(s.array(f"derived/{PIPE.name}/mppca_rank")[...])
+    brain = np.asarray(s.brain_mask[...]) > 0
+    assert np.all(sigma[~brain] == 0) and np.all(rank[~brain] == 0)  # the outside rule
+    noise = s.attrs["noise_sigma"]  # the phantom's drawn Rician sigma
+    assert 0.5 * noise < np.median(sigma[brain]) < 1.5 * noise
+    assert np.all(rank[brain] == np.round(rank[brain])) and 1 <= np.median(rank[brain]) < 35
+    assert derived_spec("mppca_sigma") is not None and derived_spec("mppca_rank").unit == "1"
