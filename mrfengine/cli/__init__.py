@@ -17,7 +17,7 @@ from ..errors import MRFEngineError
 
 # Each module defines ``commands``: a list of click commands to register.
 _COMMAND_MODULES = ("demo", "dictionary", "match", "denoise", "info", "cohort", "predict", "evaluate", "train",
-                    "batch")
+                    "batch", "report")
 
 
 class _Main(click.Group):
