@@ -222,6 +222,6 @@ def derived_spec(name: str) -> MapSpec | None:
     base, sep, rest = name.rpartition(UNCERTAINTY_SUFFIX)
     if sep and not rest and base in NETWORK_MAPS:
         return uncertainty_spec(NETWORK_MAPS[base])
-    if name == "physics_consistency":
+    if name in ("physics_consistency", "brain_mask"):
         return OTHER_MAPS[name]
     return PIPELINE_MAPS.get(name)
