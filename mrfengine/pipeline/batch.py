@@ -42,6 +42,7 @@ import numpy as np
 from .._validate import check_int
 from ..errors import StoreError, ValidationError
 from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
+from ..io.cohort.store import is_local_path
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
 from .run import (STORED_MASK, SubjectResult, failed_result, finish_subject, load_inputs, peak_memory_mb,
@@ -378,7 +379,8 @@ def run_batch(
     from distributed import as_completed
 
     t_start = time.perf_counter()
-    cohort_path = str(Path(cohort_path))
+    # A folder's path is normalised; a URL (s3://, gs://, file://, through fsspec) is kept as given.
+    cohort_path = str(Path(cohort_path)) if is_local_path(cohort_path) else str(cohort_path)
     if isinstance(pipeline, str):
         pipeline = Pipeline.from_stages(pipeline)
     cohort = Cohort.open(cohort_path)

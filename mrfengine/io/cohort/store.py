@@ -68,7 +68,9 @@ def open_store(cohort: Any, *, writable: bool = False) -> Any:
         from zarr.storage import FsspecStore
 
         try:
-            return StorePath(FsspecStore.from_url(cohort, read_only=not writable), "")
+            # fsspec's local file system makes no parent folders unless asked (object stores have none).
+            options = {"auto_mkdir": True} if cohort.lower().startswith(("file:", "local:")) else None
+            return StorePath(FsspecStore.from_url(cohort, read_only=not writable, storage_options=options), "")
         except (ImportError, ValueError, TypeError, OSError) as exc:
             raise StoreError(f"{cohort}: cannot open the store ({type(exc).__name__}: {exc})") from exc
     if not isinstance(cohort, (str, os.PathLike)):
@@ -128,7 +130,21 @@ def has_keys(sp: Any, rel: str) -> bool:
 
 def key_exists(sp: Any, rel: str) -> bool:
     """Whether ``rel`` is a key of the store (an object, not a prefix)."""
-    return bool(_sync(sp.store.exists(join(sp.path, rel))))
+    from zarr.storage import FsspecStore
+
+    key = join(sp.path, rel)
+    if not _sync(sp.store.exists(key)):
+        return False
+    if not isinstance(sp.store, FsspecStore):
+        return True
+
+    # fsspec also says that a folder (file://) or a prefix (s3://, gs://) exists: an object has nothing under it.
+    async def has_children() -> bool:
+        async for _ in sp.store.list_prefix(key + "/"):
+            return True
+        return False
+
+    return not _sync(has_children())
 
 
 def chunk_coords(array: Any) -> Iterator[tuple[int, ...]]:
