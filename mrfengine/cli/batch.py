@@ -10,6 +10,9 @@ import click
 
 from ._common import progress_option, split_subjects
 
+#: The job queues of --cluster (pipeline.cluster.JOB_SYSTEMS, not imported at start-up; a test keeps them equal).
+JOB_SYSTEMS = ("slurm", "pbs", "sge")
+
 DEFAULT_STAGES = "denoise,match"
 #: The stage names --help lists (mrfengine.pipeline.STAGES, not imported at start-up; a test keeps them equal).
 KNOWN_STAGES = ("mask", "denoise", "match", "unet", "write", "register", "segment")
@@ -165,6 +168,68 @@ def _quiet_dask() -> None:
             logging.getLogger(name).setLevel(level)
 
 
+def _job_spec(job_system: str | None, *, scheduler: str | None, n_workers: int | None, threads_per_worker: int,
+              jobs: int | None, print_job_script: bool, **resources):
+    """The batch jobs of ``--cluster`` (a :class:`~mrfengine.pipeline.cluster.JobSpec`), or None;
+    options that exclude each other are usage errors (exit 2)."""
+    from ..errors import OptionError
+    from ..pipeline.cluster import JobSpec, job_resources
+
+    given = [f"--{k.replace('_', '-')}" for k, v in resources.items() if v not in (None, ())]
+    if job_system is None:
+        needs = given + (["--jobs"] if jobs is not None else []) + (["--print-job-script"] if print_job_script else [])
+        if needs:
+            raise click.UsageError(f"{', '.join(needs)}: only with --cluster slurm|pbs|sge")
+        return None
+    if scheduler is not None:
+        raise click.UsageError("give --cluster (submit workers as batch jobs) or --scheduler (use a running "
+                               "scheduler), not both")
+    if n_workers is not None:
+        raise click.UsageError("--workers is for the local cluster; with --cluster each job runs "
+                               "job-cores / threads-per-worker workers")
+    r = resources
+    try:
+        spec = JobSpec(job_system, cores=r["job_cores"], memory=r["job_memory"], walltime=r["walltime"],
+                       queue=r["queue"], account=r["account"], resource_spec=r["resource_spec"],
+                       extra_directives=tuple(r["job_extra"]), prologue=tuple(r["job_prologue"]),
+                       local_directory=r["local_directory"], interface=r["interface"])
+        # Resources that do not fit (and no dask-jobqueue: its error names the extra), before any work.
+        job_resources(spec, threads_per_worker)
+    except OptionError as exc:
+        raise click.UsageError(str(exc)) from exc
+    return spec
+
+
+#: Folders a compute node does not share with the login node.
+_NODE_LOCAL = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _warn_if_not_shared(cohort: str) -> None:
+    """The workers of another machine read and write the cohort through its path: warn when
+    that path is node-local (it exists there, if at all, as another folder)."""
+    import os
+
+    if "://" in cohort and not cohort.startswith("file://"):
+        return  # object storage (s3://, gs://, ...): every node reaches it by its URL
+    path = os.path.realpath(cohort.removeprefix("file://"))
+    local = [d for d in _NODE_LOCAL if path == d or path.startswith(d + os.sep)]
+    if local:
+        click.secho(f"warning: {cohort} is under {local[0]}, local to each machine as a rule: workers on other "
+                    f"nodes would not find it; put the cohort on storage every node shares", err=True, fg="yellow")
+
+
+def _describe_jobs(spec, jobs: int, threads_per_worker: int, client) -> str:
+    import dask
+
+    from ..pipeline.cluster import JOB_SYSTEMS, job_resources
+
+    kw = job_resources(spec, threads_per_worker)
+    walltime = kw.get("walltime") or dask.config.get(f"jobqueue.{spec.system}.walltime", None) or "the queue's"
+    address = client.scheduler.address
+    return (f"{jobs} {JOB_SYSTEMS[spec.system][1]} job(s) of {kw['cores']} cores, {kw['memory']}, walltime "
+            f"{walltime} ({kw['processes']} worker(s) x {threads_per_worker} thread(s) each) on {address}")
+
+
 def _pipeline(stages: str | None, config: str | None, name: str | None):
     import tomllib
 
@@ -215,7 +280,7 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
 @click.option("--workers", "n_workers", type=click.IntRange(1), default=None,
               help="Local workers (default: one per GPU, else one per core).")
 @click.option("--threads-per-worker", type=click.IntRange(1), default=1, show_default=True,
-              help="Tasks each local worker runs at once.")
+              help="Tasks each worker runs at once (a local worker, or each worker process of a --cluster job).")
 @click.option("--backend", default="auto", show_default=True,
               type=click.Choice(["auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"]),
               help="Kernel backend, chosen inside each task (auto: a worker's GPU, else C++, Numba, numpy).")
@@ -224,9 +289,44 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
                    "the maps depend on it in the last bits.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the per-subject results (status, timings, errors, peak memory) as JSON.")
+@click.option("--cluster", "job_system", type=click.Choice(JOB_SYSTEMS), default=None,
+              help="Run the workers as batch jobs of this queue (dask-jobqueue: pip install 'mrfengine[hpc]'); "
+                   "the scheduler runs here, on the login node. The cohort must be on storage the compute nodes "
+                   "share.")
+@click.option("--jobs", type=click.IntRange(1), default=None,
+              help="[--cluster] Batch jobs to submit (default 1); each runs job-cores / threads-per-worker "
+                   "worker processes.")
+@click.option("--job-cores", type=click.IntRange(1), default=None,
+              help="[--cluster] Cores per job (default: the dask config's jobqueue.<queue>.cores, else 8).")
+@click.option("--job-memory", default=None, metavar="SIZE",
+              help="[--cluster] Memory per job, e.g. 32GB or 64GiB (default: 4GB per core).")
+@click.option("--walltime", default=None, metavar="HH:MM:SS",
+              help="[--cluster] Walltime of each job (default: the dask config's, 30 min as shipped); jobs "
+                   "that end are not replaced.")
+@click.option("--queue", default=None, help="[--cluster] Queue (SLURM: partition).")
+@click.option("--account", default=None, help="[--cluster] Account to charge (SGE: project, -P).")
+@click.option("--resource-spec", default=None, metavar="SPEC",
+              help="[--cluster] PBS/SGE -l resources (PBS default select=1:ncpus=CORES:mem=MEMORY; "
+                   "SGE: e.g. h_vmem=4G).")
+@click.option("--job-extra", multiple=True, metavar="DIRECTIVE",
+              help="[--cluster] Another scheduler directive, repeatable: '--gres=gpu:1', '-pe smp 8'.")
+@click.option("--job-prologue", multiple=True, metavar="LINE",
+              help="[--cluster] A shell line run before the worker starts, repeatable: 'module load python'.")
+@click.option("--local-directory", default=None, metavar="DIR",
+              help="[--cluster] The workers' scratch folder on the compute node, e.g. '$TMPDIR'.")
+@click.option("--interface", default=None, metavar="NAME",
+              help="[--cluster] Network interface of scheduler and workers, e.g. ib0.")
+@click.option("--worker-timeout", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="Wait this long for the first worker (default 600 for --cluster, 60 for --scheduler); "
+                   "tasks with no worker left fail after it too (--cluster).")
+@click.option("--print-job-script", is_flag=True,
+              help="[--cluster] Print the job script each job would run (the scheduler's address left as a "
+                   "placeholder) and exit: nothing is submitted, the cohort is not read.")
 @progress_option
 def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_workers, threads_per_worker, backend,
-          slab_planes, report_path, show_progress) -> None:
+          slab_planes, report_path, job_system, jobs, job_cores, job_memory, walltime, queue, account, resource_spec,
+          job_extra, job_prologue, local_directory, interface, worker_timeout, print_job_script,
+          show_progress) -> None:
     """Run a pipeline (default: MP-PCA denoising, then dictionary matching
     with each slice's own dictionary) over every subject of a cohort, on a
     local Dask cluster or an existing one (--scheduler).
@@ -236,12 +336,31 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     record is written, last.  A rerun skips complete subjects and redoes
     interrupted ones; a failing subject is reported while the others go on.
 
+    With --cluster slurm|pbs|sge the workers run as --jobs batch jobs
+    (dask-jobqueue), cancelled when the batch ends or is interrupted;
+    --print-job-script shows the job script without submitting anything.
+
     Exit status: 0 every selected subject complete, 1 some failed (see the
     summary) or the store cannot be written, 2 usage error."""
     from ..errors import MRFEngineError
     from ..io.cohort import Cohort
     from ..pipeline.batch import SLAB_PLANES, batch_client, dashboard_link, run_batch
 
+    spec = _job_spec(job_system, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
+                     jobs=jobs, job_cores=job_cores,
+                     job_memory=job_memory, walltime=walltime, queue=queue, account=account,
+                     resource_spec=resource_spec, job_extra=job_extra, job_prologue=job_prologue,
+                     local_directory=local_directory, interface=interface, print_job_script=print_job_script)
+    if worker_timeout is not None and spec is None and scheduler is None:
+        raise click.UsageError("--worker-timeout is for --cluster or --scheduler (a local cluster's workers start "
+                               "with it)")
+    if spec is not None or scheduler is not None:
+        _warn_if_not_shared(cohort)
+    if print_job_script:
+        from ..pipeline.cluster import job_script
+
+        click.echo(job_script(spec, threads_per_worker=threads_per_worker), nl=False)
+        return
     pipe = _pipeline(stages, config_path, name)
     ids = split_subjects(subject_ids, every="run every subject")
     if report_path:
@@ -251,9 +370,11 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     _quiet_dask()
     click.echo(f"pipeline {pipe.name}: {' -> '.join(pipe.stages)} on {cohort}", err=True)
     try:
-        with batch_client(scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker) as client:
+        with batch_client(scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker, job_queue=spec,
+                          jobs=jobs or 1, worker_timeout=worker_timeout) as client:
             link = dashboard_link(client)
-            where = scheduler or "a local cluster"
+            where = scheduler or (_describe_jobs(spec, jobs or 1, threads_per_worker, client) if spec
+                                  else "a local cluster")
             click.echo(f"scheduler: {where}; dashboard: {link or 'not available (pip install bokeh)'}", err=True)
             try:
                 report = run_batch(cohort, pipe, client, subjects=ids or None, force=force, backend=backend,
