@@ -1,5 +1,7 @@
 // Thin pybind11 bindings: shape checks live in the Python wrappers
-// (mrfengine/matching/_cpp.py); these only guard memory safety.
+// (mrfengine/matching/_cpp.py); these only guard memory safety.  Compiled for
+// the baseline; the kernels run through the table dispatch.cpp chose at
+// import (MRFENGINE_ISA, or the best level this CPU runs).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -7,12 +9,13 @@
 #include <omp.h>
 
 #include <array>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
-#include "eigen_sym.hpp"
-#include "match.hpp"
+#include "dispatch.hpp"
 #include "mppca.hpp"
 
 namespace py = pybind11;
@@ -40,7 +43,7 @@ py::tuple match_argmax(f32 x, f32 atoms, int n_threads) {
     const auto k = atoms.shape(0), t = atoms.shape(1);
     {
         py::gil_scoped_release release;
-        mrfengine::match_argmax_f32(xp, n, ap, k, t, ip, sp, n_threads);
+        mrfengine::kernels().match_argmax_f32(xp, n, ap, k, t, ip, sp, n_threads);
     }
     return py::make_tuple(index, score);
 }
@@ -93,9 +96,15 @@ void mppca_accumulate(py::array x, py::array out, py::array theta_sum, py::array
     T* tp = static_cast<T*>(theta_sum.mutable_data());
     T* vp = static_cast<T*>(var_sum.mutable_data());
     auto* np = static_cast<std::int16_t*>(n_components.mutable_data());
+    const auto& kernels = mrfengine::kernels();
+    const auto run = [&] {
+        if constexpr (std::is_same_v<T, float>)
+            return kernels.mppca_accumulate_f32;
+        else
+            return kernels.mppca_accumulate_f64;
+    }();
     py::gil_scoped_release release;
-    mrfengine::mppca_accumulate<T>(xp, op, tp, vp, act, np, g, static_cast<mrfengine::MpEstimator>(estimator),
-                                   n_threads);
+    run(xp, op, tp, vp, act, np, g, static_cast<mrfengine::MpEstimator>(estimator), n_threads);
 }
 
 // All eigenpairs of symmetric matrices (..., n, n) with the MP-PCA kernel's
@@ -116,7 +125,10 @@ py::tuple eigh_sym(py::array_t<T, py::array::c_style | py::array::forcecast> a) 
     T* vp = vectors.mutable_data();
     {
         py::gil_scoped_release release;
-        mrfengine::eigen::eigh_sym<T>(ap, count, static_cast<int>(n), wp, vp);
+        if constexpr (std::is_same_v<T, float>)
+            mrfengine::kernels().eigh_sym_f32(ap, count, static_cast<int>(n), wp, vp);
+        else
+            mrfengine::kernels().eigh_sym_f64(ap, count, static_cast<int>(n), wp, vp);
     }
     return py::make_tuple(values, vectors);
 }
@@ -124,6 +136,9 @@ py::tuple eigh_sym(py::array_t<T, py::array::c_style | py::array::forcecast> a) 
 }  // namespace
 
 PYBIND11_MODULE(_ext, m) {
+    // MRFENGINE_ISA, read once: a level the build lacks or the CPU cannot run
+    // fails the import with the reason (ImportError), never falls back.
+    mrfengine::select_kernels(std::getenv("MRFENGINE_ISA"));
     m.doc() = "mrfengine's C++/OpenMP kernels (numeric only; see mrfengine.matching for the API).";
     m.def("match_argmax", &match_argmax, py::arg("x"), py::arg("atoms"), py::arg("n_threads") = 0,
           "Index and |score| of the best unit-norm atom per voxel (float32, fused, OpenMP).");
@@ -138,5 +153,18 @@ PYBIND11_MODULE(_ext, m) {
     m.def("_eigh_sym", &eigh_sym<double>, py::arg("a").noconvert(),
           "The MP-PCA kernel's symmetric eigen-solver, float64 (private: for tests).");
     m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP's default thread count.");
+    m.def("isa", []() { return std::string(mrfengine::kernels().name); },
+          "The instruction-set level the kernels run: 'avx512', 'avx2' or 'baseline' (portable x86-64 builds, "
+          "the best this CPU runs unless MRFENGINE_ISA forced one), 'native' (MRFENGINE_NATIVE=1 builds).");
+    m.def("simd_bytes", []() { return mrfengine::kernels().simd_bytes; }, "Bytes per SIMD vector of the chosen kernels.");
+    m.def(
+        "isa_levels",
+        []() {
+            py::list out;
+            for (const auto& level : mrfengine::isa_levels())
+                out.append(py::make_tuple(level.name, level.supported, level.needs));
+            return out;
+        },
+        "The ISA levels this build has, ascending: (name, whether this CPU runs it, CPU features it needs).");
     mrfengine::register_matching(m);
 }

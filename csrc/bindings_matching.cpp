@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "dispatch.hpp"
 #include "separable.hpp"
 
 namespace py = pybind11;
@@ -51,7 +52,7 @@ py::tuple match_separable(f32 x, f32 amplitude_t, f32 v, f32 u, f32 inv_norm, f3
     std::int64_t* dp = decay.mutable_data();
     {
         py::gil_scoped_release release;
-        match_separable_f32(xp, n, a, pp, dp, n_threads);
+        kernels().match_separable_f32(xp, n, a, pp, dp, n_threads);
     }
     return py::make_tuple(pair, decay);
 }

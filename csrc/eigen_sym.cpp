@@ -1,4 +1,6 @@
-// See eigen_sym.hpp: the full decomposition, L matrices per pass.
+// See eigen_sym.hpp: the full decomposition, L matrices per pass.  Compiled
+// once per ISA level (isa.hpp).
+#include "isa.hpp"  // first: the level's namespace, for the headers' kernel declarations
 #include "eigen_sym.hpp"
 
 #include <algorithm>
@@ -6,6 +8,7 @@
 #include <vector>
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace eigen {
 
 template <typename T>
@@ -79,4 +82,5 @@ template void eigh_sym<float>(const float*, std::int64_t, int, float*, float*);
 template void eigh_sym<double>(const double*, std::int64_t, int, double*, double*);
 
 }  // namespace eigen
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine

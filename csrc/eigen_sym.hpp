@@ -1,8 +1,9 @@
 // Symmetric eigen-decomposition of L matrices at once, one per SIMD lane
-// (L = 16 floats or 8 doubles): the eigen-solver of the MP-PCA kernel
-// (mppca.cpp), which asks it for only the eigenpairs the Marchenko-Pastur rule
-// needs, and of eigh_sym (all of them; bound as mrfengine._ext._eigh_sym so
-// tests compare it with numpy.linalg.eigh).
+// (L = 16 floats or 8 doubles with AVX-512, 8 or 4 with AVX2, 4 or 2 with
+// SSE2): the eigen-solver of the MP-PCA kernel (mppca.cpp), which asks it
+// for only the eigenpairs the Marchenko-Pastur rule needs, and of eigh_sym
+// (all of them; bound as mrfengine._ext._eigh_sym so tests compare it with
+// numpy.linalg.eigh).
 //
 // * tridiagonalize: Householder reduction of the packed lower triangle
 //   (dsytd2's algorithm), each step's rank-2 update fused with the next step's
@@ -35,6 +36,7 @@
 #endif
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace eigen {
 
 // Index of (i, j), i >= j, in packed lower storage.
@@ -56,6 +58,7 @@ class SymEigLanes {
         for (auto* v : {&tau_, &d0_, &e0_, &e2_}) v->assign(m, V{});
         tmp_.assign(4 * m, V{});
         ymat_.assign(m * m, V{});
+        spare_.assign(m, V{});
         piv_.assign(m, MV{});
     }
 
@@ -300,7 +303,7 @@ class SymEigLanes {
 
   private:
     int n_ = 0;
-    std::vector<V> amat_, tau_, d0_, e0_, e2_, tmp_, ymat_;
+    std::vector<V> amat_, tau_, d0_, e0_, e2_, tmp_, ymat_, spare_;
     std::vector<MV> piv_;
     V pivmin_{}, tol_{}, glo_{}, ghi_{};
 
@@ -327,7 +330,9 @@ class SymEigLanes {
         return tau;
     }
 
-    void orthonormalize(V* y, int j) const {
+    // y minus its components along rows 0..j-1 of the vector store (one
+    // Gram-Schmidt pass); returns |y|^2 after.
+    V project_out(V* y, int j) const {
         const int n = n_;
         for (int jj = 0; jj < j; ++jj) {
             const V* u = ymat_.data() + static_cast<std::size_t>(jj) * n;
@@ -335,8 +340,46 @@ class SymEigLanes {
             for (int i = 0; i < n; ++i) dot += u[i] * y[i];
             for (int i = 0; i < n; ++i) y[i] -= dot * u[i];
         }
-        V nrm{};
-        for (int i = 0; i < n; ++i) nrm += y[i] * y[i];
+        V nrm2{};
+        for (int i = 0; i < n; ++i) nrm2 += y[i] * y[i];
+        return nrm2;
+    }
+
+    // y orthogonal to rows 0..j-1 of the vector store, unit length.  Lanes
+    // where the pass removed more than half of |y|^2 get a second pass
+    // (Kahan's "twice is enough"): inside a cluster of equal eigenvalues y is
+    // nearly in the span, and one pass leaves it far from orthogonal.  A lane
+    // whose y lies in their span (what is left is rounding, or exactly zero:
+    // an eigenvalue repeated, as in a zero matrix, where the start vector
+    // gives the same y for every j) restarts from a vector that differs per
+    // j, so it still gets a unit vector orthogonal to the ones before (the
+    // iterations after it pull that towards the eigenspace).  Without this,
+    // code built without FMA (the x86-64 baseline) returned zero vectors for
+    // a zero matrix: FMA's rounding left noise that happened to rescue it.
+    void orthonormalize(V* y, int j) {
+        const int n = n_;
+        V before{};
+        for (int i = 0; i < n; ++i) before += y[i] * y[i];
+        V nrm = project_out(y, j);
+        V* r = spare_.data();
+        const MV again = nrm < before * T(0.5);
+        if (j > 0 && simd::any(again)) {
+            for (int i = 0; i < n; ++i) r[i] = y[i];
+            const V rn = project_out(r, j);
+            for (int i = 0; i < n; ++i) y[i] = again ? r[i] : y[i];
+            nrm = again ? rn : nrm;
+        }
+        const T rel = T(4 * n) * std::numeric_limits<T>::epsilon();
+        const MV lost = nrm <= before * (rel * rel);
+        if (simd::any(lost)) {
+            for (int i = 0; i < n; ++i)
+                r[i] = simd::splat(static_cast<T>(
+                    std::fmod(0.7548776662 * (i + 1) + 0.5698402910 * (j + 1) * (i + 1) * (i + 1), 1.0) - 0.5));
+            project_out(r, j);
+            const V rn = project_out(r, j);  // twice is enough (Kahan)
+            for (int i = 0; i < n; ++i) y[i] = lost ? r[i] : y[i];
+            nrm = lost ? rn : nrm;
+        }
         nrm = simd::vsqrt(nrm);
         const V inv = nrm > 0 ? simd::splat(T(1)) / (nrm > 0 ? nrm : simd::splat(T(1))) : V{};
         for (int i = 0; i < n; ++i) y[i] *= inv;
@@ -352,4 +395,5 @@ template <typename T>
 void eigh_sym(const T* a, std::int64_t count, int n, T* values, T* vectors);
 
 }  // namespace eigen
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine

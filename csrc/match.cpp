@@ -13,8 +13,10 @@
 //   so the arg-max costs a compare and two blends per vector; lanes are
 //   reduced at the end, smallest index first on ties (numpy's argmax rule).
 //
-// The GCC/Clang vector extensions keep this portable: -march=native picks
-// AVX-512, AVX2 or NEON for the same source.
+// The GCC/Clang vector extensions keep this portable: the same source is
+// compiled for AVX-512, AVX2, SSE2 or NEON (isa.hpp, one object per
+// x86-64 level).
+#include "isa.hpp"  // first: the level's namespace, for the headers' kernel declarations
 #include "match.hpp"
 
 #include <omp.h>
@@ -28,6 +30,7 @@
 #include <vector>
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace {
 
 using simd::load;
@@ -152,4 +155,5 @@ void match_argmax_f32(const float* x, std::int64_t n_vox, const float* atoms, st
     }
 }
 
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 
+#ifdef MRFENGINE_KERNEL_NS  // the kernel, compiled once per ISA level (isa.hpp)
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 
 // x:      (n_vox, n_frames) float32, row-major.
 // atoms:  (n_atoms, n_frames) float32, row-major, unit L2 norm.
@@ -16,4 +18,6 @@ namespace mrfengine {
 void match_argmax_f32(const float* x, std::int64_t n_vox, const float* atoms, std::int64_t n_atoms,
                       std::int64_t n_frames, std::int64_t* index, float* score, int n_threads);
 
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine
+#endif

@@ -1,7 +1,7 @@
 // See mppca.hpp.  How the work is laid out (M frames, window wa x wb x wc):
 //
 // * SIMD across windows: a "lane group" is L consecutive window starts along
-//   the c axis (L = 16 floats or 8 doubles, one 64-byte vector), so every
+//   the c axis (L floats or doubles, one vector register), so every
 //   step of the per-window linear algebra is one vector instruction for L
 //   windows and no lane ever waits for another's data.
 // * A work item is a block of window planes (fixed a); inside it, one lane
@@ -28,6 +28,9 @@
 // * Work items of even and odd block index run in two phases, so blocks that
 //   run concurrently never write the same voxel plane (blocks are at least
 //   wa - 1 planes thick).
+//
+// Compiled once per ISA level (isa.hpp): L is the level's lane count.
+#include "isa.hpp"  // first: the level's namespace, for the headers' kernel declarations
 #include "mppca.hpp"
 
 #include <omp.h>
@@ -42,6 +45,7 @@
 #include "simd.hpp"
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace {
 
 using eigen::packed;
@@ -623,4 +627,5 @@ template void mppca_accumulate<float>(const float*, float*, float*, float*, cons
 template void mppca_accumulate<double>(const double*, double*, double*, double*, const std::uint8_t*,
                                        std::int16_t*, const MppcaGeometry&, MpEstimator, int);
 
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine

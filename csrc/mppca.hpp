@@ -22,6 +22,12 @@ struct MppcaGeometry {
 // 0: Veraart 2016 (gamma = k / q); 1: Cordero-Grande 2019 "Exp2" (gamma = k / (q - r + k)).
 enum class MpEstimator : int { Veraart = 0, Exp2 = 1 };
 
+}  // namespace mrfengine
+
+#ifdef MRFENGINE_KERNEL_NS  // the kernel, compiled once per ISA level (isa.hpp)
+namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
+
 // Adds every window's theta-weighted rank-p estimate to `out` (zero-initialised
 // by the caller), i.e. out(v) += sum_w theta_w (m_w + P_w (x_v - m_w)), and
 // theta_w, theta_w sigma_w^2 to theta_sum / var_sum ((a, b, c), C-contiguous,
@@ -35,4 +41,6 @@ void mppca_accumulate(const T* data, T* out, T* theta_sum, T* var_sum, const std
                       std::int16_t* n_components, const MppcaGeometry& geometry, MpEstimator estimator,
                       int n_threads);
 
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine
+#endif

@@ -1,10 +1,12 @@
-// Per voxel (all float32, vectorised over pairs or decays, 16 lanes):
+// Per voxel (all float32, vectorised over pairs or decays, W lanes):
 //   1. y_j(t) = x(t) v(t, j)                                   K x T
 //   2. W[j, p] = sum_t y_j(t) A_p(t)                           2 K T P FLOPs
 //   3. coarse: proxy[p] = max_c |sum_j W[j, p] u_c[c, j]| inv_c[c, p]
 //   4. keep the top_pairs pairs by proxy (nth_element)
 //   5. fine: every decay q of those pairs, running arg-max per lane.
 // The rank K is a template parameter so the accumulators live in registers.
+// Compiled once per ISA level (isa.hpp).
+#include "isa.hpp"  // first: the level's namespace, for the headers' kernel declarations
 #include "separable.hpp"
 
 #include <omp.h>
@@ -16,6 +18,7 @@
 #include "simd.hpp"
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace {
 
 using simd::load;
@@ -141,4 +144,5 @@ void match_separable_f32(const float* x, std::int64_t n_vox, const SeparableArgs
     }
 }
 
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine

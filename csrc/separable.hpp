@@ -16,10 +16,18 @@ struct SeparableArgs {
     std::int64_t n_frames, n_pairs, p_pad, q_pad, rank, n_coarse, top_pairs;
 };
 
+constexpr int SEPARABLE_MAX_RANK = 12;
+
+}  // namespace mrfengine
+
+#ifdef MRFENGINE_KERNEL_NS  // the kernel, compiled once per ISA level (isa.hpp)
+namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
+
 // x: (n_vox, T) float32.  Writes the best pair and decay index of each voxel.
 void match_separable_f32(const float* x, std::int64_t n_vox, const SeparableArgs& a, std::int64_t* pair,
                          std::int64_t* decay, int n_threads);
 
-constexpr int SEPARABLE_MAX_RANK = 12;
-
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine
+#endif

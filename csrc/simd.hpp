@@ -1,6 +1,7 @@
-// Portable SIMD helpers (GCC/Clang vector extensions): -march=native lowers
-// them to AVX-512, AVX2 or NEON from the same source.  One vector is one
-// register (kBytes below): 16 floats with AVX-512, 8 with AVX2.
+// Portable SIMD helpers (GCC/Clang vector extensions): the same source is
+// lowered to AVX-512, AVX2, SSE2 or NEON by the flags of the level it is
+// compiled for (isa.hpp).  One vector is one register (kBytes below): 16
+// floats with AVX-512, 8 with AVX2, 4 with SSE2.
 #pragma once
 
 #include <cmath>
@@ -10,8 +11,15 @@
 #include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
+// GCC 12's AVX-512 intrinsics (_mm512_sqrt_ps's undefined pass-through) trip
+// a false -Wmaybe-uninitialized (GCC PR 105593, fixed in GCC 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
+
+#include "isa.hpp"
 
 // Without AVX-512 a 64-byte vector is wider than a register, and GCC notes
 // (-Wpsabi) that its calling convention changed in GCC 4.6.  These vectors
@@ -22,15 +30,22 @@
 #endif
 
 namespace mrfengine {
+namespace MRFENGINE_KERNEL_NS {
 namespace simd {
 
-// One vector is one register where the target has AVX-512 (64 bytes) or AVX2
-// (32 bytes).  A 64-byte vector on an AVX2-only machine is lowered badly by
-// GCC 12 (spills and scalarised reductions): measured on an AVX2 EPYC (znver3),
-// 32-byte vectors made structured matching 11x, brute-force matching 24x and
-// MP-PCA 5x faster (benchmarks/README.md).  Elsewhere (NEON, no AVX) 64 bytes.
-#if defined(__AVX2__) && !defined(__AVX512F__)
+// One vector is one register where the target has AVX-512 (64 bytes), AVX
+// (32 bytes) or only SSE2 (16 bytes: the x86-64 baseline level).  A 64-byte
+// vector on an AVX2-only machine is lowered badly by GCC 12 (spills and
+// scalarised reductions): measured on an AVX2 EPYC (znver3), 32-byte vectors
+// made structured matching 11x, brute-force matching 24x and MP-PCA 5x faster
+// (benchmarks/README.md).  Elsewhere (NEON) 64 bytes.  The widths differ per
+// x86 level, so no two levels share a vector type (isa.hpp).
+#if defined(__AVX512F__)
+constexpr int kBytes = 64;
+#elif defined(__AVX__)
 constexpr int kBytes = 32;
+#elif defined(__SSE2__)
+constexpr int kBytes = 16;
 #else
 constexpr int kBytes = 64;
 #endif
@@ -138,4 +153,5 @@ inline vi lanes() {
 }
 
 }  // namespace simd
+}  // namespace MRFENGINE_KERNEL_NS
 }  // namespace mrfengine
