@@ -39,21 +39,41 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+_EXT_REFUSED: list[str] = []  # why a built mrfengine._ext failed to import (get_ext)
+
+
 @lru_cache(maxsize=None)
 def get_ext() -> ModuleType | None:
-    """The compiled extension ``mrfengine._ext``, or None when it was not built."""
+    """The compiled extension ``mrfengine._ext``, or None when it cannot run here.
+
+    None when it was not built, and when it was built but refuses to load:
+    ``MRFENGINE_ISA`` names kernels this build lacks or this CPU cannot run
+    (the extension never falls back from a forced level), or the build is
+    broken.  A refusal is logged as a warning and is the detail of
+    ``probe("cpp")``.
+    """
     try:
         return importlib.import_module("mrfengine._ext")
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         log.debug("mrfengine._ext unavailable: %s", exc)
+        return None
+    except ImportError as exc:
+        _EXT_REFUSED.append(str(exc))
+        log.warning("the C++ backend is unavailable: mrfengine._ext refused to load: %s", exc)
         return None
 
 
 def _probe_cpp() -> BackendInfo:
     ext = get_ext()
     if ext is None:
+        if _EXT_REFUSED:
+            return BackendInfo("cpp", False, f"extension mrfengine._ext refused to load: {_EXT_REFUSED[-1]}")
         return BackendInfo("cpp", False, "extension mrfengine._ext not built (reinstall with a C++17 compiler)")
-    return BackendInfo("cpp", True, f"C++/OpenMP extension, {ext.max_threads()} threads")
+    if not hasattr(ext, "isa"):  # an extension built before run-time ISA dispatch
+        return BackendInfo("cpp", True, f"C++/OpenMP extension, {ext.max_threads()} threads")
+    runs = ", ".join(name for name, supported, _ in ext.isa_levels() if supported)
+    return BackendInfo("cpp", True, f"C++/OpenMP extension, {ext.isa()} kernels (this CPU runs: {runs}; "
+                                    f"MRFENGINE_ISA forces one), {ext.max_threads()} threads")
 
 
 def _import(module: str, backend: str, extra: str) -> ModuleType | BackendInfo:

@@ -46,6 +46,11 @@ def clusters(w: np.ndarray, tol: float) -> list[slice]:
 
 def assert_matches_eigh(a: np.ndarray) -> None:
     w, v = ext._eigh_sym(a)
+    assert_eigh_result(a, w, v)
+
+
+def assert_eigh_result(a: np.ndarray, w: np.ndarray, v: np.ndarray) -> None:
+    """``(w, v)``, the solver's output for ``a``, against numpy.linalg.eigh (also used by test_isa_dispatch)."""
     assert w.dtype == a.dtype and v.dtype == a.dtype
     assert w.shape == a.shape[:-1] and v.shape == a.shape
     a64 = a.astype(np.float64)
