@@ -12,6 +12,8 @@ x86-64-v4 (AVX-512), each into its own namespace (``csrc/isa.hpp``), and
 imported (``MRFENGINE_ISA=baseline|avx2|avx512`` forces one); everything else
 is baseline code, so a wheel runs on any x86-64 CPU.  Elsewhere (aarch64:
 NEON is baseline) the kernels are built once for the target's baseline.
+``MRFENGINE_TUNE=<cpu>`` tunes a portable build's scheduling for one CPU family
+(``-mtune``; default ``generic``) without changing the instructions it uses.
 ``MRFENGINE_NATIVE=1`` builds everything once with ``-march=native`` instead
 (fastest on the build machine, crashes with SIGILL on CPUs that lack its
 instructions).  ``MRFENGINE_PORTABLE=1``, the old way to ask for a portable
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
@@ -58,8 +61,13 @@ def _flags(mode: str) -> list[str]:
         return ["-march=native"]
     if mode == "dispatch":
         # Whatever CFLAGS say, the shared code is plain x86-64; the kernels'
-        # levels add their flags (X86_LEVELS).
-        return ["-march=x86-64", "-mtune=generic"]
+        # levels add their flags (X86_LEVELS).  MRFENGINE_TUNE schedules the
+        # code for one CPU family (e.g. znver3) without changing which
+        # instructions it uses, so the build stays portable.
+        tune = os.environ.get("MRFENGINE_TUNE", "generic")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", tune):
+            raise ValueError(f"MRFENGINE_TUNE={tune!r} is not a GCC -mtune name (e.g. generic, znver3, icelake-server)")
+        return ["-march=x86-64", f"-mtune={tune}"]
     return []
 
 
