@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(ext is None or not hasattr(ext, "isa_levels"),
 LEVELS = ext.isa_levels() if ext is not None and hasattr(ext, "isa_levels") else []
 SUPPORTED = [name for name, ok, _ in LEVELS if ok]
 TESTS = Path(__file__).resolve().parent
-REPO = Path(mrfengine.__file__).resolve().parents[1]
+REPO = Path(mrfengine.__file__).parents[1]  # where this mrfengine was imported from (for the subprocesses)
 
 # The worker: forced to one level by MRFENGINE_ISA, it runs every kernel on
 # the inputs in argv[1] and writes what they return to argv[2].
