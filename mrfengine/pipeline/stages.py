@@ -422,6 +422,7 @@ def _resample_order(name: str) -> int:
 
 
 def _register(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: str, n_threads: int = 0):
+    from ..maps import derived_spec
     from ..masking import has_estimate
     from ..registration import register_to_reference
 
@@ -455,12 +456,9 @@ def _register(inputs: Mapping[str, Any], options: Mapping[str, Any], backend: st
             moved = np.where(inside, np.maximum(cubic, 0.0), near)
         else:
             moved = reg.resample(value, order=order, where=where)
-            if order == 1 and _resample_order(key) == 1:
-                from ..maps import derived_spec
-
-                spec = derived_spec(key)
-                if spec is not None and spec.kind in _LINEAR_KINDS and spec.unit == "1":
-                    moved = np.clip(moved, 0.0, 1.0)  # not sigma (arbitrary) nor T1_uncertainty (ms)
+            spec = derived_spec(key) if order == 1 else None
+            if spec is not None and spec.kind in _LINEAR_KINDS and spec.unit == "1":
+                moved = np.clip(moved, 0.0, 1.0)  # not sigma (arbitrary) nor T1_uncertainty (ms)
         out[key] = moved.astype(np.float32)
     if new_mask is not None:
         # the mask moved with the maps is theirs (export applies and names it), whatever its source
