@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import click
 
+from ._outputs import force_option, force_options, prefix_option  # noqa: F401 - shared decorators, one import
+
 T = TypeVar("T")
 
 READ_COHORT = click.Path(dir_okay=True, file_okay=True)
@@ -101,3 +103,164 @@ def make_cache(cache_dir: str | None, no_cache: bool):
     if no_cache:
         return False
     return DictionaryCache(cache_dir) if cache_dir else None
+
+
+# --------------------------------------------------------------------------- shared option decorators
+# One spelling per idea on every command (README, "Command-line conventions"):
+#   --subjects SUB[,SUB...]  (repeatable)   the subjects a command works on; leaving it out means all
+#   -o/--output-dir DIR                     a folder; a single output file is --output FILE (no -o)
+#   --force                                 replace outputs that exist (refused by default, naming the file)
+#   --nthreads N                            CPU threads of the compute kernels; 0: all cores
+#   -v/-q                                   before or after the command name
+
+
+def subjects_option(every: str = "use every subject", *, help: str | None = None,
+                    aliases: tuple[str, ...] = ()):
+    """``--subjects SUB[,SUB...]`` (repeatable), parsed by :func:`split_subjects` into the
+    parameter ``subject_ids`` (a list; empty: leave it out, ``every``).
+
+    ``aliases``: old spellings (e.g. ``--subject``), hidden, warned about, merged in.
+    """
+    text = help or f"Subject(s): sub-07 or 07, repeatable or comma-separated (default: {every})."
+
+    def _parse(ctx, _param, value):
+        given = list(value) + list(ctx.meta.pop("mrfengine.subjects_alias", ()))
+        return split_subjects(given, every=every)
+
+    def deco(f):
+        for old in aliases:
+            def _stash(ctx, _param, value, old=old):
+                if value:
+                    click.echo(f"warning: {old} is deprecated; use --subjects", err=True)
+                    if "subject_ids" in ctx.params:  # --subjects was read first: add to it
+                        ctx.params["subject_ids"] = ctx.params["subject_ids"] + split_subjects(value, every=every)
+                    else:
+                        ctx.meta.setdefault("mrfengine.subjects_alias", []).extend(value)
+
+            f = click.option(old, multiple=True, hidden=True, expose_value=False, callback=_stash)(f)
+        return click.option("--subjects", "subject_ids", multiple=True, metavar="SUB", callback=_parse, help=text)(f)
+
+    return deco
+
+
+def set_threads(n_threads: int) -> None:
+    """Limit the compute libraries of this process (and of the processes it starts) to ``n_threads``.
+
+    0 leaves them as they are: all cores, or ``OMP_NUM_THREADS`` where it is set.  Otherwise
+    OpenMP (the C++ kernels), Numba and PyTorch use ``n_threads``: through the environment
+    (``OMP_NUM_THREADS``, ``NUMBA_NUM_THREADS``, read when a library loads and by worker
+    processes started later) and, for a library already loaded, its own call
+    (``threadpoolctl`` for OpenMP, ``numba.set_num_threads``, ``torch.set_num_threads``).
+    """
+    import os
+
+    n = int(n_threads)
+    if n <= 0:
+        return
+    from ..backend import cpu_threads
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    os.environ["NUMBA_NUM_THREADS"] = str(min(n, cpu_threads()))  # numba refuses more than the cores
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    if "numba" in sys.modules:
+        try:
+            sys.modules["numba"].set_num_threads(min(n, sys.modules["numba"].config.NUMBA_NUM_THREADS))
+        except (AttributeError, ValueError):  # an old numba, or one started with fewer threads
+            pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=n, user_api="openmp")
+
+
+def nthreads_option(help: str | None = None, *, aliases: tuple[str, ...] = (), apply: bool = True):
+    """``--nthreads N`` (``n_threads``, an int >= 0, default 0: all cores).
+
+    With ``apply`` the process's libraries are limited to N at once (:func:`set_threads`);
+    ``aliases``: old spellings (predict's ``--threads``), hidden, warned about.
+    """
+    text = help or "CPU threads of the compute kernels (OpenMP, Numba, PyTorch); 0: all cores (or OMP_NUM_THREADS)."
+
+    def _done(ctx, _param, value):
+        if value is None:
+            value = ctx.meta.pop("mrfengine.nthreads_alias", None)
+        if value is None:
+            value = 0
+        if apply:
+            set_threads(value)
+        return value
+
+    def deco(f):
+        for old in aliases:
+            def _stash(ctx, _param, value, old=old):
+                if value is not None:
+                    click.echo(f"warning: {old} is deprecated; use --nthreads", err=True)
+                    if ctx.params.get("n_threads"):
+                        raise click.UsageError(f"give --nthreads only ({old} is its deprecated name)")
+                    if "n_threads" in ctx.params:
+                        ctx.params["n_threads"] = value
+                        if apply:
+                            set_threads(value)
+                    else:
+                        ctx.meta["mrfengine.nthreads_alias"] = value
+
+            f = click.option(old, type=click.IntRange(0), default=None, hidden=True, expose_value=False,
+                             callback=_stash)(f)
+        return click.option("--nthreads", "n_threads", type=click.IntRange(0), default=None, metavar="N",
+                            callback=_done, help=text + "  [default: 0]")(f)
+
+    return deco
+
+
+def output_file_option(help: str, *, required: bool = True, aliases: tuple[str, ...] = ()):
+    """``--output FILE`` (``output``): one output file.  No ``-o``: that is ``--output-dir``'s
+    (a folder) on every command; ``aliases`` (e.g. ``-o``) are hidden and warned about."""
+
+    def deco(f):
+        for old in aliases:
+            def _stash(ctx, _param, value, old=old):
+                if value is not None:
+                    click.echo(f"warning: {old} FILE is deprecated here; use --output FILE ({old} is "
+                               "--output-dir, a folder, on every command)", err=True)
+                    if ctx.params.get("output") is None:
+                        ctx.params["output"] = value
+                    ctx.meta["mrfengine.output_alias"] = value
+
+            f = click.option(old, "output_alias", type=click.Path(dir_okay=False), default=None, hidden=True,
+                             expose_value=False, callback=_stash)(f)
+
+        def _check(ctx, param, value):
+            value = value if value is not None else ctx.meta.pop("mrfengine.output_alias", None)
+            if value is None and required:
+                raise click.MissingParameter(ctx=ctx, param=param)
+            return value
+
+        return click.option("--output", "output", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                            callback=_check, help=help)(f)
+
+    return deco
+
+
+def output_dir_option(help: str, *, required: bool = True):
+    """``-o/--output-dir DIR`` (``output_dir``): a folder of outputs."""
+    return click.option("-o", "--output-dir", "output_dir", required=required, type=click.Path(file_okay=False),
+                        metavar="DIR", help=help)
+
+
+def usage_error(option: str):
+    """A context manager turning a library's :class:`~mrfengine.errors.ValidationError` about an
+    option's value into click's :class:`click.BadParameter` (exit 2, the option named)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def _cm():
+        from ..errors import OptionError, ValidationError
+
+        try:
+            yield
+        except (ValidationError, OptionError) as exc:
+            raise click.BadParameter(str(exc), param_hint=option) from None
+
+    return _cm()
