@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._atomic import atomic_path
-from ..errors import DictionaryError, InputFileError
+from ..errors import DictionaryError
 
 __all__ = ["Dictionary", "SVDCompression", "Separable"]
 
@@ -347,29 +346,39 @@ class Dictionary:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Dictionary:
-        """Read a dictionary written by :meth:`save`.
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        atoms: str | None = None,
+        params: Mapping[str, Any] | Sequence[str] | None = None,
+        units: Mapping[str, str] | None = None,
+        n_frames: int | None = None,
+        layout: str | None = None,
+    ) -> Dictionary:
+        """Read a dictionary: one :meth:`save` wrote, or another tool's .npz, HDF5 or MATLAB (v5, v7.3) file.
+
+        The format is told from the file's content; the atoms and the
+        per-atom parameters are found by their names, or named with
+        ``atoms``, ``params``; relaxation times are converted to ms
+        (``units`` where the file does not say).  Nothing is guessed between
+        two candidates.  See :func:`mrfengine.dictionary.io.load_dictionary`
+        for the layouts, the options and the unit rules.
+
+        Examples
+        --------
+        >>> d = Dictionary.load("dict.mat", atoms="dict.D", params=("T1", "T2"),
+        ...                     units={"T1": "ms", "T2": "ms"})  # doctest: +SKIP
 
         Raises
         ------
         InputFileError
-            The file is missing, truncated or not a mrfengine dictionary.
+            The file is missing, truncated, of no known format, or ambiguous
+            (the message names the file and lists its arrays).
+        DictionaryError
+            What it holds does not make a dictionary, or a unit is unknown.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise InputFileError(f"{path}: dictionary file not found")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                atoms = z["atoms"]
-                params = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("param:")}
-                meta = json.loads(bytes(z["__metadata__"]).decode()) if "__metadata__" in z.files else {}
-                norms = z["norms"] if "norms" in z.files else None
-                sep = None
-                if "sep:amplitude" in z.files:
-                    sep = Separable(z["sep:amplitude"], z["sep:decay"], z["sep:pair"], z["sep:decay_index"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-            raise InputFileError(f"{path}: not a readable mrfengine dictionary ({exc})") from exc
-        try:
-            return cls(atoms, params, metadata=meta, norms=norms, separable=sep)
-        except DictionaryError as exc:
-            raise InputFileError(f"{path}: {exc}") from exc
+        from .io import load_dictionary
+
+        return load_dictionary(path, atoms=atoms, params=params, units=units, n_frames=n_frames,
+                               layout=layout)
