@@ -54,7 +54,7 @@ from numpy.typing import ArrayLike
 from ..errors import DictionaryError, InputFileError, MRFEngineError
 from .core import Dictionary, Separable
 
-__all__ = ["ATOM_NAMES", "LAYOUTS", "TABLE_NAMES", "TIME_UNITS", "canonical_name", "dictionary_arrays", "load_dictionary"]
+__all__ = ["ATOM_NAMES", "FrameCountError", "LAYOUTS", "TABLE_NAMES", "TIME_UNITS", "canonical_name", "dictionary_arrays", "load_dictionary"]
 
 #: Array names (their last component, case-insensitive) that hold atoms in other tools' files.
 ATOM_NAMES = ("atoms", "dict", "dictionary", "d", "dic", "sig", "signal", "signals", "fingerprints", "dict_sw_norm")
@@ -827,13 +827,31 @@ def load_dictionary(
         try:
             return _load_other(contents, atoms, params, units, n_frames, layout)
         except DictionaryError as exc:
-            msg = str(exc)
-            raise DictionaryError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from exc
+            if str(exc).startswith(str(path)):
+                raise
+            raise DictionaryError(f"{path}: {exc}") from exc
+
+
+class FrameCountError(DictionaryError):
+    """The dictionary's fingerprints are not ``n_frames`` long.
+
+    Attributes
+    ----------
+    have : tuple of int
+        The frame counts the file offers (one, or both axes of an atoms array
+        whose orientation was not settled).
+    want : int
+        The frame count asked for.
+    """
+
+    def __init__(self, message: str, have: tuple[int, ...], want: int) -> None:
+        super().__init__(message)
+        self.have, self.want = have, want
 
 
 def _check_frames(path: Path, have: int, want: int | None) -> None:
     if want is not None and have != want:
-        raise DictionaryError(f"{path}: the dictionary has {have} frames, {want} were expected")
+        raise FrameCountError(f"{path}: the dictionary has {have} frames, {want} were expected", (have,), want)
 
 
 def _load_other(contents: _Contents, atoms: str | None, params: Any, units: Mapping[str, str] | None,
@@ -905,8 +923,8 @@ def _load_other(contents: _Contents, atoms: str | None, params: Any, units: Mapp
         if errors:
             raise errors[0]
         if n_frames is not None and n_frames not in (rows, cols):
-            raise DictionaryError(f"atoms {atoms_name!r} have shape {rows} x {cols}: neither axis has the "
-                                  f"{n_frames} frames expected")
+            raise FrameCountError(f"{path}: atoms {atoms_name!r} have shape {rows} x {cols}: neither axis has the "
+                                  f"{n_frames} frames expected", (rows, cols), n_frames)
         if explicit:
             lengths = {k: np.shape(v) for k, v in explicit.items()}
             raise InputFileError(f"{path}: the parameters {lengths} do not have one value per atom of "
