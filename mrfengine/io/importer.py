@@ -32,6 +32,7 @@ from .cohort import (
     SiteEntry,
     SubjectEntry,
     SubjectWriter,
+    consolidate,
     create_cohort,
     normalize_subject_id,
     open_cohort_for_writing,
@@ -256,6 +257,7 @@ def import_subject(
     except BaseException:
         writer.abort()  # only the staging group; the old subject is untouched
         raise
+    consolidate(cohort_path)
     log.info("imported %s from %s into %s", sid, mrf_path, cohort_path)
     return sid
 

@@ -33,7 +33,9 @@ from ..io.cohort import (
     SubjectEntry,
     SubjectWriter,
     TRUTH_SPECS,
+    consolidate,
     create_cohort,
+    drop_consolidated,
     json_equal,
     read_cohort_attrs,
     subject_complete,
@@ -424,7 +426,8 @@ def simulate_cohort(
             raise StoreError(f"{path}: {what}; choose another path or overwrite it")
         import zarr
 
-        root = zarr.open_group(str(path), mode="r+")
+        drop_consolidated(path)  # once, here, before any subject writer starts
+        root = zarr.open_group(str(path), mode="r+", use_consolidated=False)
         log.debug("resuming %s", path)
     else:
         sites = {s.name: SiteEntry(site_sequence(config, s.name), s.snr,
@@ -458,4 +461,5 @@ def simulate_cohort(
                 for sid, _ in fut.result():
                     if progress:
                         progress(sid, "done")
+    consolidate(path)  # every subject written: one read of the metadata of all of them
     return Cohort.open(path)

@@ -41,7 +41,7 @@ import numpy as np
 
 from .._validate import check_int
 from ..errors import StoreError, ValidationError
-from ..io.cohort import Cohort, json_equal, normalize_subject_id, require_writable
+from ..io.cohort import Cohort, consolidate, drop_consolidated, json_equal, normalize_subject_id, require_writable
 from ..io.cohort.store import is_local_path
 from .cluster import batch_client, dashboard_link  # noqa: F401 - batch_client is part of this module's API
 from .derived import derived_attrs, derived_complete, remove_derived, write_derived
@@ -415,6 +415,9 @@ def run_batch(
     report.n_threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
 
     prepare_dictionaries(cohort, todo, pipeline)
+    if todo:
+        # Once, before any task writes (each writer would otherwise rewrite the root's zarr.json).
+        drop_consolidated(cohort_path)
 
     emit("start", {"subjects": todo + list(failed), "skipped": skipped,
                    "slabs": sum(len(p) for p in plans.values()),
@@ -479,6 +482,8 @@ def run_batch(
     finally:
         if pending:
             client.cancel([f for f in futures + prepares if not f.done()])
+        elif todo:
+            consolidate(cohort_path)  # every task done: the new derived groups in the consolidated metadata
     report.results = [results[s] for s in selected if s in results]
     report.not_run = [s for s in selected if s not in results]
     report.wall_s = time.perf_counter() - t_start

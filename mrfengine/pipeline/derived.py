@@ -33,7 +33,9 @@ from ..errors import StoreError, ValidationError
 from ..io.cohort import (
     CHUNKS_KEY,
     DERIVED_KEY,
+    REVISION_KEY,
     SUBJECT_KEY,
+    array_layout,
     array_write_config,
     default_compressor,
     delete_node,
@@ -41,10 +43,10 @@ from ..io.cohort import (
     derived_complete,
     normalize_subject_id,
     open_cohort_for_writing,
-    stored_chunk_keys,
 )
 from ..io.cohort.schema import DERIVED, SUBJECTS
-from ..io.cohort.store import has_keys, join
+from ..io.cohort.store import has_keys, join, stored_chunk_count
+from ..io.cohort.write import new_revision
 from ..maps import MATCH_MAPS, derived_spec
 from ..masking import NOT_ESTIMATED_VALUE
 
@@ -97,6 +99,7 @@ def _set_listed(group: Any, attrs: dict[str, Any], pipeline: str, names: list[st
     record.update({prefix + n: int(c) for n, c in (chunks or {}).items()})
     if record or CHUNKS_KEY in attrs:
         attrs[CHUNKS_KEY] = dict(sorted(record.items()))
+    attrs[REVISION_KEY] = new_revision()  # the subject's arrays changed: no consolidated copy of it is current
     group.attrs.update({SUBJECT_KEY: attrs})
 
 
@@ -121,13 +124,13 @@ def remove_derived(cohort_path: str | os.PathLike, subject: str, pipeline: str) 
 
 
 def _write_array(group: Any, name: str, data: np.ndarray) -> int:
-    """Write one map, every chunk (empty ones too); returns the chunks stored, checked."""
-    z, y, x = data.shape
-    arr = group.create_array(name, shape=data.shape, chunks=(1, y, x), dtype="float32",
-                             compressors=default_compressor(), fill_value=0.0,
-                             attributes=_array_attributes(name), config=array_write_config())
+    """Write one map whole (one writer per shard), every chunk (empty ones too); returns the
+    chunks stored, checked."""
+    arr = group.create_array(name, shape=data.shape, dtype="float32", compressors=default_compressor(),
+                             fill_value=0.0, attributes=_array_attributes(name), config=array_write_config(),
+                             **array_layout(data.shape, "float32"))
     arr[...] = data
-    n = len(stored_chunk_keys(arr) & {arr.metadata.encode_chunk_key((k, 0, 0)) for k in range(arr.cdata_shape[0])})
+    n = stored_chunk_count(arr)
     if n != arr.nchunks:
         raise StoreError(f"derived array {name!r}: {n} of its {arr.nchunks} chunks were stored")
     return n

@@ -147,7 +147,7 @@ def test_validator_names_problems(tmp_path):
     text = "\n".join(rep.problems)
     assert "sub-02: missing" in text
     assert "truth lacks ['T2star'" in text
-    assert "array 'annotations/lesion' chunk c/0/0/0 (slice 0): not binary" in text
+    assert "array 'annotations/lesion' slice 0 in shard c/0/0/0: not binary" in text
     # An array listed but gone.
     import shutil
 

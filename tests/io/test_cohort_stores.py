@@ -114,13 +114,20 @@ def test_a_cohort_packed_in_a_zip_opens_lists_validates_and_reads(tmp_path):
 def test_a_chunk_missing_from_the_zip_is_an_error_not_zeros(tmp_path):
     folder = tmp_path / "c.zarr"
     _cohort(folder, subjects=("sub-01",))
-    packed = _zip(folder, tmp_path / "c.zip", drop="subjects/sub-01/mrf/c/0/1/0/0")
+    # Slice 1 left out of the MRF series' shard (its index marks it absent), the rest intact.
+    mrf = zarr.open_array(str(folder / "subjects/sub-01/mrf"), mode="r+", config={"write_empty_chunks": False})
+    mrf[:, 1] = 0
+    packed = _zip(folder, tmp_path / "c.zip")
     sub = Cohort.open(packed)["sub-01"]
-    with pytest.raises(StoreError, match=r"sub-01: array 'mrf' is missing 1 of its 3 chunk\(s\): chunk c/0/1/0/0 "
-                                         r"\(slice 1\)"):
+    with pytest.raises(StoreError, match=r"sub-01: array 'mrf' is missing 1 of its 3 chunk\(s\): slice 1 in shard "
+                                         r"c/0/0/0/0"):
         sub.mrf[:, 0]
     rep = validate_cohort(packed)
-    assert any("chunk c/0/1/0/0 (slice 1)" in p for p in rep.problems), rep.problems
+    assert any("slice 1 in shard c/0/0/0/0" in p for p in rep.problems), rep.problems
+    # A shard missing from the zip: all its slices are.
+    packed = _zip(folder, tmp_path / "d.zip", drop="subjects/sub-01/mrf/c/0/0/0/0")
+    with pytest.raises(StoreError, match=r"missing 3 of its 3 chunk\(s\): slice 0 in shard c/0/0/0/0"):
+        Cohort.open(packed)["sub-01"].mrf[:, 0]
 
 
 def test_a_zip_is_not_written_to(tmp_path):

@@ -19,9 +19,10 @@ import numpy as np
 
 from ...errors import StoreError, ValidationError
 from ...sequence import Sequence
-from .schema import (CHUNKS_KEY, DERIVED, DERIVED_KEY, SPLITS, SUBJECTS, SiteEntry, SubjectEntry, array_problem,
-                     attrs_problem, check_name, is_complete, normalize_subject_id, parse_sites, parse_subjects_lenient)
-from .store import join, local_folder, location, open_root, open_store
+from .schema import (CHUNKS_KEY, DERIVED, DERIVED_KEY, REVISION_KEY, SPLITS, SUBJECT_KEY, SUBJECTS, SiteEntry,
+                     SubjectEntry, array_problem, attrs_problem, check_name, is_complete, json_equal,
+                     normalize_subject_id, parse_sites, parse_subjects_lenient)
+from .store import consolidated_root, join, local_folder, location, open_root, open_store
 from .validate import NO_FOLDER, StoreArray, subject_names, subject_state
 
 __all__ = ["Cohort", "Subject", "read_cohort_attrs", "subject_complete", "derived_attrs", "derived_complete"]
@@ -86,8 +87,11 @@ class Subject:
     """
 
     def __init__(self, group: Any, entry: SubjectEntry, site: SiteEntry, attrs: dict[str, Any], *,
-                 store: Any = None) -> None:
+                 store: Any = None, consolidated: Any = None) -> None:
         self._group = group
+        # The subject's group in the cohort's consolidated metadata, when that copy is current
+        # (Cohort.__getitem__ checks): its arrays open without a read of their zarr.json.
+        self._consolidated = consolidated
         self._store = str(store) if store is not None else None
         problem = attrs_problem(attrs, getattr(group, "basename", None) or attrs.get("id"))
         if problem:
@@ -111,8 +115,14 @@ class Subject:
         """The array at ``path``, its dtype and shape checked against the schema."""
         if path in self._opened:
             return self._opened[path]
+        arr = None
+        if self._consolidated is not None:
+            try:
+                arr = self._consolidated[path]
+            except Exception:  # noqa: BLE001 - not in the consolidated copy: read the store
+                arr = None
         try:
-            arr = self._group[path]
+            arr = self._group[path] if arr is None else arr
         except KeyError:
             raise StoreError(f"{self.id}: array {path!r} is listed but missing from the store") from None
         except Exception as exc:  # noqa: BLE001 - unreadable or malformed array metadata
@@ -211,6 +221,7 @@ class Cohort:
             else self.location
         self.attrs = attrs
         self._group = group
+        self._consolidated_root: Any = False  # not looked up yet
         self.schema_version: int = attrs["schema_version"]
         where = self.path
         self.sites: dict[str, SiteEntry] = parse_sites(where, attrs)
@@ -282,7 +293,7 @@ class Cohort:
         attrs = self._attrs_of[subject_id]
         try:
             sub = Subject(self._group[join(SUBJECTS, subject_id)], entry, self.sites[entry.site], attrs,
-                          store=self.location)
+                          store=self.location, consolidated=self._current_consolidated(subject_id, attrs))
         except StoreError as exc:
             raise StoreError(f"{self.path}: subject {subject_id!r} has malformed attributes ({exc}); "
                              "run `mrfengine validate` on the cohort") from exc
@@ -291,6 +302,31 @@ class Cohort:
                              "run `mrfengine validate` on the cohort") from exc
         self._opened[subject_id] = sub
         return sub
+
+    def _current_consolidated(self, sid: str, attrs: dict[str, Any]) -> Any:
+        """The subject's group in the consolidated metadata, or None where the cohort has
+        none or its copy of the subject is not current.
+
+        Current means: the copy of the subject's attributes equals the subject's own
+        (read from its ``zarr.json`` when the cohort was opened), which carry a
+        ``revision`` token every writer of the subject's arrays renews.  A subject
+        rewritten, a derived group added or replaced after the consolidation (by any
+        writer, this mrfengine's or an older one without the token) fails the test, and
+        its arrays are read from the store: consolidated metadata never hides a node."""
+        if self._consolidated_root is False:
+            self._consolidated_root = consolidated_root(self.store_path)
+        root = self._consolidated_root
+        if root is None or not isinstance(attrs.get(REVISION_KEY), str):
+            return None
+        try:
+            copy = root.metadata.consolidated_metadata.flattened_metadata.get(join(SUBJECTS, sid))
+            if copy is None or not json_equal(copy.attributes.get(SUBJECT_KEY), attrs):
+                log.debug("%s: the consolidated metadata of %s is not current; reading its arrays' metadata",
+                          self.location, sid)
+                return None
+            return root[join(SUBJECTS, sid)]
+        except Exception:  # noqa: BLE001 - a damaged copy: read the store
+            return None
 
     @property
     def split(self) -> dict[str, str]:

@@ -49,6 +49,11 @@ __all__ = [
     "SiteEntry",
     "SubjectEntry",
     "array_write_config",
+    "array_layout",
+    "dimension_names",
+    "DIMENSION_NAMES",
+    "SHARD_BYTES",
+    "REVISION_KEY",
     "default_compressor",
     "expected_dtype",
     "normalize_subject_id",
@@ -70,6 +75,20 @@ DERIVED_KEY = "mrfengine_derived"
 #: (stores written before it existed, where all-zero chunks are legitimately absent) are
 #: read as before, with a warning once per store.
 CHUNKS_KEY = "stored_chunks"
+#: Subject attribute rewritten, with a new random token, whenever the subject's arrays
+#: change (its completion record, a derived group listed or de-listed): a reader compares
+#: the subject's attributes in the consolidated metadata with the subject's own, so a
+#: consolidated copy older than the subject's last write is never used.
+REVISION_KEY = "revision"
+#: Axis names of every array (zarr v3 ``dimension_names``): the MRF series is
+#: (frame, z, y, x), every map (z, y, x); index ``[..., z, y, x]`` maps to world
+#: millimetres through the subject's affine applied to ``(x, y, z, 1)``.
+DIMENSION_NAMES = {4: ("frame", "z", "y", "x"), 3: ("z", "y", "x")}
+#: Most uncompressed bytes one shard holds: an array up to this size is one shard (one
+#: file), a larger one (a paper subject's MRF series: 35 x 60 x 240 x 240 float32,
+#: 484 MB) is cut into the fewest slabs of whole slices under it, so a writer that
+#: produces the series slice by slice buffers one shard, not the whole series.
+SHARD_BYTES = 128 * 2**20
 #: The group of the subjects under the root, and of a subject's derived maps.
 SUBJECTS = "subjects"
 DERIVED = "derived"
@@ -95,6 +114,40 @@ def array_write_config() -> dict[str, Any]:
     """zarr's per-array configuration of every array mrfengine writes: every chunk is
     stored, even one equal to the fill value, so an absent chunk always means damage."""
     return {"write_empty_chunks": True}
+
+
+def dimension_names(ndim: int) -> tuple[str, ...]:
+    """The ``dimension_names`` of a subject's array of ``ndim`` axes (:data:`DIMENSION_NAMES`)."""
+    try:
+        return DIMENSION_NAMES[ndim]
+    except KeyError:
+        raise ValidationError(f"cohort arrays have 3 (z, y, x) or 4 (frame, z, y, x) axes; got {ndim}") from None
+
+
+def array_layout(shape: tuple[int, ...], dtype: Any, *, shard_bytes: int = SHARD_BYTES) -> dict[str, Any]:
+    """How mrfengine lays out an array of a subject: the keywords of
+    :meth:`zarr.Group.create_array` ``chunks``, ``shards`` and ``dimension_names``.
+
+    Chunks (the unit of compression and of reading) are one slice each: ``(n_frames, 1, Y, X)``
+    or ``(1, Y, X)``.  Shards (the unit of storage: one file or object each) hold whole
+    slices, ``planes`` of them: all of them when the array is at most ``shard_bytes``, else
+    the fewest equal slabs under it (:data:`SHARD_BYTES`).  An array of one slice per shard
+    is stored unsharded (a shard would only add its index).
+
+    A shard is written read-modify-write as a whole: two writers of different slices of
+    one shard lose each other's data.  So a shard has one writer: mrfengine writes every
+    array whole once, or shard by shard (:func:`mrfengine.io.cohort.write.write_planes`).
+    """
+    shape = tuple(int(v) for v in shape)
+    names = dimension_names(len(shape))
+    axis = len(shape) - 3
+    chunks = tuple(1 if i == axis else n for i, n in enumerate(shape))
+    plane_bytes = int(np.prod(chunks)) * np.dtype(dtype).itemsize
+    n_planes = shape[axis]
+    n_shards = max(1, -(-plane_bytes * n_planes // max(1, int(shard_bytes))))
+    planes = -(-n_planes // n_shards)
+    shards = None if planes <= 1 else tuple(planes if i == axis else n for i, n in enumerate(shape))
+    return {"chunks": chunks, "shards": shards, "dimension_names": names}
 
 
 def default_compressor():

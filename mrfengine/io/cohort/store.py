@@ -29,7 +29,8 @@ from ...errors import StoreError
 from .schema import ROOT_KEY, SCHEMA_VERSION
 
 __all__ = ["open_store", "open_root", "location", "local_folder", "is_local_path", "require_writable",
-           "stored_chunk_keys", "chunk_coords", "list_dir", "list_keys", "has_keys", "key_exists", "join"]
+           "stored_chunk_keys", "chunk_coords", "storage_coords", "chunk_presence", "stored_chunk_count",
+           "chunk_selection", "consolidated_root", "list_dir", "list_keys", "has_keys", "key_exists", "join"]
 
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -154,16 +155,31 @@ def chunk_coords(array: Any) -> Iterator[tuple[int, ...]]:
     return itertools.product(*(range(n) for n in array.cdata_shape))
 
 
+def storage_coords(array: Any) -> Iterator[tuple[int, ...]]:
+    """Coordinates of every stored object of a zarr array: its shards, or its chunks when
+    it is not sharded (the coordinates ``array.metadata.encode_chunk_key`` takes)."""
+    import itertools
+
+    outer = array.shards or array.chunks
+    return itertools.product(*(range(-(-n // s)) for n, s in zip(array.shape, outer)))
+
+
+def chunk_selection(array: Any, coords: tuple[int, ...]) -> tuple[slice, ...]:
+    """The region of the array one (inner) chunk covers."""
+    return tuple(slice(c * s, min((c + 1) * s, n)) for c, s, n in zip(coords, array.chunks, array.shape))
+
+
 def stored_chunk_keys(array: Any) -> set[str]:
-    """Keys (relative to the array, e.g. ``c/0/3/0/0``) of the chunks stored for a zarr array:
-    one listing of its prefix (a store that cannot list is asked about each chunk)."""
+    """Keys (relative to the array, e.g. ``c/0/3/0/0``) of the objects stored for a zarr
+    array, its chunks or (sharded) its shards: one listing of its prefix (a store that
+    cannot list is asked about each)."""
     import asyncio
 
     store_path = array.store_path
     store = store_path.store
     prefix = f"{store_path.path}/" if store_path.path else ""
     if not store.supports_listing:
-        keys = [array.metadata.encode_chunk_key(c) for c in chunk_coords(array)]
+        keys = [array.metadata.encode_chunk_key(c) for c in storage_coords(array)]
 
         async def probe() -> list[bool]:
             return list(await asyncio.gather(*(store.exists(prefix + k) for k in keys)))
@@ -174,6 +190,97 @@ def stored_chunk_keys(array: Any) -> set[str]:
         return [k async for k in store.list_prefix(prefix)]
 
     return {k[len(prefix):] for k in _sync(collect())}
+
+
+def _sharding_codec(array: Any) -> Any:
+    from zarr.codecs import ShardingCodec
+
+    for codec in getattr(array.metadata, "codecs", ()):
+        if isinstance(codec, ShardingCodec):
+            return codec
+    raise StoreError(f"{array.name}: a sharded array without a sharding codec")
+
+
+def chunk_presence(array: Any) -> tuple[Any, dict[tuple[int, ...], str]]:
+    """Which (inner) chunks of a zarr array are stored.
+
+    An unsharded array's chunks are the store's keys (one listing).  A sharded array's are
+    the chunks each stored shard's index lists (zarr's sharding codec reads and checks it:
+    a CRC32C over the index, which sits at the shard's end, so a truncated shard fails the
+    check); a shard not stored holds none.
+
+    Returns
+    -------
+    present : ndarray of bool, shape ``array.cdata_shape``
+    unreadable : dict
+        Shard coordinates -> why its index cannot be read (truncated or corrupt shard).
+    """
+    import asyncio
+
+    import numpy as np
+    from zarr.storage import StorePath
+
+    grid = tuple(array.cdata_shape)
+    present = np.zeros(grid, dtype=bool)
+    keys = stored_chunk_keys(array)
+    encode = array.metadata.encode_chunk_key
+    if array.shards is None:
+        for c in chunk_coords(array):
+            present[c] = encode(c) in keys
+        return present, {}
+    codec = _sharding_codec(array)
+    per = tuple(s // c for s, c in zip(array.shards, array.chunks))
+    sp = array.store_path
+    stored = [c for c in storage_coords(array) if encode(c) in keys]
+
+    async def index(c: tuple[int, ...]) -> Any:
+        try:
+            return await codec._load_shard_index_maybe(StorePath(sp.store, join(sp.path, encode(c))), per)
+        except Exception as exc:  # noqa: BLE001 - a damaged index (CRC mismatch, short object)
+            return exc
+
+    async def indexes() -> list[Any]:
+        return list(await asyncio.gather(*(index(c) for c in stored)))
+
+    unreadable: dict[tuple[int, ...], str] = {}
+    for c, idx in zip(stored, _sync(indexes())):
+        if isinstance(idx, BaseException):
+            unreadable[c] = f"{type(idx).__name__}: {idx}"
+            continue
+        if idx is None:  # deleted since the listing
+            continue
+        region = tuple(slice(k * p, min((k + 1) * p, g)) for k, p, g in zip(c, per, grid))
+        found = idx.get_full_chunk_map()
+        present[region] = found[tuple(slice(0, r.stop - r.start) for r in region)]
+    return present, unreadable
+
+
+def stored_chunk_count(array: Any) -> int:
+    """How many (inner) chunks of an array are stored (:func:`chunk_presence`); a shard
+    whose index cannot be read is a :class:`StoreError`."""
+    present, unreadable = chunk_presence(array)
+    if unreadable:
+        (c, why), = list(unreadable.items())[:1]
+        raise StoreError(f"{array.name}: shard {array.metadata.encode_chunk_key(c)} cannot be read ({why})")
+    return int(present.sum())
+
+
+def consolidated_root(sp: Any) -> Any:
+    """The cohort's root group opened through its consolidated metadata, or None when it
+    has none (or it cannot be read): a node it lists opens with no read of the store, a
+    node written after it is missing from it (callers check it is fresh, see
+    :mod:`.read`)."""
+    import warnings
+
+    import zarr
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            group = zarr.open_group(store=sp.store, path=sp.path, mode="r", zarr_format=3, use_consolidated=True)
+    except Exception:  # noqa: BLE001 - none, or unreadable: the store is read node by node
+        return None
+    return group if group.metadata.consolidated_metadata is not None else None
 
 
 # --------------------------------------------------------------------------- the root

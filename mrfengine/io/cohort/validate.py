@@ -19,17 +19,21 @@ from ...errors import StoreError
 from .schema import (
     _SUBJECT_RE,
     CHUNKS_KEY,
+    DIMENSION_NAMES,
     REQUIRED_TRUTH,
+    REVISION_KEY,
     SUBJECT_KEY,
     SUBJECTS,
     SiteEntry,
     array_problem,
     attrs_problem,
     is_complete,
+    json_equal,
     parse_sites,
     parse_subjects_lenient,
 )
-from .store import chunk_coords, join, key_exists, list_dir, local_folder, location, open_root, stored_chunk_keys
+from .store import (chunk_coords, chunk_presence, chunk_selection, consolidated_root, join, key_exists, list_dir,
+                    local_folder, location, open_root)
 
 __all__ = ["StoreArray", "ValidationReport", "validate_cohort", "subject_state", "subject_names", "NO_FOLDER",
            "NO_METADATA", "NO_MARKER"]
@@ -144,20 +148,36 @@ class StoreArray:
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def where(self, coords: tuple[int, ...]) -> str:
-        """``chunk c/0/3/0/0 (slice 3)``: a chunk by its key and the planes it holds."""
-        key = self._array.metadata.encode_chunk_key(coords)
-        axis = self._array.ndim - 3 if self._array.ndim >= 3 else 0
-        size = self._array.chunks[axis]
+        """``chunk c/0/3/0/0 (slice 3)``: a chunk by its key and the planes it holds; in a
+        sharded array, ``slice 3 in shard c/0/0/0/0``."""
+        arr = self._array
+        axis = arr.ndim - 3 if arr.ndim >= 3 else 0
+        size = arr.chunks[axis]
         lo = coords[axis] * size
-        hi = min(lo + size, self._array.shape[axis])
+        hi = min(lo + size, arr.shape[axis])
         planes = f"slice {lo}" if hi - lo == 1 else f"slices {lo}-{hi - 1}"
-        return f"chunk {key} ({planes})"
+        if arr.shards is None:
+            return f"chunk {arr.metadata.encode_chunk_key(coords)} ({planes})"
+        return f"{planes} in shard {arr.metadata.encode_chunk_key(self._shard_of(coords))}"
+
+    def _shard_of(self, coords: tuple[int, ...]) -> tuple[int, ...]:
+        arr = self._array
+        return tuple(c // (s // k) for c, s, k in zip(coords, arr.shards, arr.chunks))
+
+    def _unreadable_shards(self, unreadable: Mapping[tuple[int, ...], str]) -> str:
+        encode = self._array.metadata.encode_chunk_key
+        names = "; ".join(f"shard {encode(c)}: {why}" for c, why in list(unreadable.items())[:3])
+        return (f"{self.subject_id}: array {self.path!r}: {len(unreadable)} shard(s) cannot be read (truncated or "
+                f"corrupt index: {names})")
 
     def missing_chunks(self) -> list[tuple[int, ...]]:
-        """Coordinates of the chunks not stored (one listing of the store)."""
-        present = stored_chunk_keys(self._array)
-        encode = self._array.metadata.encode_chunk_key
-        return [c for c in chunk_coords(self._array) if encode(c) not in present]
+        """Coordinates of the (inner) chunks not stored: one listing of the store, and for a
+        sharded array each shard's index.  A shard whose index cannot be read (truncated,
+        corrupt) is a :class:`StoreError`."""
+        present, unreadable = chunk_presence(self._array)
+        if unreadable:
+            raise StoreError(self._unreadable_shards(unreadable))
+        return [c for c in chunk_coords(self._array) if not present[c]]
 
     def _missing_message(self, missing: list[tuple[int, ...]]) -> str:
         names = ", ".join(self.where(c) for c in missing[:4])
@@ -180,7 +200,7 @@ class StoreArray:
     def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
         """One chunk, decoded; :class:`StoreError` naming it when it cannot be."""
         try:
-            return self._array.get_block_selection(coords)
+            return self._array[chunk_selection(self._array, coords)]
         except (IndexError, TypeError):
             raise
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a damaged chunk
@@ -201,7 +221,7 @@ class StoreArray:
             bad = None
             for coords in chunk_coords(self._array):
                 try:
-                    self._array.get_block_selection(coords)
+                    self._array[chunk_selection(self._array, coords)]
                 except Exception:  # noqa: BLE001
                     bad = coords
                     break
@@ -211,7 +231,10 @@ class StoreArray:
         """Read every chunk; the problems found (missing and undecodable chunks, and
         whatever ``check(chunk_data)`` returns for a chunk, a string or None)."""
         problems: list[str] = []
-        missing = set(self.missing_chunks())
+        try:
+            missing = set(self.missing_chunks())
+        except StoreError as exc:  # an unreadable shard index
+            return [str(exc)]
         if missing and self.recorded is not None:
             problems.append(self._missing_message(sorted(missing)))
         flagged: list[tuple[tuple[int, ...], str]] = []
@@ -300,6 +323,9 @@ def validate_cohort(cohort: Any, *, deep: bool = False, allow_incomplete: bool =
     in_store = set(subject_names(sp))
     for sid in sorted(in_store - set(entries) - set(malformed)):
         rep.problems.append(f"{sid}: a subject group that the root attributes do not list")
+    consolidated = consolidated_root(sp)
+    flat = consolidated.metadata.consolidated_metadata.flattened_metadata if consolidated is not None else None
+    stale: list[str] = []
     for sid in sorted(entries):
         a, why = subject_state(sp, sid, listed=sid in in_store) if sid in in_store else (None, NO_FOLDER)
         if why is not None:
@@ -307,9 +333,23 @@ def validate_cohort(cohort: Any, *, deep: bool = False, allow_incomplete: bool =
             continue
         rep.n_complete += 1
         site = sites.get(entries[sid].site)
-        found, legacy = _check_subject(group, sid, a, site, deep=deep)
+        copy = None
+        if flat is not None:
+            entry = flat.get(join(SUBJECTS, sid))
+            if entry is not None and isinstance(a.get(REVISION_KEY), str) and json_equal(
+                    entry.attributes.get(SUBJECT_KEY), a):
+                copy = {k[len(sid) + len(SUBJECTS) + 2:]: v for k, v in flat.items()
+                        if k.startswith(join(SUBJECTS, sid) + "/")}
+            else:
+                stale.append(sid)
+        found, legacy = _check_subject(group, sid, a, site, deep=deep, consolidated=copy)
         rep.problems.extend(p if p.startswith(f"{sid}:") else f"{sid}: {p}" for p in found)
         rep.warnings.extend(f"{sid}: {w}" for w in legacy)
+    if stale:
+        names = ", ".join(stale[:4]) + (", ..." if len(stale) > 4 else "")
+        rep.warnings.append(f"the consolidated metadata is not current for {len(stale)} subject(s) ({names}): "
+                            "readers read their metadata from the store (slower on remote stores); the next "
+                            "simulate, import or batch writes it anew")
     return rep
 
 
@@ -328,9 +368,26 @@ def _finite(data: np.ndarray) -> str | None:
     return None if np.all(np.isfinite(data)) else "has NaN or Inf values"
 
 
+def _layout_problem(p: str, arr: Any) -> str | None:
+    """What is wrong with an array's chunks, shards or axis names (None: nothing)."""
+    axis = arr.ndim - 3
+    whole = tuple(1 if i == axis else n for i, n in enumerate(arr.shape))
+    if tuple(arr.chunks) != whole:
+        return f"array {p!r} has chunks {tuple(arr.chunks)}, not one slice each {whole}"
+    if arr.shards is not None and any(s != n for i, (s, n) in enumerate(zip(arr.shards, arr.shape)) if i != axis):
+        return f"array {p!r} has shards {tuple(arr.shards)}, not whole slices of {tuple(arr.shape)}"
+    names = arr.metadata.dimension_names
+    want = DIMENSION_NAMES.get(arr.ndim)
+    if names is not None and tuple(names) != want:
+        return f"array {p!r} has dimension_names {tuple(names)}; the schema says {want}"
+    return None
+
+
 def _check_subject(root: Any, sid: str, a: Mapping[str, Any], site: SiteEntry | None, *,
-                   deep: bool) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of one complete subject (``root``: the cohort's root group)."""
+                   deep: bool, consolidated: Mapping[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of one complete subject (``root``: the cohort's root group;
+    ``consolidated``: its nodes' metadata in the consolidated metadata, path -> metadata,
+    where that copy is current: each array's must equal the array's own)."""
     problems: list[str] = []
     warnings: list[str] = []
     problem = attrs_problem(a, sid)
@@ -347,6 +404,7 @@ def _check_subject(root: Any, sid: str, a: Mapping[str, Any], site: SiteEntry | 
     if "mrf" not in a["arrays"]:
         problems.append("no 'mrf' array listed")
     record = a.get(CHUNKS_KEY) or {}
+    unnamed: list[str] = []
     if CHUNKS_KEY not in a:
         warnings.append("no record of stored chunks (written by an older mrfengine): an absent chunk reads as "
                         "zeros and cannot be told from an all-zero one; re-simulate or re-import for the check")
@@ -360,13 +418,19 @@ def _check_subject(root: Any, sid: str, a: Mapping[str, Any], site: SiteEntry | 
         except Exception as exc:  # noqa: BLE001 - unreadable metadata
             problems.append(f"array {p!r} has unreadable metadata ({type(exc).__name__}: {exc})")
             continue
-        found = array_problem(p, arr, shape, n_frames)
+        found = array_problem(p, arr, shape, n_frames) or _layout_problem(p, arr)
         if found:
             problems.append(found)
             continue
+        if arr.metadata.dimension_names is None:
+            unnamed.append(p)
+        if consolidated is not None:
+            copy = consolidated.get(p)
+            if copy is None or copy.to_dict() != arr.metadata.to_dict():
+                problems.append(f"array {p!r}: the consolidated metadata, current by the subject's revision, "
+                                f"{'lacks it' if copy is None else 'describes it otherwise'}; readers would "
+                                "use it: run simulate, import or batch again to rewrite it")
         if p == "mrf":
-            if arr.chunks != (arr.shape[0], 1) + shape[1:]:
-                problems.append(f"mrf chunks {arr.chunks} are not one slice each {(arr.shape[0], 1) + shape[1:]}")
             if site and shape[0] != site.sequence.n_slices:
                 problems.append(f"{shape[0]} slices but the site's sequence has {site.sequence.n_slices}")
         recorded = record.get(p)
@@ -386,6 +450,9 @@ def _check_subject(root: Any, sid: str, a: Mapping[str, Any], site: SiteEntry | 
                 checked.check_chunks()
             except StoreError as exc:
                 problems.append(str(exc))
+    if unnamed:
+        warnings.append(f"{len(unnamed)} array(s) without dimension_names (written by an older mrfengine; read "
+                        f"alike): {', '.join(unnamed[:3])}{', ...' if len(unnamed) > 3 else ''}")
     truth = [p[len("truth/"):] for p in a["arrays"] if p.startswith("truth/")]
     if truth:
         missing_truth = [t for t in REQUIRED_TRUTH if t not in truth]

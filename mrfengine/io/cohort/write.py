@@ -50,6 +50,7 @@ from .schema import (
     _GROUPS_OF_SUBJECT,
     CHUNKS_KEY,
     REPLACED_PREFIX,
+    REVISION_KEY,
     ROOT_KEY,
     SCHEMA_VERSION,
     STAGING_PREFIX,
@@ -57,13 +58,14 @@ from .schema import (
     SUBJECTS,
     SiteEntry,
     SubjectEntry,
+    array_layout,
     array_write_config,
     default_compressor,
     is_complete,
     normalize_subject_id,
 )
 from .store import (
-    chunk_coords,
+    consolidated_root,
     has_keys,
     is_local_path,
     join,
@@ -73,11 +75,12 @@ from .store import (
     open_root,
     open_store,
     require_writable,
-    stored_chunk_keys,
+    stored_chunk_count,
 )
 from .validate import subject_state
 
-__all__ = ["create_cohort", "open_cohort_for_writing", "register_subjects", "SubjectWriter", "delete_node"]
+__all__ = ["create_cohort", "open_cohort_for_writing", "register_subjects", "SubjectWriter", "PlaneWriter",
+           "write_planes", "delete_node", "consolidate", "drop_consolidated", "new_revision"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,8 @@ def create_cohort(
 def open_cohort_for_writing(path: Any):
     """Open an existing cohort for writing (schema version checked, the store asked
     whether it can be written); returns ``(root group, root attributes)``."""
-    group, attrs, _ = open_root(path, writable=True)
+    group, attrs, sp = open_root(path, writable=True)
+    drop_consolidated(sp)
     return group, attrs
 
 
@@ -263,8 +267,8 @@ def _classify(sp: Any, rel: str) -> tuple[list[str], list[str]]:
 
 
 def _is_chunk(key: str, arrays: Mapping[str, Any]) -> bool:
-    """Whether ``key`` is a chunk of one of ``arrays`` (node path -> zarr array): the key
-    its chunk-key encoding gives a chunk inside the array."""
+    """Whether ``key`` is a chunk (or shard) of one of ``arrays`` (node path -> zarr array):
+    the key its chunk-key encoding gives a stored object inside the array."""
     parts = key.split("/")
     for i in range(len(parts) - 1, -1, -1):
         node = "/".join(parts[:i])
@@ -279,7 +283,8 @@ def _is_chunk(key: str, arrays: Mapping[str, Any]) -> bool:
             coords = tuple(int(c) for c in body.split(sep))
         except ValueError:  # not a chunk key of this array
             return False
-        return (len(coords) == len(arr.cdata_shape) and all(0 <= c < n for c, n in zip(coords, arr.cdata_shape))
+        grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.shards or arr.chunks))  # shards, or chunks
+        return (len(coords) == len(grid) and all(0 <= c < n for c, n in zip(coords, grid))
                 and arr.metadata.encode_chunk_key(coords) == rel)
     return False
 
@@ -379,6 +384,179 @@ def _remove(path: Any) -> None:
     _prune(local_folder(wsp), "", ours, keep_top=True)
 
 
+# --------------------------------------------------------------------------- writing slices
+def _plane_axis(array: Any) -> int:
+    return array.ndim - 3
+
+
+def _planes_per_shard(array: Any) -> int:
+    axis = _plane_axis(array)
+    return int((array.shards or array.chunks)[axis])
+
+
+def write_planes(array: Any, lo: int, data: np.ndarray) -> None:
+    """Write slices ``[lo, lo + n)`` of a cohort array (``n``: ``data``'s extent along the
+    slice axis, ``z``), which must be whole shards.
+
+    A shard is stored read-modify-write as a whole, so two writers of different slices of
+    one shard lose each other's data; a slab that covers whole shards has the shards to
+    itself, and any number of tasks (threads, processes, machines) can write disjoint
+    slabs of one array at once.  Slab bounds must be multiples of the shard's slices
+    (``array.shards``; the chunk's for an unsharded array), or the array's end.
+
+    Raises
+    ------
+    ValidationError
+        Bounds that split a shard, or data of another shape.
+    """
+    axis = _plane_axis(array)
+    data = np.asarray(data)
+    n_planes = int(array.shape[axis])
+    hi = lo + (data.shape[axis] if data.ndim == array.ndim else -1)
+    expect = tuple(hi - lo if i == axis else n for i, n in enumerate(array.shape))
+    if data.shape != expect or lo < 0 or hi > n_planes:
+        raise ValidationError(f"{array.name}: slices [{lo}, {hi}) of shape {expect} do not fit data of shape "
+                              f"{data.shape} in an array of shape {tuple(array.shape)}")
+    step = _planes_per_shard(array)
+    if lo % step or (hi % step and hi != n_planes):
+        raise ValidationError(f"{array.name}: slices [{lo}, {hi}) split a shard of {step} slices; a writer must own "
+                              f"whole shards (bounds multiples of {step}, or {n_planes})")
+    array[tuple(slice(lo, hi) if i == axis else slice(None) for i in range(array.ndim))] = data
+
+
+class PlaneWriter:
+    """A new array written slice by slice and stored shard by shard.
+
+    Assign whole slices (``w[:, z] = frames`` for the MRF series, ``w[z] = plane`` for a
+    map, ``w[...] = volume`` for all); each shard is written once, when all of its slices
+    are given, so memory holds at most the shards being filled and no shard is rewritten.
+    :meth:`flush` writes the slices of shards left partly filled (and only those slices:
+    a slice never given stays absent, which the writer's chunk check then reports).
+    Other attributes are the zarr array's.
+    """
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self._axis = _plane_axis(array)
+        self._step = _planes_per_shard(array)
+        self._pending: dict[int, tuple[np.ndarray, set[int]]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "array":
+            raise AttributeError(name)
+        return getattr(self.array, name)
+
+    def __repr__(self) -> str:
+        return f"PlaneWriter({self.array.name}, shape={tuple(self.array.shape)})"
+
+    def _planes(self, key: Any) -> tuple[int, int] | None:
+        """``(lo, hi)`` of the slices a key selects, None for the whole array."""
+        key = key if isinstance(key, tuple) else (key,)
+        if key in ((Ellipsis,), (slice(None),)):
+            return None
+        lead, rest = key[:self._axis], key[self._axis:]
+        if all(k == slice(None) for k in lead) and len(rest) == 1:
+            (k,) = rest
+            n = int(self.array.shape[self._axis])
+            if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                z = int(k) + (n if k < 0 else 0)
+                if 0 <= z < n:
+                    return z, z + 1
+            elif isinstance(k, slice) and k.step in (None, 1):
+                lo, hi, _ = k.indices(n)
+                if lo < hi:
+                    return lo, hi
+        raise ValidationError(f"{self.array.name}: assign whole slices (e.g. [:, z] for the MRF series, [z] for a "
+                              f"map, [...] for all); got the selection {key!r}")
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        planes = self._planes(key)
+        if planes is None:
+            self._pending.clear()
+            self.array[...] = value
+            return
+        lo, hi = planes
+        shape = tuple(hi - lo if i == self._axis else n for i, n in enumerate(self.array.shape))
+        value = np.asarray(value, dtype=self.array.dtype)
+        if value.ndim == len(shape) - 1 and hi - lo == 1:  # one slice, given without its axis
+            value = np.expand_dims(value, self._axis)
+        if value.shape != shape:
+            raise ValidationError(f"{self.array.name}: slices [{lo}, {hi}) have shape {shape}; got data of shape "
+                                  f"{value.shape}")
+        n = int(self.array.shape[self._axis])
+        for z in range(lo, hi):
+            s = z // self._step
+            s_lo, s_hi = s * self._step, min(n, (s + 1) * self._step)
+            if s not in self._pending:
+                buf_shape = tuple(s_hi - s_lo if i == self._axis else m for i, m in enumerate(self.array.shape))
+                self._pending[s] = (np.zeros(buf_shape, dtype=self.array.dtype), set())
+            buf, given = self._pending[s]
+            buf[self._index(z - s_lo)] = value[self._index(z - lo)]
+            given.add(z)
+            if len(given) == s_hi - s_lo:
+                del self._pending[s]
+                write_planes(self.array, s_lo, buf)
+
+    def _index(self, z: int) -> tuple[Any, ...]:
+        return (slice(None),) * self._axis + (z,)
+
+    def flush(self) -> None:
+        """Write the given slices of every partly filled shard (one writer: safe)."""
+        pending, self._pending = self._pending, {}
+        for s, (buf, given) in sorted(pending.items()):
+            s_lo = s * self._step
+            for z in sorted(given):
+                self.array[self._index(z)] = buf[self._index(z - s_lo)]
+
+
+# --------------------------------------------------------------------------- consolidated metadata
+def new_revision() -> str:
+    """A new random token for a subject's ``revision`` attribute (:data:`~.schema.REVISION_KEY`)."""
+    return uuid.uuid4().hex
+
+
+def drop_consolidated(cohort: Any) -> bool:
+    """Remove the consolidated metadata of a cohort's root (a writer is about to change
+    the hierarchy): the root's ``zarr.json`` is rewritten, with its attributes, without
+    it, so no zarr reader sees a listing older than the store.  Returns whether there
+    was any.  :func:`consolidate` writes it again once the writing is done."""
+    import zarr
+
+    sp = open_store(cohort, writable=True)
+    if consolidated_root(sp) is None:
+        return False
+    group = zarr.open_group(store=sp.store, path=sp.path, mode="r+", zarr_format=3, use_consolidated=False)
+    group.attrs.put(dict(group.attrs))  # the metadata, without the consolidated copy (not read)
+    return True
+
+
+def consolidate(cohort: Any) -> bool:
+    """Write the consolidated metadata of a cohort: every node's metadata in the root's
+    ``zarr.json`` (zarr-python's v3 extension, :func:`zarr.consolidate_metadata`), so a
+    reader on a remote store opens every array of every subject without a request each.
+
+    Called at the end of ``simulate``, ``import`` and ``batch``, with no other writer at
+    work (it rewrites the root's ``zarr.json``).  Readers use it only where it is current
+    (:class:`~.read.Cohort` compares each subject's attributes with its copy), and every
+    writer removes it first (:func:`drop_consolidated`).  It is an optimisation: a
+    failure is logged, never raised.  Returns whether it was written.
+    """
+    import warnings
+
+    import zarr
+
+    try:
+        sp = open_store(cohort, writable=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(sp.store, path=sp.path or None, zarr_format=3)
+    except Exception as exc:  # noqa: BLE001 - an optimisation; readers fall back to node-by-node reads
+        log.warning("%s: could not write consolidated metadata (%s: %s); readers read node by node",
+                    cohort, type(exc).__name__, exc)
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- subjects
 class SubjectWriter:
     """Writes one subject; the subject counts only after :meth:`finish`.
@@ -444,8 +622,10 @@ class SubjectWriter:
         self.n_frames = int(n_frames)
         if staging:
             self._staging = f"{STAGING_PREFIX}{sid}-{uuid.uuid4().hex[:12]}"
+        drop_consolidated(self._sp)
         self._group = subjects.create_group(self._staging or sid)
         self._arrays: list[str] = []
+        self._writers: dict[str, PlaneWriter] = {}
         voxel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
         self._attrs: dict[str, Any] = {
             "id": sid,
@@ -461,10 +641,15 @@ class SubjectWriter:
         self._group.attrs.update({SUBJECT_KEY: self._attrs})
         self._finished = False
 
-    def create(self, path: str, *, dtype: str, frames: bool = False, attrs: Mapping[str, Any] | None = None):
-        """Create an empty array at ``path`` (e.g. ``truth/T1``), one chunk per slice.
+    def create(self, path: str, *, dtype: str, frames: bool = False,
+               attrs: Mapping[str, Any] | None = None) -> PlaneWriter:
+        """Create an empty array at ``path`` (e.g. ``truth/T1``): one chunk per slice, whole
+        slices per shard, its ``dimension_names`` (:func:`~.schema.array_layout`).
 
         ``frames`` gives it the MRF shape (n_frames, Z, Y, X); otherwise (Z, Y, X).
+        Returns a :class:`PlaneWriter`: assign slices to it (``mrf[:, z] = ...``) in any
+        order; each shard is stored once all its slices are given (:meth:`finish` stores
+        the rest and refuses a subject with a slice never given).
         """
         head, _, name = path.rpartition("/")
         if head and not NAME_RE.match(head):
@@ -473,15 +658,15 @@ class SubjectWriter:
         check_name(name, "array name")
         z, y, x = self.shape
         shape = (self.n_frames, z, y, x) if frames else (z, y, x)
-        chunks = (self.n_frames, 1, y, x) if frames else (1, y, x)
         parent = self._group.require_group(head) if head else self._group
         arr = parent.create_array(
-            name, shape=shape, chunks=chunks, dtype=dtype, compressors=default_compressor(), fill_value=0,
-            attributes=dict(attrs or {}), config=array_write_config(),
+            name, shape=shape, dtype=dtype, compressors=default_compressor(), fill_value=0,
+            attributes=dict(attrs or {}), config=array_write_config(), **array_layout(shape, dtype),
         )
         if path not in self._arrays:
             self._arrays.append(path)
-        return arr
+        self._writers[path] = PlaneWriter(arr)
+        return self._writers[path]
 
     def write(self, path: str, data: np.ndarray, *, attrs: Mapping[str, Any] | None = None):
         """Create ``path`` and write a whole (Z, Y, X) or (n_frames, Z, Y, X) array."""
@@ -491,21 +676,24 @@ class SubjectWriter:
         if data.shape != expect:
             raise ValidationError(f"{path} must have shape {expect}; got {data.shape}")
         dtype = "uint8" if data.dtype == bool else str(data.dtype)
-        arr = self.create(path, dtype=dtype, frames=frames, attrs=attrs)
-        arr[...] = data.astype(dtype, copy=False)
-        return arr
+        writer = self.create(path, dtype=dtype, frames=frames, attrs=attrs)
+        writer[...] = data.astype(dtype, copy=False)
+        return writer.array
 
     def finish(self, **attrs: Any) -> None:
         """Mark the subject complete: the array list, the chunks stored per array
-        (``stored_chunks``, checked: every chunk of every array) and ``complete: true``, last."""
+        (``stored_chunks``, checked: every chunk of every array), a new ``revision``
+        and ``complete: true``, last."""
         if self._finished:
             return
         if "mrf" not in self._arrays:
             raise StoreError(f"{self.id}: cannot finish a subject without its 'mrf' array")
+        for writer in self._writers.values():
+            writer.flush()
         counts = {}
         for path in sorted(self._arrays):
             arr = self._group[path]
-            n = len(stored_chunk_keys(arr) & {arr.metadata.encode_chunk_key(c) for c in chunk_coords(arr)})
+            n = stored_chunk_count(arr)
             if n != arr.nchunks:
                 raise StoreError(f"{self.id}: array {path!r} has {n} of its {arr.nchunks} chunks stored; every "
                                  "slice must be written before the subject is finished")
@@ -513,6 +701,7 @@ class SubjectWriter:
         self._attrs.update(attrs)
         self._attrs["arrays"] = sorted(self._arrays)
         self._attrs[CHUNKS_KEY] = counts
+        self._attrs[REVISION_KEY] = new_revision()
         self._attrs["complete"] = True
         self._group.attrs.update({SUBJECT_KEY: self._attrs})
         if self._staging is not None:
