@@ -40,6 +40,7 @@ its arrays (:func:`dictionary_arrays`), and the caller names them
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -54,7 +55,10 @@ from numpy.typing import ArrayLike
 from ..errors import DictionaryError, InputFileError, MRFEngineError
 from .core import Dictionary, Separable
 
-__all__ = ["ATOM_NAMES", "FrameCountError", "LAYOUTS", "TABLE_NAMES", "TIME_UNITS", "canonical_name", "dictionary_arrays", "load_dictionary"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ATOM_NAMES", "LAYOUTS", "TABLE_NAMES", "TIME_UNITS", "FrameCountError", "canonical_name",
+           "dictionary_arrays", "load_dictionary"]
 
 #: Array names (their last component, case-insensitive) that hold atoms in other tools' files.
 ATOM_NAMES = ("atoms", "dict", "dictionary", "d", "dic", "sig", "signal", "signals", "fingerprints", "dict_sw_norm")
@@ -676,6 +680,9 @@ def _apply_units(path: Path, params: dict[str, np.ndarray], file_units: dict[str
                 units[name] = unit
     record["units"] = units
     if assumed:
+        log.warning("%s: no unit given for %s; taken as ms (values up to %s): pass units= "
+                    "(--dictionary-units) if they are not", path, ", ".join(assumed),
+                    ", ".join(f"{n} {float(np.nanmax(out[n])):.4g}" for n in assumed))
         record["units_assumed"] = assumed
     if converted:
         record["units_converted"] = converted

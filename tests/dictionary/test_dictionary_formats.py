@@ -89,12 +89,14 @@ def test_mrfengine_own_npz_round_trips_through_the_new_reader(tmp_path):
     assert back.digest == d.digest and back.metadata == {"sequence": "x"}
 
 
-def test_plain_npz_with_named_arrays_either_orientation(tmp_path):
+def test_plain_npz_with_named_arrays_either_orientation(tmp_path, caplog):
     atoms, t1, t2 = _fisp_like(False)
     np.savez(tmp_path / "a.npz", atoms=atoms, T1=t1, T2=t2)
     d = Dictionary.load(tmp_path / "a.npz")
     _same(d, atoms, t1, t2)
     assert d.metadata["source"]["layout"] == "atoms x frames" and d.metadata["units_assumed"] == ["T1", "T2"]
+    # taken as ms (T1 up to 3000 cannot be seconds), and said so: not silently
+    assert "a.npz: no unit given for T1, T2; taken as ms (values up to T1 3000, T2 200)" in caplog.text
     # frames x atoms, lower-case names, and saved without an extension: found by content, names made canonical
     with open(tmp_path / "b_dictionary", "wb") as fh:
         np.savez(fh, signals=atoms.T, t1=t1, t2=t2, TR=np.full(N_FRAMES, 10.0))
