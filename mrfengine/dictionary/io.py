@@ -242,17 +242,18 @@ def _read_matlab_v5(path: Path) -> Iterator[dict[str, _Entry]]:
     yield entries
 
 
-def _h5py():
+def _h5py(path: Path | None = None):
     try:
         import h5py
-    except ImportError as exc:  # pragma: no cover - h5py is installed with the hdf5 extra
-        raise InputFileError("reading HDF5 and MATLAB v7.3 dictionaries needs h5py: "
-                             "pip install 'mrfengine[hdf5]'") from exc
+    except ImportError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise InputFileError(f"{where}reading HDF5 and MATLAB v7.3 dictionaries needs h5py: "
+                             f"pip install 'mrfengine[hdf5]'") from exc
     return h5py
 
 
 def _read_hdf5(path: Path, matlab: bool) -> Iterator[dict[str, _Entry]]:
-    h5py = _h5py()
+    h5py = _h5py(path)
     entries: dict[str, _Entry] = {}
     with h5py.File(path, "r") as f:
         sep_of = {}

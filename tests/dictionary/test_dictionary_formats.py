@@ -259,3 +259,15 @@ def test_load_dictionary_is_dictionary_load_and_refuses_a_bare_string_for_params
         Dictionary.load(tmp_path / "a.npz", params="T1")
     with pytest.raises(InputFileError, match=r"NAME\[:, j\].*not MATLAB"):
         Dictionary.load(tmp_path / "a.npz", params={"T1": "lut(:, 1)"})
+
+
+def test_hdf5_without_h5py_is_a_clear_error(tmp_path, monkeypatch):
+    atoms, t1, t2 = _fisp_like(False)
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as f:
+        f["atoms"], f["T1"], f["T2"] = atoms, t1, t2
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)  # as if not installed
+    with pytest.raises(InputFileError, match=r"d\.h5: reading HDF5 and MATLAB v7\.3 dictionaries needs h5py: pip install 'mrfengine\[hdf5\]'"):
+        Dictionary.load(path)
+    np.savez(tmp_path / "d.npz", atoms=atoms, T1=t1, T2=t2)  # the other formats do not need it
+    assert Dictionary.load(tmp_path / "d.npz").n_atoms == len(t1)
