@@ -280,3 +280,18 @@ def test_truncated_or_missing_shard_is_an_error(tmp_path, damage):
         assert any(expect in p and "'mrf'" in p for p in rep.problems), rep.problems
     with pytest.raises(StoreError, match="sub-01"):
         Cohort.open(path)["sub-01"].mrf[:, 0]
+
+
+def test_simulate_writes_named_sharded_arrays_and_consolidates(small_cohort):
+    """The simulator's cohort (the shared fixture): consolidated at the end, read through it."""
+    path = small_cohort.path
+    assert _consolidated_copy(path) is not None
+    cohort = Cohort.open(path)
+    for sid in cohort.subjects:
+        sub = cohort[sid]
+        assert sub._consolidated is not None
+        for p in sub.arrays:
+            arr = sub.array(p)
+            assert tuple(arr.metadata.dimension_names) == DIMENSION_NAMES[arr.ndim] and arr.shards is not None, p
+    rep = validate_cohort(path)
+    assert rep.ok and not rep.warnings, (rep.problems, rep.warnings)
