@@ -1,16 +1,18 @@
 // See search.hpp.  float32 goes through the Python extension's fused SIMD
 // kernel (csrc/match.cpp, compiled for the same level); float64 and complex
-// data through the blocked kernel below, written in plain loops that the
-// compiler vectorises for the level's instruction set:
+// data through the blocked kernel below, in the GCC/Clang vector types of
+// simd.hpp (one register per vector at every level):
 //
 // * atoms are packed into tiles of TA atoms (~256 KiB, kept in L2 while a
 //   chunk of voxels sweeps them), frame-major, real and imaginary parts in
-//   separate planes, so one frame of AB consecutive atoms is contiguous;
-// * a micro-kernel holds the inner products of VB voxels with AB atoms in
-//   accumulator arrays: per frame VB broadcasts feed VB x AB multiply-adds;
-// * each voxel keeps its best |score|^2 (complex) or |score| (real) and its
-//   atom, scanning atoms in ascending order with a strict '>', so ties go to
-//   the smallest index.
+//   separate planes, so one frame of AB consecutive atoms is one (complex) or
+//   two (real) vector loads per plane;
+// * the micro-kernel holds the inner products of VB = 6 voxels with AB atoms
+//   in 12 accumulator registers: per frame, 2 loads and 6 (real) or 12
+//   (complex) broadcasts feed 12 or 24 multiply-adds;
+// * each voxel keeps, per vector lane, its best |score| (real) or |score|^2
+//   (complex) and its atom (a compare and two blends per vector); lanes are
+//   reduced at the end, smallest index first on ties (numpy's argmax rule).
 #include "../isa.hpp"  // first: the level's namespace
 #include "search.hpp"
 
@@ -22,20 +24,34 @@
 #include <vector>
 
 #include "../match.hpp"
+#include "../simd.hpp"
 
 namespace mrfengine {
 namespace MRFENGINE_KERNEL_NS {
 namespace {
 
-constexpr int VB = 4;     // voxels per micro-kernel
-constexpr int CHUNK = 64;  // voxels per OpenMP work item (multiple of VB)
+constexpr int CHUNK = 60;  // voxels per OpenMP work item (multiple of Kernel::VB)
 
 int threads(int n_threads) { return n_threads > 0 ? n_threads : omp_get_max_threads(); }
 
 template <typename R, bool C>
 struct Kernel {
+    using Ln = simd::Lanes<R>;
+    using V = typename Ln::V;                  // one register of R
+    using M = typename Ln::M;                  // its mask / lane-index vector
+    static constexpr int L = Ln::L;
     static constexpr int P = C ? 2 : 1;        // planes (re, im)
-    static constexpr int AB = C ? 8 : 16;      // atoms per micro-kernel step
+    static constexpr int NV = C ? 1 : 2;       // vectors of atoms per micro-kernel step
+    static constexpr int AB = NV * L;          // atoms per micro-kernel step
+    static constexpr int VB = 6;               // voxels per micro-kernel: 12 accumulator registers
+    static_assert(CHUNK % VB == 0, "CHUNK is a multiple of VB");
+
+    // Best |score| (|score|^2 for complex) and its atom, per vector lane.
+    struct Best {
+        V val[NV];
+        M idx[NV];
+    };
+
     std::int64_t n_atoms, nf, ta, n_tiles;
     std::vector<R> packed;                     // [tile][plane][frame][atom in tile]
 
@@ -44,7 +60,7 @@ struct Kernel {
         ta = std::max<std::int64_t>(AB, (ta / AB) * AB);
         ta = std::min<std::int64_t>(ta, ((n_atoms + AB - 1) / AB) * AB);
         n_tiles = (n_atoms + ta - 1) / ta;
-        packed.assign(static_cast<std::size_t>(n_tiles * P * nf * ta), R(0));  // zero pads: scored, never kept
+        packed.assign(static_cast<std::size_t>(n_tiles * P * nf * ta), R(0));  // zero pads score 0: never first
         R* data = packed.data();
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (std::int64_t tile = 0; tile < n_tiles; ++tile) {
@@ -56,46 +72,53 @@ struct Kernel {
         }
     }
 
-    // Voxels x[0 .. nv) (nv <= VB) against one tile; best / arg updated in place.
-    void sweep(std::int64_t tile, const R* x, int nv, R* best, std::int64_t* arg) const {
+    // Voxels x[0 .. nv) (nv <= VB) against one tile.
+    void sweep(std::int64_t tile, const R* x, int nv, Best* best) const {
         const R* base = packed.data() + tile * P * nf * ta;
         const R* xv[VB];
-        for (int v = 0; v < VB; ++v) xv[v] = x + (v < nv ? v : 0) * nf * P;  // pad with voxel 0, unused
-        for (std::int64_t a = 0; a < ta; a += AB) {
-            const std::int64_t first = tile * ta + a;
-            const int valid = static_cast<int>(std::min<std::int64_t>(AB, n_atoms - first));
-            if (valid <= 0) break;
-            R re[VB][AB] = {};
-            R im[VB][AB] = {};
+        Best b[VB];
+        for (int v = 0; v < VB; ++v) {  // pad with voxel 0; results unused
+            xv[v] = x + (v < nv ? v : 0) * nf * P;
+            b[v] = best[v < nv ? v : 0];
+        }
+        M lane;
+        for (int j = 0; j < L; ++j) lane[j] = j;
+        for (std::int64_t a = 0; a < ta && tile * ta + a < n_atoms; a += AB) {
+            V re[VB][NV], im[VB][NV];
+            for (int v = 0; v < VB; ++v)
+                for (int n = 0; n < NV; ++n) re[v][n] = im[v][n] = V{};
+            const R* col = base + a;
             for (std::int64_t t = 0; t < nf; ++t) {
-                const R* dr = base + t * ta + a;
-                if constexpr (C) {
-                    const R* di = dr + nf * ta;
-                    for (int v = 0; v < VB; ++v) {
-                        const R s = xv[v][2 * t], q = xv[v][2 * t + 1];
-#pragma omp simd
-                        for (int j = 0; j < AB; ++j) {  // x conj(d)
-                            re[v][j] += s * dr[j] + q * di[j];
-                            im[v][j] += q * dr[j] - s * di[j];
+                V dr[NV], di[NV];
+                for (int n = 0; n < NV; ++n) {
+                    dr[n] = simd::load(col + t * ta + n * L);
+                    if constexpr (C) di[n] = simd::load(col + (nf + t) * ta + n * L);
+                }
+                for (int v = 0; v < VB; ++v) {
+                    const R s = xv[v][P * t];
+                    if constexpr (C) {  // x conj(d)
+                        const R q = xv[v][2 * t + 1];
+                        for (int n = 0; n < NV; ++n) {
+                            re[v][n] += s * dr[n] + q * di[n];
+                            im[v][n] += q * dr[n] - s * di[n];
                         }
-                    }
-                } else {
-                    for (int v = 0; v < VB; ++v) {
-                        const R s = xv[v][t];
-#pragma omp simd
-                        for (int j = 0; j < AB; ++j) re[v][j] += s * dr[j];
+                    } else {
+                        for (int n = 0; n < NV; ++n) re[v][n] += s * dr[n];
                     }
                 }
             }
-            for (int v = 0; v < nv; ++v)
-                for (int j = 0; j < valid; ++j) {
-                    const R score = C ? re[v][j] * re[v][j] + im[v][j] * im[v][j] : std::abs(re[v][j]);
-                    if (score > best[v]) {
-                        best[v] = score;
-                        arg[v] = first + j;
-                    }
+            const M first = lane + static_cast<typename Ln::Int>(tile * ta + a);
+            for (int v = 0; v < VB; ++v)
+                for (int n = 0; n < NV; ++n) {
+                    V score;
+                    if constexpr (C) score = re[v][n] * re[v][n] + im[v][n] * im[v][n];
+                    else score = simd::detail::abs<R>(re[v][n]);
+                    const M better = score > b[v].val[n];
+                    b[v].val[n] = better ? score : b[v].val[n];
+                    b[v].idx[n] = better ? first + static_cast<typename Ln::Int>(n * L) : b[v].idx[n];
                 }
         }
+        for (int v = 0; v < nv; ++v) best[v] = b[v];
     }
 
     void run(const R* x, std::int64_t n_vox, std::int64_t* index, int nt) const {
@@ -104,16 +127,28 @@ struct Kernel {
         for (std::int64_t c = 0; c < n_chunks; ++c) {
             const std::int64_t v0 = c * CHUNK;
             const int nv = static_cast<int>(std::min<std::int64_t>(CHUNK, n_vox - v0));
-            R best[CHUNK];
-            std::int64_t arg[CHUNK];
-            for (int v = 0; v < nv; ++v) {
-                best[v] = R(-1);
-                arg[v] = 0;
-            }
+            Best best[CHUNK];
+            for (int v = 0; v < nv; ++v)
+                for (int n = 0; n < NV; ++n) {
+                    best[v].val[n] = V{} - R(1);
+                    best[v].idx[n] = M{};
+                }
             for (std::int64_t tile = 0; tile < n_tiles; ++tile)
-                for (int v = 0; v < nv; v += VB)
-                    sweep(tile, x + (v0 + v) * nf * P, std::min(VB, nv - v), best + v, arg + v);
-            for (int v = 0; v < nv; ++v) index[v0 + v] = arg[v];
+                for (int v = 0; v < nv; v += VB) sweep(tile, x + (v0 + v) * nf * P, std::min(VB, nv - v), best + v);
+            for (int v = 0; v < nv; ++v) {  // lanes: the largest score, the smallest atom on ties
+                R bv = R(-1);
+                std::int64_t bi = 0;
+                for (int n = 0; n < NV; ++n)
+                    for (int j = 0; j < L; ++j) {
+                        const R val = best[v].val[n][j];
+                        const std::int64_t idx = best[v].idx[n][j];
+                        if (val > bv || (val == bv && idx < bi)) {
+                            bv = val;
+                            bi = idx;
+                        }
+                    }
+                index[v0 + v] = bi;
+            }
         }
     }
 };
