@@ -16,9 +16,25 @@ READ_COHORT = click.Path(dir_okay=True, file_okay=True)
 """A cohort a command only reads: a folder, a ``.zip`` of one, or a store URL (``s3://...``,
 fsspec); whether it is a cohort is checked when it is opened (:func:`mrfengine.io.cohort.open_store`)."""
 
+def check_sequence_spec(_ctx, _param, value):
+    """A ``--sequence`` that is neither a preset nor an existing file is a usage error (exit 2);
+    a file's content is checked when it is read (a bad file: exit 1, naming it)."""
+    if value is None:
+        return None
+    import os
+
+    from ..sequence.io import PRESETS
+
+    if str(value).strip().lower() in PRESETS or os.path.exists(value) or "://" in str(value):
+        return value
+    raise click.BadParameter(f"{value!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing "
+                             "sequence file (.json, .toml, .csv)")
+
+
 sequence_option = click.option(
     "--sequence",
     "sequence_spec",
+    callback=check_sequence_spec,
     default="hermann2021",
     show_default=True,
     help="A preset (hermann2021, hermann2021-site1, hermann2021-site2) or a sequence file (.json, .toml, .csv).",
@@ -175,8 +191,8 @@ def set_threads(n_threads: int) -> None:
     threadpool_limits(limits=n, user_api="openmp")
 
 
-def nthreads_option(help: str | None = None, *, aliases: tuple[str, ...] = (), apply: bool = True):
-    """``--nthreads N`` (``n_threads``, an int >= 0, default 0: all cores).
+def nthreads_option(help: str | None = None, *, aliases: tuple[str, ...] = (), apply: bool = True, default: int = 0):
+    """``--nthreads N`` (``n_threads``, an int >= 0, default ``default``; 0: all cores).
 
     With ``apply`` the process's libraries are limited to N at once (:func:`set_threads`);
     ``aliases``: old spellings (predict's ``--threads``), hidden, warned about.
@@ -187,7 +203,7 @@ def nthreads_option(help: str | None = None, *, aliases: tuple[str, ...] = (), a
         if value is None:
             value = ctx.meta.pop("mrfengine.nthreads_alias", None)
         if value is None:
-            value = 0
+            value = default
         if apply:
             set_threads(value)
         return value
@@ -209,7 +225,7 @@ def nthreads_option(help: str | None = None, *, aliases: tuple[str, ...] = (), a
             f = click.option(old, type=click.IntRange(0), default=None, hidden=True, expose_value=False,
                              callback=_stash)(f)
         return click.option("--nthreads", "n_threads", type=click.IntRange(0), default=None, metavar="N",
-                            callback=_done, help=text + "  [default: 0]")(f)
+                            callback=_done, help=text + f"  [default: {default}]")(f)
 
     return deco
 

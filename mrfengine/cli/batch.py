@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ._common import progress_option, split_subjects
+from ._common import nthreads_option, progress_option, subjects_option
 
 #: The job queues of --cluster (pipeline.cluster.JOB_SYSTEMS, not imported at start-up; a test keeps them equal).
 JOB_SYSTEMS = ("slurm", "pbs", "sge")
@@ -104,19 +104,44 @@ class _Display:
             self.bar = None
 
 
+def _table(rows: list[tuple[str, ...]], head: tuple[str, ...], *, right: tuple[int, ...] = (),
+           wrap: dict[int, int] | None = None) -> list[str]:
+    """Lines of a plain-text table: each column as wide as its widest cell (ids are never cut);
+    the columns in ``wrap`` (index -> width) wrap at spaces onto continuation lines, never
+    mid-word (a word longer than the width keeps its line)."""
+    import textwrap
+
+    wrap = wrap or {}
+    cells = [[textwrap.wrap(c, wrap[i], break_long_words=False, break_on_hyphens=False) or [""]
+              if i in wrap else [c] for i, c in enumerate(row)] for row in rows]
+    widths = [max([len(h)] + [len(line) for row in cells for line in row[i]]) for i, h in enumerate(head)]
+
+    def line(parts: list[str]) -> str:
+        return "  ".join(p.rjust(w) if i in right else p.ljust(w)
+                         for i, (p, w) in enumerate(zip(parts, widths))).rstrip()
+
+    top = line(list(head))
+    out = [top, "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    for row in cells:
+        for k in range(max(len(c) for c in row)):
+            out.append(line([c[k] if k < len(c) else "" for c in row]))
+    return out
+
+
 def _summary(report, cohort: str) -> None:
     rows = report.results
     failed = [r for r in rows if r.status == "failed"]
     ran = [r for r in rows if r.status != "skipped"]
     if ran:
-        head = f"{'subject':<10}{'status':<9}{'wall s':>8}  {'stages (task seconds)':<44}{'peak MB':>8}"
-        click.echo(head)
-        click.echo("-" * len(head))
+        table = []
         for r in ran:
             stages = " ".join(f"{k} {v:.1f}" for k, v in r.timings_s.items() if k not in ("wall", "total"))
             total = r.timings_s.get("wall", r.timings_s.get("total", float("nan")))
             peak = f"{r.peak_memory_mb:,.0f}" if r.peak_memory_mb == r.peak_memory_mb and r.peak_memory_mb else "-"
-            click.echo(f"{r.subject:<10}{r.status:<9}{total:>8.1f}  {stages[:44]:<44}{peak:>8}")
+            table.append((r.subject, r.status, f"{total:.1f}", stages, peak))
+        for text in _table(table, ("subject", "status", "wall s", "stages (task seconds)", "peak MB"),
+                           right=(2, 4), wrap={3: 44}):
+            click.echo(text)
     for r in failed:
         click.secho(f"  {r.subject}: {r.error}", err=True, fg="red")
     n_ok, n_skip = report.count("ok"), report.count("skipped")
@@ -127,6 +152,35 @@ def _summary(report, cohort: str) -> None:
     if n_ok or n_skip:
         click.echo(f"maps: {cohort}/subjects/<subject>/derived/{report.pipeline}/ "
                    f"(NIfTI: mrfengine export {cohort} -o OUTDIR --pipeline {report.pipeline})")
+
+
+def _print_plan(plan, pipe, cohort: str) -> None:
+    """``--dry-run``: what the batch would do per subject, and why."""
+    click.echo(f"dry run: pipeline {pipe.name} ({' -> '.join(pipe.stages)}) on {cohort}; nothing is written")
+    rows = [(p.subject, p.action, str(p.slabs) if p.slabs else "-", p.reason) for p in plan]
+    if rows:
+        for text in _table(rows, ("subject", "action", "slabs", "why"), right=(2,), wrap={3: 60}):
+            click.echo(text)
+    counts = {a: sum(p.action == a for p in plan) for a in ("run", "redo", "skip", "fail")}
+    click.echo(f"{len(plan)} subject(s): {counts['run']} to run, {counts['redo']} to redo, {counts['skip']} to "
+               f"skip (complete), {counts['fail']} would fail; {sum(p.slabs for p in plan)} slab task(s)")
+
+
+def _config_text(pipe, fmt: str) -> str:
+    """The effective pipeline as ``--config`` reads it back (every option, defaults filled in)."""
+    import json
+
+    doc: dict[str, Any] = {"pipeline": {"name": pipe.name, "stages": list(pipe.stages)}}
+    for stage in pipe.stages:
+        # TOML has no null: an option left at None is left out (its default is None too)
+        opts = {k: v for k, v in pipe.options.get(stage, {}).items() if v is not None}
+        if opts:
+            doc[stage] = opts
+    if fmt == "json":
+        return json.dumps(doc, indent=2) + "\n"
+    import tomli_w
+
+    return tomli_w.dumps(doc)
 
 
 def _write_report(path: str, report) -> None:
@@ -141,18 +195,59 @@ def _write_report(path: str, report) -> None:
     atomic_write_text(path, json.dumps(doc, indent=2, default=str))
 
 
-def _check_report_path(path: str) -> None:
-    """Refuse a ``--report`` file that could not be written, before any work."""
+def _check_report_path(path: str, *, force: bool) -> None:
+    """Refuse a ``--run-report`` file that could not be written, or that exists (without
+    ``--force``), before any work."""
     import os
 
-    from ..io.outputs import check_writable_dir
+    from ..io.outputs import check_outputs, check_writable_dir
 
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint="--report")
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint="--run-report")
     if not os.path.isdir(folder):
-        raise click.BadParameter(f"{path}: its folder {folder} does not exist", param_hint="--report")
-    check_writable_dir(folder, what="folder of the report")
+        raise click.BadParameter(f"{path}: its folder {folder} does not exist", param_hint="--run-report")
+    check_writable_dir(folder, what="folder of the run report")
+    check_outputs(folder, [os.path.basename(path)], force=force)
+
+
+def _check_qc_dir(_ctx, _param, value):
+    """``--report DIR`` is a folder of HTML pages; a ``.json`` name is the old run report."""
+    import os
+
+    if value is None:
+        return None
+    if str(value).lower().endswith(".json") or os.path.isfile(value):
+        raise click.BadParameter(
+            f"{value}: --report is now a folder for the HTML quality-control pages (index.html, sub-XX.html); "
+            "the JSON run report (status, timings, errors per subject) is --run-report FILE.json")
+    return value
+
+
+def _check_qc_outputs(report_dir: str, cohort: str, ids: list[str], force: bool) -> None:
+    """The HTML pages of ``--report DIR``, checked before any work (replaced only with --force)."""
+    from ..io.cohort import Cohort
+    from ..io.outputs import check_outputs, check_writable_dir
+    from ..report.qc import INDEX_FILE, page_name
+
+    check_writable_dir(report_dir, what="--report folder")
+    sids = Cohort.open(cohort).select(ids or None)
+    check_outputs(report_dir, [INDEX_FILE, *(page_name(s) for s in sids)], force=force)
+
+
+def _write_qc(report_dir: str, cohort: str, report, force: bool) -> None:
+    """``--report DIR``: the QC pages of the batch's complete subjects (done now or before)."""
+    from ..report.qc import write_qc_report
+
+    done = [r.subject for r in report.results if r.status in ("ok", "skipped")]
+    if not done:
+        click.echo(f"no QC pages: no subject of {report.pipeline} is complete", err=True)
+        return
+    qc = write_qc_report(cohort, report_dir, subjects=done, pipelines=[report.pipeline], force=force)
+    warned = sum(1 for w in qc.warnings.values() if w)
+    click.echo(f"QC report: {qc.index} ({len(qc.pages)} subject page(s), {warned} with warnings)")
+    for sid, why in qc.failed.items():
+        click.secho(f"error: QC page of {sid}: {why}", err=True, fg="red")
 
 
 def _quiet_dask() -> None:
@@ -231,6 +326,7 @@ def _describe_jobs(spec, jobs: int, threads_per_worker: int, client) -> str:
 
 
 def _pipeline(stages: str | None, config: str | None, name: str | None):
+    import json
     import tomllib
 
     from ..errors import InputFileError, MRFEngineError
@@ -239,15 +335,17 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
     if config is not None:
         if stages is not None:
             raise click.UsageError("give --stages or --config, not both")
+        is_json = config.lower().endswith(".json")
+        kind = "JSON" if is_json else "TOML"
         try:
             with open(config, "rb") as fh:
-                doc = tomllib.load(fh)
+                doc = json.loads(fh.read().decode("utf-8")) if is_json else tomllib.load(fh)
         except OSError as exc:
             raise InputFileError(f"{config}: cannot read the pipeline configuration ({exc.strerror or exc})") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise InputFileError(f"{config}: not valid TOML ({exc})") from exc
-        except UnicodeDecodeError as exc:  # a binary file: TOML is UTF-8 text
-            raise InputFileError(f"{config}: not a TOML text file (not UTF-8: byte {exc.start} is "
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"{config}: not valid {kind} ({exc})") from exc
+        except UnicodeDecodeError as exc:  # a binary file: TOML and JSON are UTF-8 text
+            raise InputFileError(f"{config}: not a {kind} text file (not UTF-8: byte {exc.start} is "
                                  f"0x{exc.object[exc.start]:02x})") from exc
         try:
             pipe = Pipeline.from_dict(doc)
@@ -271,9 +369,16 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
               help="A TOML pipeline description ([pipeline] name, stages; one table of options per stage).")
 @click.option("--name", default=None,
               help="Name of the derived group written per subject (default: the stage names, e.g. denoise-match).")
-@click.option("--subjects", "subject_ids", multiple=True,
-              help="Subject(s) to run: sub-07 or 07, repeatable or comma-separated (default: all).")
-@click.option("--force", is_flag=True, help="Redo subjects whose maps are complete.")
+@subjects_option("run every subject")
+@click.option("--force", is_flag=True,
+              help="Redo subjects whose maps are complete, and replace the --report pages and --run-report file "
+                   "if they exist.")
+@click.option("--dry-run", is_flag=True,
+              help="Print which subjects would run, be redone or be skipped, and why, and exit: nothing is "
+                   "written and no cluster starts.")
+@click.option("--print-config", type=click.Choice(["toml", "json"]), is_flag=False, flag_value="toml", default=None,
+              help="Print the effective pipeline (stages and every option, defaults filled in) as TOML (or "
+                   "--print-config=json) that --config reads back, and exit.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="A running dask.distributed scheduler (tcp://host:8786) whose workers see the cohort "
                    "(default: a local cluster on this machine).")
@@ -287,8 +392,16 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
 @click.option("--slab-planes", type=click.IntRange(1), default=None,
               help="Planes per slab task (default 32: a 60-slice subject makes two). Keep it when rerunning: "
                    "the maps depend on it in the last bits.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              callback=_check_qc_dir,
+              help="Also write the HTML quality-control pages of the maps (as 'mrfengine report': index.html and "
+                   "one sub-XX.html per subject) into DIR after the run.")
+@click.option("--run-report", "run_report_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE.json",
               help="Also write the per-subject results (status, timings, errors, peak memory) as JSON.")
+@nthreads_option("CPU threads of the kernels inside each task (C++ OpenMP, PyTorch); 0: all cores of the "
+                 "worker's machine. Keep workers x threads-per-worker x N at most the cores.", default=1,
+                 apply=False)
 @click.option("--cluster", "job_system", type=click.Choice(JOB_SYSTEMS), default=None,
               help="Run the workers as batch jobs of this queue (dask-jobqueue: pip install 'mrfengine[hpc]'); "
                    "the scheduler runs here, on the login node. The cohort must be on storage the compute nodes "
@@ -323,8 +436,9 @@ def _pipeline(stages: str | None, config: str | None, name: str | None):
               help="[--cluster] Print the job script each job would run (the scheduler's address left as a "
                    "placeholder) and exit: nothing is submitted, the cohort is not read.")
 @progress_option
-def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_workers, threads_per_worker, backend,
-          slab_planes, report_path, job_system, jobs, job_cores, job_memory, walltime, queue, account, resource_spec,
+def batch(cohort, stages, config_path, name, subject_ids, force, dry_run, print_config, scheduler, n_workers,
+          threads_per_worker, backend, slab_planes, report_dir, run_report_path, n_threads, job_system, jobs,
+          job_cores, job_memory, walltime, queue, account, resource_spec,
           job_extra, job_prologue, local_directory, interface, worker_timeout, print_job_script,
           show_progress) -> None:
     """Run a pipeline (default: MP-PCA denoising, then dictionary matching
@@ -340,11 +454,15 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     (dask-jobqueue), cancelled when the batch ends or is interrupted;
     --print-job-script shows the job script without submitting anything.
 
+    --dry-run prints what would be run, redone or skipped and why;
+    --print-config prints the effective pipeline for --config; --report DIR
+    writes the HTML quality-control pages of the maps after the run.
+
     Exit status: 0 every selected subject complete, 1 some failed (see the
     summary) or the store cannot be written, 2 usage error."""
     from ..errors import MRFEngineError
     from ..io.cohort import Cohort
-    from ..pipeline.batch import SLAB_PLANES, batch_client, dashboard_link, run_batch
+    from ..pipeline.batch import SLAB_PLANES, batch_client, check_models, dashboard_link, run_batch
 
     spec = _job_spec(job_system, scheduler=scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker,
                      jobs=jobs, job_cores=job_cores,
@@ -362,10 +480,23 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
         click.echo(job_script(spec, threads_per_worker=threads_per_worker), nl=False)
         return
     pipe = _pipeline(stages, config_path, name)
-    ids = split_subjects(subject_ids, every="run every subject")
-    if report_path:
-        _check_report_path(report_path)
-    Cohort.open(cohort)  # a clear error before any cluster starts
+    if print_config:
+        click.echo(_config_text(pipe, print_config), nl=False)
+        return
+    ids = subject_ids
+    store = Cohort.open(cohort)  # a clear error before any cluster starts
+    if dry_run:
+        from ..pipeline.batch import plan_batch
+
+        _print_plan(plan_batch(cohort, pipe, subjects=ids or None, force=force,
+                               slab_planes=slab_planes or SLAB_PLANES), pipe, cohort)
+        return
+    if run_report_path:
+        _check_report_path(run_report_path, force=force)
+    if report_dir:
+        _check_qc_outputs(report_dir, cohort, ids, force)
+    # the network of a unet stage, checked against the subjects' acquisitions once, here
+    check_models(store, store.select(ids or None, incomplete=True), pipe)
     display = _Display(show_progress)
     _quiet_dask()
     click.echo(f"pipeline {pipe.name}: {' -> '.join(pipe.stages)} on {cohort}", err=True)
@@ -378,7 +509,7 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
             click.echo(f"scheduler: {where}; dashboard: {link or 'not available (pip install bokeh)'}", err=True)
             try:
                 report = run_batch(cohort, pipe, client, subjects=ids or None, force=force, backend=backend,
-                                   slab_planes=slab_planes or SLAB_PLANES, on_event=display)
+                                   slab_planes=slab_planes or SLAB_PLANES, on_event=display, n_threads=n_threads)
             finally:
                 display.close()
     except KeyboardInterrupt:
@@ -390,8 +521,10 @@ def batch(cohort, stages, config_path, name, subject_ids, force, scheduler, n_wo
     except OSError as exc:
         raise MRFEngineError(f"cannot start or reach the Dask cluster ({exc})") from exc
     _summary(report, cohort)
-    if report_path:
-        _write_report(report_path, report)
+    if run_report_path:
+        _write_report(run_report_path, report)
+    if report_dir:
+        _write_qc(report_dir, cohort, report, force)
     if not report.ok:
         failed = [r.subject for r in report.results if r.status == "failed"]
         why = [f"{len(failed)} subject(s) failed ({', '.join(failed)})"] if failed else []

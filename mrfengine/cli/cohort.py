@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import READ_COHORT, progress_option
+from ._common import READ_COHORT, nthreads_option, output_file_option, progress_option, subjects_option
 from ._outputs import force_options
 
 
@@ -24,8 +24,10 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
               help="tiny: 6 small subjects in seconds (tests); paper: 48 subjects of 240x240x60 as in the paper; "
                    "heldout: 7 paper-sized subjects simulated with settings no training cohort uses, all in the "
                    "test split, for 'mrfengine evaluate' only ('train' refuses it).")
-@click.option("--subjects", "n_subjects", type=click.IntRange(1), default=None,
+@click.option("--n-subjects", "n_subjects", type=click.IntRange(1), default=None, metavar="N",
               help="Number of subjects (default: the preset's); the split scales with it.")
+@click.option("--subjects", "n_subjects_alias", type=click.IntRange(1), default=None, hidden=True,
+              help="Deprecated name of --n-subjects (--subjects names subjects on every other command).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Same seed, same bytes.")
 @click.option("--distortion/--no-distortion", default=None,
               help="Simulate EPI distortion along the phase-encoding direction (default: off).")
@@ -43,9 +45,10 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
               help="Processes simulating subjects in parallel.")
 @force_options("Replace an existing cohort store at COHORT (otherwise: resume). Only a folder that is an "
                "mrfengine cohort holding nothing but its own files is deleted.", alias="--overwrite")
+@nthreads_option()
 @progress_option
-def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, randomise, workers, force, force_alias,
-             show_progress) -> None:
+def simulate(cohort, preset, n_subjects, n_subjects_alias, seed, distortion, tissue_fractions, randomise, workers,
+             force, force_alias, n_threads, show_progress) -> None:
     """Simulate a synthetic MS cohort (MNI-based anatomy, lesions, MRF-EPI
     signals with Rician noise, ground truth and simulated annotations) into a
     zarr cohort store.  Rerunning the same command resumes an interrupted run."""
@@ -56,6 +59,12 @@ def simulate(cohort, preset, n_subjects, seed, distortion, tissue_fractions, ran
     from ._common import progress
 
     overwrite = force or force_alias
+    if n_subjects_alias is not None:
+        click.echo("warning: simulate --subjects N is deprecated; use --n-subjects N (--subjects names subjects "
+                   "on the other commands)", err=True)
+        if n_subjects is not None:
+            raise click.UsageError("give --n-subjects only (--subjects N is its deprecated name)")
+        n_subjects = n_subjects_alias
     check_store_writable(cohort)
 
     cfg = cohort_preset(preset, n_subjects=n_subjects, distortion=distortion, tissue_fractions=tissue_fractions,
@@ -117,7 +126,7 @@ def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, bra
 @click.command()
 @click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
 @click.option("-o", "--output-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--subject", "subject_ids", multiple=True, help="Subject(s) to export (default: all).")
+@subjects_option("export every subject", aliases=("--subject",))
 @click.option("--array", "arrays", multiple=True,
               help="Array path(s) such as truth/T1, mrf, annotations/lesion (default: all of the subject).")
 @click.option("--pipeline", "pipelines", multiple=True,
@@ -188,14 +197,24 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
 
 @click.command()
 @click.argument("cohort", metavar="COHORT.zarr", type=READ_COHORT)
-@click.option("--subject", "subject_id", default=None, help="Subject (default: the first).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@subjects_option("show the first subject", aliases=("--subject",),
+                 help="The subject to show, sub-07 or 07 (default: the first); one subject per figure.")
+@output_file_option("PNG file to write.", aliases=("-o",))
+@click.option("--pipeline", "pipelines", multiple=True, metavar="NAME",
+              help="Also show the maps of this derived group (derived/NAME/: a batch's conventional or U-net maps), "
+                   "each with its colour bar and unit; repeatable or comma-separated.")
+@click.option("--maps", "map_names", default=None, metavar="NAMES",
+              help="Only these maps of the --pipeline groups, comma-separated (e.g. T1,T2star,lesion; default: "
+                   "every map of the group but its brain mask).")
 @click.option("--slice", "slices", multiple=True, type=click.IntRange(0), help="Slice(s) to show (default: 3).")
 @click.option("--frame", "frames", multiple=True, type=click.IntRange(0), help="MRF frame(s), 0-based (default 0, 17).")
 @force_options("Replace OUTPUT if it exists.")
-def show(cohort, subject_id, output, slices, frames, force) -> None:
+def show(cohort, subject_ids, output, pipelines, map_names, slices, frames, force) -> None:
     """Write a PNG mosaic of one subject: MRF frames, truth maps, tissue
-    fractions and lesion outlines on the T2-weighted reference."""
+    fractions and lesion outlines on the T2-weighted reference; with
+    --pipeline, the maps of derived groups too (dictionary matching, U-net)
+    with their colour bars, drawn as the QC pages of `mrfengine report` draw
+    them."""
     from pathlib import Path
 
     from ..errors import StoreError
@@ -203,14 +222,45 @@ def show(cohort, subject_id, output, slices, frames, force) -> None:
     from ..io.outputs import check_outputs
     from ..report.mosaic import save_subject_mosaic
 
+    if len(subject_ids) > 1:
+        raise click.BadParameter(f"one subject per figure; got {', '.join(subject_ids)}", param_hint="--subjects")
+    names = [p.strip() for v in pipelines for p in v.split(",") if p.strip()]
+    if pipelines and not names:
+        raise click.BadParameter("no pipeline named", param_hint="--pipeline")
+    wanted = [m.strip() for m in (map_names or "").split(",") if m.strip()]
+    if map_names is not None and not wanted:
+        raise click.BadParameter("no map named", param_hint="--maps")
+    if wanted and not names:
+        raise click.UsageError("--maps selects maps of the --pipeline groups: give --pipeline NAME too")
     out = Path(output)
     check_outputs(out.parent, [out.name], force=force)
     c = Cohort.open(cohort)
     if not c.subjects:
         raise StoreError(f"{cohort}: no complete subject to show")
-    sid = c.select([subject_id])[0] if subject_id else c.subjects[0]
-    path = save_subject_mosaic(c, sid, output, slices=slices or None, frames=frames or (0, 17))
-    click.echo(f"wrote {path}")
+    sid = c.select(subject_ids)[0] if subject_ids else c.subjects[0]
+    maps = _derived_maps(c[sid], names, wanted)
+    path = save_subject_mosaic(c, sid, output, slices=slices or None, frames=frames or (0, 17), maps=maps)
+    click.echo(f"wrote {path}" + (f" ({sid}, {len(maps)} derived map(s))" if maps else f" ({sid})"))
+
+
+def _derived_maps(subject, pipelines: list[str], wanted: list[str]) -> list[str]:
+    """The array paths of the maps ``show --pipeline/--maps`` asks for; exit 2 naming what is missing."""
+    groups = sorted({a.split("/")[1] for a in subject.arrays if a.startswith("derived/") and a.count("/") >= 2})
+    maps: list[str] = []
+    for name in pipelines:
+        if name not in groups:
+            raise click.BadParameter(f"{subject.id} has no complete derived/{name}/; its derived groups: "
+                                     f"{', '.join(groups) or '(none: run mrfengine batch)'}", param_hint="--pipeline")
+        have = [a for a in subject.arrays if a.startswith(f"derived/{name}/") and a.count("/") == 2]
+        if wanted:
+            missing = [m for m in wanted if f"derived/{name}/{m}" not in have]
+            if missing:
+                raise click.BadParameter(f"derived/{name}/ of {subject.id} has no {', '.join(missing)}; it has "
+                                         f"{', '.join(a.rsplit('/', 1)[1] for a in have)}", param_hint="--maps")
+            maps += [f"derived/{name}/{m}" for m in wanted]
+        else:
+            maps += [a for a in have if not a.endswith("/brain_mask")]
+    return maps
 
 
 @click.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import backend_option, cache_option, make_cache, method_option, no_cache_option
+from ._common import backend_option, cache_option, make_cache, method_option, no_cache_option, nthreads_option
 
 
 @click.command()
@@ -22,8 +22,9 @@ from ._common import backend_option, cache_option, make_cache, method_option, no
 @method_option
 @cache_option
 @no_cache_option
+@nthreads_option()
 def demo(slices: int, voxels: int, snr: float, site: str, seed: int, cohort_path: str | None, no_cohort: bool,
-         no_unet: bool, backend: str, method: str, cache_dir: str | None, no_cache: bool) -> None:
+         no_unet: bool, backend: str, method: str, cache_dir: str | None, no_cache: bool, n_threads: int) -> None:
     """Two demonstrations on built-in defaults.
 
     1. A slab of voxels with known, off-grid T1/T2*/B1/M0 and Rician noise,

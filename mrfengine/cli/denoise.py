@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ._common import nthreads_option
 from ._outputs import force_option
 
 #: ``--backend`` choices: "auto" and :data:`mrfengine.denoise.BACKENDS` (spelt out so ``--help``
@@ -43,8 +44,7 @@ def _patch_radius(_ctx, _param, value: str):
                    "dwidenoise's default).")
 @click.option("--backend", default="auto", show_default=True, type=click.Choice(DENOISE_BACKENDS),
               help="MP-PCA kernel; auto picks the fastest available (mrfengine info lists them).")
-@click.option("--nthreads", "n_threads", default=0, show_default=True, type=click.IntRange(0),
-              help="CPU threads of the cpp kernel; 0: all cores (or OMP_NUM_THREADS).")
+@nthreads_option("CPU threads of the MP-PCA kernel; 0: all cores (or OMP_NUM_THREADS).")
 @force_option
 def denoise(input_path, output_path, noise_path, rank_path, mask_path, no_brain_mask, patch_radius, estimator,
             backend, n_threads, force) -> None:

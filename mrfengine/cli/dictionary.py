@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ._common import cache_option, no_cache_option, progress, progress_option, sequence_option
+from ._common import cache_option, no_cache_option, nthreads_option, progress, progress_option, sequence_option
+from ._outputs import force_option
 
 
 @click.group()
@@ -54,14 +55,20 @@ def with_grid(f):
 @sequence_option
 @click.option("--slots", default=None, help="'all' (default) or comma-separated slots (0-based).")
 @with_grid
-@click.option("--output", "-o", type=click.Path(file_okay=False), default=None,
-              help="Also write each slot's dictionary to OUTPUT/slot-NNN.npz.")
-@click.option("--force", is_flag=True, help="Replace OUTPUT/slot-NNN.npz files that already exist.")
+@click.option("-o", "--output-dir", "output", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write each slot's dictionary to DIR/slot-NNN.npz.")
+@click.option("--output", "output_alias", type=click.Path(file_okay=False), default=None, hidden=True,
+              help="Deprecated name of --output-dir.")
+@force_option
+@nthreads_option()
 @cache_option
 @no_cache_option
 @progress_option
-def build(sequence_spec, slots, step, t1, t2star, b1, output, force, cache_dir, no_cache, show_progress) -> None:
-    """Simulate (or load from the cache) the dictionaries of SLOTS."""
+def build(sequence_spec, slots, step, t1, t2star, b1, output, output_alias, force, n_threads, cache_dir, no_cache,
+          show_progress) -> None:
+    """Simulate (or load from the cache) the dictionaries of SLOTS; with
+    -o/--output-dir, also write them as DIR/slot-NNN.npz (existing files are
+    not replaced unless --force)."""
     import time
     from pathlib import Path
 
@@ -69,6 +76,11 @@ def build(sequence_spec, slots, step, t1, t2star, b1, output, force, cache_dir, 
     from ..sequence import resolve_sequence
     from ._common import make_cache
 
+    if output_alias is not None:
+        click.echo("warning: dictionary build --output DIR is deprecated; use -o/--output-dir DIR", err=True)
+        if output is not None:
+            raise click.UsageError("give -o/--output-dir only (--output is its deprecated name)")
+        output = output_alias
     seq = resolve_sequence(sequence_spec)
     dicts = SliceDictionaries(seq, _grid(step, t1, t2star, b1), cache=make_cache(cache_dir, no_cache))
     chosen = _slots(slots, seq.n_slots)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from ..metrics.definitions import CORE_FRACTION, LESION_THRESHOLD, REFERENCE_LESION_THRESHOLD, TISSUE_THRESHOLD
-from ._common import READ_COHORT, backend_option, cache_option, method_option, no_cache_option, split_subjects
+from ._common import READ_COHORT, backend_option, cache_option, method_option, no_cache_option, nthreads_option, \
+    subjects_option
 from ._outputs import force_option
 
 
@@ -25,8 +26,7 @@ def _deprecated_threshold(_ctx, _param, value):
                    "derived/NAME, e.g. conventional:denoise-match) or derived:NAME (subjects/<sub>/derived/NAME/{T1,T2star,lesion,"
                    "NAWM,GM}).")
 @click.option("--ref", default="truth", show_default=True, help="Reference maps (same choices as --pred).")
-@click.option("--subjects", "subject_ids", multiple=True, metavar="SUB",
-              help="Subject(s) to evaluate, repeatable or comma-separated (default: all complete subjects).")
+@subjects_option("evaluate every complete subject")
 @click.option("--lesion-threshold", default=LESION_THRESHOLD, show_default=True,
               type=click.FloatRange(0, 1, min_open=True),
               help="Operating threshold of the predicted lesion probability. A reference lesion fraction map "
@@ -42,9 +42,10 @@ def _deprecated_threshold(_ctx, _param, value):
 @method_option
 @cache_option
 @no_cache_option
+@nthreads_option()
 @force_option
 def evaluate(cohort, output_dir, pred, ref, subject_ids, lesion_threshold, threshold_alias, tissue_threshold, no_figures,
-             backend, method, cache_dir, no_cache, force) -> None:
+             backend, method, cache_dir, no_cache, n_threads, force) -> None:
     """Evaluate PRED maps against REF maps on a cohort: lesion Dice and
     detection rate, NAWM/GM Dice, T1/T2* relative deviation (overall and in
     the WM, GM and lesion cores), intra-observer Dice where a subject was
@@ -53,15 +54,18 @@ def evaluate(cohort, output_dir, pred, ref, subject_ids, lesion_threshold, thres
     mean ± SD, beside Hermann et al. 2021) and the figures (threshold sweeps,
     per-lesion Dice and volume, reliability, one overlay per test subject)."""
     from ..io.outputs import check_outputs
-    from ..report.evaluate import REPORT_FILES, evaluate_cohort
+    from ..report.evaluate import REPORT_FILES, evaluate_cohort, parse_source
     from ..report.figures import FIGURE_FILES
-    from ._common import make_cache
+    from ._common import make_cache, usage_error
 
     if threshold_alias is not None:
         if click.get_current_context().get_parameter_source("lesion_threshold").name != "DEFAULT":
             raise click.UsageError("give --lesion-threshold only (--threshold is its deprecated name)")
         lesion_threshold = threshold_alias
-    subjects = split_subjects(subject_ids, every="evaluate every subject")
+    subjects = subject_ids
+    for option, spec in (("--pred", pred), ("--ref", ref)):  # a bad spelling is a usage error (exit 2)
+        with usage_error(option):
+            parse_source(spec)
     # every output checked before the work: an earlier evaluation is replaced only with --force
     check_outputs(output_dir, [*REPORT_FILES.values(), *(() if no_figures else FIGURE_FILES.values())], force=force)
     report = evaluate_cohort(

@@ -10,6 +10,7 @@ from ._common import (
     cache_option,
     method_option,
     no_cache_option,
+    nthreads_option,
     progress_option,
     sequence_option,
 )
@@ -31,9 +32,10 @@ from ._outputs import force_option, prefix_option
 @force_option
 @cache_option
 @no_cache_option
+@nthreads_option()
 @progress_option
 def match(input_path, output_dir, mask_path, sequence_spec, backend, method, rank, slice_axis, prefix, force, cache_dir,
-          no_cache, show_progress) -> None:
+          no_cache, n_threads, show_progress) -> None:
     """Match every voxel of a 4D MRF series (X, Y, Z, frames) against the
     dictionary of its own slice and write T1map, T2starmap (seconds, BIDS),
     TB1map, M0map and the match correlation as NIfTI with the input's affine

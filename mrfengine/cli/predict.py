@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import SliceProgress, progress_option
+from ._common import SliceProgress, check_sequence_spec, nthreads_option, progress_option
 from ._outputs import force_option, prefix_option
 
 #: Names of predict's files, the library's (:mod:`mrfengine.io.bids`), still importable from here.
@@ -39,7 +39,7 @@ def _check_mc_samples(ctx, param, value):
               help="Also load a TorchScript model file (--model or $MRFENGINE_MODEL). TorchScript files run code "
                    "stored in the file: use it only for models you trust. Without it they are refused; models "
                    "saved as weights only (state_dict, the default and the shipped one) never need it.")
-@click.option("--sequence", "sequence_spec", default=None,
+@click.option("--sequence", "sequence_spec", default=None, callback=check_sequence_spec,
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
               help="3D brain mask on the input's grid (nonzero inside); every map is 0 outside it. Default: a "
@@ -70,13 +70,17 @@ def _check_mc_samples(ctx, param, value):
                    "disagree; 0 outside the brain.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]),
               help="auto: the GPU when there is one.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: torch's choice).")
+@nthreads_option("CPU threads of the network (PyTorch); 0: torch's choice, all cores.", aliases=("--threads",))
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Also write an HTML quality-control page of the maps into DIR (PREFIX.html and index.html, as "
+                   "'mrfengine report' draws a cohort's): orientation check against the input, lesion overlay, "
+                   "each map as a mosaic with its colour bar and unit, the run's record and warnings.")
 @prefix_option
 @force_option
 @progress_option
 def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec, mask_path, no_brain_mask, input_scale,
-            batch_size, precision, tta, mc_samples, mc_seed, consistency, device, threads, prefix, force,
-            show_progress) -> None:
+            batch_size, precision, tta, mc_samples, mc_seed, consistency, device, n_threads, report_dir, prefix,
+            force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
     input's affine and JSON sidecars: T1map and T2starmap in seconds, and
@@ -102,13 +106,20 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     if mask_path and no_brain_mask:
         raise click.UsageError("--mask and --no-brain-mask exclude each other: give the brain, or keep the whole "
                                "field of view")
+    if report_dir is not None:  # the pages are checked before the network runs
+        from ..io.bids import entity_prefix
+        from ..io.outputs import check_outputs, check_prefix
+        from ..report.qc import INDEX_FILE, page_name
+
+        page_prefix = prefix or check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+        check_outputs(report_dir, [INDEX_FILE, page_name(page_prefix)], force=force)
     try:
         with SliceProgress("slices", enabled=show_progress) as advance:
             result = predict_nifti(input_path, output_dir, model=model_path, trust_model_code=trust_model_code,
                                    sequence=sequence_spec, mask=mask_path, brain_mask=not no_brain_mask,
                                    input_scale=input_scale, batch_size=batch_size, precision=precision, tta=tta,
                                    mc_samples=mc_samples, mc_seed=mc_seed, consistency=consistency, device=device,
-                                   threads=threads, prefix=prefix, force=force, progress=advance)
+                                   threads=n_threads or None, prefix=prefix, force=force, progress=advance)
     except OptionError as exc:
         raise click.UsageError(str(exc)) from None
     if result.warning:
@@ -117,6 +128,14 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     info = result.info
     click.echo(f"predicted {result.n_slices} slices in {result.seconds:.1f} s ({info['device']}, {info['precision']}, "
                f"model {info['network']} from {info['model']}); maps in {result.output_dir}/{result.prefix}_*.nii.gz")
+    if report_dir is not None:
+        from ..report.qc import write_nifti_report
+
+        qc = write_nifti_report(input_path, {k: v for k, v in result.files.items()}, report_dir,
+                                subject_id=result.prefix, pipeline="unet", record={**info, "seconds": result.seconds},
+                                mask_path=mask_path, force=force)
+        click.echo(f"QC page: {qc.pages[result.prefix]}" + (" (with warnings)" if qc.warnings[result.prefix] else ""))
+
 
 
 commands = [predict]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import progress_option
+from ._common import nthreads_option, progress_option
 
 
 @click.command()
@@ -16,8 +16,13 @@ from ._common import progress_option
                    "segment stage, made by 'mrfengine batch COHORT --stages denoise,match,segment', as the paper "
                    "took them from SPM).  Overrides the settings file's tissue_targets; recorded in the "
                    "checkpoint and the model card.")
+@click.option("--force", is_flag=True,
+              help="Start the run over: delete the files of an earlier run in output_dir (checkpoint.pt, model.pt, "
+                   "model.card.json, metrics.csv, metrics.png; nothing else) first. Without it an earlier run is "
+                   "refused (--resume continues it).")
+@nthreads_option("CPU threads of PyTorch; 0: the settings file's threads, else torch's choice.", apply=False)
 @progress_option
-def train(settings_path, resume, tissue_targets, show_progress) -> None:
+def train(settings_path, resume, tissue_targets, force, n_threads, show_progress) -> None:
     """Train a U-net (a configuration of Table 1, e.g. MSE-5) on the training
     split of a cohort store, as the settings file says (cohort, network,
     output_dir, epochs, batch_size, learning_rate, patches_per_slice, seed;
@@ -39,17 +44,29 @@ def train(settings_path, resume, tissue_targets, show_progress) -> None:
     NAWM/GM against them too)."""
     from dataclasses import replace
 
-    from ..errors import ValidationError
-    from ..nn.train import load_settings
-    from ..nn.train import train as run_training
-    from ._common import progress
+    from pathlib import Path
 
+    from ..nn.train import CHECKPOINT_NAME, METRICS_CSV, METRICS_PNG, MODEL_NAME, load_settings
+    from ..nn.train import train as run_training
+    from ._common import progress, set_threads, usage_error
+
+    if force and resume:
+        raise click.UsageError("--force starts the run over, --resume continues it: give one")
     settings = load_settings(settings_path)
     if tissue_targets is not None:
-        try:
+        with usage_error("--tissue-targets"):
             settings = replace(settings, tissue_targets=tissue_targets)
-        except ValidationError as exc:
-            raise ValidationError(f"--tissue-targets: {exc}") from exc
+    if n_threads:
+        with usage_error("--nthreads"):
+            settings = replace(settings, threads=n_threads)
+        set_threads(n_threads)
+    if force:
+        out = Path(settings.output_dir)
+        card = Path(MODEL_NAME).with_suffix(".card.json").name
+        for name in (CHECKPOINT_NAME, MODEL_NAME, card, METRICS_CSV, METRICS_PNG):
+            if (out / name).is_file():
+                (out / name).unlink()
+                click.echo(f"removed {out / name} (--force)", err=True)
 
     def bar(iterable, total, desc):
         return progress(iterable, total=total, desc=desc, enabled=show_progress)

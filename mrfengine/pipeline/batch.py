@@ -50,7 +50,8 @@ from .run import (STORED_MASK, SubjectResult, failed_result, finish_subject, loa
 from .stages import Pipeline, has_after_slabs, pipeline_halo, run_stages
 
 __all__ = ["SLAB_PLANES", "Slab", "SlabOutcome", "Prepared", "BatchReport", "plan_slabs", "prepare_task", "run_slab",
-           "finalize_subject", "check_writable", "batch_client", "run_batch", "prepare_dictionaries"]
+           "finalize_subject", "check_writable", "batch_client", "run_batch", "prepare_dictionaries", "check_models",
+           "plan_batch", "PlannedSubject"]
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ def run_slab(cohort_path: str, subject_id: str, pipeline: Pipeline, slab: Slab, 
     started = time.time()
     timings: dict[str, float] = {}
     phase = "input"
+    if not n_threads:  # 0: every core of this machine (Dask's workers run with OMP_NUM_THREADS=1)
+        from ..backend import cpu_threads
+
+        n_threads = cpu_threads()
     try:
         if prepared is None:
             prepared = prepare_task(cohort_path, sid, pipeline, backend=backend)
@@ -328,6 +333,103 @@ def prepare_dictionaries(cohort: Cohort | str | os.PathLike, subjects: Sequence[
         log.info("dictionaries of %s ready in %.1f s", seq.name, time.perf_counter() - t0)
 
 
+@dataclass(frozen=True)
+class PlannedSubject:
+    """What a batch would do with one subject (:func:`plan_batch`).
+
+    ``action`` is ``run`` (no maps yet), ``redo`` (maps of another configuration, an
+    interrupted run, or ``force``), ``skip`` (complete, same configuration) or ``fail``
+    (the subject cannot be read); ``reason`` says why; ``slabs`` is the number of slab tasks.
+    """
+
+    subject: str
+    action: str
+    reason: str
+    slabs: int = 0
+
+
+def plan_batch(cohort_path: str | os.PathLike, pipeline: Pipeline, *, subjects: Sequence[str] | None = None,
+               force: bool = False, slab_planes: int = SLAB_PLANES) -> list[PlannedSubject]:
+    """What :func:`run_batch` would do, decided as it decides, without writing anything
+    (``mrfengine batch --dry-run``).
+
+    Raises
+    ------
+    StoreError
+        Not a cohort, or an unknown subject.
+    ValidationError
+        A bad ``slab_planes``.
+    """
+    cohort_path = str(Path(cohort_path)) if is_local_path(cohort_path) else str(cohort_path)
+    cohort = Cohort.open(cohort_path)
+    plan_slabs(1, pipeline, slab_planes)
+    out = []
+    for sid in cohort.select(subjects, incomplete=True):
+        try:
+            shape = cohort[sid].shape
+            n = len(plan_slabs(shape[0], pipeline, slab_planes))
+            if force:
+                out.append(PlannedSubject(sid, "redo", "--force: its maps are removed first", n))
+            elif _is_current(cohort_path, sid, pipeline):
+                out.append(PlannedSubject(sid, "skip", "complete, same configuration"))
+            elif derived_complete(cohort_path, sid, pipeline.name):
+                out.append(PlannedSubject(sid, "redo", "complete maps of another configuration are replaced", n))
+            elif derived_attrs(cohort_path, sid, pipeline.name) is not None:
+                out.append(PlannedSubject(sid, "redo", "an interrupted run's maps are replaced", n))
+            else:
+                out.append(PlannedSubject(sid, "run", "no maps yet", n))
+        except (StoreError, ValidationError) as exc:
+            out.append(PlannedSubject(sid, "fail", str(exc)))
+    return out
+
+
+def check_models(cohort: Cohort | str | os.PathLike, subjects: Sequence[str], pipeline: Pipeline) -> None:
+    """Refuse a pipeline whose network cannot run on the subjects, here, before any cluster starts.
+
+    With a ``unet`` stage the model (its option ``model``) is opened as the workers will open it
+    (weights only; TorchScript only with ``trust_model_code``) and its card checked against each
+    distinct acquisition of ``subjects``: what the network takes (an MRF series, or the maps of a
+    ``match`` stage before it), the frame count and the sequence.  A pipeline without a
+    ``unet`` stage passes without reading anything.
+
+    Raises
+    ------
+    ValidationError, InputFileError
+        The model cannot be read, or does not fit a subject (naming the model and the subject).
+    """
+    if "unet" not in pipeline.stages:
+        return
+    from ..nn import check_card
+    from ..nn.predict import open_network, resolve_model_path
+
+    options = pipeline.options.get("unet", {})
+    path = str(resolve_model_path(str(options.get("model", "default")), what="unet stage option 'model'"))
+    card = open_network(path, device="cpu", trust_model_code=options.get("trust_model_code") is True).card
+    if card.config.input_kind == "maps":
+        if "match" not in pipeline.stages[: pipeline.stages.index("unet")]:
+            raise ValidationError(f"{path}: network {card.config.name} takes maps ({', '.join(card.config.input_names)}); "
+                                  "run 'match' before 'unet'")
+        return
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort.open(cohort)
+    seen: set[tuple[str, int]] = set()
+    for sid in subjects:
+        try:
+            sub = cohort[sid]
+            seq, n_frames = sub.sequence, int(sub.mrf.shape[0])
+        except (StoreError, KeyError, AttributeError):
+            continue  # an unreadable subject fails alone in the batch
+        key = (seq.digest(), n_frames)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_card(card, channels=n_frames, sequence=seq, input_kind="mrf", source=path)
+        except ValidationError as exc:
+            raise ValidationError(f"{exc} ({sid}, sequence {seq.name}, {n_frames} frames; checked before the "
+                                  "cluster starts)") from exc
+
+
 def run_batch(
     cohort_path: str | os.PathLike,
     pipeline: Pipeline | str,
@@ -338,6 +440,7 @@ def run_batch(
     backend: str = "auto",
     slab_planes: int = SLAB_PLANES,
     on_event: Event | None = None,
+    n_threads: int = 1,
 ) -> BatchReport:
     """Run ``pipeline`` over the subjects of a cohort on a Dask ``client``.
 
@@ -364,6 +467,10 @@ def run_batch(
         ``on_event(kind, payload)`` with kind ``start`` (``subjects``,
         ``skipped``, ``slabs``), ``slab`` (``subject``, ``timings_s``),
         ``subject`` (``result``), ``stopped`` (``reason``).
+    n_threads : int
+        CPU threads of the kernels inside each slab task (C++ OpenMP, PyTorch);
+        0: all cores of the worker's machine.  Default 1: a worker runs
+        ``threads_per_worker`` tasks at once.
 
     Returns
     -------
@@ -388,6 +495,7 @@ def run_batch(
     # writer, a malformed entry) are selected too, and fail alone below: never silently fewer.
     selected = cohort.select(subjects, incomplete=True)
     plan_slabs(1, pipeline, slab_planes)  # ValidationError for a bad slab_planes, before any work
+    check_int(n_threads, "n_threads", minimum=0)
     check_writable(cohort_path)
     emit = on_event or (lambda kind, payload: None)
     report = BatchReport(pipeline.name)
@@ -435,7 +543,7 @@ def run_batch(
                                  key=f"prepare-{pipeline.name}-{sid}-{uuid.uuid4().hex[:8]}", pure=False)
         prepares.append(prepared)
         for slab in plans[sid]:
-            f = client.submit(run_slab, cohort_path, sid, pipeline, slab, prepared, backend=backend, n_threads=1,
+            f = client.submit(run_slab, cohort_path, sid, pipeline, slab, prepared, backend=backend, n_threads=n_threads,
                               key=f"slab-{pipeline.name}-{sid}-{slab.index}-{uuid.uuid4().hex[:8]}", pure=False)
             by_key[f.key] = ("slab", sid)
             slab_futures.append(f)

@@ -3,7 +3,9 @@
 One row per slice, cropped to the brain; columns: MRF frames, and where present the truth maps
 (T1, T2*, PD, B1, tissue fractions as an RGB composite) and the reference
 image with the lesion outlines (truth fraction 0.5 in red, annotations in
-cyan and yellow).  Slices are shown in radiological convention (the
+cyan and yellow); then, when asked for, derived maps (``derived/<pipeline>/<map>``: a
+batch's conventional or U-net maps), each with its colour bar and unit, drawn with the
+colours and ranges of the QC pages (:func:`mrfengine.report.qc.map_display`).  Slices are shown in radiological convention (the
 subject's right on the image's left, anterior up) when the affine allows.
 
 Built on :class:`matplotlib.figure.Figure` with the Agg canvas, never
@@ -88,6 +90,7 @@ def subject_mosaic(
     slices: Sequence[int] | None = None,
     frames: Sequence[int] = (0, 17),
     panel_inches: float = 2.2,
+    maps: Sequence[str] = (),
 ) -> Figure:
     """The mosaic of one subject.
 
@@ -100,6 +103,10 @@ def subject_mosaic(
         MRF frames to show (0-based).
     panel_inches : float
         Size of one panel.
+    maps : sequence of str
+        Derived arrays to add as columns, by their path in the subject
+        (``derived/denoise-match/T1``), each with a colour bar; 0 (no estimate)
+        is drawn as background.
 
     Returns
     -------
@@ -108,7 +115,7 @@ def subject_mosaic(
     Raises
     ------
     ValidationError
-        A slice or frame out of range.
+        A slice or frame out of range, or a map the subject does not have.
     """
     slices = default_slices(subject) if slices is None else [int(s) for s in slices]
     n_frames = subject.mrf.shape[0]
@@ -132,6 +139,11 @@ def subject_mosaic(
     if all(k in truth for k in ("GM", "WM", "CSF")):
         columns.append("tissue")
     columns.append("outline")
+    missing = [m for m in maps if m not in subject.arrays]
+    if missing:
+        raise ValidationError(f"{subject.id} has no array {missing[0]}")
+    derived = _derived_columns(subject, maps, slices)
+    columns += list(derived)
     fig = Figure(figsize=(panel_inches * len(columns), panel_inches * len(slices) + 0.6), layout="constrained")
     fig.suptitle(f"{subject.id}  site {subject.site}, {subject.group}, {subject.split}  "
                  f"({subject.shape[2]}x{subject.shape[1]}x{subject.shape[0]}, radiological view)", fontsize=10)
@@ -160,6 +172,14 @@ def subject_mosaic(
                     rgb = rgb + les[..., None] * np.array([1.0, 1.0, 0.0])
                 ax.imshow(view(np.clip(rgb, 0, 1).transpose(2, 0, 1)).transpose(1, 2, 0), origin="lower")
                 title = "CSF / GM / WM, lesion"
+            elif col in derived:
+                title, cmap, lo, hi, unit, stack, hide_zero = derived[col]
+                img = np.ma.masked_equal(view(stack[r]), 0.0) if hide_zero else view(stack[r])
+                im = ax.imshow(img, cmap=cmap, vmin=lo, vmax=hi, origin="lower")
+                ax.set_facecolor("black")
+                title = f"{title}\n{col.split('/')[1]} ({unit})"
+                if r == len(slices) - 1:
+                    fig.colorbar(im, ax=ax, location="bottom", shrink=0.8, aspect=15)
             else:
                 base = refs.get("T2w")
                 img = np.asarray(base[z]) if base is not None else mrf[-1]
@@ -180,6 +200,25 @@ def subject_mosaic(
     return fig
 
 
+def _derived_columns(subject: Subject, maps: Sequence[str], slices: Sequence[int]) -> dict[str, tuple]:
+    """Per derived map: ``(title, cmap, vmin, vmax, unit, slices stack, hide zero)``."""
+    from .qc import map_display
+
+    out: dict[str, tuple] = {}
+    brain = subject.brain_mask
+    for path in maps:
+        arr = subject.array(path)
+        if len(arr.shape) != 3:
+            raise ValidationError(f"{subject.id}: {path} is not a 3D map (shape {tuple(arr.shape)})")
+        stack = np.stack([np.asarray(arr[z], dtype=np.float64) for z in slices])
+        inside = np.stack([np.asarray(brain[z]) > 0 for z in slices]) if brain is not None else np.ones_like(stack, bool)
+        values = stack[inside & np.isfinite(stack)]
+        units = str(getattr(arr, "attrs", {}).get("units", "") or "")
+        title, cmap, lo, hi, unit, hide_zero = map_display(path, values, units)
+        out[path] = (title, cmap, lo, hi, unit, stack, hide_zero)
+    return out
+
+
 def save_subject_mosaic(
     cohort: Cohort | str | os.PathLike,
     subject_id: str,
@@ -188,9 +227,11 @@ def save_subject_mosaic(
     slices: Sequence[int] | None = None,
     frames: Sequence[int] = (0, 17),
     dpi: int = 110,
+    maps: Sequence[str] = (),
 ) -> Path:
-    """Write the mosaic of ``subject_id`` as PNG (atomically); returns the path."""
+    """Write the mosaic of ``subject_id`` as PNG (atomically); returns the path.
+    ``maps``: derived arrays to add (:func:`subject_mosaic`)."""
     if not isinstance(cohort, Cohort):
         cohort = Cohort.open(cohort)
-    fig = subject_mosaic(cohort[subject_id], slices=slices, frames=frames)
+    fig = subject_mosaic(cohort[subject_id], slices=slices, frames=frames, maps=maps)
     return save_figure(fig, path, dpi=dpi)

@@ -52,8 +52,8 @@ from ..maps import OTHER_MAPS, MapSpec, derived_spec
 from ..masking import MASK_METHOD
 from ..metrics.definitions import LESION_THRESHOLD
 
-__all__ = ["DEFAULT_SLICES", "INDEX_FILE", "QCReport", "SubjectPage", "index_page", "page_name", "subject_page",
-           "subject_pipelines", "write_qc_report"]
+__all__ = ["DEFAULT_SLICES", "INDEX_FILE", "QCReport", "SubjectPage", "index_page", "map_display", "page_name",
+           "subject_page", "subject_pipelines", "write_nifti_report", "write_qc_report"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,21 @@ def _display(name: str, unit: str, spec: MapSpec | None, base: str, values: np.n
         return _Display(f"{name} {kind}", "viridis", 0.0, 1.0, unit_text, False, "fixed")
     lo, hi = _robust(shown)
     return _Display(name, "gray", lo, hi, unit_text, hide_zero, "1st to 99th percentile in the brain")
+
+
+def map_display(array_path: str, values: np.ndarray, stored_units: str = "") -> tuple[str, str, float, float, str, bool]:
+    """How a derived map is drawn, for figures outside the QC pages (``mrfengine show``):
+    ``(title, colour map, vmin, vmax, unit text, hide zero)``, the pages' colours and ranges;
+    hide zero: 0 means "no estimate" and is drawn as background.
+
+    ``array_path`` is the map's name or its path in the subject (``derived/<pipeline>/T1``);
+    ``values`` are the map's values in the brain on the shown slices (they set the range of
+    maps without a fixed one); ``stored_units`` is the array's ``units`` attribute.
+    """
+    name = array_path.rsplit("/", 1)[-1]
+    base, spec, unit = _spec(name, stored_units)
+    disp = _display(name, unit, spec, base, np.asarray(values, dtype=np.float64).ravel())
+    return disp.title, disp.cmap, disp.vmin, disp.vmax, disp.unit, disp.hide_zero
 
 
 # --------------------------------------------------------------------------- orientation and slices
@@ -1008,3 +1023,157 @@ def write_qc_report(
     index = out / INDEX_FILE
     _write_text(index, index_page(cohort.name, pages, failed=failed, absent=absent))
     return QCReport(index, written, failed, {p.subject: list(p.warnings) for p in pages})
+
+
+# --------------------------------------------------------------------------- one NIfTI run (predict --report)
+class _NiftiArray:
+    """A NIfTI map read as a store's (Z, Y, X) array: ``a[z]`` reads one slice; values in the
+    registry's unit (a relaxation time in seconds, BIDS's, back to ms)."""
+
+    def __init__(self, path: Path, scale: float, attrs: Mapping[str, Any]) -> None:
+        import nibabel as nib
+
+        self.path = path
+        self.img = nib.load(str(path))
+        if len(self.img.shape) != 3:
+            raise ValidationError(f"{path}: not a 3D map (shape {self.img.shape})")
+        self.shape = tuple(int(n) for n in self.img.shape[::-1])
+        self.scale = scale
+        self.attrs = dict(attrs)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if key is Ellipsis:
+            return np.asarray(self.img.dataobj, dtype=np.float32).T * np.float32(self.scale)
+        return np.asarray(self.img.dataobj[:, :, int(key)], dtype=np.float32).T * np.float32(self.scale)
+
+
+class _NiftiMRF:
+    """A 4D MRF NIfTI (X, Y, Z, frames) read as the store's ``mrf`` (frames, Z, Y, X)."""
+
+    def __init__(self, img: Any) -> None:
+        self.img = img
+        x, y, z, t = img.shape
+        self.shape = (t, z, y, x)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        _, z = key  # mrf[:, z]
+        return np.asarray(self.img.dataobj[:, :, int(z), :], dtype=np.float32).transpose(2, 1, 0)
+
+
+class _NiftiSubject:
+    """What the QC figures read of a subject, from NIfTI files: the input series, the maps
+    of one run (``derived/<pipeline>/<name>``) and, where given, a brain mask."""
+
+    def __init__(self, subject_id: str, mrf_path: Path, pipeline: str, files: Mapping[str, Path],
+                 mask_path: Path | None) -> None:
+        import nibabel as nib
+
+        img = nib.load(str(mrf_path))
+        if len(img.shape) != 4:
+            raise ValidationError(f"{mrf_path}: not a 4D MRF series (shape {img.shape})")
+        self.id = subject_id
+        self.mrf = _NiftiMRF(img)
+        self.shape = self.mrf.shape[1:]
+        self.affine = np.asarray(img.affine, dtype=np.float64)
+        self.voxel_size_mm = tuple(float(v) for v in img.header.get_zooms()[:3])
+        self.site = self.split = self.group = "-"
+        self.attrs = {"source": str(mrf_path)}
+        self.truth: dict[str, Any] = {}
+        self.annotations: dict[str, Any] = {}
+        self._arrays: dict[str, _NiftiArray] = {}
+        for name, path in files.items():
+            spec = derived_spec(name) or OTHER_MAPS.get(name)
+            scale = 1.0 / spec.scale_to_bids if spec is not None and spec.scale_to_bids else 1.0
+            units = spec.unit if spec is not None else ""
+            arr = _NiftiArray(Path(path), scale, {"units": units})
+            if arr.shape != tuple(self.shape):
+                raise ValidationError(f"{path}: shape {arr.img.shape} is not the series' {img.shape[:3]}")
+            self._arrays[f"derived/{pipeline}/{name}"] = arr
+        self.brain_mask = None if mask_path is None else _NiftiArray(Path(mask_path), 1.0, {})
+
+    @property
+    def arrays(self) -> list[str]:
+        return list(self._arrays)
+
+    def array(self, path: str) -> _NiftiArray:
+        return self._arrays[path]
+
+
+def write_nifti_report(
+    mrf_path: str | os.PathLike,
+    files: Mapping[str, str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    subject_id: str,
+    pipeline: str = "unet",
+    record: Mapping[str, Any] | None = None,
+    mask_path: str | os.PathLike | None = None,
+    n_slices: int = DEFAULT_SLICES,
+    force: bool = False,
+) -> QCReport:
+    """The QC page of one NIfTI run (``mrfengine predict --report DIR``): the maps of
+    ``files`` drawn as :func:`write_qc_report` draws a derived group (orientation check
+    against ``mrf_path``, lesion overlay, one mosaic per map, the run's record), and an
+    index page; ``<subject_id>.html`` and ``index.html`` in ``out_dir``.
+
+    Parameters
+    ----------
+    mrf_path : path
+        The 4D input series (X, Y, Z, frames).
+    files : mapping of str to path
+        Map name (``T1``, ``lesion``, ``brain_mask``, ...) -> its NIfTI on the series' grid
+        (:attr:`mrfengine.pipeline.nifti.NiftiResult.files`).
+    subject_id : str
+        The page's name (the files' prefix, ``sub-01``).
+    pipeline : str
+        The section's title (``derived/<pipeline>/``).
+    record : mapping, optional
+        The run's record (:attr:`NiftiResult.info`): shown as the provenance, its warnings listed.
+    mask_path : path, optional
+        The brain mask the maps were made in, when it is not among ``files``.
+
+    Raises
+    ------
+    ValidationError
+        A file that is not a map on the series' grid.
+    OutputExistsError
+        The pages exist and ``force`` is false.
+    """
+    from .. import __version__
+    from ..io.outputs import check_outputs
+
+    if not isinstance(n_slices, int) or n_slices < 1:
+        raise ValidationError(f"n_slices must be a positive integer; got {n_slices!r}")
+    out = Path(out_dir)
+    check_outputs(out, [INDEX_FILE, page_name(subject_id)], force=force)
+    files = {k: Path(v) for k, v in files.items()}
+    made_mask = "brain_mask" in files
+    subject = _NiftiSubject(subject_id, Path(mrf_path), pipeline, files,
+                            None if mask_path is None or made_mask else Path(mask_path))
+    record = dict(record or {})
+    source = MASK_METHOD if made_mask else ("given" if mask_path is not None else "none")
+    attrs = {"provenance": {"mrfengine_version": __version__, "backend": record.get("device", "?"),
+                            "config": {"stages": ["mask", pipeline], "options": {}},
+                            "stages": {"mask": {"source": source}, pipeline: record}},
+             "timings_s": {pipeline: record["seconds"]} if isinstance(record.get("seconds"), (int, float)) else {}}
+    inputs = _Inputs(subject, n_slices)  # type: ignore[arg-type] - the Subject interface the figures read
+    warnings, notes = _group_findings(pipeline, attrs, list(files), subject)  # type: ignore[arg-type]
+    section = _group_section(inputs, pipeline, attrs, warnings, notes)
+    facts = [("input", str(mrf_path)), ("grid (X x Y x Z)", "x".join(str(v) for v in subject.shape[::-1])),
+             ("voxel size (mm)", " x ".join(f"{v:g}" for v in subject.voxel_size_mm)),
+             ("frames", subject.mrf.shape[0]), ("axis codes", inputs.view.codes),
+             ("shown slices (z)", ", ".join(map(str, inputs.zs)))]
+    header = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    status = ('<p class="ok">No warnings.</p>' if not warnings else f'<p class="bad">{len(warnings)} warning(s):</p>')
+    body = (f'<p><a href="{INDEX_FILE}">&larr; index</a></p><h1>{_e(subject_id)}</h1>'
+            f"<p>Quality control of the maps of <code>{_e(mrf_path)}</code>.</p>"
+            f'<table class="facts">{header}</table>{status}{_list(warnings, "warn")}'
+            f"{section}<footer>Written by {_e(_generated())}.</footer>")
+    page = SubjectPage(subject_id, _page(f"{subject_id}: mrfengine QC", body), [pipeline], [pipeline], [], warnings,
+                       notes, "-", "-", "-")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / page_name(subject_id)
+    _write_text(path, page.html)
+    index = out / INDEX_FILE
+    _write_text(index, index_page(Path(mrf_path).name, [page]))
+    return QCReport(index, {subject_id: path}, {}, {subject_id: list(warnings)})

@@ -137,7 +137,7 @@ def test_batch_command_reports_the_damaged_subject_and_exits_1(cohort, capsys, t
 
     _chunk(cohort, "sub-01", "mrf", z=4).unlink()
     report = tmp_path / "report.json"
-    r = run_cli(["batch", cohort, "--stages", PIPE, "--workers", "1", "--no-progress", "--report", report], capsys,
+    r = run_cli(["batch", cohort, "--stages", PIPE, "--workers", "1", "--no-progress", "--run-report", report], capsys,
                 code=1)
     assert "2 subject(s): 1 done, 0 already complete, 1 failed" in r.out
     assert "sub-01" in r.err and "'mrf'" in r.err and "slice 4" in r.err
@@ -327,8 +327,8 @@ def test_an_empty_subject_selection_is_a_usage_error(cohort, capsys, tmp_path, c
 
 def test_batch_report_into_a_missing_folder_is_refused_before_any_work(cohort, capsys, tmp_path):
     before = snapshot(cohort)
-    run_cli(["batch", cohort, "--stages", PIPE, "--report", tmp_path / "nope" / "r.json"], capsys, code=2,
-            says=("--report", "r.json"))
+    run_cli(["batch", cohort, "--stages", PIPE, "--run-report", tmp_path / "nope" / "r.json"], capsys, code=2,
+            says=("--run-report", "r.json"))
     assert snapshot(cohort) == before
 
 

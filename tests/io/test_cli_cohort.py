@@ -13,19 +13,19 @@ from mrfengine.io import Cohort
 
 def test_simulate_validate_show_export(tmp_path, capsys):
     c = str(tmp_path / "c.zarr")
-    assert main(["simulate", c, "--preset", "tiny", "--subjects", "2", "--seed", "4", "--no-progress"]) == 0
+    assert main(["simulate", c, "--preset", "tiny", "--n-subjects", "2", "--seed", "4", "--no-progress"]) == 0
     assert "2 subjects (64x64x12), 2 simulated" in capsys.readouterr().out
-    assert main(["simulate", c, "--preset", "tiny", "--subjects", "2", "--seed", "4", "--no-progress"]) == 0
+    assert main(["simulate", c, "--preset", "tiny", "--n-subjects", "2", "--seed", "4", "--no-progress"]) == 0
     assert "0 simulated, 2 already complete" in capsys.readouterr().out
-    assert main(["simulate", c, "--preset", "tiny", "--subjects", "2", "--seed", "5", "--no-progress"]) == 1
+    assert main(["simulate", c, "--preset", "tiny", "--n-subjects", "2", "--seed", "5", "--no-progress"]) == 1
     assert "other settings" in capsys.readouterr().err
     assert main(["validate", c, "--deep"]) == 0
     assert "valid (schema version 1); 2 complete subjects" in capsys.readouterr().out
     png = tmp_path / "m.png"
-    assert main(["show", c, "--subject", "2", "-o", str(png), "--slice", "5", "--slice", "7"]) == 0
+    assert main(["show", c, "--subjects", "2", "--output", str(png), "--slice", "5", "--slice", "7"]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "nii"
-    assert main(["export", c, "-o", str(out), "--subject", "1", "--array", "truth/T2star", "--array", "mrf"]) == 0
+    assert main(["export", c, "-o", str(out), "--subjects", "1", "--array", "truth/T2star", "--array", "mrf"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
         "sub-01_desc-truth_T2starmap.json", "sub-01_desc-truth_T2starmap.nii.gz",
         "sub-01_mrf.json", "sub-01_mrf.nii.gz"]

@@ -245,7 +245,8 @@ def test_cli_exit_codes_and_summary(pristine, tmp_path):
     arr = zarr.open_array(path / "subjects" / "sub-03" / "mrf", mode="r+")
     arr[0, 6, 32, 32] = np.inf
     report_file = tmp_path / "report.json"
-    p = _cli("batch", str(path), "--workers", "2", "--slab-planes", str(SLAB), "--report", str(report_file))
+    p = _cli("batch", str(path), "--workers", "2", "--slab-planes", str(SLAB), "--run-report",
+             str(report_file))
     out, err = p.communicate(timeout=240)
     assert p.returncode == 1, err
     assert "sub-03" in err and "NaN/Inf" in err
