@@ -18,7 +18,7 @@ from ..errors import MRFEngineError
 
 # Each module defines ``commands``: a list of click commands to register.
 _COMMAND_MODULES = ("demo", "dictionary", "match", "denoise", "info", "cohort", "predict", "evaluate", "train",
-                    "batch", "report")
+                    "batch", "report", "bids")
 
 
 class _Main(click.Group):
