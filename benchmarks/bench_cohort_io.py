@@ -167,7 +167,7 @@ def test_write_subject(benchmark, tmp_path, layout):
         shutil.rmtree(p, ignore_errors=True)
 
 
-def test_read_mrf_whole(benchmark, one_subject):
+def test_read_mrf_whole(benchmark, one_subject, layout):
     shape = SHAPES[_size()][0]
 
     def run():
@@ -178,7 +178,7 @@ def test_read_mrf_whole(benchmark, one_subject):
     benchmark.extra_info["mb_read"] = round(out.nbytes / 2**20, 1)
 
 
-def test_read_mrf_slice(benchmark, one_subject):
+def test_read_mrf_slice(benchmark, one_subject, layout):
     shape = SHAPES[_size()][0]
 
     def run():
@@ -188,7 +188,7 @@ def test_read_mrf_slice(benchmark, one_subject):
     assert out.shape == (N_FRAMES, *shape[1:])
 
 
-def test_open_cohort(benchmark, many_subjects):
+def test_open_cohort(benchmark, many_subjects, layout):
     def run():
         cohort = Cohort.open(many_subjects)
         n = 0
