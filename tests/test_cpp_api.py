@@ -88,14 +88,14 @@ def _inputs(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(signals.astype(dtype)), np.ascontiguousarray(atoms.astype(dtype))
 
 
-def _run_example(exe: Path, kind: str, signals, atoms, work: Path, *, basis=None, isa: str = ""):
+def _run_example(exe: Path, kind: str, signals, atoms, work: Path, *, basis=None, isa: str = "", block: int = 0):
     work.mkdir(parents=True, exist_ok=True)
     signals.tofile(work / "signals.bin")
     atoms.tofile(work / "atoms.bin")
     args = [exe, kind, signals.shape[0], atoms.shape[0], atoms.shape[1], work]
     if basis is not None:
         np.ascontiguousarray(basis, dtype=atoms.dtype).tofile(work / "basis.bin")
-        args.append(basis.shape[1])
+    args += [0 if basis is None else basis.shape[1], block]
     _run(args, env=_env(isa))
     real = np.float32 if atoms.dtype in (np.float32, np.complex64) else np.float64
     return (np.fromfile(work / "index.bin", dtype=np.int64), np.fromfile(work / "correlation.bin", dtype=real),
@@ -160,6 +160,18 @@ def test_compressed_search_matches_python_rank(build, kind, tmp_path):
     # The subspace keeps this dictionary's energy: the compressed winners are the brute-force ones.
     brute = mrfengine.match(signals, dictionary, backend="numpy", method="brute")
     assert np.mean(index == brute.index) >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["f32", "c128"])
+def test_results_do_not_depend_on_the_block_size(build, kind, tmp_path):
+    """Voxels scaled and searched 7 at a time (MatchOptions::block_voxels) give the one-block results, bit for bit."""
+    signals, atoms = _inputs(kind, seed=21)
+    basis = Dictionary(atoms, {"row": np.arange(N_ATOMS)}).compress(6).basis
+    for b in (None, basis):
+        one = _run_example(build["example"], kind, signals, atoms, tmp_path / "one", basis=b)
+        blocks = _run_example(build["example"], kind, signals, atoms, tmp_path / "blocks", basis=b, block=7)
+        for x, y in zip(one, blocks):
+            np.testing.assert_array_equal(x, y)
 
 
 def test_the_installed_package_links_and_runs(build, tmp_path):

@@ -4,11 +4,12 @@
 //       matches noiseless mono-exponential T2 decays, real (float32) and
 //       complex with a phase (complex128), to a dictionary of decays and
 //       prints the T2 and M0 found;
-//   match_example KIND N_VOXELS N_ATOMS N_FRAMES DIR [RANK]
+//   match_example KIND N_VOXELS N_ATOMS N_FRAMES DIR [RANK [BLOCK]]
 //       KIND: f32, f64, c64 or c128 (numpy's float32, float64, complex64,
 //       complex128).  Reads DIR/signals.bin (N_VOXELS x N_FRAMES) and
 //       DIR/atoms.bin (N_ATOMS x N_FRAMES), raw row-major arrays, and with
-//       RANK DIR/basis.bin (N_FRAMES x RANK) for match_compressed; writes
+//       RANK > 0 DIR/basis.bin (N_FRAMES x RANK) for match_compressed (RANK 0:
+//       match); BLOCK sets MatchOptions::block_voxels.  Writes
 //       DIR/index.bin (int64), DIR/correlation.bin (float32 or float64) and
 //       DIR/m0.bin (KIND).  tests/test_cpp_api.py compares them with Python.
 #include <mrfengine/match.hpp>
@@ -44,19 +45,22 @@ void write(const std::string& path, const std::vector<T>& data) {
 
 // Match the arrays of DIR; the real type R of T is what correlation holds.
 template <typename T>
-void match_files(std::int64_t n_vox, std::int64_t n_atoms, std::int64_t n_frames, const std::string& dir, std::int64_t rank) {
+void match_files(std::int64_t n_vox, std::int64_t n_atoms, std::int64_t n_frames, const std::string& dir, std::int64_t rank,
+                 std::int64_t block) {
     using R = std::conditional_t<std::is_same_v<T, float> || std::is_same_v<T, std::complex<float>>, float, double>;
     const auto x = read<T>(dir + "/signals.bin", n_vox * n_frames);
     const auto d = read<T>(dir + "/atoms.bin", n_atoms * n_frames);
     std::vector<std::int64_t> index(n_vox);
     std::vector<R> corr(n_vox);
     std::vector<T> m0(n_vox);
+    mrfengine::MatchOptions options;
+    options.block_voxels = block;
     if (rank > 0) {
         const auto basis = read<T>(dir + "/basis.bin", n_frames * rank);
         mrfengine::match_compressed(x.data(), n_vox, d.data(), n_atoms, n_frames, basis.data(), rank, nullptr,
-                                    index.data(), corr.data(), m0.data());
+                                    index.data(), corr.data(), m0.data(), options);
     } else {
-        mrfengine::match(x.data(), n_vox, d.data(), n_atoms, n_frames, index.data(), corr.data(), m0.data());
+        mrfengine::match(x.data(), n_vox, d.data(), n_atoms, n_frames, index.data(), corr.data(), m0.data(), options);
     }
     write(dir + "/index.bin", index);
     write(dir + "/correlation.bin", corr);
@@ -115,17 +119,17 @@ int main(int argc, char** argv) {
             demo();
             return 0;
         }
-        if (argc != 6 && argc != 7) {
-            std::fprintf(stderr, "usage: %s [KIND N_VOXELS N_ATOMS N_FRAMES DIR [RANK]]\n", argv[0]);
+        if (argc < 6 || argc > 8) {
+            std::fprintf(stderr, "usage: %s [KIND N_VOXELS N_ATOMS N_FRAMES DIR [RANK [BLOCK]]]\n", argv[0]);
             return 2;
         }
         const std::string kind = argv[1];
         const std::int64_t n_vox = std::stoll(argv[2]), n_atoms = std::stoll(argv[3]), n_frames = std::stoll(argv[4]);
-        const std::int64_t rank = argc == 7 ? std::stoll(argv[6]) : 0;
-        if (kind == "f32") match_files<float>(n_vox, n_atoms, n_frames, argv[5], rank);
-        else if (kind == "f64") match_files<double>(n_vox, n_atoms, n_frames, argv[5], rank);
-        else if (kind == "c64") match_files<std::complex<float>>(n_vox, n_atoms, n_frames, argv[5], rank);
-        else if (kind == "c128") match_files<std::complex<double>>(n_vox, n_atoms, n_frames, argv[5], rank);
+        const std::int64_t rank = argc >= 7 ? std::stoll(argv[6]) : 0, block = argc == 8 ? std::stoll(argv[7]) : 0;
+        if (kind == "f32") match_files<float>(n_vox, n_atoms, n_frames, argv[5], rank, block);
+        else if (kind == "f64") match_files<double>(n_vox, n_atoms, n_frames, argv[5], rank, block);
+        else if (kind == "c64") match_files<std::complex<float>>(n_vox, n_atoms, n_frames, argv[5], rank, block);
+        else if (kind == "c128") match_files<std::complex<double>>(n_vox, n_atoms, n_frames, argv[5], rank, block);
         else throw std::invalid_argument("KIND must be f32, f64, c64 or c128; got " + kind);
         return 0;
     } catch (const std::exception& e) {
