@@ -81,12 +81,28 @@ class _Events:
                 click.echo(f"{p['subject']}: {len(p['outputs'])} image(s) written", err=True)
 
 
-@click.command("bids")
+class _BidsCommand(click.Command):
+    """The usage line without the trailing labels (:data:`_MORE_LABELS`): they belong to --participant-label."""
+
+    def collect_usage_pieces(self, ctx):
+        pieces = super().collect_usage_pieces(ctx)
+        return pieces[:-1] if pieces and pieces[-1].startswith(_MORE_LABELS) else pieces
+
+
+#: Metavar of the labels after the first one of ``--participant-label 01 02 03`` (the BIDS-Apps spelling,
+#: space-separated): click gives an option one value, so the others arrive as trailing arguments.
+_MORE_LABELS = "[MORE_LABELS]"
+
+
+@click.command("bids", cls=_BidsCommand)
 @click.argument("bids_dir", metavar="BIDS_DIR", type=click.Path(file_okay=False))
 @click.argument("output_dir", metavar="OUTPUT_DIR", type=click.Path(file_okay=False))
 @click.argument("analysis_level", metavar="{participant,group}", type=click.Choice(ANALYSIS_LEVELS))
+@click.argument("more_labels", nargs=-1, metavar=_MORE_LABELS)
 @click.option("--participant-label", "--participant_label", "labels", multiple=True, metavar="LABEL",
-              help="Participant(s) to run: 01 or sub-01, repeatable or comma-separated (default: all).")
+              help="Participant(s) to run: 01 or sub-01; space-separated after the positional arguments "
+                   "(--participant-label 01 02, the BIDS-Apps spelling), comma-separated or repeated "
+                   "(default: all).")
 @click.option("-w", "--work-dir", default="work", show_default=True, type=click.Path(file_okay=False),
               help="Work folder (as fMRIPrep's): the zarr cohort the participants are imported into, and "
                    "what a rerun resumes from. One work folder per BIDS dataset.")
@@ -119,7 +135,7 @@ class _Events:
 @click.option("--force", is_flag=True,
               help="Import, compute and export again participants that are complete (their derivatives are "
                    "replaced).")
-def bids(bids_dir, output_dir, analysis_level, labels, work_dir, derivatives, filters, stages, config_path, name,
+def bids(bids_dir, output_dir, analysis_level, more_labels, labels, work_dir, derivatives, filters, stages, config_path, name,
          model, site, sequence_spec, n_threads, backend, force) -> None:
     """Run mrfengine on a BIDS dataset (the BIDS-Apps calling convention).
 
@@ -150,7 +166,10 @@ def bids(bids_dir, output_dir, analysis_level, labels, work_dir, derivatives, fi
     if analysis_level == "group":
         raise click.UsageError("mrfengine has no group level: run 'participant' (the maps of every participant "
                                "are in OUTPUT_DIR; 'mrfengine evaluate' compares a cohort's maps with a reference)")
-    ids = _split(labels, "--participant-label")
+    if more_labels and not labels:
+        raise click.UsageError(f"unexpected argument(s) {' '.join(more_labels)!s}; participants are chosen with "
+                               "--participant-label")
+    ids = _split(labels, "--participant-label") + _split(more_labels, "--participant-label")
     filter_path, filters = filters or (None, None)
     pipes = _pipelines(stages, config_path, name, model)
     seq = None

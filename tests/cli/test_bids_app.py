@@ -164,6 +164,10 @@ def test_participant_labels_and_force(dataset, first_run, tmp_path, capsys):
     assert _run(dataset, out, first_run["work"], "--participant_label", "02", "--force") == 0
     assert "1 done" in capsys.readouterr().out
     assert all(_images(out)[k] > v for k, v in stamp.items())  # recomputed and rewritten
+    # space-separated after the option, the BIDS-Apps spelling (the others arrive as trailing arguments)
+    both = tmp_path / "both"
+    assert _run(dataset, both, first_run["work"], "--participant-label", "01", "sub-02") == 0
+    assert sorted(p.name for p in both.glob("sub-*")) == ["sub-01", "sub-02"]
 
 
 def _copy_dataset(dataset, tmp_path: Path) -> Path:
@@ -214,6 +218,8 @@ def test_usage_errors_exit_2(dataset, tmp_path, capsys):
     assert main([*args, "group"]) == 2
     assert "no group level" in _error(capsys)
     assert main([*args, "participant", "--participant-label", ","]) == 2
+    assert main([*args, "participant", "01"]) == 2  # a label without --participant-label
+    assert "unexpected argument(s) 01" in _error(capsys)
     bad = tmp_path / "f.json"
     bad.write_text(json.dumps({"mfr": {}}))
     assert main([*args, "participant", "--bids-filter-file", str(bad)]) == 2
