@@ -88,13 +88,16 @@ def _inputs(kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(signals.astype(dtype)), np.ascontiguousarray(atoms.astype(dtype))
 
 
-def _run_example(exe: Path, kind: str, signals, atoms, work: Path, *, basis=None, isa: str = "", block: int = 0):
+def _run_example(exe: Path, kind: str, signals, atoms, work: Path, *, basis=None, compressed=None, isa: str = "",
+                 block: int = 0):
     work.mkdir(parents=True, exist_ok=True)
     signals.tofile(work / "signals.bin")
     atoms.tofile(work / "atoms.bin")
     args = [exe, kind, signals.shape[0], atoms.shape[0], atoms.shape[1], work]
     if basis is not None:
         np.ascontiguousarray(basis, dtype=atoms.dtype).tofile(work / "basis.bin")
+    if compressed is not None:
+        np.ascontiguousarray(compressed, dtype=atoms.dtype).tofile(work / "compressed_atoms.bin")
     args += [0 if basis is None else basis.shape[1], block]
     _run(args, env=_env(isa))
     real = np.float32 if atoms.dtype in (np.float32, np.complex64) else np.float64
@@ -141,14 +144,17 @@ def test_brute_force_matches_python_and_numpy(build, kind, isa, tmp_path):
     assert corr.dtype == (np.float32 if kind in ("f32", "c64") else np.float64)
 
 
+@pytest.mark.parametrize("given", [False, True], ids=["atoms-projected-in-cpp", "compressed-atoms-given"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_compressed_search_matches_python_rank(build, kind, tmp_path):
-    """match_compressed with Dictionary.compress(rank).basis finds the atoms of mrfengine.match(..., rank=rank)."""
+def test_compressed_search_matches_python_rank(build, kind, given, tmp_path):
+    """match_compressed with Dictionary.compress(rank).basis (and its .atoms, or atoms projected in C++) finds
+    the atoms of mrfengine.match(..., rank=rank)."""
     signals, atoms = _inputs(kind, seed=11 + len(kind))
     dictionary = Dictionary(atoms, {"row": np.arange(N_ATOMS)})
     rank = 6
     comp = dictionary.compress(rank)
-    index, corr, m0 = _run_example(build["example"], kind, signals, atoms, tmp_path, basis=comp.basis)
+    index, corr, m0 = _run_example(build["example"], kind, signals, atoms, tmp_path, basis=comp.basis,
+                                   compressed=comp.atoms if given else None)
     py = mrfengine.match(signals, dictionary, backend="numpy", method="brute", rank=rank)
     assert py.rank == rank
     xs = np.nan_to_num(signals.astype(np.complex128)) @ comp.basis.astype(np.complex128)

@@ -9,7 +9,9 @@
 //       complex128).  Reads DIR/signals.bin (N_VOXELS x N_FRAMES) and
 //       DIR/atoms.bin (N_ATOMS x N_FRAMES), raw row-major arrays, and with
 //       RANK > 0 DIR/basis.bin (N_FRAMES x RANK) for match_compressed (RANK 0:
-//       match); BLOCK sets MatchOptions::block_voxels.  Writes
+//       match; DIR/compressed_atoms.bin (N_ATOMS x RANK), where present, is
+//       passed as compressed_atoms); BLOCK sets MatchOptions::block_voxels.
+//       Writes
 //       DIR/index.bin (int64), DIR/correlation.bin (float32 or float64) and
 //       DIR/m0.bin (KIND).  tests/test_cpp_api.py compares them with Python.
 #include <mrfengine/match.hpp>
@@ -57,7 +59,10 @@ void match_files(std::int64_t n_vox, std::int64_t n_atoms, std::int64_t n_frames
     options.block_voxels = block;
     if (rank > 0) {
         const auto basis = read<T>(dir + "/basis.bin", n_frames * rank);
-        mrfengine::match_compressed(x.data(), n_vox, d.data(), n_atoms, n_frames, basis.data(), rank, nullptr,
+        std::vector<T> compressed;
+        if (std::ifstream(dir + "/compressed_atoms.bin")) compressed = read<T>(dir + "/compressed_atoms.bin", n_atoms * rank);
+        mrfengine::match_compressed(x.data(), n_vox, d.data(), n_atoms, n_frames, basis.data(), rank,
+                                    compressed.empty() ? nullptr : compressed.data(),
                                     index.data(), corr.data(), m0.data(), options);
     } else {
         mrfengine::match(x.data(), n_vox, d.data(), n_atoms, n_frames, index.data(), corr.data(), m0.data(), options);
