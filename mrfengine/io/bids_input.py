@@ -32,7 +32,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence as SequenceABC
+from collections.abc import Mapping
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,17 @@ from typing import Any
 from ..errors import InputFileError, ValidationError
 from ..sequence import Sequence, hermann2021, resolve_sequence
 
-__all__ = ["DEFAULT_QUERIES", "QUERY_NAMES", "ParticipantInputs", "load_filter_file", "merge_queries",
-           "open_layout", "participant_labels", "find_inputs", "sequence_from_metadata"]
+__all__ = [
+    "DEFAULT_QUERIES",
+    "QUERY_NAMES",
+    "ParticipantInputs",
+    "find_inputs",
+    "load_filter_file",
+    "merge_queries",
+    "open_layout",
+    "participant_labels",
+    "sequence_from_metadata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +174,7 @@ def participant_labels(layout, wanted: SequenceABC[str] = ()) -> list[str]:
         return known
     out: list[str] = []
     for raw in wanted:
-        label = raw[4:] if raw.startswith("sub-") else raw
+        label = raw.removeprefix("sub-")
         if not _LABEL_RE.fullmatch(label):
             raise ValidationError(f"participant label {raw!r}: letters and digits only (BIDS), e.g. 01 or sub-01")
         if label not in known:

@@ -26,22 +26,35 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence as SequenceABC
+from collections.abc import Callable, Mapping
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write_text
 from ..errors import InputFileError, MRFEngineError, StoreError
-from ..io.bids_input import (ParticipantInputs, find_inputs, merge_queries, open_layout, participant_labels,
-                             sequence_from_metadata)
+from ..io.bids_input import (
+    ParticipantInputs,
+    find_inputs,
+    merge_queries,
+    open_layout,
+    participant_labels,
+    sequence_from_metadata,
+)
 from ..io.cohort import Cohort
 from ..sequence import Sequence
 from .batch import BatchReport, run_batch
 from .stages import Pipeline
 
-__all__ = ["ParticipantOutcome", "BidsAppReport", "WORK_SUBDIR", "run_bids_app", "work_cohort",
-           "write_dataset_description"]
+__all__ = [
+    "WORK_SUBDIR",
+    "BidsAppReport",
+    "ParticipantOutcome",
+    "run_bids_app",
+    "work_cohort",
+    "write_dataset_description",
+]
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +191,7 @@ def _n_slices(path: Path) -> int:
 
     try:
         shape = nib.load(str(path)).shape
-    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds for a bad file
+    except Exception as exc:  # nibabel raises many kinds for a bad file
         raise InputFileError(f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
     if len(shape) != 4:
         raise InputFileError(f"{path}: an MRF series is 4D (X, Y, Z, frames); this image has shape {shape}")

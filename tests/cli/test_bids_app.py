@@ -206,7 +206,12 @@ def test_input_problems_are_named(dataset, tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
     filt = tmp_path / "filter.json"
     filt.write_text(json.dumps({"mrf": {"acquisition": None}, "t2w": {"acquisition": None}}))
-    from mrfengine.io.bids_input import find_inputs, load_filter_file, merge_queries, open_layout
+    from mrfengine.io.bids_input import (
+        find_inputs,
+        load_filter_file,
+        merge_queries,
+        open_layout,
+    )
 
     layout = open_layout(ds)
     found = find_inputs(layout, "01", merge_queries(load_filter_file(filt)))
@@ -250,3 +255,20 @@ def test_work_and_output_folders_of_others_are_refused(dataset, first_run, tmp_p
     assert main(["-q", "bids", str(dataset["ds"]), str(other), "participant", "-w", str(tmp_path / "w")]) == 1
     assert "not empty and no derivative dataset of mrfengine" in _error(capsys)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_derivatives_inside_the_dataset_link_it_relatively(dataset, first_run, capsys):
+    """``BIDS_DIR/derivatives/mrfengine`` (fMRIPrep's habit) names the raw dataset ``../..``; anywhere else
+    inside the raw dataset is refused (it would become part of it)."""
+    ds = dataset["ds"]
+    inside = ds / "sub-01" / "maps"
+    assert _run(dataset, inside, first_run["work"], "--participant-label", "01") == 1
+    assert "inside the BIDS dataset" in _error(capsys) and not inside.exists()
+    out = ds / "derivatives" / "mrfengine"
+    try:
+        assert _run(dataset, out, first_run["work"], "--participant-label", "01") == 0
+        desc = json.loads((out / "dataset_description.json").read_text())
+        assert desc["DatasetLinks"]["raw"] == "../.." and {"URL": "../.."} in desc["SourceDatasets"]
+        assert (out / "sub-01" / "anat" / "sub-01_desc-denoisematch_T1map.nii.gz").is_file()
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # the module's dataset stays as the other tests built it
