@@ -250,6 +250,39 @@ def _export_plan(cohort: Cohort, subject: str, pipelines: SequenceABC[Pipeline],
     return [(a, export_file(subject, a, ext)[0]) for a in dict.fromkeys(arrays)]
 
 
+def _input_sources(inputs: ParticipantInputs, pipelines: SequenceABC[Pipeline], array: str) -> list[Path]:
+    """The input files an exported array was computed from: the series for every map (with the T2w after a
+    register stage, the lesion mask after a segment stage, the brain mask when one was given); the brain
+    mask file for the subject's ``brain_mask``."""
+    if array == "brain_mask":
+        return [inputs.brain_mask] if inputs.brain_mask is not None else []
+    stages = next((p.stages for p in pipelines if array.startswith(f"derived/{p.name}/")), ())
+    files = [inputs.mrf]
+    files += [inputs.t2w] if inputs.t2w is not None and "register" in stages else []
+    files += [inputs.lesion] if inputs.lesion is not None and "segment" in stages else []
+    files += [inputs.brain_mask] if inputs.brain_mask is not None else []
+    return files
+
+
+def _add_input_sources(root: Path, inputs: ParticipantInputs, pipelines: SequenceABC[Pipeline],
+                       plan: list[tuple[str, Any]]) -> None:
+    """Name the BIDS input files in each exported sidecar's ``Sources`` (``bids:raw:sub-01/anat/...``), before
+    the work cohort's arrays the exporter names: the derivative stays traceable to the raw data when the work
+    folder is gone.  Each input's dataset is added to ``DatasetLinks``."""
+    from ..io.bids import ensure_derivative_root, read_links, source_uri, write_sidecar
+
+    links = read_links(root)
+    uris = {a: [source_uri(f, root, links) for f in _input_sources(inputs, pipelines, a)] for a, _ in plan}
+    ensure_derivative_root(root, links=links)
+    for array, file in plan:
+        if not uris[array]:
+            continue
+        sidecar = root / file.sidecar
+        fields = json.loads(sidecar.read_text(encoding="utf-8"))
+        fields["Sources"] = list(dict.fromkeys([*uris[array], *fields.get("Sources", [])]))
+        write_sidecar(sidecar, fields)
+
+
 def _exported(root: Path, plan: list[tuple[str, Any]]) -> bool:
     return bool(plan) and all((root / f.relpath).is_file() and (root / f.sidecar).is_file() for _, f in plan)
 
@@ -342,6 +375,7 @@ def run_bids_app(
     queries = merge_queries(filters)
     # Every participant's files are found before any work: a naming problem stops the run at once.
     found = [find_inputs(layout, label, queries, filter_file=filter_file) for label in labels]
+    inputs_of = {i.subject: i for i in found}
     for inputs in found:
         emit("found", {"subject": inputs.subject, "files": inputs.files()})
     write_dataset_description(output_dir, bids_dir)
@@ -393,7 +427,8 @@ def run_bids_app(
                 continue
         try:
             out.outputs = export_subject(cohort, subject, output_dir, arrays=[a for a, _ in plan], ext=ext)
-        except (StoreError, OSError) as exc:
+            _add_input_sources(output_dir, inputs_of[subject], pipelines, plan)
+        except (StoreError, OSError, ValueError) as exc:
             out.status, out.error = "failed", f"{subject}: export to {output_dir} failed ({exc})"
         emit("exported", {"subject": subject, "outputs": out.outputs, "error": out.error})
     report.wall_s = time.perf_counter() - t0

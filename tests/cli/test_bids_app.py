@@ -122,6 +122,14 @@ def test_participants_run_end_to_end_into_a_derivative_dataset(dataset, first_ru
         mask = np.asarray(nib.load(anat / f"sub-{label}_desc-brain_mask.nii.gz").dataobj)
         assert np.array_equal(mask > 0, dataset["phantoms"][label]["brain"]) and not data[mask == 0].any()
         assert side["BrainMask"] == f"bids::sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz"
+        # traceable to the raw data: the series and the brain mask (the masks dataset: raw2), then the work
+        # cohort's array the exporter read
+        links = {k: (Path(v.removeprefix("file://")) if v.startswith("file:") else out / v).resolve()
+                 for k, v in desc["DatasetLinks"].items()}
+        assert links["raw"] == dataset["ds"].resolve() and links["raw2"] == dataset["masks"].resolve()
+        assert side["Sources"] == [f"bids:raw:sub-{label}/anat/sub-{label}_MRF.nii.gz",
+                                   f"bids:raw2:sub-{label}/anat/sub-{label}_desc-brain_mask.nii.gz",
+                                   f"bids:cohort:subjects/sub-{label}/derived/denoise-match/T1"]
     # the inputs landed in the work cohort: sub-01's lesion mask (from --derivatives) and both T2w references
     from mrfengine.io import Cohort
 
