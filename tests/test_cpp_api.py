@@ -1,4 +1,4 @@
-"""The C++ API (csrc/include/mrfengine/match.hpp, CMake target ``mrfengine::match``).
+"""The C++ API (csrc/include/mrfengine/match.hpp, its C interface match.h; CMake target ``mrfengine::match``).
 
 The library and its example (examples/cpp/match_example.cpp) are configured and
 built with CMake once per module, installed into a temporary prefix, and the
@@ -220,6 +220,60 @@ def test_errors_are_reported(build, tmp_path):
     assert proc.returncode == 1 and "MRFENGINE_ISA=sse9: no such kernels" in proc.stderr
 
 
+C_PROGRAM = r"""
+#include <mrfengine/match.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+enum { NA = 50, NF = 24, NV = 3 };
+int main(void) {
+    static float atoms[NA][NF][2], signals[NV][NF][2], m0[NV][2], corr[NV];
+    static int64_t index[NV];
+    const int truth[NV] = {3, 17, 49};
+    int k, t, v, rc;
+    for (k = 0; k < NA; ++k)
+        for (t = 0; t < NF; ++t) {
+            atoms[k][t][0] = (float)cos(0.05 * (k + 1) * t) * (float)exp(-0.01 * t * (k % 7));
+            atoms[k][t][1] = (float)sin(0.05 * (k + 1) * t) * (float)exp(-0.01 * t * (k % 7));
+        }
+    for (v = 0; v < NV; ++v)  /* signal = (0, 2) * atom: M0 = 2i */
+        for (t = 0; t < NF; ++t) {
+            signals[v][t][0] = -2.0f * atoms[truth[v]][t][1];
+            signals[v][t][1] = 2.0f * atoms[truth[v]][t][0];
+        }
+    rc = mrfengine_match_c64(&signals[0][0][0], NV, &atoms[0][0][0], NA, NF, index, corr, &m0[0][0], 1);
+    printf("rc %d isa %s version %s\n", rc, mrfengine_isa(), mrfengine_version());
+    for (v = 0; v < NV; ++v)
+        printf("voxel %d index %lld corr %.6f m0 %.5f %.5f\n", v, (long long)index[v], corr[v], m0[v][0], m0[v][1]);
+    memset(atoms[5], 0, sizeof atoms[5]);
+    rc = mrfengine_match_c64(&signals[0][0][0], NV, &atoms[0][0][0], NA, NF, index, NULL, NULL, 0);
+    printf("rc %d error %s\n", rc, mrfengine_last_error());
+    return 0;
+}
+"""
+
+
+def test_the_c_interface(build, tmp_path):
+    """mrfengine/match.h from C99 (strict flags): results, status codes and the error message."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        pytest.skip("no C compiler (cc, gcc or clang) on PATH")
+    src = tmp_path / "use_c_api.c"
+    src.write_text(C_PROGRAM)
+    include = build["prefix"] / "include"
+    _run([cc, "-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror", f"-I{include}", "-c", src, "-o",
+          tmp_path / "use_c_api.o"])
+    lib = next(build["prefix"].glob("lib*/libmrfengine_match.a"))
+    _run([CXX, tmp_path / "use_c_api.o", lib, "-fopenmp", "-o", tmp_path / "use_c_api"])
+    out = _run([tmp_path / "use_c_api"]).stdout.splitlines()
+    assert re.fullmatch(r"rc 0 isa (baseline|avx2|avx512|native) version \d+\.\d+\.\d+", out[0])
+    for line, truth in zip(out[1:4], (3, 17, 49)):
+        index, corr, re_m0, im_m0 = re.fullmatch(r"voxel \d index (\d+) corr (\S+) m0 (\S+) (\S+)", line).groups()
+        assert int(index) == truth and float(corr) == pytest.approx(1.0, abs=1e-5)
+        assert float(re_m0) == pytest.approx(0.0, abs=1e-4) and float(im_m0) == pytest.approx(2.0, rel=1e-5)
+    assert out[4] == ("rc 1 error mrfengine::match: atom 5 is all zero; every atom must be finite and non-zero")
+
+
 def test_the_header_compiles_on_its_own(tmp_path):
     """match.hpp needs nothing but the standard library, and is warning-free under strict flags."""
     if CXX is None:
@@ -229,6 +283,9 @@ def test_the_header_compiles_on_its_own(tmp_path):
                   "static_assert(MRFENGINE_MATCH_API_VERSION == 1, \"API version\");\n"
                   "int main() { mrfengine::MatchOptions o; return o.n_threads; }\n")
     _run([CXX, "-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Wshadow", "-Werror", "-fsyntax-only",
+          f"-I{ROOT / 'csrc' / 'include'}", tu])
+    tu.write_text("#include <mrfengine/match.h>\nint main() { return MRFENGINE_OK; }\n")  # the C header from C++
+    _run([CXX, "-std=c++17", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only",
           f"-I{ROOT / 'csrc' / 'include'}", tu])
 
 
