@@ -428,14 +428,16 @@ def run_unet_demo(path, *, seed: int = 0, model: str = "default", precision: str
     seconds = time.perf_counter() - t0
 
     def read(suffix: str) -> np.ndarray:  # (X, Y, Z) -> the store's (Z, Y, X)
-        return np.asarray(nib.load(str(out / f"{sub.id}_{suffix}.nii.gz")).dataobj, dtype=np.float32).transpose(2, 1, 0)
+        path = out / sub.id / "anat" / f"{sub.id}_{suffix}.nii.gz"  # predict's derivative layout
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32).transpose(2, 1, 0)
 
-    side = json.loads((out / f"{sub.id}_T1map.json").read_text())
+    side = json.loads((out / sub.id / "anat" / f"{sub.id}_desc-unet_T1map.json").read_text())["Provenance"]
     brain = np.asarray(sub.brain_mask[:]) > 0
-    made = read("desc-brain_mask") > 0
+    made = read("label-brain_desc-unet_mask") > 0
     both = brain & made
-    maps = {"T1": read("T1map") * 1e3, "T2star": read("T2starmap") * 1e3, "NAWM": read("label-NAWM_probseg"),
-            "GM": read("label-GM_probseg"), "lesion": read("label-lesion_probseg")}
+    maps = {"T1": read("desc-unet_T1map") * 1e3, "T2star": read("desc-unet_T2starmap") * 1e3,
+            "NAWM": read("label-NAWM_desc-unet_probseg"), "GM": read("label-GM_desc-unet_probseg"),
+            "lesion": read("label-lesion_desc-unet_probseg")}
     summary = metrics_against_truth(sub, maps, both)
 
     def figure(key: str) -> float:

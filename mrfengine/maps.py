@@ -76,8 +76,12 @@ class MapSpec:
     kind : str
         One of :data:`KINDS`.
     bids_suffix : str
-        BIDS suffix of the exported file (``T1map``, ``probseg``, ``dseg``,
-        ``mask``); ``"map"`` for maps without one of their own.
+        Suffix of the exported file: BIDS's own where BIDS has one (``T1map``,
+        ``TB1map``, ``probseg``, ``dseg``, ``mask``), else mrfengine's
+        (``correlation``, ``noise``, ``rank``, ``displacement``,
+        ``consistency``, ``MRF``; :data:`mrfengine.io.bids.NONSTANDARD_SUFFIXES`,
+        listed in the derivative's ``.bidsignore``); empty: the name, letters
+        and digits only.
     bids_label : str
         Value of the ``label-`` entity (``""``: none).
     bids_unit : str
@@ -90,7 +94,7 @@ class MapSpec:
     unit: str
     description: str
     kind: str
-    bids_suffix: str = "map"
+    bids_suffix: str = ""
     bids_label: str = ""
     bids_unit: str = ""
     scale_to_bids: float = 1.0
@@ -103,15 +107,17 @@ class MapSpec:
         if not self.bids_unit:
             object.__setattr__(self, "bids_unit", self.unit)
 
+    @property
+    def suffix(self) -> str:
+        """:attr:`bids_suffix`, or the name in letters and digits when it is empty."""
+        return self.bids_suffix or "".join(c for c in self.name if c.isalnum()) or "x"
+
     def bids_name(self, desc: str = "") -> str:
-        """The BIDS name part after ``sub-XX_``: ``desc-<desc>_T1map``,
-        ``label-GM_desc-<desc>_probseg``, ``desc-<desc><name>_map`` (``desc``
-        letters and digits; empty: no ``desc-`` entity, ``desc-<name>_map``
-        for maps without a suffix of their own)."""
-        if self.bids_suffix == "map":
-            return f"desc-{desc}{''.join(c for c in self.name if c.isalnum()) or 'x'}_map"
+        """The BIDS name part after the subject's entities: ``desc-<desc>_T1map``,
+        ``label-GM_desc-<desc>_probseg``, ``desc-<desc>_correlation`` (``desc``
+        letters and digits, the producer; empty: no ``desc-`` entity)."""
         parts = ([f"label-{self.bids_label}"] if self.bids_label else []) + ([f"desc-{desc}"] if desc else [])
-        return "_".join(parts + [self.bids_suffix])
+        return "_".join(parts + [self.suffix])
 
 
 def _relax(name: str, description: str) -> MapSpec:
@@ -151,9 +157,7 @@ TRUTH_MAPS: Mapping[str, MapSpec] = _frozen(
 )
 
 #: Dictionary matching's maps (``mrfengine match``, the batch's ``match`` stage).
-#: ``correlation`` has no BIDS suffix of its own (the exporter writes
-#: ``desc-<pipeline>correlation_map``); ``mrfengine match`` keeps the name it has
-#: always written, ``desc-correlation_mask`` (:data:`mrfengine.io.bids.MAP_SPECS`).
+#: ``correlation`` has no BIDS suffix: mrfengine's ``correlation`` (``desc-match_correlation``).
 MATCH_MAPS: Mapping[str, MapSpec] = _frozen(
     _relax("T1", "Longitudinal relaxation time of the best-matching dictionary atom"),
     _relax("T2star", "Effective transverse relaxation time of the best-matching dictionary atom"),
@@ -161,7 +165,8 @@ MATCH_MAPS: Mapping[str, MapSpec] = _frozen(
             "dictionary atom", "quantitative", "TB1map"),
     MapSpec("M0", ARBITRARY, "Proton density: least-squares scale between voxel and matched atom", "quantitative",
             "M0map"),
-    MapSpec("correlation", DIMENSIONLESS, "Normalised inner product of voxel and matched atom, [0, 1]", "quality"),
+    MapSpec("correlation", DIMENSIONLESS, "Normalised inner product of voxel and matched atom, [0, 1]", "quality",
+            "correlation"),
 )
 
 #: The paper's network outputs (:func:`mrfengine.nn.configs.paper_outputs`).
@@ -185,18 +190,19 @@ PIPELINE_MAPS: Mapping[str, MapSpec] = _frozen(
             "tissue at voxel p lies at MRF voxel p + d along the phase-encoding axis (before the rigid part)",
             "displacement", "displacement"),
     MapSpec("mppca_sigma", ARBITRARY, "Noise standard deviation estimated by MP-PCA (Marchenko-Pastur law), in the "
-            "series' units: the weighted RMS of the noise levels of the windows that hold the voxel", "quality"),
+            "series' units: the weighted RMS of the noise levels of the windows that hold the voxel", "quality",
+            "noise"),
     MapSpec("mppca_rank", DIMENSIONLESS, "Signal components MP-PCA kept in the window centred on the voxel (the "
-            "rank of its local signal)", "quality"),
+            "rank of its local signal)", "quality", "rank"),
 )
 
 #: Arrays that are not a parameter map of one source.
 OTHER_MAPS: Mapping[str, MapSpec] = _frozen(
-    MapSpec("mrf", ARBITRARY, "MRF-EPI magnitude images, frames in acquisition order", "image", "mrf"),
+    MapSpec("mrf", ARBITRARY, "MRF-EPI magnitude images, frames in acquisition order", "image", "MRF"),
     MapSpec("brain_mask", DIMENSIONLESS, "Brain mask", "mask", "mask"),
     MapSpec("physics_consistency", DIMENSIONLESS,
             "Correlation of the series with the Bloch signal of the predicted T1 and T2*, [0, 1]", "quality",
-            "map"),
+            "consistency"),
 )
 
 #: Ending of an output's Monte-Carlo dropout uncertainty array (``T1_uncertainty``).
@@ -206,8 +212,9 @@ UNCERTAINTY_SUFFIX = "_uncertainty"
 def uncertainty_spec(spec: MapSpec) -> MapSpec:
     """The spec of ``<spec.name>_uncertainty``: the standard deviation over
     Monte-Carlo dropout passes, in the output's unit, named like the output
-    (``desc-<desc>uncertainty`` in :meth:`MapSpec.bids_name`)."""
-    return replace(spec, name=spec.name + UNCERTAINTY_SUFFIX, kind="quality",
+    with ``std`` after its suffix (``desc-unet_T1mapstd``,
+    ``label-lesion_desc-unet_probsegstd``: not a ``T1map`` nor a ``probseg``)."""
+    return replace(spec, name=spec.name + UNCERTAINTY_SUFFIX, kind="quality", bids_suffix=spec.suffix + "std",
                    description=f"{spec.name}: standard deviation over Monte-Carlo dropout passes, in {spec.unit}")
 
 

@@ -6,8 +6,7 @@ import pytest
 
 from mrfengine import maps
 from mrfengine.errors import ValidationError
-from mrfengine.cli.predict import output_file_spec, uncertainty_file_spec
-from mrfengine.io.bids import MAP_SPECS
+from mrfengine.io.bids import match_file, network_file
 from mrfengine.io.cohort import REQUIRED_TRUTH, TRUTH_SPECS
 from mrfengine.io.exporter import export_name
 from mrfengine.nn.configs import LOSS_KINDS, paper_outputs
@@ -75,18 +74,19 @@ def test_derived_arrays_and_their_stored_attributes():
 
 
 def test_match_cli_names_derive_from_registry():
-    assert set(MAP_SPECS) == set(maps.MATCH_MAPS)
-    for name, (suffix, unit, scale, description) in MAP_SPECS.items():
-        spec = maps.MATCH_MAPS[name]
-        assert (unit, scale, description) == (spec.bids_unit, spec.scale_to_bids, spec.description)
-        assert suffix == (spec.bids_suffix if name != "correlation" else "desc-correlation_mask")
-    # Unchanged file names of `mrfengine match`.
-    assert [MAP_SPECS[k][0] for k in ("T1", "T2star", "B1", "M0")] == ["T1map", "T2starmap", "TB1map", "M0map"]
-    assert MAP_SPECS["M0"][1] == "arbitrary"
+    sub = {"sub": "01"}
+    names = {k: str(match_file(k, sub).relpath) for k in maps.MATCH_MAPS}
+    # `mrfengine match`'s own desc-, the registry's suffixes; B1+ under fmap/ as BIDS files it
+    assert names == {"T1": "sub-01/anat/sub-01_desc-match_T1map.nii.gz",
+                     "T2star": "sub-01/anat/sub-01_desc-match_T2starmap.nii.gz",
+                     "B1": "sub-01/fmap/sub-01_desc-match_TB1map.nii.gz",
+                     "M0": "sub-01/anat/sub-01_desc-match_M0map.nii.gz",
+                     "correlation": "sub-01/anat/sub-01_desc-match_correlation.nii.gz"}
+    assert match_file("correlation", sub).nonstandard and not match_file("T1", sub).nonstandard
 
 
 @pytest.mark.parametrize("path, name, unit, scale", [
-    ("mrf", "mrf", "arbitrary", 1.0),
+    ("mrf", "MRF", "arbitrary", 1.0),
     ("brain_mask", "desc-brain_mask", "1", 1.0),
     ("truth/T1", "desc-truth_T1map", "s", 1e-3),
     ("truth/T2star", "desc-truth_T2starmap", "s", 1e-3),
@@ -95,17 +95,23 @@ def test_match_cli_names_derive_from_registry():
     ("truth/GM", "label-GM_desc-truth_probseg", "1", 1.0),
     ("truth/lesion_id", "label-lesion_desc-truth_dseg", "label", 1.0),
     ("truth/distortion", "desc-truth_displacement", "voxel", 1.0),
-    ("truth/new_map", "desc-truthnewmap_map", "arbitrary", 1.0),
+    ("truth/new_map", "desc-truth_newmap", "arbitrary", 1.0),
     ("derived/p-1/T1", "desc-p1_T1map", "s", 1e-3),
     ("derived/p-1/M0", "desc-p1_M0map", "arbitrary", 1.0),
-    ("derived/p-1/correlation", "desc-p1correlation_map", "1", 1.0),
+    ("derived/p-1/correlation", "desc-p1_correlation", "1", 1.0),
+    ("derived/p-1/mppca_sigma", "desc-p1_noise", "arbitrary", 1.0),
+    ("derived/p-1/mppca_rank", "desc-p1_rank", "1", 1.0),
+    ("derived/p-1/brain_mask", "label-brain_desc-p1_mask", "1", 1.0),
     ("derived/p-1/NAWM", "label-NAWM_desc-p1_probseg", "1", 1.0),
     ("derived/p-1/CSF", "label-CSF_desc-p1_probseg", "1", 1.0),
-    ("derived/p-1/T2star_uncertainty", "desc-p1uncertainty_T2starmap", "s", 1e-3),
-    ("derived/p-1/lesion_uncertainty", "label-lesion_desc-p1uncertainty_probseg", "1", 1.0),
-    ("derived/p-1/B1_uncertainty", "desc-p1B1uncertainty_map", "arbitrary", 1.0),
-    ("derived/p-1/physics_consistency", "desc-p1physicsconsistency_map", "1", 1.0),
-    ("derived/p-1/other", "desc-p1other_map", "arbitrary", 1.0),
+    ("derived/p-1/T2star_uncertainty", "desc-p1_T2starmapstd", "s", 1e-3),
+    ("derived/p-1/lesion_uncertainty", "label-lesion_desc-p1_probsegstd", "1", 1.0),
+    ("derived/p-1/B1_uncertainty", "desc-p1_B1uncertainty", "arbitrary", 1.0),
+    ("derived/p-1/physics_consistency", "desc-p1_consistency", "1", 1.0),
+    ("derived/p-1/other", "desc-p1_other", "arbitrary", 1.0),
+    ("annotations/lesion", "label-lesion_mask", "1", 1.0),
+    ("annotations/WMH_rater2", "label-WMH_desc-rater2_mask", "1", 1.0),
+    ("reference/T2w", "T2w", "arbitrary", 1.0),
 ])
 def test_export_names(path, name, unit, scale):
     assert export_name(path) == (name, unit, scale)
@@ -120,7 +126,7 @@ def test_every_map_the_exporter_names_has_a_registry_entry():
     for name, spec in maps.NETWORK_MAPS.items():
         unc = maps.derived_spec(f"{name}_uncertainty")
         assert unc is not None and unc.unit == spec.unit
-        assert export_name(f"derived/P/{name}_uncertainty") == (unc.bids_name("Puncertainty"), unc.bids_unit,
+        assert export_name(f"derived/P/{name}_uncertainty") == (unc.bids_name("P"), unc.bids_unit,
                                                                  unc.scale_to_bids)
     # Every exported unit is a registry unit word.
     for path in ("mrf", "brain_mask", "annotations/lesion", "reference/T2w", "derived/P/physics_consistency"):
@@ -137,11 +143,15 @@ def test_network_outputs_and_predict_names_derive_from_registry():
             spec = maps.NETWORK_MAPS[out.name]
             assert (out.unit, out.description) == (spec.unit, spec.description)
     assert {o.name for o in paper_outputs("mse")} == set(maps.NETWORK_MAPS)
+    sub = {"sub": "01"}
     for name, spec in maps.NETWORK_MAPS.items():
-        assert output_file_spec(name, spec.unit) == (spec.bids_name(), spec.bids_unit, spec.scale_to_bids)
-        unc = maps.uncertainty_spec(spec)
-        assert uncertainty_file_spec(name, spec.unit) == (unc.bids_name("uncertainty"), unc.bids_unit,
-                                                           unc.scale_to_bids)
-    # A custom card's output keeps its own unit.
-    assert output_file_spec("T1", "s") == ("desc-T1_map", "s", 1.0)
-    assert output_file_spec("WMH", "1") == ("label-WMH_probseg", "1", 1.0)
+        file, got = network_file(name, spec.unit, sub)
+        assert file.relpath.name == f"sub-01_{spec.bids_name('unet')}.nii.gz" and got == spec
+        file, unc = network_file(name, spec.unit, sub, uncertainty=True)
+        assert unc == maps.uncertainty_spec(spec) and file.suffix == spec.suffix + "std" and file.nonstandard
+        assert (unc.bids_unit, unc.scale_to_bids) == (spec.bids_unit, spec.scale_to_bids)
+    # A custom card's output keeps its own unit; a dimensionless one is a probability.
+    file, spec = network_file("T1", "s", sub)
+    assert (file.relpath.name, spec.bids_unit, spec.scale_to_bids) == ("sub-01_desc-unet_T1.nii.gz", "s", 1.0)
+    file, spec = network_file("WMH", "1", sub)
+    assert (file.relpath.name, spec.bids_unit) == ("sub-01_label-WMH_desc-unet_probseg.nii.gz", "1")

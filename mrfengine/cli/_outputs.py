@@ -20,7 +20,8 @@ def prefix_option(f):
             raise click.BadParameter(str(exc), param_hint="--prefix") from None
 
     return click.option("--prefix", default=None, callback=_check,
-                        help="Output name prefix, a plain name (default: from the input name, e.g. sub-01).")(f)
+                        help="The outputs' BIDS entities (sub-01_ses-2) or a subject label (patient7: sub-patient7); "
+                             "default: from the input name (sub-01_ses-2_MRF.nii.gz: sub-01_ses-2).")(f)
 
 
 def force_options(help: str = "Replace output files that already exist.", *, alias: str | None = None):

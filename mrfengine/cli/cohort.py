@@ -134,17 +134,20 @@ def import_(cohort, subject_id, mrf_path, site, sequence_spec, split, group, bra
 @click.option("--uncompressed", is_flag=True, help="Write .nii instead of .nii.gz.")
 @force_options("Replace images and sidecars that already exist in OUTPUT_DIR.")
 def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, force) -> None:
-    """Export arrays of cohort subjects to NIfTI (the subject's affine,
-    BIDS-style names such as sub-01_desc-truth_T1map.nii.gz, JSON sidecars
-    with units; T1 and T2* in seconds).  With --pipeline, the maps a batch
-    wrote (sub-01_desc-denoisematch_T1map.nii.gz, ...) with the pipeline's
-    provenance in their sidecars, 0 outside the subject's brain mask (written
-    too, as sub-01_desc-brain_mask.nii.gz); subjects whose maps are not
-    complete are reported and skipped.  Every output is checked before anything is
+    """Export arrays of cohort subjects to NIfTI: OUTPUT_DIR becomes a BIDS
+    derivative dataset (dataset_description.json naming the store), the
+    files in sub-01/anat/ with the subject's affine, BIDS names such as
+    sub-01_desc-truth_T1map.nii.gz and JSON sidecars (units; T1 and T2* in
+    seconds; Sources as BIDS URIs).  With --pipeline, the maps a batch wrote
+    (desc-<pipeline name>: sub-01_desc-denoisematch_T1map.nii.gz, ...) with the
+    pipeline's provenance in their sidecars, 0 outside the subject's brain
+    mask (written too, as sub-01_desc-brain_mask.nii.gz); subjects whose maps
+    are not complete are reported and skipped.  Every output is checked before anything is
     written: existing files are not replaced unless --force."""
     from ..errors import StoreError
     from ..io.cohort import Cohort
-    from ..io.exporter import export_array, export_name
+    from ..io.bids import check_derivative_root
+    from ..io.exporter import export_file, export_subject
     from ..io.outputs import check_outputs
 
     ext = ".nii" if uncompressed else ".nii.gz"
@@ -170,19 +173,18 @@ def export(cohort, output_dir, subject_ids, arrays, pipelines, uncompressed, for
             wanted = list(dict.fromkeys(wanted or sub.arrays))  # an array named twice is exported once
             for a in wanted:
                 sub.array(a).check_chunks()  # a damaged subject is refused before any of its files is written
-                stem = f"{sub.id}_{export_name(a)[0]}"
-                names += [stem + ext, stem + ".json"]
+                file = export_file(sub.id, a, ext)[0]
+                names += [str(file.relpath), str(file.sidecar)]
         except StoreError as exc:
             damaged.append(str(exc))
             continue
         plan.append((sid, wanted))
+    check_derivative_root(output_dir, force=force)
     check_outputs(output_dir, names, force=force)
     n = 0
     for sid, wanted in plan:
         try:
-            for a in wanted:
-                export_array(c, sid, a, output_dir, ext=ext)
-                n += 1
+            n += len(export_subject(c, sid, output_dir, arrays=wanted, ext=ext, force=force))
         except StoreError as exc:  # a chunk that does not decode: found only when read
             damaged.append(f"{exc} (the images of {sid} written before it are in {output_dir})")
     click.echo(f"wrote {n} images to {output_dir}")

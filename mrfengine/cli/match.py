@@ -55,7 +55,7 @@ def match(input_path, output_dir, mask_path, sequence_spec, backend, method, ran
                              cache=make_cache(cache_dir, no_cache), progress=advance)
     info = result.info
     click.echo(f"matched {info['n_matched']} voxels in {result.seconds:.1f} s ({info['backend']}, {info['method']}); "
-               f"maps in {result.output_dir}/{result.prefix}_*.nii.gz")
+               f"maps in {result.folder}")
 
 
 commands = [match]

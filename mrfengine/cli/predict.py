@@ -7,18 +7,6 @@ import click
 from ._common import SliceProgress, check_sequence_spec, nthreads_option, progress_option
 from ._outputs import force_option, prefix_option
 
-#: Names of predict's files, the library's (:mod:`mrfengine.io.bids`), still importable from here.
-_FILE_NAMES = ("CONSISTENCY_SUFFIX", "MASK_SUFFIX", "output_file_spec", "uncertainty_file_spec")
-
-
-def __getattr__(name: str):
-    if name in _FILE_NAMES:  # read when asked: the command line starts without the io modules
-        from ..io import bids
-
-        return getattr(bids, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _check_mc_samples(ctx, param, value):
     from ..errors import ValidationError
     from ..nn.uncertainty import check_mc_samples
@@ -107,11 +95,11 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
         raise click.UsageError("--mask and --no-brain-mask exclude each other: give the brain, or keep the whole "
                                "field of view")
     if report_dir is not None:  # the pages are checked before the network runs
-        from ..io.bids import entity_prefix
-        from ..io.outputs import check_outputs, check_prefix
+        from ..io.bids import output_entities
+        from ..io.outputs import check_outputs
         from ..report.qc import INDEX_FILE, page_name
 
-        page_prefix = prefix or check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+        page_prefix = "_".join(f"{k}-{v}" for k, v in output_entities(input_path, prefix).items())  # result.prefix
         check_outputs(report_dir, [INDEX_FILE, page_name(page_prefix)], force=force)
     try:
         with SliceProgress("slices", enabled=show_progress) as advance:
@@ -127,7 +115,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
                     "(InputOutsideTraining in the sidecars)", err=True, fg="yellow")
     info = result.info
     click.echo(f"predicted {result.n_slices} slices in {result.seconds:.1f} s ({info['device']}, {info['precision']}, "
-               f"model {info['network']} from {info['model']}); maps in {result.output_dir}/{result.prefix}_*.nii.gz")
+               f"model {info['network']} from {info['model']}); maps in {result.folder}")
     if report_dir is not None:
         from ..report.qc import write_nifti_report
 
@@ -135,7 +123,6 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
                                 subject_id=result.prefix, pipeline="unet", record={**info, "seconds": result.seconds},
                                 mask_path=mask_path, force=force)
         click.echo(f"QC page: {qc.pages[result.prefix]}" + (" (with warnings)" if qc.warnings[result.prefix] else ""))
-
 
 
 commands = [predict]

@@ -1,6 +1,6 @@
-"""Input and output: NIfTI, BIDS-style derivative names and sidecars, the cohort store."""
+"""Input and output: NIfTI, BIDS derivatives (layout, names, sidecars), the cohort store."""
 
-from .bids import MAP_SPECS, derivative_name, entity_prefix, write_sidecar
+from .bids import DerivativeFile, ensure_derivative_root, entity_prefix, output_entities, write_sidecar
 from .cohort import Cohort, Subject, validate_cohort
 from .exporter import export_array, export_subject
 from .importer import import_subject
@@ -11,9 +11,10 @@ __all__ = [
     "load_mask_like",
     "save_nifti",
     "nifti_suffix",
-    "MAP_SPECS",
-    "derivative_name",
+    "DerivativeFile",
+    "ensure_derivative_root",
     "entity_prefix",
+    "output_entities",
     "write_sidecar",
     "Cohort",
     "Subject",

@@ -1,50 +1,57 @@
-"""Arrays of a cohort subject out to NIfTI, with BIDS-style names and sidecars.
+"""Arrays of a cohort subject out to NIfTI: a BIDS derivative dataset, one sidecar schema.
 
 Each array leaves in NIfTI axis order ((X, Y, Z) or (X, Y, Z, frames)) with
 the subject's affine, qform/sform codes and units, so it overlays its source
-in any viewer.  Names follow BIDS derivatives (``docs/cohort-format.md``):
+in any viewer.  The output folder is a BIDS derivative dataset
+(:func:`mrfengine.io.bids.ensure_derivative_root`: ``dataset_description.json``
+with ``DatasetLinks`` ``cohort`` naming the store, ``.bidsignore``); the files
+lie in ``sub-01/anat/`` (``fmap/`` for ``TB1map``), named
+(:func:`export_file`; P: the pipeline's name, letters and digits only)
+-- with ``sub-01_`` before each name:
 
-=====================  =============================================
-array                  file
-=====================  =============================================
-``mrf``                ``sub-01_mrf.nii.gz``
-``brain_mask``         ``sub-01_desc-brain_mask.nii.gz``
-``truth/T1``           ``sub-01_desc-truth_T1map.nii.gz`` (seconds)
-``truth/T2star``       ``sub-01_desc-truth_T2starmap.nii.gz`` (seconds)
-``truth/B1``           ``sub-01_desc-truth_TB1map.nii.gz``
-``truth/PD``           ``sub-01_desc-truth_PDmap.nii.gz``
-``truth/GM`` ...       ``sub-01_label-GM_desc-truth_probseg.nii.gz``
-``truth/lesion_id``    ``sub-01_label-lesion_desc-truth_dseg.nii.gz``
-``annotations/lesion`` ``sub-01_label-lesion_mask.nii.gz``
-``annotations/X_Y``    ``sub-01_label-X_desc-Y_mask.nii.gz``
-``reference/T2w``      ``sub-01_T2w.nii.gz``
-``derived/P/T1``       ``sub-01_desc-P_T1map.nii.gz`` (seconds; P: the pipeline's name, letters and digits only)
-``derived/P/T2star``   ``sub-01_desc-P_T2starmap.nii.gz`` (seconds)
-``derived/P/B1``       ``sub-01_desc-P_TB1map.nii.gz``
-``derived/P/M0``       ``sub-01_desc-P_M0map.nii.gz``
-``derived/P/X``        ``sub-01_label-X_desc-P_probseg.nii.gz`` for probabilities, else ``sub-01_desc-PX_map.nii.gz``
-``derived/P/T1_uncertainty``  ``sub-01_desc-Puncertainty_T1map.nii.gz`` (seconds; likewise T2star)
-``derived/P/X_uncertainty``   ``sub-01_label-X_desc-Puncertainty_probseg.nii.gz`` (X a probability)
-``derived/P/physics_consistency``  ``sub-01_desc-Pphysicsconsistency_map.nii.gz``
-=====================  =============================================
+=================================  =============================================
+array                              file
+=================================  =============================================
+``mrf``                            ``MRF.nii.gz`` (the series)
+``brain_mask``                     ``desc-brain_mask.nii.gz``
+``truth/T1``                       ``desc-truth_T1map.nii.gz`` (seconds)
+``truth/T2star``                   ``desc-truth_T2starmap.nii.gz`` (seconds)
+``truth/B1``                       ``desc-truth_TB1map.nii.gz`` (in ``fmap/``)
+``truth/PD``                       ``desc-truth_PDmap.nii.gz``
+``truth/GM`` ...                   ``label-GM_desc-truth_probseg.nii.gz``
+``truth/lesion_id``                ``label-lesion_desc-truth_dseg.nii.gz``
+``annotations/lesion``             ``label-lesion_mask.nii.gz``
+``annotations/X_Y``                ``label-X_desc-Y_mask.nii.gz``
+``reference/T2w``                  ``T2w.nii.gz``
+``derived/P/T1``                   ``desc-P_T1map.nii.gz`` (seconds; likewise ``T2starmap``)
+``derived/P/B1``, ``M0``           ``desc-P_TB1map.nii.gz`` (in ``fmap/``), ``desc-P_M0map.nii.gz``
+``derived/P/correlation``          ``desc-P_correlation.nii.gz``
+``derived/P/mppca_sigma``, ``_rank``  ``desc-P_noise.nii.gz``, ``desc-P_rank.nii.gz``
+``derived/P/X``                    ``label-X_desc-P_probseg.nii.gz`` for probabilities, else ``desc-P_X.nii.gz``
+``derived/P/T1_uncertainty``       ``desc-P_T1mapstd.nii.gz`` (seconds; likewise T2star)
+``derived/P/X_uncertainty``        ``label-X_desc-P_probsegstd.nii.gz`` (X a probability)
+``derived/P/physics_consistency``  ``desc-P_consistency.nii.gz``
+``derived/P/brain_mask``           ``label-brain_desc-P_mask.nii.gz``
+=================================  =============================================
 
 The unet stage's ``<output>_uncertainty`` arrays (``[unet] mc_samples``) are
 standard deviations over Monte-Carlo dropout passes in the output's units;
 ``physics_consistency`` (``[unet] consistency``) is a correlation in [0, 1]
 (:mod:`mrfengine.nn.uncertainty`, :mod:`mrfengine.nn.consistency`).
 
-Derived maps carry their pipeline's provenance (package version, backend,
-stage configuration, dictionary digests, per-stage timings) in the sidecar's
-``GeneratedBy`` and ``PipelineProvenance``.  They leave under mrfengine's
-outside rule (:func:`mrfengine.masking.apply_outside_rule`, as ``mrfengine
-predict`` writes its maps): 0 outside the subject's ``brain_mask`` when the
-pipeline ran with it (also for maps a store holds from before the rule, NaN
-there), the mask named in the sidecar (``BrainMask``, ``BrainMaskSource``,
-``OutsideBrainValue``).
-
-Ground truth carries ``desc-truth`` so it never collides with the maps that
-``mrfengine match`` writes (``sub-01_T1map.nii.gz``).  Every image gets a JSON
-sidecar with ``Units`` (BIDS stores T1map and T2starmap in seconds).
+Every sidecar follows the one schema (:func:`mrfengine.io.bids.map_sidecar`):
+``Sources`` is the array's BIDS URI (``bids:cohort:subjects/sub-01/truth/T1``);
+a derived map carries its pipeline's provenance (package version, backend,
+stage configuration, dictionary digests, per-stage timings) under
+``Provenance`` (``Method``, ``PipelineProvenance``, ``PipelineTimings``).
+Derived maps leave under mrfengine's outside rule
+(:func:`mrfengine.masking.apply_outside_rule`, as ``mrfengine predict``
+writes its maps): 0 outside the subject's ``brain_mask`` when the pipeline ran
+with it (also for maps a store holds from before the rule, NaN there), the
+mask named in the sidecar by its URI (``BrainMask``, ``BrainMaskSource``,
+``OutsideBrainValue``).  Ground truth carries ``desc-truth``, a pipeline's maps
+``desc-<pipeline>``: neither collides with ``mrfengine match``'s
+(``desc-match``) nor ``predict``'s (``desc-unet``).
 """
 
 from __future__ import annotations
@@ -59,14 +66,33 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from ..maps import (
+    ARBITRARY,
+    DIMENSIONLESS,
+    MATCH_MAPS,
+    NETWORK_MAPS,
+    OTHER_MAPS,
+    PIPELINE_MAPS,
+    TRUTH_MAPS,
+    UNCERTAINTY_SUFFIX,
+    MapSpec,
+    uncertainty_spec,
+)
 from ..masking import BRAIN_MASK_SOURCE, apply_outside_rule, outside_rule_fields
-from ..maps import (ARBITRARY, DIMENSIONLESS, MATCH_MAPS, NETWORK_MAPS, OTHER_MAPS, PIPELINE_MAPS, TRUTH_MAPS,
-                    UNCERTAINTY_SUFFIX, uncertainty_spec)
-from .bids import map_sidecar, write_sidecar
+from .bids import (
+    BRAIN_LABEL,
+    DerivativeFile,
+    check_derivative_root,
+    ensure_derivative_root,
+    map_sidecar,
+    read_links,
+    source_uri,
+    write_sidecar,
+)
 from .cohort import SCHEMA_VERSION, Cohort, Subject, derived_attrs
 from .nifti import save_nifti
 
-__all__ = ["export_name", "export_array", "export_subject"]
+__all__ = ["export_array", "export_file", "export_name", "export_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -82,47 +108,86 @@ def _alnum(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", text) or "x"
 
 
-def export_name(array_path: str) -> tuple[str, str, float]:
-    """The BIDS name part (after ``sub-XX_``), unit and scale of an array.
+def _parts(array_path: str) -> tuple[str, str | None, str | None, str, float, str]:
+    """``(suffix, label, desc, unit, scale, mask type)`` of an array (the mask type: BIDS ``Type``, or "")."""
+    head, _, leaf = array_path.rpartition("/")
+    if array_path == "mrf":
+        spec = OTHER_MAPS["mrf"]
+        return spec.suffix, None, None, spec.bids_unit, spec.scale_to_bids, ""
+    if array_path == "brain_mask":
+        return "mask", None, "brain", DIMENSIONLESS, 1.0, "Brain"
+    if head == "truth":
+        spec = TRUTH_MAPS.get(leaf)
+        if spec is not None:
+            return spec.suffix, spec.bids_label or None, "truth", spec.bids_unit, spec.scale_to_bids, ""
+        return _alnum(leaf), None, "truth", ARBITRARY, 1.0, ""
+    if head == "annotations":
+        label, _, desc = leaf.partition("_")
+        return ("mask", _alnum(label), _alnum(desc) if desc else None, DIMENSIONLESS, 1.0,
+                "Lesion" if label == "lesion" else "ROI")
+    if head.startswith("derived/") and head.count("/") == 1:
+        desc = _alnum(head.partition("/")[2])
+        base, sep, rest = leaf.rpartition(UNCERTAINTY_SUFFIX)
+        spec: MapSpec | None
+        if sep and not rest and base in _UNCERTAIN:
+            spec = uncertainty_spec(_UNCERTAIN[base])
+        elif leaf == "brain_mask":  # the mask the pipeline made from the series (the mask stage)
+            return "mask", BRAIN_LABEL, desc, DIMENSIONLESS, 1.0, "Brain"
+        else:
+            spec = (MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or PIPELINE_MAPS.get(leaf)
+                    or (OTHER_MAPS[leaf] if leaf == "physics_consistency" else None))
+        if spec is not None:
+            return spec.suffix, spec.bids_label or None, desc, spec.bids_unit, spec.scale_to_bids, ""
+        return _alnum(leaf), None, desc, ARBITRARY, 1.0, ""
+    if head == "reference":
+        if re.fullmatch(r"[A-Za-z0-9]+", leaf):
+            return leaf, None, None, ARBITRARY, 1.0, ""
+        return "reference", None, _alnum(leaf), ARBITRARY, 1.0, ""
+    return _alnum(array_path), None, None, ARBITRARY, 1.0, ""
+
+
+def export_file(subject_id: str, array_path: str, ext: str = ".nii.gz") -> tuple[DerivativeFile, str, float]:
+    """Where an array of a subject leaves, its unit and scale.
+
+    Parameters
+    ----------
+    subject_id : str
+        ``sub-01`` (the cohort's id; its ``sub`` entity).
+    array_path : str
+        ``mrf``, ``truth/T1``, ``derived/denoise-match/T1``, ...
+    ext : {".nii.gz", ".nii"}
 
     Returns
     -------
-    name : str
-        E.g. ``desc-truth_T1map`` for ``truth/T1``.
+    file : DerivativeFile
+        Its path from the derivative root (``sub-01/anat/sub-01_desc-truth_T1map.nii.gz``),
+        sidecar, URI.
     unit : str
         Unit of the exported values.
     scale : float
         Factor from the store's unit to the exported one (ms to s: 1e-3).
     """
-    head, _, leaf = array_path.rpartition("/")
-    if array_path in ("mrf", "brain_mask"):
-        spec = OTHER_MAPS[array_path]
-        return spec.bids_name("brain" if array_path == "brain_mask" else ""), spec.bids_unit, spec.scale_to_bids
-    if head == "truth":
-        spec = TRUTH_MAPS.get(leaf)
-        if spec is not None:
-            return spec.bids_name("truth"), spec.bids_unit, spec.scale_to_bids
-        return f"desc-truth{_alnum(leaf)}_map", ARBITRARY, 1.0
-    if head == "annotations":
-        label, _, desc = leaf.partition("_")
-        return (f"label-{_alnum(label)}" + (f"_desc-{_alnum(desc)}" if desc else "") + "_mask"), DIMENSIONLESS, 1.0
-    if head.startswith("derived/") and head.count("/") == 1:
-        desc = _alnum(head.partition("/")[2])
-        base, sep, rest = leaf.rpartition(UNCERTAINTY_SUFFIX)
-        if sep and not rest and base in _UNCERTAIN:
-            spec = uncertainty_spec(_UNCERTAIN[base])
-            return spec.bids_name(f"{desc}uncertainty"), spec.bids_unit, spec.scale_to_bids
-        if leaf == "brain_mask":  # the mask the pipeline made from the series (the mask stage)
-            spec = OTHER_MAPS[leaf]
-            return spec.bids_name(f"{desc}brain"), spec.bids_unit, spec.scale_to_bids
-        spec = (MATCH_MAPS.get(leaf) or _PROBABILITIES.get(leaf) or PIPELINE_MAPS.get(leaf)
-                or (OTHER_MAPS[leaf] if leaf == "physics_consistency" else None))
-        if spec is not None:
-            return spec.bids_name(desc), spec.bids_unit, spec.scale_to_bids
-        return f"desc-{desc}{_alnum(leaf)}_map", ARBITRARY, 1.0
-    if head == "reference":
-        return (leaf if re.fullmatch(r"[A-Za-z0-9]+", leaf) else f"desc-{_alnum(leaf)}_reference"), ARBITRARY, 1.0
-    return f"desc-{_alnum(array_path)}_map", ARBITRARY, 1.0
+    suffix, label, desc, unit, scale, _ = _parts(array_path)
+    entities = {"sub": subject_id.removeprefix("sub-")}
+    return DerivativeFile(entities, suffix, desc=desc, label=label, ext=ext), unit, scale
+
+
+def export_name(array_path: str) -> tuple[str, str, float]:
+    """The name part after the subject's entities, unit and scale of an array.
+
+    Returns
+    -------
+    name : str
+        E.g. ``desc-truth_T1map`` for ``truth/T1`` (the file is
+        ``sub-01/anat/sub-01_desc-truth_T1map.nii.gz``, :func:`export_file`).
+    unit : str
+        Unit of the exported values.
+    scale : float
+        Factor from the store's unit to the exported one (ms to s: 1e-3).
+    """
+    suffix, label, desc, unit, scale, _ = _parts(array_path)
+    parts = ([f"label-{label}"] if label else []) + ([f"desc-{desc}"] if desc else [])
+    return "_".join([*parts, suffix]), unit, scale
 
 
 def _sequence_fields(subject: Subject) -> dict[str, Any]:
@@ -141,14 +206,19 @@ def _sequence_fields(subject: Subject) -> dict[str, Any]:
     }
 
 
-def _sidecar(cohort: Cohort, subject: Subject, array_path: str, unit: str,
-             rule: tuple[np.ndarray | None, str | None, str] | None) -> dict[str, Any]:
+def _cohort_uri(cohort: Cohort, subject: Subject, array_path: str, root: Path, links: dict[str, str]) -> str:
+    """The BIDS URI of a store's array (``bids:cohort:subjects/sub-01/truth/T1``); the store linked in ``links``."""
+    return source_uri(cohort.path, root, links, inner=f"subjects/{subject.id}/{array_path}")
+
+
+def _sidecar(cohort: Cohort, subject: Subject, array_path: str, unit: str, file: DerivativeFile, root: Path,
+             links: dict[str, str], rule: tuple[np.ndarray | None, str | None, str] | None) -> dict[str, Any]:
     """The exported array's sidecar, in the one schema (:func:`mrfengine.io.bids.map_sidecar`).
 
-    A derived map names the pipeline that computed it (``GeneratedBy``, with
-    the version that ran it), its provenance and timings, and the outside
-    rule it was exported under; the series names its sequence; a simulated
-    truth map its seed.
+    A derived map names the pipeline that computed it (``Provenance``'s
+    ``Method``, with the version that ran it), its provenance and timings, and
+    the outside rule it was exported under; the series names its sequence; a
+    simulated truth map its seed.
     """
     attrs = dict(subject.array(array_path).attrs)
     if unit == ARBITRARY and attrs.get("units") not in (None, ""):  # not in the registry: its own unit, unscaled
@@ -169,9 +239,12 @@ def _sidecar(cohort: Cohort, subject: Subject, array_path: str, unit: str,
     if array_path.startswith("truth/") and cohort.generator:
         extra["Simulated"] = True
         extra["Seed"] = cohort.generator.get("seed")
+    mask_type = _parts(array_path)[5]
+    outside = None if rule is None else outside_rule_fields(rule[1], rule[2])
     return map_sidecar(attrs.get("description", array_path), unit,
-                       sources=[f"{cohort.name}:{subject.id}/{array_path}"],
-                       outside=None if rule is None else outside_rule_fields(rule[1], rule[2]),
+                       sources=[_cohort_uri(cohort, subject, array_path, root, links)], outside=outside,
+                       skull_stripped=None if file.segmentation or outside is not None else False,
+                       mask_type=mask_type or None, producer=file.entities.get("desc", ""),
                        generated_by=generated_by, generated_version=version, provenance=extra)
 
 
@@ -186,14 +259,14 @@ def _derived_record(cohort: Cohort, subject: Subject, pipeline: str) -> dict[str
 
 def _derived_outside_rule(cohort: Cohort, subject: Subject, array_path: str,
                           ext: str) -> tuple[np.ndarray | None, str | None, str]:
-    """The brain mask a derived map is exported under, its exported file name and its source.
+    """The brain mask a derived map is exported under, its exported file's URI and its source.
 
     A mask the pipeline made from the series is stored with its maps
     (``derived/<pipeline>/brain_mask``, the ``mask`` stage) and leaves with
-    them; otherwise the pipeline ran with the subject's ``brain_mask`` when it
-    has one (its ``write`` stage says so; a record from before says nothing,
-    and the runner always passed the mask), which leaves as
-    ``<sub>_desc-brain_mask``.
+    them (``label-brain_desc-<pipeline>_mask``); otherwise the pipeline ran with
+    the subject's ``brain_mask`` when it has one (its ``write`` stage says so;
+    a record from before says nothing, and the runner always passed the mask),
+    which leaves as ``<sub>_desc-brain_mask``.
     """
     pipeline = array_path.split("/")[1]
     record = _derived_record(cohort, subject, pipeline)
@@ -202,47 +275,18 @@ def _derived_outside_rule(cohort: Cohort, subject: Subject, array_path: str,
     if "brain_mask" in (record.get("arrays") or []):
         mask_path = f"derived/{pipeline}/brain_mask"
         mask = np.asarray(subject.array(mask_path)[...]) > 0
-        return mask, f"{subject.id}_{export_name(mask_path)[0]}{ext}", (stages.get("mask") or {}).get("source", source)
+        return (mask, export_file(subject.id, mask_path, ext)[0].uri,
+                (stages.get("mask") or {}).get("source", source))
     if source == "none" or subject.brain_mask is None:
         return None, None, "none"
     mask = np.asarray(subject.brain_mask[...]) > 0
-    return mask, f"{subject.id}_{export_name('brain_mask')[0]}{ext}", BRAIN_MASK_SOURCE
+    return mask, export_file(subject.id, "brain_mask", ext)[0].uri, BRAIN_MASK_SOURCE
 
 
-def export_array(
-    cohort: Cohort | str | os.PathLike,
-    subject_id: str,
-    array_path: str,
-    output_dir: str | os.PathLike,
-    *,
-    ext: str = ".nii.gz",
-) -> Path:
-    """Write one array of a subject as NIfTI with a JSON sidecar.
-
-    Parameters
-    ----------
-    cohort : Cohort or path
-    subject_id : str
-    array_path : str
-        E.g. ``mrf``, ``truth/T1``, ``annotations/lesion``.
-    output_dir : path
-    ext : {".nii.gz", ".nii"}
-
-    Returns
-    -------
-    Path
-        The image written (the sidecar lies beside it, ``.json``).
-
-    Raises
-    ------
-    StoreError
-        No such cohort, subject or array.
-    """
-    if not isinstance(cohort, Cohort):
-        cohort = Cohort.open(cohort)
-    subject = cohort[subject_id]
+def _write_array(cohort: Cohort, subject: Subject, array_path: str, root: Path, links: dict[str, str],
+                 ext: str) -> Path:
+    file, unit, scale = export_file(subject.id, array_path, ext)
     arr = subject.array(array_path)
-    name, unit, scale = export_name(array_path)
     data = np.asarray(arr[...])
     rule = None
     if data.ndim == 3 and array_path.startswith("derived/") and not array_path.endswith("/brain_mask"):
@@ -253,22 +297,62 @@ def export_array(
     elif data.ndim == 3:
         data = data.transpose(2, 1, 0)
     else:
-        raise StoreError(f"{subject_id}/{array_path} has {data.ndim} dimensions; expected 3 or 4")
+        raise StoreError(f"{subject.id}/{array_path} has {data.ndim} dimensions; expected 3 or 4")
     if scale != 1.0:
         data = data.astype(np.float32) * np.float32(scale)
     a = subject.attrs
     units = tuple(a.get("xyzt_units", ("mm", "sec")))
     units = tuple(u if u != "unknown" else d for u, d in zip(units, ("mm", "sec")))
-    out = Path(output_dir) / f"{subject.id}_{name}{ext}"
+    fields = _sidecar(cohort, subject, array_path, unit, file, root, links, rule)
     path = save_nifti(
-        np.ascontiguousarray(data), subject.affine, out,
+        np.ascontiguousarray(data), subject.affine, root / file.relpath,
         xyzt_units=units,  # type: ignore[arg-type]
         qform_code=int(a.get("qform_code", 1)),
         sform_code=int(a.get("sform_code", 1)),
         frame_interval=float(a.get("frame_interval", 0.0)) or None,
     )
-    write_sidecar(path.with_name(path.name[: -len(ext)] + ".json"), _sidecar(cohort, subject, array_path, unit, rule))
+    write_sidecar(root / file.sidecar, fields)
     return path
+
+
+def export_array(
+    cohort: Cohort | str | os.PathLike,
+    subject_id: str,
+    array_path: str,
+    output_dir: str | os.PathLike,
+    *,
+    ext: str = ".nii.gz",
+    force: bool = False,
+) -> Path:
+    """Write one array of a subject as NIfTI with a JSON sidecar into the derivative dataset ``output_dir``.
+
+    Parameters
+    ----------
+    cohort : Cohort or path
+    subject_id : str
+    array_path : str
+        E.g. ``mrf``, ``truth/T1``, ``annotations/lesion``.
+    output_dir : path
+        The derivative dataset's root (made, with its description, when
+        missing: :func:`mrfengine.io.bids.ensure_derivative_root`).
+    ext : {".nii.gz", ".nii"}
+    force : bool
+        Write into a dataset another tool made (its description says so).
+
+    Returns
+    -------
+    Path
+        The image written (``output_dir/sub-01/anat/sub-01_desc-truth_T1map.nii.gz``;
+        the sidecar lies beside it, ``.json``).
+
+    Raises
+    ------
+    StoreError
+        No such cohort, subject or array.
+    InputFileError
+        ``output_dir`` holds another tool's dataset (and not ``force``).
+    """
+    return export_subject(cohort, subject_id, output_dir, arrays=[array_path], ext=ext, force=force)[0]
 
 
 def export_subject(
@@ -278,10 +362,31 @@ def export_subject(
     *,
     arrays: Iterable[str] | None = None,
     ext: str = ".nii.gz",
+    force: bool = False,
 ) -> list[Path]:
-    """Export several (default: all) arrays of one subject; returns the images."""
+    """Export several (default: all) arrays of one subject into the derivative dataset ``output_dir``.
+
+    The root is checked first (:func:`mrfengine.io.bids.check_derivative_root`:
+    no other tool's dataset unless ``force``), then its description and
+    ``.bidsignore`` are written or merged (the store as ``DatasetLinks``
+    ``cohort``, the non-BIDS suffixes), then each array
+    (:func:`export_file` names them).  Existing files are replaced: plan
+    them with :func:`export_file` and :func:`mrfengine.io.outputs.check_outputs`
+    first to refuse that.
+
+    Returns
+    -------
+    list of Path
+        The images written, in the order of ``arrays``.
+    """
     if not isinstance(cohort, Cohort):
         cohort = Cohort.open(cohort)
     subject = cohort[subject_id]
-    paths = list(subject.arrays if arrays is None else arrays)
-    return [export_array(cohort, subject.id, p, output_dir, ext=ext) for p in paths]
+    paths = list(dict.fromkeys(subject.arrays if arrays is None else arrays))
+    root = Path(output_dir)
+    check_derivative_root(root, force=force)
+    files = [export_file(subject.id, p, ext)[0] for p in paths]
+    links = read_links(root)
+    _cohort_uri(cohort, subject, "", root, links)  # the store's link, before the description is written
+    ensure_derivative_root(root, links=links, nonstandard=[f.suffix for f in files if f.nonstandard], force=force)
+    return [_write_array(cohort, subject, p, root, links, ext) for p in paths]

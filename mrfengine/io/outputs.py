@@ -126,9 +126,9 @@ def check_outputs(
     force : bool
         Existing files may be replaced.
     sources : dict, optional
-        ``{json sidecar name: input file name}``: an existing sidecar made
-        from another input is named in the refusal (two inputs whose outputs
-        share a prefix).
+        ``{json sidecar name: the input's BIDS URI}``: an existing sidecar
+        whose first ``Sources`` entry is another input is named in the
+        refusal (two inputs whose outputs share a subject's entities).
 
     Returns
     -------
@@ -165,7 +165,8 @@ def check_outputs(
         other = ""
         for side, src in (sources or {}).items():
             try:
-                old = json.loads((root / side).read_text()).get("Source")
+                doc = json.loads((root / side).read_text())
+                old = (doc.get("Sources") or [None])[0] if isinstance(doc.get("Sources"), list) else doc.get("Source")
             except (OSError, ValueError, AttributeError):
                 old = None
             if old and old != src:

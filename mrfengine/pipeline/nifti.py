@@ -16,9 +16,13 @@ add is the file side:
 * the series is read checked (:func:`mrfengine.io.load_nifti`: 4D magnitudes),
   a mask must lie on its grid, its slice count must be the sequence's;
 * every map is written with the input's affine and header, in BIDS units
-  (seconds for T1 and T2*), under the names of the map registry
-  (:data:`mrfengine.io.bids.MAP_SPECS`, :func:`~mrfengine.io.bids.output_file_spec`),
-  with a sidecar of the one schema (:func:`mrfengine.io.bids.map_sidecar`).
+  (seconds for T1 and T2*), into a BIDS derivative dataset (the output folder:
+  ``dataset_description.json``, :func:`mrfengine.io.bids.ensure_derivative_root`)
+  under ``sub-<label>/[ses-<label>/]anat/`` with the producer's ``desc-``
+  (``match``, ``unet``) and the suffixes of the map registry
+  (:func:`mrfengine.io.bids.match_file`, :func:`~mrfengine.io.bids.network_file`),
+  with a sidecar of the one schema (:func:`mrfengine.io.bids.map_sidecar`;
+  ``Sources`` as BIDS URIs); the input's header description is not copied.
 
 Background values: every map is 0 outside the brain mask
 (:func:`mrfengine.masking.apply_outside_rule`) and 0 where the method gave no
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,19 +43,23 @@ import numpy as np
 
 from ..errors import InputFileError, ValidationError
 from ..io.bids import (
-    CONSISTENCY_SUFFIX,
-    MAP_SPECS,
-    MASK_SUFFIX,
-    derivative_name,
-    entity_prefix,
+    BRAIN_LABEL,
+    DESCRIPTION,
+    DerivativeFile,
+    check_derivative_root,
+    ensure_derivative_root,
     map_sidecar,
-    output_file_spec,
-    uncertainty_file_spec,
+    match_file,
+    network_file,
+    output_entities,
+    read_links,
+    source_uri,
+    spec_file,
     write_sidecar,
 )
 from ..io.nifti import load_mask_like, load_nifti, nifti_suffix, save_nifti
-from ..io.outputs import check_outputs, check_prefix
-from ..maps import OTHER_MAPS, UNCERTAINTY_SUFFIX
+from ..io.outputs import check_outputs
+from ..maps import MATCH_MAPS, OTHER_MAPS, UNCERTAINTY_SUFFIX, MapSpec
 from ..masking import MASK_METHOD, OUTSIDE_BRAIN_VALUE, outside_rule_fields
 from ..sequence import Sequence
 
@@ -70,8 +78,9 @@ class NiftiResult:
     Attributes
     ----------
     output_dir : Path
+        The derivative dataset's root.
     prefix : str
-        The files' name prefix (``sub-01``).
+        The files' entities (``sub-01_ses-2``).
     files : dict of str to Path
         Map name -> the NIfTI written (its sidecar lies beside it,
         ``.json``): the outputs (``T1``, ``T2star``, ``lesion``, ... ;
@@ -98,11 +107,25 @@ class NiftiResult:
     info: dict[str, Any] = field(default_factory=dict)
     warning: str | None = None
 
+    @property
+    def folder(self) -> Path:
+        """The folder of the maps (``OUT/sub-01/anat``; the root when nothing was written)."""
+        parents = {p.parent for p in self.files.values()}
+        return parents.pop() if len(parents) == 1 else self.output_dir
 
-def _prefix(input_path: str | os.PathLike, prefix: str | None) -> str:
-    if prefix is not None:
-        return check_prefix(prefix, what="prefix")
-    return check_prefix(entity_prefix(input_path), what=f"{input_path}: the prefix from its name")
+
+#: The ``desc-`` of each producer's files (:func:`predict_nifti`, :func:`match_nifti`).
+PREDICT_DESC = "unet"
+MATCH_DESC = "match"
+
+
+def _plan_derivative(root: Path, planned: Mapping[str, DerivativeFile], source: str, force: bool) -> None:
+    """Check before any work: the root is no other tool's dataset, and no planned file (image or
+    sidecar) is replaced unless ``force`` (a sidecar made from another input is named)."""
+    check_derivative_root(root, force=force)
+    names = [str(p) for f in planned.values() for p in (f.relpath, f.sidecar)]
+    first = next(iter(planned.values()))
+    check_outputs(root, names, force=force, sources={str(first.sidecar): source})
 
 
 def _check_slices(input_path, n: int, axis: int, sequence: Sequence, whose: str = "") -> None:
@@ -111,11 +134,10 @@ def _check_slices(input_path, n: int, axis: int, sequence: Sequence, whose: str 
                              f"{sequence.n_slices}; pass --sequence for this acquisition")
 
 
-def _save(arr: np.ndarray, affine, header, out: Path, prefix: str, suffix: str, fields: dict[str, Any],
+def _save(arr: np.ndarray, affine, header, root: Path, file: DerivativeFile, fields: dict[str, Any],
           dtype=np.float32) -> Path:
-    path = save_nifti(np.ascontiguousarray(arr, dtype=dtype), affine, out / derivative_name(prefix, suffix),
-                      header=header)
-    write_sidecar(path.with_name(derivative_name(prefix, suffix, ".json")), fields)
+    path = save_nifti(np.ascontiguousarray(arr, dtype=dtype), affine, root / file.relpath, header=header)
+    write_sidecar(root / file.sidecar, fields)
     return path
 
 
@@ -248,18 +270,25 @@ def predict_nifti(
     check_brain_mask_options(mask is not None, brain_mask)
     if consistency:
         check_consistency(card)
-    # Every output is checked before any work: a plain prefix, inside the folder, nothing replaced unless force.
-    prefix = _prefix(input_path, prefix)
-    suffixes = [output_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+    # Every output is planned and checked before any work: its entities, the root, nothing replaced unless force.
+    entities = output_entities(input_path, prefix)
+    root = Path(output_dir)
+    links = read_links(root)
+    source = source_uri(input_path, root, links)
+    mask_uri = source_uri(mask, root, links) if mask is not None else None
+    planned: dict[str, tuple[DerivativeFile, MapSpec]] = {
+        spec.name: network_file(spec.name, spec.unit, entities, PREDICT_DESC) for spec in card.config.outputs}
     if mc_samples:
-        suffixes += [uncertainty_file_spec(spec.name, spec.unit)[0] for spec in card.config.outputs]
+        planned.update({spec.name + UNCERTAINTY_SUFFIX: network_file(spec.name, spec.unit, entities, PREDICT_DESC,
+                                                                     uncertainty=True)
+                        for spec in card.config.outputs})
     if consistency:
-        suffixes.append(CONSISTENCY_SUFFIX)
+        planned[CONSISTENCY_NAME] = (spec_file(OTHER_MAPS[CONSISTENCY_NAME], entities, PREDICT_DESC),
+                                     OTHER_MAPS[CONSISTENCY_NAME])
     if mask is None and brain_mask:  # the mask made from the series is written as a derivative
-        suffixes.append(MASK_SUFFIX)
-    source = Path(input_path).name
-    check_outputs(output_dir, [derivative_name(prefix, s, ext) for s in suffixes for ext in (".nii.gz", ".json")],
-                  force=force, sources={derivative_name(prefix, suffixes[0], ".json"): source})
+        planned[BRAIN_MASK_NAME] = (DerivativeFile(entities, "mask", desc=PREDICT_DESC, label=BRAIN_LABEL),
+                                    OTHER_MAPS[BRAIN_MASK_NAME])
+    _plan_derivative(root, {k: f for k, (f, _) in planned.items()}, source, force)
     data, affine, header = load_nifti(input_path, ndim=4, magnitude=True)
     seq = network_sequence(card, sequence, source=model_path)
     try:
@@ -283,45 +312,52 @@ def predict_nifti(
         except ValidationError as exc:  # the input's scale cannot be measured, no brain found, ...
             raise type(exc)(f"{input_path}: {exc}") from exc
 
-    out = Path(output_dir)
-    mask_name = {"given": Path(mask).name if mask is not None else None, MASK_METHOD: derivative_name(prefix, MASK_SUFFIX),
-                 "none": None}[net.mask_source]
+    mask_name = {"given": mask_uri, MASK_METHOD: planned[BRAIN_MASK_NAME][0].uri if BRAIN_MASK_NAME in planned
+                 else None, "none": None}[net.mask_source]
     outside = outside_rule_fields(mask_name, net.mask_source)
+    sources = [source] + ([mask_uri] if mask_uri else [])
     run = net.sidecar_fields()
     made_by = f"U-net {card.name}"
+    hdr = _derived_header(header)
+    ensure_derivative_root(root, links=links, nonstandard=[f.suffix for f, _ in planned.values() if f.nonstandard],
+                           force=force)
     files: dict[str, Path] = {}
     for spec in card.config.outputs:
-        suffix, unit, scale = output_file_spec(spec.name, spec.unit)
-        fields = map_sidecar(f"{spec.description or spec.name} predicted by the U-net", unit, sources=[source],
-                             outside=outside, generated_by=made_by, provenance=run)
-        files[spec.name] = _save(net.maps[spec.name].transpose(2, 1, 0) * np.float32(scale), affine, header, out,
-                                 prefix, suffix, fields)
+        file, bids = planned[spec.name]
+        fields = map_sidecar(f"{spec.description or spec.name} predicted by the U-net", bids.bids_unit,
+                             sources=sources, outside=outside, producer=PREDICT_DESC, generated_by=made_by,
+                             spatial_reference=source if file.segmentation else None, provenance=run)
+        files[spec.name] = _save(net.maps[spec.name].transpose(2, 1, 0) * np.float32(bids.scale_to_bids), affine,
+                                 hdr, root, file, fields)
     if net.uncertainty is not None:
         mc_fields = net.uncertainty_fields()
         for spec in card.config.outputs:
-            suffix, unit, scale = uncertainty_file_spec(spec.name, spec.unit)
+            file, bids = planned[spec.name + UNCERTAINTY_SUFFIX]
             fields = map_sidecar(f"uncertainty of {spec.description or spec.name}: standard deviation over "
-                                 f"{mc_samples} Monte-Carlo dropout passes of the U-net", unit, sources=[source],
-                                 outside=outside, generated_by=made_by, provenance={**mc_fields, **run})
+                                 f"{mc_samples} Monte-Carlo dropout passes of the U-net", bids.bids_unit,
+                                 sources=sources, outside=outside, producer=PREDICT_DESC, generated_by=made_by,
+                                 provenance={**mc_fields, **run})
             files[spec.name + UNCERTAINTY_SUFFIX] = _save(
-                net.uncertainty[spec.name].transpose(2, 1, 0) * np.float32(scale), affine, header, out, prefix,
-                suffix, fields)
+                net.uncertainty[spec.name].transpose(2, 1, 0) * np.float32(bids.scale_to_bids), affine, hdr, root,
+                file, fields)
     if net.consistency is not None:
         from ..nn.consistency import consistency_fields
 
         what = consistency_fields()
         description, unit = what.pop("Description"), what.pop("Units")
-        fields = map_sidecar(description, unit, sources=[source], outside=outside, generated_by=made_by,
+        fields = map_sidecar(description, unit, sources=sources, outside=outside, producer=PREDICT_DESC,
+                             generated_by=made_by,
                              provenance={**what, "ComputeSeconds": round(net.consistency_seconds, 2), **run})
-        files[CONSISTENCY_NAME] = _save(net.consistency.transpose(2, 1, 0), affine, header, out, prefix,
-                                        CONSISTENCY_SUFFIX, fields)
+        files[CONSISTENCY_NAME] = _save(net.consistency.transpose(2, 1, 0), affine, hdr, root,
+                                        planned[CONSISTENCY_NAME][0], fields)
     if net.mask_made:
+        file = planned[BRAIN_MASK_NAME][0]
         fields = map_sidecar("brain mask the maps were set to 0 outside of (and the input's level measured in)",
-                             "1", sources=[source], outside=None, generated_by=made_by,
-                             provenance={"Type": "Brain", "Method": MASK_METHOD})
-        files[BRAIN_MASK_NAME] = _save(net.mask.transpose(2, 1, 0), affine, header, out, prefix, MASK_SUFFIX,
-                                       fields, dtype=np.uint8)
-    return NiftiResult(out, prefix, files, int(data.shape[2]), net.seconds, net.info(), net.warning)
+                             "1", sources=[source], outside=None, spatial_reference=source, mask_type="Brain",
+                             producer=PREDICT_DESC, generated_by=made_by, provenance={"MaskMethod": MASK_METHOD})
+        files[BRAIN_MASK_NAME] = _save(net.mask.transpose(2, 1, 0), affine, hdr, root, file, fields, dtype=np.uint8)
+    prefix = "_".join(f"{k}-{v}" for k, v in entities.items())
+    return NiftiResult(root, prefix, files, int(data.shape[2]), net.seconds, net.info(), net.warning)
 
 
 def match_nifti(
@@ -338,6 +374,8 @@ def match_nifti(
     force: bool = False,
     cache: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    dictionary: Any = None,
+    dictionary_options: Mapping[str, Any] | None = None,
 ) -> NiftiResult:
     """Match every voxel of a 4D MRF NIfTI against the dictionary of its own slice and write the maps.
 
@@ -379,6 +417,22 @@ def match_nifti(
         None the default folder, False none.
     progress : callable, optional
         ``progress(done, total)``: called with the slices matched and their number.
+    dictionary : Dictionary or path, optional
+        One dictionary for every slice instead of the sequence's per-slice
+        ones (``sequence`` and ``cache`` are then not used): a
+        :class:`~mrfengine.dictionary.Dictionary` or a file
+        :meth:`Dictionary.load <mrfengine.dictionary.Dictionary.load>` reads
+        (mrfengine's or another tool's .npz, HDF5, MATLAB v5/v7.3), of any
+        frame count: the series must have as many frames.  A map is written
+        for each of its parameters: ``T1``, ``T2``, ``T2star`` (``T1map``,
+        ``T2map``, ``T2starmap``, seconds), ``B1`` (``TB1map``), any other
+        under its own name and its file's unit; with ``M0map`` and the
+        correlation.  Complex atoms are matched by their magnitude (the
+        series holds magnitudes); the sidecars say so.
+    dictionary_options : mapping, optional
+        Keywords of :meth:`Dictionary.load` for a dictionary file
+        (``atoms``, ``params``, ``units``, ``layout``); the frame count is
+        the series'.
 
     Returns
     -------
@@ -387,8 +441,9 @@ def match_nifti(
     Raises
     ------
     InputFileError
-        An unreadable series or mask, a frame or slice count that is not the
-        sequence's, an unusable output folder.
+        An unreadable series, mask or dictionary file, a frame or slice count
+        that is not the sequence's (or the dictionary's), an unusable output
+        folder.
     ValidationError
         Bad options.
     OutputExistsError
@@ -400,12 +455,20 @@ def match_nifti(
 
     if isinstance(slice_axis, bool) or slice_axis not in (0, 1, 2):
         raise ValidationError(f"slice_axis must be 0, 1 or 2; got {slice_axis!r}")
-    # Every output is checked before any work: a plain prefix, inside the folder, nothing replaced unless force.
-    prefix = _prefix(input_path, prefix)
-    source = Path(input_path).name
-    names = [derivative_name(prefix, MAP_SPECS[k][0], ext) for k in MAP_SPECS for ext in (".nii.gz", ".json")]
-    check_outputs(output_dir, names, force=force,
-                  sources={derivative_name(prefix, MAP_SPECS["T1"][0], ".json"): source})
+    if dictionary is not None:
+        return _match_nifti_dictionary(input_path, output_dir, dictionary, dict(dictionary_options or {}), mask=mask,
+                                       backend=backend, method=method, rank=rank, slice_axis=slice_axis,
+                                       prefix=prefix, force=force, progress=progress)
+    if dictionary_options:
+        raise ValidationError("dictionary_options are for a dictionary file given as dictionary=")
+    # Every output is planned and checked before any work: its entities, the root, nothing replaced unless force.
+    entities = output_entities(input_path, prefix)
+    root = Path(output_dir)
+    links = read_links(root)
+    source = source_uri(input_path, root, links)
+    mask_uri = source_uri(mask, root, links) if mask is not None else None
+    planned = {key: match_file(key, entities, MATCH_DESC) for key in MATCH_MAPS}
+    _plan_derivative(root, planned, source, force)
     seq = resolve_sequence(sequence)
     data, affine, header = load_nifti(input_path, ndim=4, n_frames=seq.n_measurements, magnitude=True)
     _check_slices(input_path, data.shape[slice_axis], slice_axis, seq)
@@ -417,16 +480,129 @@ def match_nifti(
                                 method=method, rank=rank,
                                 progress=None if progress is None else lambda done: progress(done, n_slices))
     seconds = time.perf_counter() - t0
-    out = Path(output_dir)
-    outside = outside_rule_fields(None if mask is None else Path(mask).name, "given")
+    outside = outside_rule_fields(mask_uri, "given")
+    sources = [source] + ([mask_uri] if mask_uri else [])
     run = match_sidecar_fields(info)
+    hdr = _derived_header(header)
+    ensure_derivative_root(root, links=links, nonstandard=[f.suffix for f in planned.values() if f.nonstandard],
+                           force=force)
     files: dict[str, Path] = {}
     for key, values in match_maps(result).items():
-        suffix, unit, scale, description = MAP_SPECS[key]
-        fields = map_sidecar(description, unit, sources=[source], outside=outside, generated_by="dictionary matching",
-                             provenance=run)
-        files[key] = _save(values * np.float32(scale), affine, header, out, prefix, suffix, fields)
-    return NiftiResult(out, prefix, files, n_slices, seconds, info)
+        spec = MATCH_MAPS[key]
+        fields = map_sidecar(spec.description, spec.bids_unit, sources=sources, outside=outside,
+                             producer=MATCH_DESC, generated_by="dictionary matching", provenance=run)
+        files[key] = _save(values * np.float32(spec.scale_to_bids), affine, hdr, root, planned[key], fields)
+    prefix = "_".join(f"{k}-{v}" for k, v in entities.items())
+    return NiftiResult(root, prefix, files, n_slices, seconds, info)
+
+
+def _dictionary_map_specs(d: Any) -> dict[str, tuple[MapSpec, str]]:
+    """The map of each of a given dictionary's parameters and the unit of its file's values:
+    the registry's for ``T1``, ``T2star`` and ``B1``, ``T2map`` for ``T2``, any other under its own
+    name (a suffix mrfengine's ``.bidsignore`` lists) in the unit the dictionary records."""
+    from ..maps import ARBITRARY, MS, SECOND, UNITS
+
+    units = d.metadata.get("units", {}) if isinstance(d.metadata.get("units"), Mapping) else {}
+    specs: dict[str, tuple[MapSpec, str]] = {}
+    for name in d.params:
+        if name in ("M0", "correlation"):
+            raise ValidationError(f"the dictionary's parameter {name!r} has the name of a map matching writes itself "
+                                  f"(M0, correlation); rename it")
+        if name in ("T1", "T2star", "B1"):
+            spec = MATCH_MAPS[name]
+        elif name == "T2":
+            spec = MapSpec("T2", MS, "Transverse relaxation time of the best-matching dictionary atom",
+                           "quantitative", "T2map", bids_unit=SECOND, scale_to_bids=1e-3)
+        else:
+            unit = str(units.get(name, "")).strip()
+            spec = MapSpec(name, unit if unit in UNITS else ARBITRARY,
+                           f"Parameter {name} of the best-matching dictionary atom"
+                           + (f" ({unit})" if unit else " (the dictionary gives no unit)"), "quantitative")
+            specs[name] = (spec, unit or ARBITRARY)
+            continue
+        specs[name] = (spec, spec.bids_unit)
+    for key in ("M0", "correlation"):
+        specs[key] = (MATCH_MAPS[key], MATCH_MAPS[key].bids_unit)
+    suffixes: dict[str, str] = {}
+    for name, (spec, _) in specs.items():
+        if spec.suffix in suffixes:
+            raise ValidationError(f"the dictionary's parameters {suffixes[spec.suffix]!r} and {name!r} would both be "
+                                  f"written as {spec.suffix} maps; rename one")
+        suffixes[spec.suffix] = name
+    return specs
+
+
+def _match_nifti_dictionary(input_path, output_dir, dictionary: Any, options: dict[str, Any], *, mask, backend: str,
+                            method: str, rank: int | None, slice_axis: int, prefix: str | None, force: bool,
+                            progress) -> NiftiResult:
+    """:func:`match_nifti` with one dictionary (an object or a file) for every slice."""
+    from ..dictionary import Dictionary
+    from ..dictionary.io import FrameCountError
+    from ..masking import fill_not_estimated
+    from ..matching import match_slices
+
+    if "n_frames" in options:
+        raise ValidationError("dictionary_options: n_frames is the series' frame count, not an option")
+    unknown = sorted(set(options) - {"atoms", "params", "units", "layout"})
+    if unknown:
+        raise ValidationError(f"dictionary_options: unknown keys {unknown} (atoms, params, units, layout)")
+    entities = output_entities(input_path, prefix)
+    root = Path(output_dir)
+    links = read_links(root)
+    source = source_uri(input_path, root, links)
+    mask_uri = source_uri(mask, root, links) if mask is not None else None
+    data, affine, header = load_nifti(input_path, ndim=4, magnitude=True)
+    n_frames = int(data.shape[-1])
+    if isinstance(dictionary, Dictionary):
+        if options:
+            raise ValidationError("dictionary_options are for a dictionary file, not a Dictionary")
+        d, dict_uri, dict_name = dictionary, None, "given"
+    else:
+        try:
+            d = Dictionary.load(dictionary, n_frames=n_frames, **options)
+        except FrameCountError as exc:
+            have = " or ".join(str(h) for h in exc.have)
+            raise InputFileError(f"{input_path}: the series has {n_frames} frames, but the fingerprints of dictionary "
+                                 f"{dictionary} have {have}; give the dictionary of this acquisition") from exc
+        dict_uri, dict_name = source_uri(dictionary, root, links), Path(dictionary).name
+    if d.n_frames != n_frames:
+        raise InputFileError(f"{input_path}: the series has {n_frames} frames, but the dictionary has {d.n_frames}")
+    specs = _dictionary_map_specs(d)
+    planned = {key: spec_file(spec, entities, MATCH_DESC) for key, (spec, _) in specs.items()}
+    _plan_derivative(root, planned, source, force)
+    given = load_mask_like(mask, data.shape[:3], affine, reference=input_path) if mask is not None else None
+    magnitude = np.iscomplexobj(d.atoms)
+    matched_against = Dictionary(np.abs(d.atoms), d.params, metadata=d.metadata) if magnitude else d
+    n_slices = int(data.shape[slice_axis])
+    t0 = time.perf_counter()
+    result = match_slices(data, lambda z: matched_against, slice_axis=slice_axis, channel_axis=-1, mask=given,
+                          backend=backend, method=method, rank=rank,
+                          progress=None if progress is None else lambda done: progress(done, n_slices))
+    seconds = time.perf_counter() - t0
+    source_meta = d.metadata.get("source", {}) if isinstance(d.metadata.get("source"), Mapping) else {}
+    info = {"backend": result.backend, "method": result.method, "rank": result.rank, "dictionary": dict_name,
+            "dictionary_digest": d.digest, "dictionary_format": source_meta.get("format", "mrfengine"),
+            "dictionary_atoms": d.n_atoms, "dictionary_frames": d.n_frames, "dictionary_magnitude": magnitude,
+            "n_matched": int(np.count_nonzero(result.matched))}
+    run = {"Dictionary": dict_uri or dict_name, "DictionaryDigest": d.digest,
+           "DictionaryFormat": info["dictionary_format"], "DictionaryAtoms": d.n_atoms, "DictionaryFrames": d.n_frames,
+           "DictionaryMatchedByMagnitude": magnitude, "MatchingBackend": result.backend,
+           "MatchingMethod": result.method, "SVDRank": result.rank, "MatchedVoxels": info["n_matched"]}
+    outside = outside_rule_fields(mask_uri, "given")
+    sources = [source] + ([mask_uri] if mask_uri else []) + ([dict_uri] if dict_uri else [])
+    hdr = _derived_header(header)
+    ensure_derivative_root(root, links=links, nonstandard=[f.suffix for f in planned.values() if f.nonstandard],
+                           force=force)
+    values = {name: np.asarray(result.params[name], dtype=np.float32) for name in d.params}
+    values.update(M0=np.abs(result.m0), correlation=result.correlation)
+    files: dict[str, Path] = {}
+    for key, arr in fill_not_estimated(values, result.matched).items():
+        spec, unit = specs[key]
+        fields = map_sidecar(spec.description, unit, sources=sources, outside=outside, producer=MATCH_DESC,
+                             generated_by="dictionary matching", provenance=run)
+        files[key] = _save(arr * np.float32(spec.scale_to_bids), affine, hdr, root, planned[key], fields)
+    prefix = "_".join(f"{k}-{v}" for k, v in entities.items())
+    return NiftiResult(root, prefix, files, n_slices, seconds, info)
 
 
 # --------------------------------------------------------------------------- denoise
@@ -479,6 +655,18 @@ def _plan_denoise_outputs(input_path: Path, outputs: dict[str, Path], others: li
             seen[key] = f"the {what} output"
     for path in outputs.values():
         check_outputs(path.parent, [path.name, _sidecar_path(path).name], force=force)
+
+
+def _denoise_root(output: Path) -> Path:
+    """The root of the mrfengine derivative dataset ``output`` lies in, else ``output``'s folder."""
+    for folder in Path(os.path.abspath(output)).parents:
+        if (folder / DESCRIPTION).is_file():
+            try:
+                check_derivative_root(folder)
+            except InputFileError:
+                break  # another tool's dataset (or a raw one): the output's folder is the reference
+            return folder
+    return Path(os.path.abspath(output)).parent
 
 
 def _derived_header(header):
@@ -664,14 +852,17 @@ def denoise_nifti(
     }
 
     # the sidecars: the one schema, the run's record after it
-    source = input_path.name
-    sources = [source] + ([Path(mask).name] if mask is not None else [])
+    # Sources as BIDS URIs, seen from the derivative dataset OUT lies in (its links merged into that
+    # dataset's description), else from OUT's folder
+    root = _denoise_root(outputs["denoised"])
+    links = read_links(root)
+    mask_file = source_uri(mask, root, links) if mask is not None else None
+    sources = [source_uri(input_path, root, links)] + ([mask_file] if mask_file else [])
     run = {"Method": "MP-PCA (Marchenko-Pastur PCA over sliding windows)", "Estimator": result.estimator,
            "PatchRadius": list(radius), "Window": list(result.window),
            "Recombination": "weighted mean of the estimates of all windows that hold the voxel, weight 1/(1 + rank)",
            "Backend": result.backend, "Frames": int(data.shape[3]), "DenoisedVoxels": n_inside,
            "ComputeSeconds": round(seconds, 3)}
-    mask_file = Path(mask).name if mask is not None else None
     outside = {"BrainMask": mask_file, "BrainMaskSource": mask_source,
                "OutsideBrainValue": OUTSIDE_BRAIN_VALUE if region is not None else None}
     made_by = "MP-PCA denoising"
@@ -679,14 +870,16 @@ def denoise_nifti(
     planned: dict[str, tuple[np.ndarray, dict[str, Any]]] = {
         "denoised": (np.asarray(result.denoised, dtype=np.float32),
                      map_sidecar(f"{series.description}, denoised by MP-PCA", series.unit, sources=sources,
-                                 outside=None, generated_by=made_by,
+                                 outside=None, producer="denoise", generated_by=made_by,
                                  provenance={"Mask": mask_file, "MaskSource": mask_source,
                                              "OutsideMask": DENOISE_OUTSIDE if region is not None else None, **run}))}
     for name, values in (("mppca_sigma", sigma), ("mppca_rank", rank)):
         if name in outputs:
             spec = PIPELINE_MAPS[name]
             planned[name] = (values, map_sidecar(spec.description, spec.unit, sources=sources, outside=outside,
-                                                 generated_by=made_by, provenance=run))
+                                                 producer="denoise", generated_by=made_by, provenance=run))
+    if (root / DESCRIPTION).is_file():
+        ensure_derivative_root(root, links=links)
     hdr = _derived_header(header)
     units = hdr.get_xyzt_units() if hasattr(hdr, "get_xyzt_units") else ("mm", "sec")
     files = _write_all(outputs, planned, affine, hdr, units)

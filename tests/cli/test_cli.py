@@ -59,13 +59,14 @@ def test_demo_runs_the_network_on_a_scanner_scale_int16_series(tmp_path, capsys)
     truth = np.asarray(sub.mrf[...]).transpose(3, 2, 1, 0) * SCANNER_GAIN
     assert np.abs(stored - truth).max() <= 0.51 * rep.scl_slope  # int16 rounding (and float32), nothing else
     assert float(np.median(stored.mean(axis=3)[np.asarray(sub.brain_mask[:]).transpose(2, 1, 0) > 0])) > 100
-    maps = Path(rep.output_dir)
-    made = np.asarray(nib.load(str(maps / "sub-01_desc-brain_mask.nii.gz")).dataobj) > 0
+    maps = Path(rep.output_dir) / "sub-01" / "anat"  # predict's derivative dataset
+    made = np.asarray(nib.load(str(maps / "sub-01_label-brain_desc-unet_mask.nii.gz")).dataobj) > 0
     level = input_level(mean_image(stored.transpose(2, 3, 1, 0), channel_axis=1), made.transpose(2, 1, 0))
     assert rep.input_scale == "subject"
     assert rep.input_level_ratio == pytest.approx(level / norm.reference_level, rel=1e-4)
     assert 0.7 < rep.mask_dice <= 1.0
-    for suffix in ("T1map", "T2starmap", "label-NAWM_probseg", "label-GM_probseg", "label-lesion_probseg"):
+    for suffix in ("desc-unet_T1map", "desc-unet_T2starmap", "label-NAWM_desc-unet_probseg",
+                   "label-GM_desc-unet_probseg", "label-lesion_desc-unet_probseg"):
         arr = np.asarray(nib.load(str(maps / f"sub-01_{suffix}.nii.gz")).dataobj)
         assert (arr[~made] == 0).all() and np.isfinite(arr).all()  # the outside rule
     for value in (rep.t1_reldev, rep.t2star_reldev, rep.nawm_dice_volume, rep.gm_dice_volume):
@@ -135,7 +136,8 @@ def mrf_case(tmp_path):
 def test_match_writes_bids_maps_with_the_input_affine(mrf_case, capsys):
     out = mrf_case["tmp"] / "maps"
     assert main(["match", str(mrf_case["path"]), "-o", str(out), "--sequence", str(mrf_case["seq"])]) == 0
-    t1 = nib.load(out / "sub-01_T1map.nii.gz")
+    anat = out / "sub-01" / "anat"
+    t1 = nib.load(anat / "sub-01_desc-match_T1map.nii.gz")
     np.testing.assert_allclose(t1.affine, mrf_case["affine"])
     src = nib.load(mrf_case["path"]).header
     assert t1.header["sform_code"] == src["sform_code"] and t1.header["qform_code"] in (src["qform_code"], 1)
@@ -144,11 +146,12 @@ def test_match_writes_bids_maps_with_the_input_affine(mrf_case, capsys):
     # single voxels can be off by more than the 5% T1 step; the median is not.
     rel = np.abs(t1.get_fdata() * 1000 / mrf_case["t1"] - 1)
     assert np.median(rel) < 0.03 and rel.max() < 0.25
-    side = json.loads((out / "sub-01_T1map.json").read_text())
-    assert side["Units"] == "s" and side["MatchingBackend"] in ("cpp", "numpy")
-    for name in ("T2starmap", "TB1map", "M0map", "desc-correlation_mask"):
-        assert (out / f"sub-01_{name}.nii.gz").is_file()
-    t2 = nib.load(out / "sub-01_T2starmap.nii.gz").get_fdata() * 1000
+    side = json.loads((anat / "sub-01_desc-match_T1map.json").read_text())
+    assert side["Units"] == "s" and side["Provenance"]["MatchingBackend"] in ("cpp", "numpy")
+    for name in ("anat/sub-01_desc-match_T2starmap", "fmap/sub-01_desc-match_TB1map", "anat/sub-01_desc-match_M0map",
+                 "anat/sub-01_desc-match_correlation"):
+        assert (out / "sub-01" / f"{name}.nii.gz").is_file()
+    t2 = nib.load(anat / "sub-01_desc-match_T2starmap.nii.gz").get_fdata() * 1000
     assert np.median(np.abs(t2 / mrf_case["t2"] - 1)) < 0.03
 
 
@@ -166,7 +169,7 @@ def test_match_masks_bad_voxels_and_honours_the_mask(mrf_case):
     code = main(["match", str(path), "-o", str(out), "--sequence", str(mrf_case["seq"]), "--mask", str(mpath),
                  "--backend", "numpy"])
     assert code == 0
-    t1 = nib.load(out / "sub-02_T1map.nii.gz").get_fdata()
+    t1 = nib.load(out / "sub-02" / "anat" / "sub-02_desc-match_T1map.nii.gz").get_fdata()
     assert t1[0, 0, 0] == 0 and t1[1, 1, 1] == 0 and np.all(t1[5] == 0)
     assert np.all(t1[2:5] > 0)
 

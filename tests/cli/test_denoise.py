@@ -72,10 +72,14 @@ def test_denoise_equals_mppca_keeps_the_header_and_writes_noise_and_rank(series,
     assert hdr["descrip"].tobytes().strip(b"\0") == b""
 
     sidecar = _sidecar(out)
-    assert list(sidecar)[: len(SIDECAR_KEYS) - 3] == list(SIDECAR_KEYS[:-3])
-    assert sidecar["Sources"] == ["sub-01_mrf.nii.gz", "brain.nii.gz"] and sidecar["Units"] == "arbitrary"
-    assert (sidecar["Estimator"], sidecar["Window"], sidecar["Backend"]) == ("mp", [5, 5, 5], "numpy")
-    assert sidecar["MaskSource"] == "given" and sidecar["OutsideMask"].startswith("the input's values")
+    assert list(sidecar) == [k for k in SIDECAR_KEYS if k in sidecar]  # the one schema
+    # Sources as BIDS URIs: files outside any dataset are seen from OUT's folder through the link "input"
+    assert sidecar["Sources"] == ["bids:input:sub-01_mrf.nii.gz", "bids:input:brain.nii.gz"]
+    assert sidecar["Units"] == "arbitrary"
+    prov = sidecar["Provenance"]
+    assert (prov["Estimator"], prov["Window"], prov["Backend"], prov["Producer"]) == ("mp", [5, 5, 5], "numpy",
+                                                                                      "denoise")
+    assert prov["MaskSource"] == "given" and prov["OutsideMask"].startswith("the input's values")
 
     sig = nib.load(str(noise))
     s = np.asarray(sig.dataobj)
@@ -87,7 +91,7 @@ def test_denoise_equals_mppca_keeps_the_header_and_writes_noise_and_rank(series,
     assert np.median(s[brain]) == pytest.approx(series["sigma"], rel=0.10)
     side = _sidecar(noise)
     assert (side["Units"], side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == \
-        ("arbitrary", "brain.nii.gz", "given", 0.0)
+        ("arbitrary", "bids:input:brain.nii.gz", "given", 0.0)
 
     r = nib.load(str(rank))
     k = np.asarray(r.dataobj)
@@ -122,7 +126,7 @@ def test_default_brain_mask_int16_with_scl_slope_and_exp2(series, tmp_path):
     assert np.median(sigma[made & series["brain"]]) == pytest.approx(series["sigma"] * gain, rel=0.15)
     side = _sidecar(result.files["mppca_sigma"])
     assert side["BrainMask"] is None and side["BrainMaskSource"] == MASK_METHOD
-    assert _sidecar(result.files["denoised"])["Sources"] == ["sub-02_mrf.nii.gz"]
+    assert _sidecar(result.files["denoised"])["Sources"] == ["bids::sub-02_mrf.nii.gz"]  # in OUT's own folder
 
 
 def test_refuses_to_overwrite_without_force(series, tmp_path, capsys):
@@ -136,7 +140,7 @@ def test_refuses_to_overwrite_without_force(series, tmp_path, capsys):
     assert str(out) in err and "--force" in err
     assert out.read_bytes() == before and not noise.exists()  # nothing written, not even the new output
     assert main(args + ["--noise", str(noise), "--force", "--patch-radius", "2,2,1"]) == 0
-    assert _sidecar(out)["Window"] == [5, 5, 3] and noise.exists()
+    assert _sidecar(out)["Provenance"]["Window"] == [5, 5, 3] and noise.exists()
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # no temporary left
 
 
@@ -204,4 +208,4 @@ def test_backend_choices_and_registry_entries():
     # the batch's derived arrays of the denoise stage have units and descriptions, and export names
     assert derived_spec("mppca_sigma").unit == "arbitrary" and derived_spec("mppca_rank").unit == "1"
     assert _array_attributes("mppca_sigma")["description"].startswith("Noise standard deviation")
-    assert export_name("derived/denoise-match/mppca_sigma") == ("desc-denoisematchmppcasigma_map", "arbitrary", 1.0)
+    assert export_name("derived/denoise-match/mppca_sigma") == ("desc-denoisematch_noise", "arbitrary", 1.0)

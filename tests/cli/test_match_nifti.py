@@ -16,7 +16,9 @@ from mrfengine.pipeline import STAGES, match_nifti
 from mrfengine.sequence import hermann2021, save_sequence
 from mrfengine.testing import random_fingerprints
 
-SUFFIXES = {"T1": "T1map", "T2star": "T2starmap", "B1": "TB1map", "M0": "M0map", "correlation": "desc-correlation_mask"}
+SUFFIXES = {"T1": "desc-match_T1map", "T2star": "desc-match_T2starmap", "B1": "desc-match_TB1map",
+            "M0": "desc-match_M0map", "correlation": "desc-match_correlation"}
+FOLDERS = {"B1": "fmap"}  # BIDS files B1+ maps under fmap/, the others under anat/
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +53,30 @@ def test_match_nifti_writes_zero_where_not_matched_and_the_one_sidecar_schema(se
                          progress=lambda k, n: done.append((k, n)))
     assert done == [(1, 4), (2, 4), (3, 4), (4, 4)] and result.prefix == "sub-07" and result.n_slices == 4
     assert result.info["n_matched"] == series["mask"].size - 3 and result.info["backend"] == "numpy"
-    assert {k: p.name for k, p in result.files.items()} == {k: f"sub-07_{s}.nii.gz" for k, s in SUFFIXES.items()}
+    assert {k: p.relative_to(tmp_path).as_posix() for k, p in result.files.items()} == {
+        k: f"sub-07/{FOLDERS.get(k, 'anat')}/sub-07_{s}.nii.gz" for k, s in SUFFIXES.items()}
+    links = json.loads((tmp_path / "dataset_description.json").read_text())["DatasetLinks"]
+    assert links == {"input": f"../{series['root'].name}"}  # the inputs' folder (beside OUT), named in the URIs
     for name, path in result.files.items():
         arr, side = _read(path)
         assert arr.dtype == np.float32 and np.isfinite(arr).all(), name  # never NaN
         assert (arr[series["unmatched"]] == 0).all(), name  # the NaN frame, no signal, outside the mask: all 0
         assert np.count_nonzero(arr) == series["mask"].size - 3, name
-        assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS, name  # the one schema, as predict's
-        assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == ("brain.nii.gz", "given", 0)
-        assert side["Sources"] == ["sub-07_mrf.nii.gz"] == [side["Source"]]
-        assert side["SequenceDigest"] == series["seq"].digest() and side["MatchingBackend"] == "numpy"
+        assert list(side) == [k for k in SIDECAR_KEYS if k in side], name  # the one schema, as predict's
+        assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == (
+            "bids:input:brain.nii.gz", "given", 0)
+        assert side["Sources"] == ["bids:input:sub-07_mrf.nii.gz", "bids:input:brain.nii.gz"]
+        assert side["SkullStripped"] is True and side["Provenance"]["Producer"] == "match"
+        prov = side["Provenance"]
+        assert prov["SequenceDigest"] == series["seq"].digest() and prov["MatchingBackend"] == "numpy"
     t1, side = _read(result.files["T1"])
     assert side["Units"] == "s" and 0.3 < np.median(t1[t1 > 0]) < 2.5  # seconds
     # without a mask nothing lies outside the brain; the unmatched voxels are 0 all the same
     whole = match_nifti(series["root"] / "sub-07_mrf.nii.gz", tmp_path / "whole", sequence=series["seq"],
                         backend="numpy")
     arr, side = _read(whole.files["T2star"])
-    assert (side["BrainMask"], side["OutsideBrainValue"]) == (None, None) and arr[4, 1, 2] > 0
+    assert (side["BrainMask"], side["OutsideBrainValue"], side["SkullStripped"]) == (None, None, False)
+    assert arr[4, 1, 2] > 0
     assert arr[0, 0, 0] == 0 and arr[1, 2, 3] == 0
 
 
@@ -94,14 +103,22 @@ def test_the_match_stage_and_match_nifti_give_the_same_maps_and_background(serie
 
 
 def test_the_sidecar_schema():
-    outside = outside_rule_fields("m.nii.gz", "given")
-    fields = map_sidecar("T1", "s", sources=["a.nii.gz"], outside=outside, generated_by="x", provenance={"K": 1})
-    assert list(fields) == [*SIDECAR_KEYS, "K"] and fields["GeneratedBy"][0]["Description"] == "x"
-    mask = map_sidecar("brain mask", "1", sources=["a.nii.gz"], outside=None)
-    assert list(mask) == list(SIDECAR_KEYS[:-3])  # a mask is no estimate: no outside-rule fields
-    with pytest.raises(ValidationError, match="schema"):
-        map_sidecar("T1", "s", sources=["a"], outside=outside, provenance={"Units": "ms"})
+    from mrfengine import __version__
+
+    outside = outside_rule_fields("bids::sub-01/anat/sub-01_desc-brain_mask.nii.gz", "given")
+    fields = map_sidecar("T1", "s", sources=["bids:raw:sub-01/anat/sub-01_MRF.nii.gz"], outside=outside,
+                         producer="match", generated_by="x", provenance={"K": 1})
+    assert list(fields) == ["Description", "Units", "SkullStripped", "Sources", "BrainMask", "BrainMaskSource",
+                            "OutsideBrainValue", "Provenance"]
+    assert fields["SkullStripped"] is True
+    assert fields["Provenance"] == {"Producer": "match", "Method": "x", "Version": __version__, "K": 1}
+    mask = map_sidecar("brain mask", "1", sources=["bids:raw:a.nii.gz"], outside=None, mask_type="Brain",
+                       spatial_reference="bids:raw:a.nii.gz")
+    # a mask is no estimate: no outside-rule fields, no SkullStripped
+    assert list(mask) == ["Description", "Units", "Sources", "SpatialReference", "Type", "Provenance"]
+    with pytest.raises(ValidationError, match="BIDS URIs"):
+        map_sidecar("T1", "s", sources=["sub-01_MRF.nii.gz"], outside=outside)  # a file name is no URI
     with pytest.raises(ValidationError, match="source"):
         map_sidecar("T1", "s", sources=[], outside=outside)
     with pytest.raises(ValidationError, match="outside rule"):
-        map_sidecar("T1", "s", sources=["a"], outside={"BrainMask": None})
+        map_sidecar("T1", "s", sources=["bids::a"], outside={"BrainMask": None})

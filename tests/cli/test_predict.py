@@ -11,13 +11,19 @@ from mrfengine.sequence import hermann2021, save_sequence
 
 SEQ = hermann2021(1, n_slices=4)
 AFFINE = np.array([[-1.5, 0, 0, 30.0], [0, 1.5, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
-OUTPUTS = {  # file suffix: (output, unit in the sidecar, scale from the network's unit)
-    "T1map": ("T1", "s", 1e-3),
-    "T2starmap": ("T2star", "s", 1e-3),
-    "label-NAWM_probseg": ("NAWM", "1", 1.0),
-    "label-GM_probseg": ("GM", "1", 1.0),
-    "label-lesion_probseg": ("lesion", "1", 1.0),
+OUTPUTS = {  # file name after the entities: (output, unit in the sidecar, scale from the network's unit)
+    "desc-unet_T1map": ("T1", "s", 1e-3),
+    "desc-unet_T2starmap": ("T2star", "s", 1e-3),
+    "label-NAWM_desc-unet_probseg": ("NAWM", "1", 1.0),
+    "label-GM_desc-unet_probseg": ("GM", "1", 1.0),
+    "label-lesion_desc-unet_probseg": ("lesion", "1", 1.0),
 }
+MASK = "label-brain_desc-unet_mask"  # the brain mask predict made from the series
+
+
+def _f(out, name):
+    """``out/sub-01/anat/name`` for ``name`` = ``sub-01_...`` (the derivative's layout)."""
+    return out / name.split("_")[0] / "anat" / name
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -69,27 +75,33 @@ def test_predict_writes_the_five_maps_with_units_and_the_affine(tmp_path, capsys
     out = tmp_path / "out"
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--batch-size", "3"]) == 0
     assert "predicted 4 slices" in capsys.readouterr().out
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(
-        [f"sub-01_{s}.nii.gz" for s in OUTPUTS] + ["sub-01_desc-brain_mask.nii.gz"])
+    assert sorted(p.name for p in out.glob("sub-01/anat/*.nii.gz")) == sorted(
+        [f"sub-01_{s}.nii.gz" for s in OUTPUTS] + ["sub-01_" + MASK + ".nii.gz"])
     # no --mask: the maps are 0 outside a brain mask made from the series, written beside them
-    mask_img = nib.load(str(out / "sub-01_desc-brain_mask.nii.gz"))
+    mask_img = nib.load(str(_f(out, "sub-01_" + MASK + ".nii.gz")))
     mask = np.asarray(mask_img.dataobj)
     np.testing.assert_allclose(mask_img.affine, AFFINE)
     np.testing.assert_array_equal(mask, np.broadcast_to(_head(data.shape)[:, :, None], mask.shape))
-    assert json.loads((out / "sub-01_desc-brain_mask.json").read_text())["Method"].startswith("made from the MRF")
+    mask_side = json.loads((_f(out, "sub-01_" + MASK + ".json")).read_text())
+    assert mask_side["Type"] == "Brain" and mask_side["Provenance"]["MaskMethod"].startswith("made from the MRF")
+    assert "SkullStripped" not in mask_side and mask_side["SpatialReference"] == "bids:input:sub-01_mrf.nii.gz"
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "mrfengine"
+    assert description["DatasetLinks"] == {"input": ".."}  # the input's folder, relative to the root
     want = _expected(data, load_model(model_path), mask, batch_size=3)
     for suffix, (name, unit, scale) in OUTPUTS.items():
-        img = nib.load(str(out / f"sub-01_{suffix}.nii.gz"))
+        img = nib.load(str(_f(out, f"sub-01_{suffix}.nii.gz")))
         np.testing.assert_allclose(img.affine, AFFINE)
         arr = np.asarray(img.dataobj)
         assert arr.shape == data.shape[:3] and arr.dtype == np.float32
         np.testing.assert_allclose(arr, want[name] * scale, rtol=1e-6)
         assert (arr[mask == 0] == 0).all() and np.count_nonzero(arr[mask == 1]) > 0
-        side = json.loads((out / f"sub-01_{suffix}.json").read_text())
-        assert side["Units"] == unit and side["Model"] == "MSE-5"
-        assert side["SequenceDigest"] == SEQ.digest() and side["Source"] == "sub-01_mrf.nii.gz"
-        assert side["TestTimeAugmentation"] == "none"
-        assert side["BrainMask"] == "sub-01_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
+        side = json.loads((_f(out, f"sub-01_{suffix}.json")).read_text())
+        prov = side["Provenance"]
+        assert side["Units"] == unit and prov["Model"] == "MSE-5" and prov["Producer"] == "unet"
+        assert prov["SequenceDigest"] == SEQ.digest() and side["Sources"] == ["bids:input:sub-01_mrf.nii.gz"]
+        assert prov["TestTimeAugmentation"] == "none" and side["SkullStripped"] is True
+        assert side["BrainMask"] == "bids::sub-01/anat/sub-01_" + MASK + ".nii.gz" and side["OutsideBrainValue"] == 0
 
 
 def test_predict_with_test_time_augmentation(tmp_path):
@@ -97,11 +109,12 @@ def test_predict_with_test_time_augmentation(tmp_path):
     mrf_path, data = _mrf(tmp_path)
     out = tmp_path / "out"
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--tta", "flip"]) == 0
-    mask = np.asarray(nib.load(str(out / "sub-01_desc-brain_mask.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(str(_f(out, "sub-01_" + MASK + ".nii.gz"))).dataobj)
     want = _expected(data, load_model(model_path), mask, tta="flip")
-    arr = np.asarray(nib.load(str(out / "sub-01_label-lesion_probseg.nii.gz")).dataobj)
+    arr = np.asarray(nib.load(str(_f(out, "sub-01_label-lesion_desc-unet_probseg.nii.gz"))).dataobj)
     np.testing.assert_allclose(arr, want["lesion"], rtol=1e-6)
-    assert json.loads((out / "sub-01_label-lesion_probseg.json").read_text())["TestTimeAugmentation"] == "flip"
+    side = json.loads((_f(out, "sub-01_label-lesion_desc-unet_probseg.json")).read_text())
+    assert side["Provenance"]["TestTimeAugmentation"] == "flip"
 
 
 def test_mask_zeroes_the_maps_outside(tmp_path):
@@ -115,19 +128,19 @@ def test_mask_zeroes_the_maps_outside(tmp_path):
                  str(tmp_path / "mask.nii.gz"), "--prefix", "sub-02"]) == 0
     assert main(["predict", str(mrf_path), "-o", str(out), "--model", str(model_path), "--prefix", "all",
                  "--no-brain-mask"]) == 0
-    assert not (out / "sub-02_desc-brain_mask.nii.gz").exists() and not (out / "all_desc-brain_mask.nii.gz").exists()
+    assert not list(out.glob("*/anat/*_mask.*"))  # no mask made
     for suffix in OUTPUTS:
-        masked = np.asarray(nib.load(str(out / f"sub-02_{suffix}.nii.gz")).dataobj)
-        full = np.asarray(nib.load(str(out / f"all_{suffix}.nii.gz")).dataobj)
+        masked = np.asarray(nib.load(str(_f(out, f"sub-02_{suffix}.nii.gz"))).dataobj)
+        full = np.asarray(nib.load(str(_f(out, f"sub-all_{suffix}.nii.gz"))).dataobj)
         assert np.count_nonzero(full[mask == 0]) > 0
         np.testing.assert_array_equal(masked, np.where(mask == 1, full, 0))
-        given = json.loads((out / f"sub-02_{suffix}.json").read_text())
-        assert (given["BrainMask"], given["BrainMaskSource"], given["OutsideBrainValue"]) == ("mask.nii.gz", "given", 0)
-        whole = json.loads((out / f"all_{suffix}.json").read_text())
+        given = json.loads((_f(out, f"sub-02_{suffix}.json")).read_text())
+        assert (given["BrainMask"], given["BrainMaskSource"], given["OutsideBrainValue"]) == ("bids:input:mask.nii.gz", "given", 0)
+        whole = json.loads((_f(out, f"sub-all_{suffix}.json")).read_text())
         assert (whole["BrainMask"], whole["BrainMaskSource"], whole["OutsideBrainValue"]) == (None, "none", None)
     # --no-brain-mask keeps the whole field of view: predict_volume's maps as they are
     want = predict_volume(data.transpose(2, 3, 1, 0), load_model(model_path))
-    np.testing.assert_allclose(np.asarray(nib.load(str(out / "all_T1map.nii.gz")).dataobj),
+    np.testing.assert_allclose(np.asarray(nib.load(str(_f(out, "sub-all_desc-unet_T1map.nii.gz"))).dataobj),
                                want["T1"].transpose(2, 1, 0) * 1e-3, rtol=1e-6)
 
 
@@ -151,7 +164,7 @@ def test_a_series_with_no_brain_to_find_is_refused_unless_the_whole_field_is_kep
     assert "no brain mask could be made" in err and "--no-brain-mask" in err
     assert main(["predict", str(path), "-o", str(out), "--model", str(model_path), "--input-scale", "absolute",
                  "--no-brain-mask"]) == 0
-    assert json.loads((out / "sub-09_T1map.json").read_text())["BrainMask"] is None
+    assert json.loads((_f(out, "sub-09_desc-unet_T1map.json")).read_text())["BrainMask"] is None
 
 
 @pytest.fixture
@@ -175,7 +188,7 @@ def test_without_a_model_and_none_shipped_the_error_says_what_to_do(tmp_path, ca
 
 
 def _maps(out, prefix="sub-01"):
-    return {suffix: np.asarray(nib.load(str(out / f"{prefix}_{suffix}.nii.gz")).dataobj) for suffix in OUTPUTS}
+    return {suffix: np.asarray(nib.load(str(_f(out, f"{prefix}_{suffix}.nii.gz"))).dataobj) for suffix in OUTPUTS}
 
 
 def test_predict_without_model_uses_the_environment_variable(tmp_path, capsys, no_shipped_model, monkeypatch):
@@ -188,7 +201,8 @@ def test_predict_without_model_uses_the_environment_variable(tmp_path, capsys, n
     given, env = _maps(tmp_path / "given"), _maps(tmp_path / "env")
     for suffix in OUTPUTS:
         np.testing.assert_array_equal(env[suffix], given[suffix])
-    side = json.loads((tmp_path / "env" / "sub-01_T1map.json").read_text())
+    side = json.loads((_f(tmp_path / "env", "sub-01_desc-unet_T1map.json")).read_text())
+    side = side["Provenance"]
     assert side["ModelFile"] == model_path.name and side["ModelSHA256"] == read_card(model_path).artifact_sha256
     assert side["TissueTargets"] == "truth"  # where the card says the NAWM/GM targets came from
 
@@ -202,7 +216,7 @@ def test_predict_without_model_uses_the_shipped_float16_model(tmp_path, capsys, 
     assert main(["predict", str(mrf_path), "-o", str(tmp_path / "out")]) == 0
     assert f"from {shipped}" in capsys.readouterr().out
     got = _maps(tmp_path / "out")
-    mask = np.asarray(nib.load(str(tmp_path / "out" / "sub-01_desc-brain_mask.nii.gz")).dataobj)
+    mask = np.asarray(nib.load(str(_f(tmp_path / "out", "sub-01_" + MASK + ".nii.gz"))).dataobj)
     want = _expected(data, load_model(shipped), mask)
     full = _expected(data, load_model(model_path), mask)
     for suffix, (name, _, scale) in OUTPUTS.items():
@@ -210,8 +224,8 @@ def test_predict_without_model_uses_the_shipped_float16_model(tmp_path, capsys, 
         # float16 storage: within the tolerance of tests/nn/test_default_model.py (relative L2 norm)
         ref = full[name] * scale
         assert np.linalg.norm(got[suffix] - ref) < 5e-3 * np.linalg.norm(ref)
-    side = json.loads((tmp_path / "out" / "sub-01_T1map.json").read_text())
-    assert side["ModelFile"] == "model.pt" and side["Model"] == "MSE-5"
+    side = json.loads((_f(tmp_path / "out", "sub-01_desc-unet_T1map.json")).read_text())
+    assert side["Provenance"]["ModelFile"] == "model.pt" and side["Provenance"]["Model"] == "MSE-5"
 
 
 def test_help_names_the_default_model(capsys):
@@ -271,18 +285,19 @@ def test_predict_nifti_is_the_command_as_a_library_call(tmp_path):
         arr = np.asarray(nib.load(str(path)).dataobj)
         assert (arr[~mask] == 0).all() and np.count_nonzero(arr[mask]) > 0, name
         side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
-        assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS, name  # the one sidecar schema
-        assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == ("mask.nii.gz", "given", 0)
-        assert side["Sources"] == ["sub-01_mrf.nii.gz"] and side["GeneratedBy"][0]["Name"] == "mrfengine"
-        assert side["Model"] == "MSE-5" and side["InputLevelMask"] == "given"
-    assert not list((tmp_path / "lib").glob("*desc-brain_mask*"))
+        assert list(side) == [k for k in SIDECAR_KEYS if k in side], name  # the one sidecar schema
+        assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == ("bids:input:mask.nii.gz", "given", 0)
+        assert side["Sources"] == ["bids:input:sub-01_mrf.nii.gz", "bids:input:mask.nii.gz"]
+        assert side["Provenance"]["Model"] == "MSE-5" and side["Provenance"]["InputLevelMask"] == "given"
+    assert not list((tmp_path / "lib").glob("**/*_mask.*"))
     # the command writes the same maps
     assert main(["predict", str(mrf_path), "-o", str(tmp_path / "cli"), "--model", str(model_path), "--mask",
                  str(mask_path), "--nthreads", "2", "--report", str(tmp_path / "qc")]) == 0
     page = (tmp_path / "qc" / "sub-01.html").read_text()  # predict --report DIR: the QC page of its maps
     assert "T1 mosaic" in page and "lesion overlay" in page and (tmp_path / "qc" / "index.html").is_file()
     for path in (result.files[name] for name in names):
-        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "cli" / path.name)).dataobj),
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "cli" / path.relative_to(tmp_path / "lib")))
+                                                 .dataobj),
                                       np.asarray(nib.load(str(path)).dataobj))
     # options that exclude each other, or that the network cannot honour: OptionError, before any file
     with pytest.raises(OptionError, match="exclude each other"):

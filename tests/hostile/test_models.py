@@ -247,7 +247,7 @@ def test_trusted_torchscript_still_loads_with_the_opt_in(tmp_path, mrf_input, ca
     assert isinstance(model.module, torch.jit.ScriptModule)
     run_cli(["predict", mrf_input, "-o", tmp_path / "maps", "--model", path, "--trust-model-code",
              "--no-progress"], capsys, code=0)
-    assert (tmp_path / "maps" / "sub-01_T1map.nii.gz").is_file()
+    assert (tmp_path / "maps" / "sub-01" / "anat" / "sub-01_desc-unet_T1map.nii.gz").is_file()
 
 
 def test_default_model_loads_from_data_only_weights(no_jit_load, monkeypatch):

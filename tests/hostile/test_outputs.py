@@ -169,7 +169,7 @@ def test_export_twice_needs_force(cohort, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["export", cohort, "-o", out, "--subject", "1", "--array", "truth/T1", "--array", "brain_mask"]
     run_cli(args, capsys, code=0)
-    assert len(list(out.iterdir())) == 4
+    assert len([p for p in out.rglob("*") if p.is_file()]) == 4 + 2  # and dataset_description.json, .bidsignore
     before = snapshot(tmp_path)
     run_cli(args, capsys, code=1, says=("already exist", "--force", "sub-01_"))
     assert snapshot(tmp_path) == before
@@ -189,7 +189,7 @@ def test_evaluate_twice_needs_force(cohort, tmp_path, capsys):
 
 def test_export_checks_every_output_before_writing_any(cohort, tmp_path, capsys):
     out = tmp_path / "out"
-    _canary(out, "sub-02_desc-brain_mask.json")
+    _canary(out / "sub-02" / "anat", "sub-02_desc-brain_mask.json")
     before = snapshot(tmp_path)
     run_cli(["export", cohort, "-o", out, "--array", "brain_mask"], capsys, code=1,
             says=("sub-02_desc-brain_mask.json", "--force"))
@@ -260,8 +260,9 @@ def test_match_twice_needs_force_and_names_apart_inputs_of_one_prefix(mrf_files,
     out = tmp_path / "out"
     run_cli(_match(x, out, seq), capsys, code=0)
     run_cli(_match(x_s1, out, seq), capsys, code=0)  # x_s1_*, not x_*
-    assert json.loads((out / "x_T1map.json").read_text())["Source"] == "x.nii.gz"
-    assert json.loads((out / "x_s1_T1map.json").read_text())["Source"] == "x_s1.nii.gz"
+    t1 = "anat/{0}_desc-match_T1map.json"
+    assert json.loads((out / "sub-x" / t1.format("sub-x")).read_text())["Sources"] == ["bids:input:x.nii.gz"]
+    assert json.loads((out / "sub-xs1" / t1.format("sub-xs1")).read_text())["Sources"] == ["bids:input:x_s1.nii.gz"]
     run_cli(_match(mrf, out, seq), capsys, code=0)
     before = snapshot(tmp_path)
     # Another input of the same subject: the same prefix, refused with both names.
@@ -271,13 +272,13 @@ def test_match_twice_needs_force_and_names_apart_inputs_of_one_prefix(mrf_files,
     assert snapshot(tmp_path) == before
     run_cli(_match(bold, out, seq, "--prefix", "sub-01_acq-bold"), capsys, code=0)
     run_cli(_match(mrf, out, seq, "--force"), capsys, code=0)
-    assert len(list(out.glob("*.nii.gz"))) == 4 * 5
+    assert len(list(out.rglob("*.nii.gz"))) == 4 * 5
 
 
 def test_a_name_derived_prefix_that_is_no_name_is_refused(mrf_files, tmp_path, capsys):
     seq, make = mrf_files
     src = make(".nii.gz")
-    run_cli(_match(src, tmp_path / "out", seq), capsys, code=1, says=(".nii.gz", "plain name"))
+    run_cli(_match(src, tmp_path / "out", seq), capsys, code=1, says=(".nii.gz", "no subject label", "--prefix"))
     assert not (tmp_path / "out").exists()
 
 
@@ -293,16 +294,16 @@ def test_predict_refuses_to_replace_maps_without_force(tmp_path, capsys):
     src = tmp_path / "sub-01_mrf.nii.gz"
     nib.save(nib.Nifti1Image(np.full((8, 8, 4, 35), 0.1, np.float32), np.eye(4)), str(src))
     out = tmp_path / "out"
-    canary = _canary(out, "sub-01_label-lesion_probseg.nii.gz")
+    canary = _canary(out / "sub-01" / "anat", "sub-01_label-lesion_desc-unet_probseg.nii.gz")
     before = snapshot(tmp_path)
     # a flat series has no brain to make a mask of: the whole field of view (--no-brain-mask)
     args = ["predict", src, "-o", out, "--model", model, "--no-progress", "--device", "cpu", "--threads", "1",
             "--no-brain-mask"]
-    run_cli(args, capsys, code=1, says=("sub-01_label-lesion_probseg.nii.gz", "--force"))
+    run_cli(args, capsys, code=1, says=("sub-01_label-lesion_desc-unet_probseg.nii.gz", "--force"))
     assert snapshot(tmp_path) == before
     run_cli([*args, "--prefix", "../x"], capsys, code=2, says="--prefix")
     run_cli([*args, "--force"], capsys, code=0)
-    assert canary.read_bytes() != b"precious\n" and len(list(out.glob("sub-01_*.nii.gz"))) == 5
+    assert canary.read_bytes() != b"precious\n" and len(list(out.glob("sub-01/anat/sub-01_*.nii.gz"))) == 5
     run_cli(args, capsys, code=1, says="--force")  # a second run
 
 

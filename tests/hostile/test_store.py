@@ -162,7 +162,7 @@ def test_a_damaged_derived_map_is_reported_and_not_exported(cohort, client, caps
     out.mkdir()
     r = run_cli(["export", cohort, "-o", out, "--subject", "sub-01", "--array", f"derived/{PIPE}/T1"], capsys)
     assert r.code == 1 and "sub-01" in r.err and "slice 6" in r.err, r.err
-    assert not list(out.glob("*T1map*")), "a map with a missing chunk was exported"
+    assert not list(out.rglob("*T1map*")), "a map with a missing chunk was exported"
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])

@@ -26,10 +26,11 @@ def test_simulate_validate_show_export(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "nii"
     assert main(["export", c, "-o", str(out), "--subjects", "1", "--array", "truth/T2star", "--array", "mrf"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [
-        "sub-01_desc-truth_T2starmap.json", "sub-01_desc-truth_T2starmap.nii.gz",
-        "sub-01_mrf.json", "sub-01_mrf.nii.gz"]
-    assert json.loads((out / "sub-01_desc-truth_T2starmap.json").read_text())["Units"] == "s"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        ".bidsignore", "dataset_description.json",
+        "sub-01/anat/sub-01_MRF.json", "sub-01/anat/sub-01_MRF.nii.gz",
+        "sub-01/anat/sub-01_desc-truth_T2starmap.json", "sub-01/anat/sub-01_desc-truth_T2starmap.nii.gz"]
+    assert json.loads((out / "sub-01/anat/sub-01_desc-truth_T2starmap.json").read_text())["Units"] == "s"
 
 
 def test_import_and_errors(tmp_path, capsys, ras_series, nifti):

@@ -96,7 +96,9 @@ def test_a_cohort_packed_in_a_zip_opens_lists_validates_and_reads(tmp_path):
     # Export reads the derived group's provenance through the same store.
     out = export_array(packed, "sub-01", "derived/match/T1", tmp_path / "nifti")
     side = json.loads(out.with_name(out.name.replace(".nii.gz", ".json")).read_text())
-    assert side["Sources"] == ["c.zarr.zip:sub-01/derived/match/T1"] and side["Units"] == "s"
+    assert side["Sources"] == ["bids:cohort:subjects/sub-01/derived/match/T1"] and side["Units"] == "s"
+    links = json.loads((tmp_path / "nifti" / "dataset_description.json").read_text())["DatasetLinks"]
+    assert links == {"cohort": "../c.zarr.zip"}  # the store, relative to the derivative's root
     # ... and the command line reads it too
     from click.testing import CliRunner
 
@@ -105,10 +107,10 @@ def test_a_cohort_packed_in_a_zip_opens_lists_validates_and_reads(tmp_path):
     res = CliRunner().invoke(main_group, ["validate", str(packed), "--allow-incomplete"])
     assert res.exit_code == 0 and "c.zarr.zip" in res.output, res.output
     # ... in the one sidecar schema of predict and match (io.bids.map_sidecar)
-    assert tuple(side)[:len(SIDECAR_KEYS)] == SIDECAR_KEYS
-    assert side["GeneratedBy"][0]["Description"] == "pipeline match: match"
-    assert side["BrainMask"] == "sub-01_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
-    assert side["PipelineProvenance"] == {"config": {"stages": ["match"]}}
+    assert list(side) == [k for k in SIDECAR_KEYS if k in side]
+    assert side["Provenance"]["Method"] == "pipeline match: match" and side["Provenance"]["Producer"] == "match"
+    assert side["BrainMask"] == "bids::sub-01/anat/sub-01_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
+    assert side["Provenance"]["PipelineProvenance"] == {"config": {"stages": ["match"]}}
 
 
 def test_a_chunk_missing_from_the_zip_is_an_error_not_zeros(tmp_path):

@@ -36,14 +36,14 @@ def test_round_trip_keeps_data_affine_codes_units(tmp_path, ras_series, ext, nif
     assert sub.mrf.shape == (35, 12, 8, 10) and sub.split == "test" and sub.group == "patient"
     np.testing.assert_array_equal(sub.mrf[:, 3], data[:, :, 3, :].transpose(2, 1, 0))
     out = export_array(c, "sub-01", "mrf", tmp_path / "out", ext=ext)
-    assert out.name == f"sub-01_mrf{ext}"
+    assert out.relative_to(tmp_path / "out").as_posix() == f"sub-01/anat/sub-01_MRF{ext}"
     img = nib.load(str(out))
     np.testing.assert_array_equal(np.asarray(img.dataobj), data)
     np.testing.assert_allclose(img.affine, affine)
     assert (int(img.header["qform_code"]), int(img.header["sform_code"])) == (1, 2)
     assert img.header.get_xyzt_units() == ("mm", "msec")
     assert img.header.get_zooms()[3] == pytest.approx(4.5)
-    side = json.loads(out.with_name(f"sub-01_mrf.json").read_text())
+    side = json.loads(out.with_name("sub-01_MRF.json").read_text())["Provenance"]
     assert side["EchoTime"][0] == pytest.approx(0.016) and len(side["FlipAngle"]) == 35
     assert side["SequenceName"] == "hermann2021-site1" and len(side["SliceTiming"]) == 12
 
@@ -67,12 +67,13 @@ def test_las_series_and_ras_masks_line_up(tmp_path, ras_series, nifti):
     # Stored in the MRF's own (LAS) voxel order: the mask follows it.
     np.testing.assert_array_equal(np.asarray(sub.annotations["lesion"][...]), mask[::-1].transpose(2, 1, 0))
     paths = export_subject(c, "sub-01", tmp_path / "out")
-    names = sorted(p.name for p in paths)
-    assert names == ["sub-01_T2w.nii.gz", "sub-01_desc-brain_mask.nii.gz", "sub-01_label-lesion_mask.nii.gz",
-                     "sub-01_mrf.nii.gz"]
+    names = sorted(p.relative_to(tmp_path / "out").as_posix() for p in paths)
+    assert names == ["sub-01/anat/sub-01_MRF.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz",
+                     "sub-01/anat/sub-01_desc-brain_mask.nii.gz", "sub-01/anat/sub-01_label-lesion_mask.nii.gz"]
     # In world space everything matches the RAS originals.
-    canon = lambda p: np.asarray(nib.as_closest_canonical(nib.load(str(tmp_path / "out" / p))).dataobj)  # noqa: E731
-    np.testing.assert_array_equal(canon("sub-01_mrf.nii.gz"), data)
+    canon = lambda p: np.asarray(nib.as_closest_canonical(  # noqa: E731
+        nib.load(str(tmp_path / "out" / "sub-01" / "anat" / p))).dataobj)
+    np.testing.assert_array_equal(canon("sub-01_MRF.nii.gz"), data)
     np.testing.assert_array_equal(canon("sub-01_label-lesion_mask.nii.gz"), mask)
     np.testing.assert_allclose(canon("sub-01_T2w.nii.gz"), ref, rtol=1e-6)
 
@@ -181,13 +182,13 @@ def test_export_names_units_and_truth_in_seconds(tmp_path, small_cohort):
     sid = small_cohort.subjects[0]
     sub = small_cohort[sid]
     out = export_array(small_cohort, sid, "truth/T1", tmp_path)
-    assert out.name == f"{sid}_desc-truth_T1map.nii.gz"
+    assert out.relative_to(tmp_path).as_posix() == f"{sid}/anat/{sid}_desc-truth_T1map.nii.gz"
     img = nib.load(str(out))
     np.testing.assert_allclose(np.asarray(img.dataobj), np.asarray(sub.truth["T1"][...]).transpose(2, 1, 0) / 1000,
                                rtol=1e-6)
     np.testing.assert_allclose(img.affine, sub.affine)
     side = json.loads(out.with_name(f"{sid}_desc-truth_T1map.json").read_text())
-    assert side["Units"] == "s" and side["Simulated"] is True
+    assert side["Units"] == "s" and side["Provenance"]["Simulated"] is True and side["SkullStripped"] is False
     assert export_name("truth/T2star")[:2] == ("desc-truth_T2starmap", "s")
     assert export_name("truth/GM")[0] == "label-GM_desc-truth_probseg"
     assert export_name("annotations/lesion_repeat")[0] == "label-lesion_desc-repeat_mask"

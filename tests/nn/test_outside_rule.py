@@ -24,8 +24,15 @@ from mrfengine.pipeline.stages import BRAIN_MASK_SOURCE
 
 from _tiny_cohort import tiny_cohort_path
 
-NN_MAPS = {"T1map": ("T1", 1e-3), "T2starmap": ("T2star", 1e-3), "label-NAWM_probseg": ("NAWM", 1.0),
-           "label-GM_probseg": ("GM", 1.0), "label-lesion_probseg": ("lesion", 1.0)}
+#: the unet's maps (predict's desc-unet, and export's of the batch's pipeline named unet)
+NN_MAPS = {"desc-unet_T1map": ("T1", 1e-3), "desc-unet_T2starmap": ("T2star", 1e-3),
+           "label-NAWM_desc-unet_probseg": ("NAWM", 1.0), "label-GM_desc-unet_probseg": ("GM", 1.0),
+           "label-lesion_desc-unet_probseg": ("lesion", 1.0)}
+
+
+def _a(root):
+    """The folder of sub-01's files in a derivative dataset."""
+    return root / "sub-01" / "anat"
 
 
 def test_the_rule_sets_every_map_to_zero_outside_the_mask_and_keeps_the_inside():
@@ -77,6 +84,8 @@ def study(tmp_path_factory):
 
 
 def _nii(path):
+    if not path.exists() and path.parent.name != "anat":
+        path = path.parent / "sub-01" / ("fmap" if "TB1map" in path.name else "anat") / path.name
     return np.asarray(nib.load(str(path)).dataobj)
 
 
@@ -105,32 +114,31 @@ def test_predict_the_stage_and_export_give_the_same_maps(study, tmp_path, capsys
                  "--pipeline", "unet"]) == 0
     np.testing.assert_array_equal(_nii(out / "sub-01_desc-brain_mask.nii.gz"), brain_xyz.astype(np.uint8))
     for name in ("desc-match_T1map", "desc-match_T2starmap", "desc-match_TB1map", "desc-match_M0map",
-                 "desc-matchcorrelation_map", *(f"desc-unet_{s}" if s.endswith("map") else
-                                                s.replace("_probseg", "_desc-unet_probseg") for s in NN_MAPS)):
+                 "desc-match_correlation", *NN_MAPS):
         arr = _nii(out / f"sub-01_{name}.nii.gz")
         assert (arr[~brain_xyz] == 0).all() and np.isfinite(arr).all(), name
-        side = json.loads((out / f"sub-01_{name}.json").read_text())
+        folder = out / "sub-01" / ("fmap" if name.endswith("TB1map") else "anat")
+        side = json.loads((folder / f"sub-01_{name}.json").read_text())
         assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == (
-            "sub-01_desc-brain_mask.nii.gz", BRAIN_MASK_SOURCE, 0.0), name
+            "bids::sub-01/anat/sub-01_desc-brain_mask.nii.gz", BRAIN_MASK_SOURCE, 0.0), name
     # predict on the subject's series with its brain mask: the stage's maps, exactly
     assert main(["export", str(path), "-o", str(tmp_path / "in"), "--subject", "1", "--array", "mrf",
                  "--array", "brain_mask"]) == 0
-    series, mask = tmp_path / "in" / "sub-01_mrf.nii.gz", tmp_path / "in" / "sub-01_desc-brain_mask.nii.gz"
+    series, mask = _a(tmp_path / "in") / "sub-01_MRF.nii.gz", _a(tmp_path / "in") / "sub-01_desc-brain_mask.nii.gz"
     assert main(["predict", str(series), "-o", str(tmp_path / "given"), "--model", str(model), "--mask",
                  str(mask)]) == 0
-    for suffix, (name, _) in NN_MAPS.items():
-        stage_name = f"desc-unet_{suffix}" if suffix.endswith("map") else suffix.replace("_probseg",
-                                                                                          "_desc-unet_probseg")
+    for suffix in NN_MAPS:  # predict's files and the exported stage's: the same names, the same maps
         np.testing.assert_allclose(_nii(tmp_path / "given" / f"sub-01_{suffix}.nii.gz"),
-                                   _nii(out / f"sub-01_{stage_name}.nii.gz"), rtol=1e-6, atol=1e-7)
-        side = json.loads((tmp_path / "given" / f"sub-01_{suffix}.json").read_text())
+                                   _nii(out / f"sub-01_{suffix}.nii.gz"), rtol=1e-6, atol=1e-7)
+        side = json.loads((_a(tmp_path / "given") / f"sub-01_{suffix}.json").read_text())
+        # the mask inside another mrfengine derivative (the export): a raw: link to that dataset
         assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == (
-            "sub-01_desc-brain_mask.nii.gz", "given", 0.0)
+            "bids:raw:sub-01/anat/sub-01_desc-brain_mask.nii.gz", "given", 0.0)
     # predict without a mask: the same rule with the mask it makes from the series (and writes)
     assert main(["predict", str(series), "-o", str(tmp_path / "made"), "--model", str(model)]) == 0
     assert main(["predict", str(series), "-o", str(tmp_path / "whole"), "--model", str(model),
                  "--no-brain-mask"]) == 0
-    made = _nii(tmp_path / "made" / "sub-01_desc-brain_mask.nii.gz") > 0
+    made = _nii(tmp_path / "made" / "sub-01_label-brain_desc-unet_mask.nii.gz") > 0
     assert 0 < made.sum() < made.size
     # the series' own mask finds most of the simulated brain (70% on this coarse 64 x 64 x 12 phantom; Dice 0.99 on
     # a paper-sized one, mrfengine demo)
@@ -139,10 +147,10 @@ def test_predict_the_stage_and_export_give_the_same_maps(study, tmp_path, capsys
         whole = _nii(tmp_path / "whole" / f"sub-01_{suffix}.nii.gz")
         np.testing.assert_array_equal(_nii(tmp_path / "made" / f"sub-01_{suffix}.nii.gz"),
                                       apply_outside_rule({"m": whole}, made)["m"])
-        side = json.loads((tmp_path / "made" / f"sub-01_{suffix}.json").read_text())
+        side = json.loads((_a(tmp_path / "made") / f"sub-01_{suffix}.json").read_text())
         assert (side["BrainMask"], side["BrainMaskSource"], side["OutsideBrainValue"]) == (
-            "sub-01_desc-brain_mask.nii.gz", MASK_METHOD, 0.0)
-        assert json.loads((tmp_path / "whole" / f"sub-01_{suffix}.json").read_text())["OutsideBrainValue"] is None
+            "bids::sub-01/anat/sub-01_label-brain_desc-unet_mask.nii.gz", MASK_METHOD, 0.0)
+        assert json.loads((_a(tmp_path / "whole") / f"sub-01_{suffix}.json").read_text())["OutsideBrainValue"] is None
 
 
 def test_export_applies_the_rule_to_maps_stored_before_it(study, tmp_path):

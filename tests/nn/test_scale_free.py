@@ -16,6 +16,12 @@ from mrfengine.nn.normalisation import LEVEL_STATISTIC, input_level
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 
 
+
+def _t1_sidecar(out, sid):
+    """predict's T1 sidecar, its Provenance (the run's record) merged in."""
+    side = json.loads((out / sid / "anat" / f"{sid}_desc-unet_T1map.json").read_text())
+    return {**side, **side["Provenance"]}
+
 def _series(seed=0, shape=(40, 36, 4), frames=35):
     """(X, Y, Z, F): a bright ellipse of varied fingerprints (the 'brain') in a dim, noisy background."""
     rng = np.random.default_rng(seed)
@@ -62,10 +68,12 @@ def test_maps_do_not_depend_on_the_input_scale_or_int16_storage(tmp_path, tiny_c
             assert hdr.get_data_dtype() == np.int16 and float(hdr["scl_slope"]) not in (0.0, 1.0)
         out = tmp_path / name
         assert main(["predict", str(src), "-o", str(out), "--model", str(model)]) == 0, capsys.readouterr().err
-        maps[name] = {p.name.split("_", 1)[1]: np.asarray(nib.load(str(p)).dataobj) for p in out.glob("*.nii.gz")}
-        side = json.loads((out / f"{sid}_T1map.json").read_text())
+        maps[name] = {p.name.split("_", 1)[1]: np.asarray(nib.load(str(p)).dataobj)
+                      for p in out.glob("*/anat/*.nii.gz")}
+        side = _t1_sidecar(out, sid)
         assert side["InputLevelMask"] == "from the series"
-        assert side["BrainMask"] == f"{sid}_desc-brain_mask.nii.gz" and side["OutsideBrainValue"] == 0
+        assert side["BrainMask"] == f"bids::{sid}/anat/{sid}_label-brain_desc-unet_mask.nii.gz"
+        assert side["OutsideBrainValue"] == 0
         np.testing.assert_allclose(side["InputGain"] * side["InputLevel"], 0.3, rtol=1e-6)
         assert side["InputOutsideTraining"] is False
     assert len(maps["x1"]) == 6  # the five maps and the brain mask made from the series (the outside rule)
@@ -97,12 +105,12 @@ def test_a_card_without_subject_level_takes_the_absolute_scale_unless_asked(tmp_
     assert main(["predict", str(src), "-o", str(tmp_path / "abs"), "--model", str(path)]) == 0
     err = capsys.readouterr().err
     assert "outside what network" in err and "--input-scale subject" in err
-    side = json.loads((tmp_path / "abs" / "sub-01_T1map.json").read_text())
+    side = _t1_sidecar(tmp_path / "abs", "sub-01")
     assert side["InputOutsideTraining"] is True and side["InputScale"] == "absolute"
     assert side["InputLevelRatio"] > 100
     assert main(["predict", str(src), "-o", str(tmp_path / "rel"), "--model", str(path),
                  "--input-scale", "subject"]) == 0
-    side = json.loads((tmp_path / "rel" / "sub-01_T1map.json").read_text())
+    side = _t1_sidecar(tmp_path / "rel", "sub-01")
     assert side["InputScale"] == "subject" and side["InputOutsideTraining"] is False
 
 
@@ -144,7 +152,7 @@ def test_an_input_unlike_the_training_data_is_flagged(tmp_path, tiny_config, tin
     assert main(["predict", str(src), "-o", str(tmp_path / "odd"), "--model", str(model)]) == 0
     err = capsys.readouterr().err
     assert "outside what network" in err and "check the sequence" in err
-    side = json.loads((tmp_path / "odd" / "sub-01_T1map.json").read_text())
+    side = _t1_sidecar(tmp_path / "odd", "sub-01")
     assert side["InputOutsideTraining"] is True and side["InputShift"] > 2
 
 
@@ -181,8 +189,9 @@ def test_the_shipped_models_maps_do_not_depend_on_the_input_scale(tmp_path, caps
         src = _save(tmp_path / f"sub-01_{name}.nii.gz", data * np.float32(scale), int16=int16)
         out = tmp_path / name
         assert main(["predict", str(src), "-o", str(out), "--prefix", "sub-01"]) == 0, capsys.readouterr().err
-        maps[name] = {p.name: np.asarray(nib.load(str(p)).dataobj, dtype=np.float64) for p in out.glob("*.nii.gz")}
-        assert json.loads((out / "sub-01_T1map.json").read_text())["InputScale"] == "subject"
+        maps[name] = {p.name: np.asarray(nib.load(str(p)).dataobj, dtype=np.float64)
+                      for p in out.glob("*/anat/*.nii.gz")}
+        assert _t1_sidecar(out, "sub-01")["InputScale"] == "subject"
     for name in ("x1e-3", "x1e4", "int16"):
         for file, ref in maps["x1"].items():
             assert _rel_l2(maps[name][file], ref) < 1e-3, (name, file, _rel_l2(maps[name][file], ref))

@@ -200,29 +200,33 @@ def test_predict_writes_uncertainty_and_consistency_with_sidecars(saved_model, t
     want = run_network(series, load_model(model_path), mc_samples=3, mc_seed=5, input_scale="absolute",
                        mask=mask.transpose(2, 1, 0).astype(bool))
     inside = mask.astype(bool)
-    for suffix, name, scale in [("desc-uncertainty_T1map", "T1", 1e-3), ("desc-uncertainty_T2starmap", "T2star", 1e-3),
-                                ("label-lesion_desc-uncertainty_probseg", "lesion", 1.0),
-                                ("label-NAWM_desc-uncertainty_probseg", "NAWM", 1.0)]:
-        arr = np.asarray(nib.load(str(out / f"sub-01_{suffix}.nii.gz")).dataobj)
+    anat = out / "sub-01" / "anat"
+    for suffix, name, scale in [("desc-unet_T1mapstd", "T1", 1e-3), ("desc-unet_T2starmapstd", "T2star", 1e-3),
+                                ("label-lesion_desc-unet_probsegstd", "lesion", 1.0),
+                                ("label-NAWM_desc-unet_probsegstd", "NAWM", 1.0)]:
+        arr = np.asarray(nib.load(str(anat / f"sub-01_{suffix}.nii.gz")).dataobj)
         np.testing.assert_allclose(arr[inside], (want.uncertainty[name].transpose(2, 1, 0) * scale)[inside],
                                    rtol=1e-5, atol=1e-9)
         assert np.all(arr[~inside] == 0)
-        side = json.loads((out / f"sub-01_{suffix}.json").read_text())
+        side = json.loads((anat / f"sub-01_{suffix}.json").read_text())
+        assert side["Units"] == ("s" if scale != 1 else "1")
+        side = side["Provenance"]
         assert side["MonteCarloSamples"] == 3 and side["MonteCarloSeed"] == 5
         assert side["DropoutProbabilities"] == [0.5, 0.5] and "deterministic" in side["MapsFrom"]
-        assert side["Units"] == ("s" if scale != 1 else "1")
-    cons = np.asarray(nib.load(str(out / "sub-01_desc-physicsconsistency_map.nii.gz")).dataobj)
+    cons = np.asarray(nib.load(str(anat / "sub-01_desc-unet_consistency.nii.gz")).dataobj)
     assert np.all(cons[~inside] == 0) and np.all((cons[inside] > 0) & (cons[inside] <= 1))
-    side = json.loads((out / "sub-01_desc-physicsconsistency_map.json").read_text())
-    assert side["Units"] == "1" and side["B1Grid"][0] == 0.6 and side["SequenceDigest"] == tiny_sequence.digest()
+    side = json.loads((anat / "sub-01_desc-unet_consistency.json").read_text())
+    prov = side["Provenance"]
+    assert side["Units"] == "1" and prov["B1Grid"][0] == 0.6 and prov["SequenceDigest"] == tiny_sequence.digest()
     # the maps themselves are those of a run without the options
     plain = tmp_path / "plain"
     assert main(["predict", str(mrf), "-o", str(plain), "--model", str(model_path), "--input-scale", "absolute",
                  "--mask", str(tmp_path / "mask.nii.gz")]) == 0
-    for f in plain.glob("*.nii.gz"):
+    assert len(list(plain.glob("sub-01/anat/*.nii.gz"))) == 5
+    for f in plain.glob("sub-01/anat/*.nii.gz"):
         np.testing.assert_array_equal(np.asarray(nib.load(str(f)).dataobj),
-                                      np.asarray(nib.load(str(out / f.name)).dataobj))
-    assert not list(plain.glob("*uncertainty*")) and not list(plain.glob("*consistency*"))
+                                      np.asarray(nib.load(str(anat / f.name)).dataobj))
+    assert not list(plain.glob("**/*std.*")) and not list(plain.glob("**/*consistency*"))
 
 
 @pytest.mark.parametrize("args, match", [(["--mc-samples", "1"], "mc-samples"), (["--mc-samples", "-3"], "mc-samples"),
@@ -238,9 +242,10 @@ def test_predict_refuses_to_replace_an_uncertainty_map(saved_model, tmp_path, ca
     mrf = _nifti(tmp_path, _volume((4, 35, 8, 8)))
     out = tmp_path / "o"
     out.mkdir()
-    (out / "sub-01_label-lesion_desc-uncertainty_probseg.nii.gz").write_bytes(b"x")
+    (out / "sub-01" / "anat").mkdir(parents=True)
+    (out / "sub-01" / "anat" / "sub-01_label-lesion_desc-unet_probsegstd.nii.gz").write_bytes(b"x")
     assert main(["predict", str(mrf), "-o", str(out), "--model", str(saved_model[0]), "--mc-samples", "2"]) != 0
-    assert "desc-uncertainty" in capsys.readouterr().err
+    assert "probsegstd" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- unet stage

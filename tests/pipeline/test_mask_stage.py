@@ -76,9 +76,11 @@ def test_export_applies_and_names_the_made_mask(auto, tmp_path):
     sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["BrainMaskSource"] == MASK_METHOD and sidecar["OutsideBrainValue"] == 0.0
     mask_image = export_array(auto, BARE, "derived/match/brain_mask", tmp_path)
-    assert sidecar["BrainMask"] == mask_image.name == f"{BARE}_desc-matchbrain_mask.nii.gz"
+    assert mask_image.name == f"{BARE}_label-brain_desc-match_mask.nii.gz"
+    assert sidecar["BrainMask"] == f"bids::{BARE}/anat/{mask_image.name}"
     mask_sidecar = json.loads(mask_image.with_name(mask_image.name.replace(".nii.gz", ".json")).read_text())
     assert mask_sidecar["Units"] == "1" and "BrainMaskSource" not in mask_sidecar  # a mask is no estimate
+    assert mask_sidecar["Type"] == "Brain" and "SkullStripped" not in mask_sidecar
 
 
 def test_source_none_keeps_the_whole_field_of_view(auto):
