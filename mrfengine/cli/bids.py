@@ -51,9 +51,16 @@ def _pipelines(stages, config, name, model):
 
 
 class _Events:
-    """One line per participant and step on stderr."""
+    """One line per participant and step on stderr (progress lines not with -q; errors always)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
 
     def __call__(self, kind: str, p) -> None:
+        failed = (kind in ("imported", "exported") and p.get("error")) or kind == "stopped" or (
+            kind == "subject" and p["result"].status == "failed")
+        if self.quiet and not failed:
+            return
         if kind == "found":
             files = ", ".join(f"{k} {v.name}" for k, v in p["files"].items())
             click.echo(f"{p['subject']}: {files}", err=True)
@@ -162,6 +169,7 @@ def bids(bids_dir, output_dir, analysis_level, more_labels, labels, work_dir, de
     from ..pipeline.batch import batch_client
     from ..pipeline.bids_app import run_bids_app
     from ..sequence import resolve_sequence
+    from . import _verbosity
 
     if analysis_level == "group":
         raise click.UsageError("mrfengine has no group level: run 'participant' (the maps of every participant "
@@ -191,7 +199,8 @@ def bids(bids_dir, output_dir, analysis_level, more_labels, labels, work_dir, de
     try:
         report = run_bids_app(bids_dir, output_dir, pipes, client, participants=ids, work_dir=work_dir,
                               derivatives=derivatives, filters=filters, filter_file=filter_path, site=site,
-                              sequence=seq, force=force, backend=backend, on_event=_Events())
+                              sequence=seq, force=force, backend=backend,
+                              on_event=_Events(_verbosity(click.get_current_context())["quiet"]))
     except KeyboardInterrupt:
         click.secho("interrupted: finished participants are kept; rerun the same command to go on", err=True,
                     fg="red")

@@ -413,7 +413,8 @@ def run_bids_app(
             for s in batch.not_run:
                 outcomes[s].status, outcomes[s].error = "failed", f"{s}: not run ({batch.stopped or 'stopped'})"
 
-    cohort = Cohort.open(cohort_path)
+    todo = [s for s in todo if outcomes[s].status != "failed"]
+    cohort = Cohort.open(cohort_path) if todo else None  # none imported: no cohort may exist yet
     for subject in todo:
         out = outcomes[subject]
         if out.status == "failed":

@@ -151,7 +151,9 @@ def test_a_rerun_resumes_and_force_redoes(dataset, first_run, capsys):
     before = _images(out)
     capsys.readouterr()
     assert _run(dataset, out, work) == 0
-    assert "0 done, 2 complete already" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "0 done, 2 complete already" in captured.out
+    assert captured.err == ""  # -q: no progress lines
     assert _images(out) == before  # nothing rewritten
     # An output removed is exported again from the work cohort, nothing recomputed.
     gone = next(iter(before))
@@ -250,6 +252,22 @@ def test_sidecar_must_agree_with_the_sequence(dataset, tmp_path, capsys):
                  "--participant-label", "02", "--nthreads", "1"]) == 1
     assert "sub-02_MRF.nii.gz: its sidecar's SliceTiming does not match the slice order of hermann2021-site2" \
         in _error(capsys)
+    # a series that is not 4D, and a T2w off the series' grid: named, and the participant fails alone
+    side.write_text(json.dumps({"MultibandAccelerationFactor": 3}))
+    mrf = ds / "sub-02" / "anat" / "sub-02_MRF.nii.gz"
+    series = np.asarray(nib.load(mrf).dataobj)  # read before the file is replaced
+    _save(series[..., 0], mrf)
+    assert main(["-q", "bids", str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                 "--participant-label", "02"]) == 1
+    assert "sub-02_MRF.nii.gz: an MRF series is 4D (X, Y, Z, frames); this image has shape (12, 12, 6)" \
+        in _error(capsys)
+    _save(series, mrf)
+    t2w = ds / "sub-02" / "anat" / "sub-02_T2w.nii.gz"
+    _save(np.zeros((10, 12, 6), np.float32), t2w)
+    assert main(["-q", "bids", str(ds), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w"),
+                 "--participant-label", "02"]) == 1
+    assert "sub-02_T2w.nii.gz: shape (10, 12, 6) does not match the MRF's (12, 12, 6)" in _error(capsys)
+    assert not (tmp_path / "out" / "sub-02").exists()
 
 
 def test_work_and_output_folders_of_others_are_refused(dataset, first_run, tmp_path, capsys):
