@@ -17,6 +17,8 @@ from mrfengine.denoise._synthetic import mrf_phantom
 from mrfengine.sequence import hermann2021
 from mrfengine.tissue import TISSUES
 
+pytest.importorskip("bids", reason="mrfengine bids needs pybids (the bids extra; dev installs it)")
+
 AFFINE = np.diag([1.5, 1.5, 3.0, 1.0])
 #: sub-01: site 1 named by SequenceName (what `mrfengine export` writes); sub-02: site 2 by its SMS factor.
 PARTICIPANTS = (("01", 1, 4, {"SequenceName": "hermann2021-site1"}),
