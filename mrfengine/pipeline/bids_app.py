@@ -14,9 +14,12 @@ The work folder (``-w``, default ``./work`` as fMRIPrep's) holds
 modification time, the site and sequence) and ``mrfengine/source.json`` (the
 BIDS dataset it belongs to; another dataset is refused).  A rerun resumes: a
 participant whose inputs are unchanged is not imported again, the batch skips
-maps that are complete with the same configuration, and a participant whose
-derivatives are all in ``OUTPUT_DIR`` is not exported again; ``force`` redoes
-all three.
+maps that are complete with the same configuration, and of a participant
+whose maps were not recomputed only the derivatives missing from
+``OUTPUT_DIR`` are written; ``force`` redoes all three.  Each exported
+sidecar's ``Sources`` names the BIDS input files (``bids:raw:...``) before
+the work cohort's array, so the derivatives stay traceable without the work
+folder.
 """
 
 from __future__ import annotations
