@@ -150,8 +150,9 @@ TRUTH_MAPS: Mapping[str, MapSpec] = _frozen(
     _fraction("CSF", "cerebrospinal-fluid volume fraction"),
     _fraction("lesion", "MS-lesion volume fraction"),
     _fraction("DGM", "deep grey-matter volume fraction (a part of GM)"),
+    # a discrete segmentation takes no label- entity in BIDS: desc-truth_dseg (one per subject)
     MapSpec("lesion_id", LABEL, "1-based index of the lesion that dominates the voxel, 0 elsewhere", "label",
-            "dseg", bids_label="lesion"),
+            "dseg"),
     MapSpec("distortion", VOXEL, "EPI displacement along +Y: MRF voxel y shows the tissue at y - d", "displacement",
             "displacement"),
 )

@@ -93,7 +93,7 @@ def test_match_cli_names_derive_from_registry():
     ("truth/B1", "desc-truth_TB1map", "1", 1.0),
     ("truth/PD", "desc-truth_PDmap", "1", 1.0),
     ("truth/GM", "label-GM_desc-truth_probseg", "1", 1.0),
-    ("truth/lesion_id", "label-lesion_desc-truth_dseg", "label", 1.0),
+    ("truth/lesion_id", "desc-truth_dseg", "label", 1.0),
     ("truth/distortion", "desc-truth_displacement", "voxel", 1.0),
     ("truth/new_map", "desc-truth_newmap", "arbitrary", 1.0),
     ("derived/p-1/T1", "desc-p1_T1map", "s", 1e-3),

@@ -19,7 +19,7 @@ array                              file
 ``truth/B1``                       ``desc-truth_TB1map.nii.gz`` (in ``fmap/``)
 ``truth/PD``                       ``desc-truth_PDmap.nii.gz``
 ``truth/GM`` ...                   ``label-GM_desc-truth_probseg.nii.gz``
-``truth/lesion_id``                ``label-lesion_desc-truth_dseg.nii.gz``
+``truth/lesion_id``                ``desc-truth_dseg.nii.gz`` (lesion indices)
 ``annotations/lesion``             ``label-lesion_mask.nii.gz``
 ``annotations/X_Y``                ``label-X_desc-Y_mask.nii.gz``
 ``reference/T2w``                  ``T2w.nii.gz``

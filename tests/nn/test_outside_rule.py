@@ -23,6 +23,7 @@ from mrfengine.pipeline.derived import derived_attrs
 from mrfengine.pipeline.stages import BRAIN_MASK_SOURCE
 
 from _tiny_cohort import tiny_cohort_path
+from bids_validation import assert_valid_bids
 
 #: the unet's maps (predict's desc-unet, and export's of the batch's pipeline named unet)
 NN_MAPS = {"desc-unet_T1map": ("T1", 1e-3), "desc-unet_T2starmap": ("T2star", 1e-3),
@@ -113,6 +114,7 @@ def test_predict_the_stage_and_export_give_the_same_maps(study, tmp_path, capsys
     assert main(["export", str(path), "-o", str(out), "--subject", "1", "--pipeline", "match",
                  "--pipeline", "unet"]) == 0
     np.testing.assert_array_equal(_nii(out / "sub-01_desc-brain_mask.nii.gz"), brain_xyz.astype(np.uint8))
+    assert_valid_bids(out)  # the export of a batch's maps (desc-match, desc-unet) is a valid BIDS derivative
     for name in ("desc-match_T1map", "desc-match_T2starmap", "desc-match_TB1map", "desc-match_M0map",
                  "desc-match_correlation", *NN_MAPS):
         arr = _nii(out / f"sub-01_{name}.nii.gz")
@@ -139,6 +141,8 @@ def test_predict_the_stage_and_export_give_the_same_maps(study, tmp_path, capsys
     assert main(["predict", str(series), "-o", str(tmp_path / "whole"), "--model", str(model),
                  "--no-brain-mask"]) == 0
     made = _nii(tmp_path / "made" / "sub-01_label-brain_desc-unet_mask.nii.gz") > 0
+    assert_valid_bids(tmp_path / "made")  # predict's maps and the mask it made
+    assert_valid_bids(tmp_path / "given")
     assert 0 < made.sum() < made.size
     # the series' own mask finds most of the simulated brain (70% on this coarse 64 x 64 x 12 phantom; Dice 0.99 on
     # a paper-sized one, mrfengine demo)
