@@ -34,6 +34,7 @@ from .cohort import (
     SubjectWriter,
     consolidate,
     create_cohort,
+    drop_consolidated,
     normalize_subject_id,
     open_cohort_for_writing,
     register_subjects,
@@ -178,7 +179,7 @@ def import_subject(
     root = None
     existing_seq = None
     if cohort_path.exists():
-        root, attrs = open_cohort_for_writing(cohort_path)
+        root, attrs = open_cohort_for_writing(cohort_path, drop_consolidated_now=False)  # dropped once checked
         if site in attrs.get("sites", {}):
             existing_seq = Sequence.from_dict(attrs["sites"][site]["sequence"])
         if subject_complete(cohort_path, sid) and not overwrite:
@@ -217,6 +218,8 @@ def import_subject(
             aux[dest] = aligned.astype(np.float32)
 
     site_entry = SiteEntry(seq, None)
+    if root is not None:  # every input checked: the store is about to change
+        drop_consolidated(cohort_path)
     # An existing subject folder (complete or not) is replaced by a staged copy at the end.
     staging = root is not None and (cohort_path / "subjects" / sid).exists()
     if root is None:

@@ -21,13 +21,37 @@ from _hostile import run_cli, snapshot
 PIPE = "match"  # the cheapest pipeline: one dictionary match per voxel, no denoising
 
 
-def _chunk(cohort: Path, sid: str, array: str, z: int = 3) -> Path:
-    """The stored chunk of slice ``z`` of a subject's array."""
-    folder = cohort / "subjects" / sid / array / "c"
-    key = "0/{z}/0/0" if array == "mrf" else "{z}/0/0"
-    path = folder / key.format(z=z)
+def _array(cohort: Path, sid: str, array: str, **kwargs):
+    import zarr
+
+    return zarr.open_array(str(cohort / "subjects" / sid / array), mode="r+", **kwargs)
+
+
+def _shard(cohort: Path, sid: str, array: str) -> Path:
+    """The stored shard of a subject's array (the tiny cohort's arrays are one shard each)."""
+    arr = _array(cohort, sid, array)
+    assert arr.shards is not None and arr.shards == arr.shape, (array, arr.shards)
+    path = cohort / "subjects" / sid / array / arr.metadata.encode_chunk_key((0,) * arr.ndim)
     assert path.is_file(), path
     return path
+
+
+def _drop(cohort: Path, sid: str, array: str, z: int = 3) -> None:
+    """Slice ``z`` absent from its shard's index (a writer that never stored it), the rest intact."""
+    arr = _array(cohort, sid, array, config={"write_empty_chunks": False})
+    arr[(slice(None),) * (arr.ndim - 3) + (z,)] = arr.metadata.fill_value
+
+
+def _corrupt(cohort: Path, sid: str, array: str, z: int = 3) -> None:
+    """The bytes of slice ``z`` inside its shard overwritten (bit rot), the shard's index intact."""
+    shard = _shard(cohort, sid, array)
+    raw = bytearray(shard.read_bytes())
+    arr = _array(cohort, sid, array)
+    n_inner = int(np.prod([s // c for s, c in zip(arr.shards, arr.chunks)]))
+    index = np.frombuffer(bytes(raw[-(16 * n_inner + 4):-4]), "<u8").reshape(n_inner, 2)
+    offset, nbytes = (int(v) for v in index[z])  # one chunk per slice: inner chunk z holds slice z
+    raw[offset:offset + nbytes] = b"\xa5" * nbytes
+    shard.write_bytes(bytes(raw))
 
 
 def _truncate(path: Path) -> None:
@@ -66,8 +90,7 @@ def client():
 @pytest.mark.parametrize("array", ["mrf", "brain_mask", "truth/T1", "annotations/lesion"])
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_validate_deep_reports_a_missing_or_truncated_chunk(cohort, capsys, array, damage):
-    chunk = _chunk(cohort, "sub-01", array)
-    chunk.unlink() if damage == "missing" else _truncate(chunk)
+    (_drop if damage == "missing" else _corrupt)(cohort, "sub-01", array)
     r = run_cli(["validate", "--deep", cohort], capsys, code=1, says="problem(s) found")
     problems = [line for line in r.err.splitlines() if line.startswith("problem:")]
     assert len(problems) == 1 and "sub-01" in problems[0] and f"'{array}'" in problems[0], r.err
@@ -86,17 +109,18 @@ def test_every_chunk_is_written_and_recorded_even_all_zero_ones(cohort):
 
 @pytest.mark.parametrize("array", ["mrf", "brain_mask"])
 def test_reading_a_subject_with_a_missing_chunk_is_an_error_naming_it(cohort, array):
-    _chunk(cohort, "sub-01", array, z=5).unlink()
+    _drop(cohort, "sub-01", array, z=5)
     sub = Cohort.open(cohort)["sub-01"]
     whole = sub.mrf if array == "mrf" else sub.brain_mask
     with pytest.raises(StoreError, match=rf"sub-01: array '{array}' is missing 1 of its 12 chunk\(s\).*slice 5"):
         whole[...]
-    _truncate(_chunk(cohort, "sub-02", array, z=2))
-    with pytest.raises(StoreError, match=rf"sub-02: array '{array}': chunk .* \(slice 2\) cannot be read"):
+    _corrupt(cohort, "sub-02", array, z=2)
+    with pytest.raises(StoreError, match=rf"sub-02: array '{array}': slice 2 in shard c/[0/]+ cannot be read"):
         np.asarray(Cohort.open(cohort)["sub-02"].array(array))
 
 
-@pytest.mark.parametrize("damage", ["missing mrf chunk", "missing brain_mask chunk", "truncated mrf chunk",
+@pytest.mark.parametrize("damage", ["missing mrf chunk", "missing brain_mask chunk", "corrupt mrf chunk",
+                                    "truncated mrf shard",
                                     "int32 mrf", "malformed shape_zyx", "unknown site", "garbage zarr.json",
                                     "deleted folder", "unreadable zarr.json"])
 def test_batch_fails_the_damaged_subject_alone(cohort, client, damage):
@@ -104,11 +128,13 @@ def test_batch_fails_the_damaged_subject_alone(cohort, client, damage):
     from mrfengine.pipeline.batch import run_batch
 
     if damage == "missing mrf chunk":
-        _chunk(cohort, "sub-01", "mrf").unlink()
+        _drop(cohort, "sub-01", "mrf")
     elif damage == "missing brain_mask chunk":
-        _chunk(cohort, "sub-01", "brain_mask").unlink()
-    elif damage == "truncated mrf chunk":
-        _truncate(_chunk(cohort, "sub-01", "mrf"))
+        _drop(cohort, "sub-01", "brain_mask")
+    elif damage == "corrupt mrf chunk":
+        _corrupt(cohort, "sub-01", "mrf")
+    elif damage == "truncated mrf shard":
+        _truncate(_shard(cohort, "sub-01", "mrf"))
     elif damage == "int32 mrf":
         _rewrite_dtype(cohort, "sub-01")
     elif damage == "malformed shape_zyx":
@@ -135,7 +161,7 @@ def test_batch_fails_the_damaged_subject_alone(cohort, client, damage):
 def test_batch_command_reports_the_damaged_subject_and_exits_1(cohort, capsys, tmp_path):
     from mrfengine.pipeline import derived_complete
 
-    _chunk(cohort, "sub-01", "mrf", z=4).unlink()
+    _drop(cohort, "sub-01", "mrf", z=4)
     report = tmp_path / "report.json"
     r = run_cli(["batch", cohort, "--stages", PIPE, "--workers", "1", "--no-progress", "--run-report", report], capsys,
                 code=1)
@@ -153,11 +179,11 @@ def test_a_damaged_derived_map_is_reported_and_not_exported(cohort, client, caps
     run_cli(["validate", "--deep", cohort], capsys, code=0)
     record = json.loads((cohort / "subjects" / "sub-01" / "derived" / PIPE / "zarr.json").read_text())
     assert record["attributes"]["mrfengine_derived"]["stored_chunks"]["T1"] == 12
-    _chunk(cohort, "sub-01", f"derived/{PIPE}/T1", z=6).unlink()
-    _truncate(_chunk(cohort, "sub-01", f"derived/{PIPE}/T2star", z=7))
+    _drop(cohort, "sub-01", f"derived/{PIPE}/T1", z=6)
+    _corrupt(cohort, "sub-01", f"derived/{PIPE}/T2star", z=7)
     r = run_cli(["validate", "--deep", cohort], capsys, code=1)
-    assert f"sub-01: array 'derived/{PIPE}/T1' is missing 1 of its 12 chunk(s): chunk c/6/0/0 (slice 6)" in r.err
-    assert f"sub-01: array 'derived/{PIPE}/T2star': chunk c/7/0/0 (slice 7) cannot be read" in r.err
+    assert f"sub-01: array 'derived/{PIPE}/T1' is missing 1 of its 12 chunk(s): slice 6 in shard c/0/0/0" in r.err
+    assert f"sub-01: array 'derived/{PIPE}/T2star': slice 7 in shard c/0/0/0 cannot be read" in r.err
     out = tmp_path / "nifti"
     out.mkdir()
     r = run_cli(["export", cohort, "-o", out, "--subject", "sub-01", "--array", f"derived/{PIPE}/T1"], capsys)
@@ -165,28 +191,33 @@ def test_a_damaged_derived_map_is_reported_and_not_exported(cohort, client, caps
     assert not list(out.rglob("*T1map*")), "a map with a missing chunk was exported"
 
 
-@pytest.mark.parametrize("damage", ["missing", "truncated"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
 def test_export_writes_nothing_of_a_damaged_subject_and_exits_1(cohort, capsys, tmp_path, damage):
-    chunk = _chunk(cohort, "sub-01", "mrf", z=3)
-    chunk.unlink() if damage == "missing" else _truncate(chunk)
+    (_drop if damage == "missing" else _corrupt)(cohort, "sub-01", "mrf", z=3)
     out = tmp_path / "nifti"
     r = run_cli(["export", cohort, "-o", out], capsys, code=1, says=("sub-01", "'mrf'", "slice 3"))
-    assert sorted(p.name for p in out.glob("sub-02_*.nii.gz")), "the intact subject was not exported"
-    written = sorted(p.name for p in out.glob("sub-01_*"))
+    assert sorted(p.name for p in out.rglob("sub-02_*.nii.gz")), "the intact subject was not exported"
+    written = sorted(p.name for p in out.rglob("sub-01_*"))
     if damage == "missing":  # found by the chunk listing, before any file of the subject is written
         assert written == [], written
     else:  # found only when the chunk is decoded: the series is not written, and the error says what was
         assert written and not [n for n in written if "mrf" in n.lower()], written
         assert "written before it" in r.err
-    assert f"wrote {len(list(out.glob('*.nii.gz')))} images" in r.out
+    # the count is of the subjects exported whole; the damaged one's partial images are named in the error
+    assert f"wrote {len(list(out.rglob('sub-02_*.nii.gz')))} images" in r.out
 
 
 def test_an_int32_rewrite_of_mrf_is_refused(cohort, capsys):
     _rewrite_dtype(cohort, "sub-01")
-    with pytest.raises(StoreError, match="sub-01: array 'mrf' has dtype int32; the schema says float32"):
-        Cohort.open(cohort)["sub-01"].mrf
+    # validate reads every array's own metadata (not the root's consolidated copy)
     r = run_cli(["validate", cohort], capsys, code=1)
     assert "sub-01: array 'mrf' has dtype int32" in r.err
+    # a reader without a current consolidated copy (any writer drops it) reads the array's own
+    from mrfengine.io.cohort import drop_consolidated
+
+    assert drop_consolidated(cohort)
+    with pytest.raises(StoreError, match="sub-01: array 'mrf' has dtype int32; the schema says float32"):
+        Cohort.open(cohort)["sub-01"].mrf
 
 
 def test_a_store_without_chunk_records_stays_readable_with_a_warning(cohort, capsys, caplog):
@@ -196,12 +227,12 @@ def test_a_store_without_chunk_records_stays_readable_with_a_warning(cohort, cap
         doc = json.loads(meta.read_text())
         del doc["attributes"]["mrfengine_subject"]["stored_chunks"]
         meta.write_text(json.dumps(doc))
-    _chunk(cohort, "sub-01", "truth/lesion_id", z=0).unlink()
+    _drop(cohort, "sub-01", "truth/lesion_id", z=0)
     data = Cohort.open(cohort)["sub-01"].array("truth/lesion_id")[0]
     assert not data.any()
     assert "no record of its stored chunks" in caplog.text
     r = run_cli(["validate", "--deep", cohort], capsys, code=0)
-    assert "no record of stored chunks" in r.err and "chunk c/0/0/0 (slice 0)" in r.err
+    assert "no record of stored chunks" in r.err and "slice 0 in shard c/0/0/0" in r.err
 
 
 # --------------------------------------------------------------------------- case 4: import --overwrite

@@ -174,11 +174,17 @@ def create_cohort(
     return tmp_root
 
 
-def open_cohort_for_writing(path: Any):
+def open_cohort_for_writing(path: Any, *, drop_consolidated_now: bool = True):
     """Open an existing cohort for writing (schema version checked, the store asked
-    whether it can be written); returns ``(root group, root attributes)``."""
+    whether it can be written); returns ``(root group, root attributes)``.
+
+    The consolidated metadata is removed at once (a writer is about to change the
+    hierarchy) unless ``drop_consolidated_now`` is false: then the caller checks its
+    inputs first and calls :func:`drop_consolidated` before its first write, so a
+    refused call leaves the store byte for byte as it was."""
     group, attrs, sp = open_root(path, writable=True)
-    drop_consolidated(sp)
+    if drop_consolidated_now:
+        drop_consolidated(sp)
     return group, attrs
 
 
