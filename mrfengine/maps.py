@@ -3,9 +3,9 @@
 Every table that names a map's unit or description (the cohort's ground truth
 :data:`mrfengine.io.cohort.TRUTH_SPECS`, the batch's derived arrays
 :data:`mrfengine.pipeline.derived.DERIVED_ARRAYS`, the BIDS names of ``mrfengine
-match`` :data:`mrfengine.io.bids.MAP_SPECS`, the exporter's names
-:func:`mrfengine.io.exporter.export_name`, ``mrfengine predict``'s file names
-:func:`mrfengine.io.bids.output_file_spec` and the paper's network outputs
+match`` :func:`mrfengine.io.bids.match_file`, the exporter's names
+:func:`mrfengine.io.exporter.export_file`, ``mrfengine predict``'s file names
+:func:`mrfengine.io.bids.network_file` and the paper's network outputs
 :func:`mrfengine.nn.configs.paper_outputs`) is derived from here, so a unit is
 spelled one way everywhere:
 

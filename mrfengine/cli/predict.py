@@ -31,7 +31,7 @@ def _check_mc_samples(ctx, param, value):
               help="The acquisition (preset or file); checked against the model's. Default: the model's own.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False), default=None,
               help="3D brain mask on the input's grid (nonzero inside); every map is 0 outside it. Default: a "
-                   "mask made from the series (nilearn compute_epi_mask), written as PREFIX_desc-brain_mask.")
+                   "mask made from the series (nilearn compute_epi_mask), written as sub-XX_label-brain_desc-unet_mask.")
 @click.option("--no-brain-mask", is_flag=True,
               help="Keep the whole field of view: no map is set to 0 outside the brain (the input's level is "
                    "still measured in a mask made from the series).")
@@ -47,12 +47,12 @@ def _check_mc_samples(ctx, param, value):
                    "all eight 90-degree rotations and mirrors (dihedral, 8x).")
 @click.option("--mc-samples", default=0, show_default=True, type=int, callback=_check_mc_samples,
               help="Uncertainty maps: N >= 2 stochastic passes with the network's dropout on (Monte-Carlo "
-                   "dropout), one desc-uncertainty file per output holding the standard deviation over them, in "
+                   "dropout), one <suffix>std file per output (desc-unet_T1mapstd) holding the standard deviation over them, in "
                    "the output's units; the maps stay the deterministic pass. Costs N more passes. 0: off.")
 @click.option("--mc-seed", default=0, show_default=True, type=click.IntRange(0),
               help="Seed of the dropout masks (--mc-samples): the same seed gives the same maps.")
 @click.option("--consistency", is_flag=True,
-              help="Also write the physics-consistency map (desc-physicsconsistency_map): per brain voxel, the "
+              help="Also write the physics-consistency map (desc-unet_consistency): per brain voxel, the "
                    "correlation of the measured fingerprint with the signal model's at the network's T1/T2* "
                    "(best B1); near 1 where the maps explain the data, lower where the network and the physics "
                    "disagree; 0 outside the brain.")
@@ -71,8 +71,10 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
             force, show_progress) -> None:
     """Run a trained U-net over every slice of a 4D MRF series (X, Y, Z,
     frames; slices along the third axis) and write its maps as NIfTI with the
-    input's affine and JSON sidecars: T1map and T2starmap in seconds, and
-    label-NAWM/GM/lesion_probseg probabilities, as the model's outputs are.
+    input's affine and JSON sidecars into the BIDS derivative dataset
+    OUTPUT_DIR (sub-XX/anat/, dataset_description.json): desc-unet_T1map and
+    desc-unet_T2starmap in seconds, and label-NAWM/GM/lesion_desc-unet_probseg
+    probabilities, as the model's outputs are.
 
     Without --model the shipped MSE-5 network is used (or the model named by
     the environment variable MRFENGINE_MODEL).  The model's card must fit the
@@ -84,7 +86,7 @@ def predict(input_path, output_dir, model_path, trust_model_code, sequence_spec,
     Outside the brain every map is 0 (mrfengine's outside rule, also that of
     the batch's maps and of export): the brain is --mask, or else a mask
     made from the series (the one its intensity level is measured in),
-    written beside the maps as PREFIX_desc-brain_mask; --no-brain-mask keeps
+    written beside the maps as label-brain_desc-unet_mask; --no-brain-mask keeps
     the whole field of view.  The sidecars name the mask (BrainMask,
     BrainMaskSource) and the value outside it (OutsideBrainValue).
     Existing maps are not replaced unless --force."""

@@ -166,8 +166,9 @@ def predict_nifti(
     """Run a trained U-net over every slice of a 4D MRF NIfTI and write its maps as NIfTI.
 
     The series is (X, Y, Z, frames), slices along the third axis.  The maps
-    are written with the input's affine: ``PREFIX_T1map`` and
-    ``PREFIX_T2starmap`` in seconds, ``PREFIX_label-<tissue>_probseg``
+    are written with the input's affine into the BIDS derivative dataset
+    ``output_dir`` (``sub-XX/anat/``): ``sub-XX_desc-unet_T1map`` and
+    ``_desc-unet_T2starmap`` in seconds, ``sub-XX_label-<tissue>_desc-unet_probseg``
     probabilities (as the model's outputs are), each with a JSON sidecar
     (:func:`mrfengine.io.bids.map_sidecar`: the model, its hash, the sequence,
     the input's scaling, the brain mask, the value outside it).
@@ -195,7 +196,7 @@ def predict_nifti(
         True (default): without ``mask``, a mask is made from the series
         (:func:`mrfengine.masking.brain_mask_from_mrf`, the one the input's
         level is measured in), every map is 0 outside it, and it is written
-        as ``PREFIX_desc-brain_mask``.  False: the whole field of view (no
+        as ``sub-XX_label-brain_desc-unet_mask``.  False: the whole field of view (no
         map is set to 0); excludes ``mask``.
     input_scale : {"card", "subject", "absolute"}
         ``subject`` rescales the series to the training data's level measured
@@ -208,21 +209,23 @@ def predict_nifti(
         Test-time augmentation.
     mc_samples : int
         0 (off), or N >= 2 Monte-Carlo dropout passes: one
-        ``desc-uncertainty`` map per output (the standard deviation over
+        ``<suffix>std`` map per output (``desc-unet_T1mapstd``) (the standard deviation over
         them, in the output's units).
     mc_seed : int
         Seed of the dropout masks (>= 0).
     consistency : bool
         Also write the physics-consistency map
-        (``PREFIX_desc-physicsconsistency_map``; networks with T1 and T2* outputs).
+        (``desc-unet_consistency``; networks with T1 and T2* outputs).
     device : {"auto", "cpu", "cuda"}
     threads : int, optional
         CPU threads of torch during the run (restored after).
     prefix : str, optional
-        File name prefix, a plain name; default from the input's name
-        (``sub-01`` of ``sub-01_mrf.nii.gz``).
+        The outputs' BIDS entities (``sub-01_ses-2``) or a subject label
+        (``patient7``: ``sub-patient7``); default from the input's name
+        (:func:`mrfengine.io.bids.output_entities`: ``sub-01_ses-2`` of
+        ``sub-01_ses-2_MRF.nii.gz``, ``sub-scan7`` of ``scan_7.nii.gz``).
     force : bool
-        Replace files that exist.
+        Replace files that exist; write into a folder another tool's dataset holds.
     progress : callable, optional
         ``progress(done, total)``: called with the slices done and their number.
 
@@ -380,9 +383,10 @@ def match_nifti(
     """Match every voxel of a 4D MRF NIfTI against the dictionary of its own slice and write the maps.
 
     The series is (X, Y, Z, frames).  Written with the input's affine:
-    ``PREFIX_T1map`` and ``PREFIX_T2starmap`` (seconds, BIDS),
-    ``PREFIX_TB1map``, ``PREFIX_M0map`` and the match correlation
-    ``PREFIX_desc-correlation_mask``, each with a JSON sidecar
+    into the BIDS derivative dataset ``output_dir``,
+    ``sub-XX/anat/sub-XX_desc-match_T1map`` and ``_desc-match_T2starmap`` (seconds),
+    ``sub-XX/fmap/sub-XX_desc-match_TB1map``, ``..._desc-match_M0map`` and the match
+    correlation ``..._desc-match_correlation``, each with a JSON sidecar
     (:func:`mrfengine.io.bids.map_sidecar`: the sequence, the backend and
     method, the mask and the value outside it).
 
@@ -409,7 +413,7 @@ def match_nifti(
     slice_axis : {0, 1, 2}
         Array axis of the slices (positions as acquired).
     prefix : str, optional
-        File name prefix, a plain name; default from the input's name.
+        The outputs' entities, as :func:`predict_nifti`'s.
     force : bool
         Replace files that exist.
     cache : DictionaryCache, path, None or False
