@@ -80,8 +80,8 @@ def best_atoms_gemm_xp(x: np.ndarray, atoms: np.ndarray, xp: ModuleType, *, chun
 
     Parameters
     ----------
-    x : host ndarray, (n, T), float32
-    atoms : host ndarray, (K, T), float32, unit norm
+    x : host ndarray, (n, T), float32 or complex
+    atoms : host ndarray, (K, T), float32 or complex, unit norm
     xp : numpy or cupy
 
     Returns
@@ -93,19 +93,28 @@ def best_atoms_gemm_xp(x: np.ndarray, atoms: np.ndarray, xp: ModuleType, *, chun
     With CuPy, chunks are staged through pinned host memory and uploaded on a
     second stream while the previous chunk computes.
     """
-    chunk = gpu_chunk(atoms.shape[0]) if chunk is None else chunk
-    d_atoms_t = xp.ascontiguousarray(xp.asarray(atoms, dtype=xp.float32).T)
+    complex_data = np.iscomplexobj(x) or np.iscomplexobj(atoms)
+    dtype = np.complex64 if complex_data else np.float32
+    # Complex: the chunk's complex64 scores plus their float32 magnitudes.
+    chunk = gpu_chunk(atoms.shape[0] * (3 if complex_data else 1)) if chunk is None else chunk
+    # <x, d> = x conj(d): one GEMM against the conjugated, transposed atoms.
+    d_atoms_t = xp.ascontiguousarray(xp.asarray(np.conj(atoms) if complex_data else atoms, dtype=dtype).T)
     out = np.empty(x.shape[0], dtype=np.int64)
     starts = list(range(0, x.shape[0], chunk))
+
+    def best_of(scores):
+        return abs_argmax(xp.abs(scores) if complex_data else scores, xp)
+
     if xp is np:
         for s in starts:
-            out[s : s + chunk] = abs_argmax(x[s : s + chunk].astype(np.float32, copy=False) @ d_atoms_t, np)
+            out[s : s + chunk] = best_of(x[s : s + chunk].astype(dtype, copy=False) @ d_atoms_t)
         return out
     import cupy  # pragma: no cover - needs a GPU
 
     copy_stream = cupy.cuda.Stream(non_blocking=True)
-    pinned = [cupy.cuda.alloc_pinned_memory(4 * chunk * x.shape[1]) for _ in range(2)]
-    staged = [np.frombuffer(p, np.float32, chunk * x.shape[1]).reshape(chunk, x.shape[1]) for p in pinned]
+    size = np.dtype(dtype).itemsize
+    pinned = [cupy.cuda.alloc_pinned_memory(size * chunk * x.shape[1]) for _ in range(2)]
+    staged = [np.frombuffer(p, dtype, chunk * x.shape[1]).reshape(chunk, x.shape[1]) for p in pinned]
 
     def upload(i: int):
         s = starts[i]
@@ -123,42 +132,54 @@ def best_atoms_gemm_xp(x: np.ndarray, atoms: np.ndarray, xp: ModuleType, *, chun
         cupy.cuda.get_current_stream().wait_event(done)
         if i + 1 < len(starts):
             pending = upload(i + 1)
-        out[s : s + dev.shape[0]] = cupy.asnumpy(abs_argmax(dev @ d_atoms_t, cupy))
+        out[s : s + dev.shape[0]] = cupy.asnumpy(best_of(dev @ d_atoms_t))
     return out
 
 
-_NUMBA_CUDA_KERNEL = None
+_NUMBA_CUDA_KERNELS: dict[bool, object] = {}
 
 
-def numba_cuda_kernel():
-    """The jitted Numba CUDA kernel (see :mod:`._numba_cuda_kernel`), compiled lazily."""
-    global _NUMBA_CUDA_KERNEL
-    if _NUMBA_CUDA_KERNEL is None:
+def numba_cuda_kernel(complex_data: bool = False):
+    """The jitted Numba CUDA kernel (see :mod:`._numba_cuda_kernel`), real or complex, compiled lazily."""
+    if complex_data not in _NUMBA_CUDA_KERNELS:
         from numba import cuda
 
-        from ._numba_cuda_kernel import match_tile_kernel
+        from ._numba_cuda_kernel import match_tile_kernel, match_tile_kernel_complex
 
-        _NUMBA_CUDA_KERNEL = cuda.jit(match_tile_kernel)
-    return _NUMBA_CUDA_KERNEL
+        _NUMBA_CUDA_KERNELS[complex_data] = cuda.jit(match_tile_kernel_complex if complex_data else match_tile_kernel)
+    return _NUMBA_CUDA_KERNELS[complex_data]
 
 
 def best_atoms_numba_cuda(x: np.ndarray, atoms: np.ndarray, *, chunk: int = 1 << 20, threads: int = 128) -> np.ndarray:
-    """Brute-force match with the Numba CUDA kernel, ``chunk`` voxels per launch."""
-    if np.iscomplexobj(x) or np.iscomplexobj(atoms):
-        raise BackendUnavailableError("backend 'numba-cuda' matches real data only")
+    """Brute-force match with the Numba CUDA kernel, ``chunk`` voxels per launch.
+
+    Real data in float32; complex data as float32 real and imaginary planes
+    (complex64 precision).  At most ``MAX_FRAMES`` (64) frames: long complex
+    fingerprints are matched with ``rank=`` (their SVD compression).
+    """
     from ._numba_cuda_kernel import MAX_FRAMES
 
     if atoms.shape[1] > MAX_FRAMES:
-        raise BackendUnavailableError(f"backend 'numba-cuda' handles at most {MAX_FRAMES} frames; use 'cupy'")
+        raise BackendUnavailableError(
+            f"backend 'numba-cuda' handles at most {MAX_FRAMES} frames; use 'cupy', or rank= to compress"
+        )
     from numba import cuda
 
-    kernel = numba_cuda_kernel()
-    d_atoms = cuda.to_device(np.ascontiguousarray(atoms, dtype=np.float32))
+    complex_data = np.iscomplexobj(x) or np.iscomplexobj(atoms)
+    kernel = numba_cuda_kernel(complex_data)
+
+    def planes(a: np.ndarray) -> list[np.ndarray]:
+        if not complex_data:
+            return [np.ascontiguousarray(a, dtype=np.float32)]
+        return [np.ascontiguousarray(a.real, dtype=np.float32), np.ascontiguousarray(np.imag(a), dtype=np.float32)]
+
+    d_atoms = [cuda.to_device(p) for p in planes(atoms)]
     out = np.empty(x.shape[0], dtype=np.int64)
     for s in range(0, x.shape[0], chunk):
-        xs = np.ascontiguousarray(x[s : s + chunk], dtype=np.float32)
-        d_out = cuda.device_array(xs.shape[0], dtype=np.int64)
-        blocks = math.ceil(xs.shape[0] / threads)
-        kernel[blocks, threads](cuda.to_device(xs), d_atoms, d_out)
-        out[s : s + xs.shape[0]] = d_out.copy_to_host()
+        xs = [cuda.to_device(p) for p in planes(x[s : s + chunk])]
+        n = xs[0].shape[0]
+        d_out = cuda.device_array(n, dtype=np.int64)
+        blocks = math.ceil(n / threads)
+        kernel[blocks, threads](*xs, *d_atoms, d_out)
+        out[s : s + n] = d_out.copy_to_host()
     return out

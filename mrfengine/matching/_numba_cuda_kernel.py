@@ -43,3 +43,44 @@ def match_tile_kernel(x, atoms, out):  # pragma: no cover - runs on a GPU or the
         cuda.syncthreads()
     if i < n:
         out[i] = arg
+
+
+def match_tile_kernel_complex(xr, xi, ar, ai, out):  # pragma: no cover - runs on a GPU or the simulator
+    """The complex version of :func:`match_tile_kernel`: signals and atoms as
+    real and imaginary float32 planes; maximises ``|<x, d>|^2`` with
+    ``<x, d> = sum_t x_t conj(d_t)`` (first atom on ties)."""
+    tile_r = cuda.shared.array(shape=(TILE, MAX_FRAMES), dtype=float32)
+    tile_i = cuda.shared.array(shape=(TILE, MAX_FRAMES), dtype=float32)
+    i = cuda.grid(1)
+    n = xr.shape[0]
+    t_len = xr.shape[1]
+    k = ar.shape[0]
+    best = float32(-1.0)
+    arg = 0
+    for base in range(0, k, TILE):
+        for e in range(cuda.threadIdx.x, TILE * t_len, cuda.blockDim.x):
+            a = e // t_len
+            t = e - a * t_len
+            if base + a < k:
+                tile_r[a, t] = ar[base + a, t]
+                tile_i[a, t] = ai[base + a, t]
+        cuda.syncthreads()
+        count = k - base
+        if count > TILE:
+            count = TILE
+        if i < n:
+            for a in range(count):
+                re = float32(0.0)
+                im = float32(0.0)
+                for t in range(t_len):
+                    s = xr[i, t]
+                    q = xi[i, t]
+                    re += s * tile_r[a, t] + q * tile_i[a, t]
+                    im += q * tile_r[a, t] - s * tile_i[a, t]
+                score = re * re + im * im
+                if score > best:
+                    best = score
+                    arg = base + a
+        cuda.syncthreads()
+    if i < n:
+        out[i] = arg

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("numpy", "cpp", "numba", "cupy", "numba-cuda")
 METHODS = ("auto", "brute", "structured")
 _AUTO_ORDER = ("cupy", "numba-cuda", "cpp", "numba", "numpy")
-_REAL_ONLY = ("cpp", "numba", "numba-cuda")
+_COMPLEX = ("numpy", "numba", "cupy", "numba-cuda")  # backends that match complex fingerprints
 _STRUCTURED = ("numpy", "cpp", "cupy")
 
 
@@ -77,7 +77,8 @@ class MatchResult:
 
 
 def _resolve_backend(backend: str, complex_data: bool) -> str:
-    refused = {b: "it matches real data only; use 'numpy' for complex signals" for b in BACKENDS if b != "numpy"}
+    refused = {b: f"it matches real data only; use one of {', '.join(_COMPLEX)} for complex signals"
+               for b in BACKENDS if b not in _COMPLEX}
     return resolve(backend, kernel="match", implemented=BACKENDS, auto=_AUTO_ORDER,
                    refused=refused if complex_data else None)
 
