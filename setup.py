@@ -31,7 +31,8 @@ from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 BINDINGS = ["csrc/bindings.cpp", "csrc/bindings_matching.cpp", "csrc/dispatch.cpp"]
-KERNELS = ["csrc/match.cpp", "csrc/separable.cpp", "csrc/mppca.cpp", "csrc/eigen_sym.cpp", "csrc/kernel_table.cpp"]
+KERNELS = ["csrc/match.cpp", "csrc/separable.cpp", "csrc/mppca.cpp", "csrc/eigen_sym.cpp", "csrc/api/search.cpp",
+           "csrc/kernel_table.cpp"]
 # name: (csrc/isa.hpp's MRFENGINE_ISA_LEVEL, the level's flags on top of the baseline's), in link order: the
 # baseline first, so the weak copies of standard templates that the levels share are baseline code.
 X86_LEVELS = {
@@ -127,7 +128,8 @@ ext_modules = [
         "mrfengine._ext",
         sources=BINDINGS,
         include_dirs=["csrc"],
-        depends=[os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".hpp")],
+        depends=[os.path.join("csrc", f) for f in sorted(os.listdir("csrc")) if f.endswith(".hpp")]
+        + ["csrc/api/search.hpp"],
         cxx_std=17,
         extra_compile_args=["/O2", "/openmp"] if sys.platform == "win32" else ["-O3", "-fopenmp", "-ffp-contract=fast"],
         extra_link_args=[] if sys.platform == "win32" else ["-fopenmp"],

@@ -1,7 +1,9 @@
 // Bindings of the structured matcher; registered from bindings.cpp.
+#include <pybind11/complex.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <complex>
 #include <stdexcept>
 
 #include "dispatch.hpp"
@@ -57,9 +59,40 @@ py::tuple match_separable(f32 x, f32 amplitude_t, f32 v, f32 u, f32 inv_norm, f3
     return py::make_tuple(pair, decay);
 }
 
+// Brute-force |<x, a>| arg-max of float64 or complex rows (the C++ API's
+// blocked kernels, api/search.cpp): x (n x d), atoms (k x d), both float64,
+// complex64 or complex128 (the same dtype).  <x, a> = sum_t x_t conj(a_t).
+py::array_t<std::int64_t> match_argmax_any(py::array x, py::array atoms, int n_threads) {
+    const auto dt = x.dtype();
+    need(dt.is(atoms.dtype()), "x and atoms must have the same dtype");
+    need(x.ndim() == 2 && atoms.ndim() == 2, "x and atoms must be 2-D");
+    need(x.shape(1) == atoms.shape(1), "x and atoms must have the same number of columns");
+    need((x.flags() & py::array::c_style) && (atoms.flags() & py::array::c_style), "arrays must be C-contiguous");
+    need(atoms.shape(0) >= 1 && atoms.shape(0) < 2147483647LL && atoms.shape(1) >= 1, "bad atom count or width");
+    const api::SearchTable& t = *kernels().search;
+    api::SearchReal f = nullptr;
+    if (dt.is(py::dtype::of<double>())) f = t.f64;
+    else if (dt.is(py::dtype::of<std::complex<float>>())) f = t.c64;
+    else if (dt.is(py::dtype::of<std::complex<double>>())) f = t.c128;
+    need(f != nullptr, "dtype must be float64, complex64 or complex128");
+    const auto n = x.shape(0);
+    py::array_t<std::int64_t> index(n);
+    std::int64_t* ip = index.mutable_data();
+    const void* xp = x.data();
+    const void* ap = atoms.data();
+    const auto k = atoms.shape(0), d = atoms.shape(1);
+    {
+        py::gil_scoped_release release;
+        f(xp, n, ap, k, d, ip, n_threads);
+    }
+    return index;
+}
+
 }  // namespace
 
 void register_matching(py::module_& m) {
+    m.def("match_argmax_any", &match_argmax_any, py::arg("x"), py::arg("atoms"), py::arg("n_threads") = 0,
+          "Index of the row of atoms maximising |<x, a>| per row of x (float64, complex64 or complex128).");
     m.def("match_separable", &match_separable, py::arg("x"), py::arg("amplitude_t"), py::arg("v"), py::arg("u"),
           py::arg("inv_norm"), py::arg("u_coarse"), py::arg("inv_coarse"), py::arg("n_pairs"), py::arg("top_pairs"),
           py::arg("n_threads") = 0,

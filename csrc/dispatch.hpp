@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "api/search.hpp"
 #include "mppca.hpp"
 #include "separable.hpp"
 
@@ -29,6 +30,8 @@ struct KernelTable {
                                  const MppcaGeometry& geometry, MpEstimator estimator, int n_threads);
     void (*eigh_sym_f32)(const float* a, std::int64_t count, int n, float* values, float* vectors);
     void (*eigh_sym_f64)(const double* a, std::int64_t count, int n, double* values, double* vectors);
+    // The C++ API's search kernels (api/search.hpp): float64 and complex brute force.
+    const api::SearchTable* search;
 };
 
 // One ISA level this build has kernels for, ascending.

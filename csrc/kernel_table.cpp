@@ -1,6 +1,7 @@
 // The KernelTable of one ISA level (compiled once per level with its kernels,
 // isa.hpp): the level's entry points, for dispatch.cpp.
 #include "isa.hpp"  // first: the level's namespace, for the headers' kernel declarations
+#include "api/search.hpp"
 #include "dispatch.hpp"
 #include "eigen_sym.hpp"
 #include "match.hpp"
@@ -30,6 +31,7 @@ const KernelTable table = {
     &mppca_accumulate<double>,
     &eigen::eigh_sym<float>,
     &eigen::eigh_sym<double>,
+    &search_table,
 };
 
 }  // namespace MRFENGINE_KERNEL_NS

@@ -11,16 +11,31 @@ __all__ = ["best_atoms_cpp"]
 
 
 def best_atoms_cpp(x: np.ndarray, atoms: np.ndarray, *, n_threads: int = 0) -> np.ndarray:
-    """Same contract as :func:`mrfengine.matching._numpy.best_atoms_numpy`, float32 real data only.
+    """Same contract as :func:`mrfengine.matching._numpy.best_atoms_numpy`.
 
-    The [voxels x atoms] score matrix is never formed; memory beyond the
-    inputs is one packed copy of the atoms.
+    Real data: float32, the fused SIMD kernel of ``csrc/match.cpp``.  Complex
+    data: complex64 (complex128 where signals or atoms are complex128), the
+    blocked kernel of the C++ API (``csrc/api/search.cpp``: 6 voxels x a
+    register of atoms, real and imaginary planes, the running arg-max of
+    ``|<x, d>|^2`` per lane).  The [voxels x atoms] score matrix is never
+    formed; memory beyond the inputs is one packed copy of the atoms.
     """
     ext = get_ext()
     if ext is None:
         raise BackendUnavailableError("backend 'cpp' needs the compiled extension mrfengine._ext, which is not built")
     if np.iscomplexobj(x) or np.iscomplexobj(atoms):
-        raise BackendUnavailableError("backend 'cpp' matches real data only; use backend='numpy' for complex data")
+        if not hasattr(ext, "match_argmax_any"):
+            raise BackendUnavailableError(
+                "backend 'cpp': this build of mrfengine._ext predates complex matching; rebuild it "
+                "(pip install -e . or python setup.py build_ext --inplace)"
+            )
+        wide = np.complex128 in (np.asarray(x).dtype, np.asarray(atoms).dtype)
+        dtype = np.complex128 if wide else np.complex64
+        xs = np.ascontiguousarray(x, dtype=dtype)
+        at = np.ascontiguousarray(atoms, dtype=dtype)
+        if xs.shape[0] == 0:
+            return np.empty(0, dtype=np.int64)
+        return ext.match_argmax_any(xs, at, int(n_threads))
     xs = np.ascontiguousarray(x, dtype=np.float32)
     at = np.ascontiguousarray(atoms, dtype=np.float32)
     index, _ = ext.match_argmax(xs, at, int(n_threads))

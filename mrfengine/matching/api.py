@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("numpy", "cpp", "numba", "cupy", "numba-cuda")
 METHODS = ("auto", "brute", "structured")
 _AUTO_ORDER = ("cupy", "numba-cuda", "cpp", "numba", "numpy")
-_COMPLEX = ("numpy", "numba", "cupy", "numba-cuda")  # backends that match complex fingerprints
+_COMPLEX = ("numpy", "cpp", "numba", "cupy", "numba-cuda")  # backends that match complex fingerprints
 _STRUCTURED = ("numpy", "cpp", "cupy")
 
 
