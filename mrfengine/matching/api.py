@@ -15,6 +15,7 @@ from ..backend import resolve
 from ..errors import DictionaryError, ValidationError
 from ..dictionary import Dictionary, SliceDictionaries
 from ._cpp import best_atoms_cpp, best_atoms_separable_cpp
+from ._group import best_atoms_group, build_groups, check_group_options, default_n_groups
 from ._numpy import best_atoms_numpy
 from ._separable import best_atoms_separable_xp, plan_separable
 
@@ -23,7 +24,7 @@ __all__ = ["MatchResult", "match", "match_slices", "BACKENDS", "METHODS"]
 log = logging.getLogger(__name__)
 
 BACKENDS = ("numpy", "cpp", "numba", "cupy", "numba-cuda")
-METHODS = ("auto", "brute", "structured")
+METHODS = ("auto", "brute", "structured", "group")
 _AUTO_ORDER = ("cupy", "numba-cuda", "cpp", "numba", "numpy")
 _COMPLEX = ("numpy", "cpp", "numba", "cupy", "numba-cuda")  # backends that match complex fingerprints
 _STRUCTURED = ("numpy", "cpp", "cupy")
@@ -62,7 +63,11 @@ class MatchResult:
     rank : int or None
         SVD rank of the search, None for the full atoms.
     method : str
-        ``"brute"`` or ``"structured"``.
+        ``"brute"``, ``"structured"`` or ``"group"``.
+    info : dict
+        Details of the search: for ``"group"``, ``n_groups``,
+        ``scored_fraction`` (atom scores computed over those of brute
+        force, centroids included) and ``exact``.
     """
 
     params: dict[str, np.ndarray]
@@ -86,6 +91,10 @@ def _resolve_backend(backend: str, complex_data: bool) -> str:
 def _resolve_method(method: str, backend: str, dictionary: Dictionary, complex_data: bool, rank: int | None) -> str:
     if method not in METHODS:
         raise ValidationError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method == "group":
+        if backend != "numpy":
+            raise ValidationError(f"method='group' runs on the numpy backend (BLAS); got backend {backend!r}")
+        return method
     possible = dictionary.separable is not None and not complex_data and rank is None and backend in _STRUCTURED
     if method == "structured" and not possible:
         why = ("the dictionary has no separable factorisation" if dictionary.separable is None
@@ -146,12 +155,14 @@ def match(
     channel_axis: int = -1,
     mask: ArrayLike | None = None,
     backend: Literal["auto", "numpy", "cpp", "numba", "cupy", "numba-cuda"] | str = "auto",
-    method: Literal["auto", "brute", "structured"] = "auto",
+    method: Literal["auto", "brute", "structured", "group"] = "auto",
     rank: int | None = None,
     chunk: int | None = None,
     invalid: Literal["mask", "raise"] = "mask",
     n_threads: int = 0,
     axis: int | None = None,
+    n_groups: int | None = None,
+    group_top: int | None = None,
 ) -> MatchResult:
     """Match fingerprints to a dictionary by the largest normalised inner product.
 
@@ -182,6 +193,11 @@ def match(
         coarse-to-fine search, several times fewer FLOPs at the accuracy of
         brute force (see :mod:`mrfengine.matching._separable`); backends
         numpy, cpp and cupy.  ``auto`` uses ``structured`` where possible.
+        ``group`` clusters the atoms (cached on the dictionary) and scores
+        only the clusters whose exact upper bound can still win: the atom
+        of ``brute`` on the same search space (real or complex, with or
+        without ``rank``), a small fraction of the atoms scored (see
+        :mod:`mrfengine.matching._group`); numpy backend (``auto`` picks it).
     rank : int, optional
         Search in the rank-``rank`` SVD compression of the dictionary (see
         :meth:`Dictionary.compress`); the winner's correlation and M0 are
@@ -195,6 +211,13 @@ def match(
         Threads of the C++ backend; 0 uses all cores.
     axis : int, optional
         Deprecated name of ``channel_axis`` (a DeprecationWarning).
+    n_groups : int, optional
+        ``method="group"``: clusters of atoms; default about
+        ``sqrt(n_atoms)``.
+    group_top : int, optional
+        ``method="group"``: None (default) is exact; ``k`` scores only the
+        ``k`` clusters with the highest bounds (Cauley et al. 2015), faster
+        and approximate (measured loss in ``benchmarks/README.md``).
 
     Returns
     -------
@@ -220,20 +243,27 @@ def match(
     ----------
     Ma D. et al., Magnetic resonance fingerprinting. Nature 495:187 (2013).
     McGivney D.F. et al., SVD compression for MRF. IEEE TMI 33:2311 (2014).
+    Cauley S.F. et al., Fast group matching for MRF. Magn Reson Med 74:523 (2015).
     """
     channel_axis = deprecated_alias(channel_axis, axis, name="channel_axis", alias="axis", default=-1, where="match")
     if not isinstance(dictionary, Dictionary):
         raise ValidationError(f"dictionary must be a mrfengine.Dictionary; got {type(dictionary).__name__}")
     if type(signals).__module__.split(".")[0] == "dask":
         return _match_dask(signals, dictionary, channel_axis=channel_axis, mask=mask, backend=backend, method=method, rank=rank,
-                           chunk=chunk, invalid=invalid, n_threads=n_threads)
+                           chunk=chunk, invalid=invalid, n_threads=n_threads, n_groups=n_groups,
+                           group_top=group_top)
     if invalid not in ("mask", "raise"):
         raise ValidationError(f"invalid must be 'mask' or 'raise'; got {invalid!r}")
     if chunk is not None:
         chunk = check_int(chunk, "chunk")
+    check_group_options(n_groups, group_top, dictionary.n_atoms)
+    if (n_groups is not None or group_top is not None) and method != "group":
+        raise ValidationError(f"n_groups and group_top apply to method='group' only; got method={method!r}")
+    if method == "group" and backend not in ("auto", "numpy"):
+        raise ValidationError(f"method='group' runs on the numpy backend (BLAS); got backend {backend!r}")
     flat, spatial, valid = _prepare(signals, dictionary.n_frames, channel_axis, mask, invalid)
     complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
-    name = _resolve_backend(backend, complex_data)
+    name = _resolve_backend("numpy" if method == "group" and backend == "auto" else backend, complex_data)
     how = _resolve_method(method, name, dictionary, complex_data, rank)
     comp = dictionary.compress(rank) if rank is not None else None
 
@@ -243,8 +273,11 @@ def match(
     elif x.dtype != dictionary.dtype:
         x = x.astype(np.result_type(x.dtype, dictionary.dtype), copy=False)
     x, shift = _unit_scale(x)
+    info: dict[str, object] = {}
     if how == "structured":
         best = _run_structured(name, x, dictionary, n_threads=n_threads)
+    elif how == "group":
+        best, info = _run_group(x, dictionary, comp, rank, n_groups=n_groups, top=group_top, chunk=chunk)
     else:
         search_x = x if comp is None else x @ comp.basis
         search_atoms = dictionary.normalized if comp is None else comp.atoms
@@ -287,7 +320,25 @@ def match(
         backend=name,
         rank=None if comp is None else comp.rank,
         method=how,
+        info=info,
     )
+
+
+def _run_group(x: np.ndarray, dictionary: Dictionary, comp, rank: int | None, *, n_groups: int | None,
+               top: int | None, chunk: int | None) -> tuple[np.ndarray, dict[str, object]]:
+    """Group (cluster-pruned) search; the clusters are cached on the dictionary per (rank, n_groups)."""
+    atoms = dictionary.normalized if comp is None else comp.atoms
+    g = default_n_groups(dictionary.n_atoms) if n_groups is None else int(n_groups)
+    key = f"group:{rank}:{g}"
+    groups = dictionary._cache.get(key)
+    if groups is None:
+        groups = dictionary._cache[key] = build_groups(atoms, g)
+    search_x = x if comp is None else x @ comp.basis
+    if x.shape[0] == 0:
+        return np.empty(0, dtype=np.int64), {"n_groups": groups.n_groups, "scored_fraction": 0.0, "exact": top is None}
+    best, scored = best_atoms_group(search_x, groups, top=top, chunk=chunk)
+    frac = scored / (x.shape[0] * dictionary.n_atoms)
+    return best, {"n_groups": groups.n_groups, "scored_fraction": frac, "exact": top is None}
 
 
 def _unit_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -406,13 +457,15 @@ def match_slices(
     channel_axis: int = -1,
     mask: ArrayLike | None = None,
     backend: str = "auto",
-    method: Literal["auto", "brute", "structured"] = "auto",
+    method: Literal["auto", "brute", "structured", "group"] = "auto",
     rank: int | None = None,
     chunk: int | None = None,
     invalid: Literal["mask", "raise"] = "mask",
     n_threads: int = 0,
     progress: Callable[[int], None] | None = None,
     axis: int | None = None,
+    n_groups: int | None = None,
+    group_top: int | None = None,
 ) -> MatchResult:
     """Match a volume slice by slice, each slice against its own dictionary.
 
@@ -480,7 +533,8 @@ def match_slices(
             raise DictionaryError(f"dictionary of slice {z} has parameters {tuple(d.params)}, expected {names}")
         results.append(
             match(moved[z], d, channel_axis=-1, mask=None if m is None else m[z], backend=backend, method=method,
-                  rank=rank, chunk=chunk, invalid=invalid, n_threads=n_threads)
+                  rank=rank, chunk=chunk, invalid=invalid, n_threads=n_threads, n_groups=n_groups,
+                  group_top=group_top)
         )
         if progress is not None:
             progress(z + 1)
