@@ -30,13 +30,14 @@ Magn Reson Med 74:523 (2015).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ValidationError
 
-__all__ = ["AtomGroups", "build_groups", "best_atoms_group", "default_n_groups"]
+__all__ = ["AtomGroups", "best_atoms_group", "build_groups", "check_group_options", "default_n_groups"]
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ def _visit(xb, groups, labels, rows, best, idx) -> int:
     cut = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1], True])
     sizes = np.diff(groups.starts)
     done = 0
-    for a, b in zip(cut[:-1], cut[1:]):
+    for a, b in itertools.pairwise(cut):
         g = int(lab[a])
         r = rows[a:b]
         s, i = _score(xb[r], groups, g)
