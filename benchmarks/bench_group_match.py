@@ -2,7 +2,7 @@
 
 The dictionary is the package's own (Hermann 2021, slot 7) on a fine grid:
 T1/T2* in 5 % geometric steps and B1 in steps of 0.05 (82,008 atoms x 35) by
-default, 2.5 % steps (~320,000 atoms) with ``MRFENGINE_BENCH_SIZE=full``.
+default, 2.5 % steps (317,203 atoms) with ``MRFENGINE_BENCH_SIZE=full``.
 Each case stores in ``extra_info`` its voxels/s, the fraction of atom scores
 computed (centroids included), the fraction of voxels given brute force's
 atom and, where they differ, the relative T1 / T2* / B1 error against brute
