@@ -294,7 +294,7 @@ def test_predict_nifti_is_the_command_as_a_library_call(tmp_path):
     assert main(["predict", str(mrf_path), "-o", str(tmp_path / "cli"), "--model", str(model_path), "--mask",
                  str(mask_path), "--nthreads", "2", "--report", str(tmp_path / "qc")]) == 0
     page = (tmp_path / "qc" / "sub-01.html").read_text()  # predict --report DIR: the QC page of its maps
-    assert "T1 mosaic" in page and "lesion overlay" in page and (tmp_path / "qc" / "index.html").is_file()
+    assert "T1 mosaic" in page and "<h3>Lesion overlay</h3>" in page and (tmp_path / "qc" / "index.html").is_file()
     for path in (result.files[name] for name in names):
         np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "cli" / path.relative_to(tmp_path / "lib")))
                                                  .dataobj),
