@@ -2,6 +2,8 @@
 // here may use an instruction the levels it chooses between need.
 #include "dispatch.hpp"
 
+#include "cpu_features.hpp"
+
 #include <stdexcept>
 
 namespace mrfengine {
@@ -30,26 +32,16 @@ struct Level {
     bool (*cpu_has)();
 };
 
+using cpu::always;
 #if MRFENGINE_DISPATCH_X86
-// __builtin_cpu_supports reports AVX / AVX-512 only where the OS saves their
-// registers too (XCR0), so a level it accepts can run.
-bool always() { return true; }
-bool has_avx2() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-           __builtin_cpu_supports("bmi2");
-}
-bool has_avx512() {
-    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
+using cpu::has_avx2;
+using cpu::has_avx512;
 const Level kLevels[] = {
     {&isa_baseline::table, "sse2", &always},
     {&isa_avx2::table, "avx2 fma bmi bmi2", &has_avx2},
     {&isa_avx512::table, "avx512f avx512bw avx512dq avx512vl avx2 fma bmi bmi2", &has_avx512},
 };
 #else
-bool always() { return true; }
 const Level kLevels[] = {{&isa_single::table, "the build machine's (single build)", &always}};
 #endif
 

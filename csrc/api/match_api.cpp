@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../cpu_features.hpp"
 #include "search.hpp"
 
 #ifndef MRFENGINE_VERSION
@@ -53,19 +54,10 @@ struct Level {
     bool (*cpu_has)();
 };
 
-bool always() { return true; }
+using cpu::always;
 #if MRFENGINE_DISPATCH_X86
-// __builtin_cpu_supports reports AVX / AVX-512 only where the OS saves their
-// registers too (XCR0), so a level it accepts can run (as csrc/dispatch.cpp).
-bool has_avx2() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-           __builtin_cpu_supports("bmi2");
-}
-bool has_avx512() {
-    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
+using cpu::has_avx2;  // one definition of what the CPU can run: csrc/cpu_features.hpp
+using cpu::has_avx512;
 const Level kLevels[] = {
     {&isa_baseline::search_table, "sse2", &always},
     {&isa_avx2::search_table, "avx2 fma bmi bmi2", &has_avx2},
