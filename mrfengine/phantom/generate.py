@@ -165,6 +165,17 @@ def _site(config: CohortConfig, name: str):
     return next(s for s in config.sites if s.name == name)
 
 
+def _revision(config: CohortConfig, seed: int, plan: SubjectPlan) -> str:
+    """The subject's revision token, a function of what it is simulated from (same seed,
+    same bytes, the consolidated metadata included)."""
+    import hashlib
+    import json
+
+    what = json.dumps({"config": config.to_dict(), "seed": int(seed), "subject": plan.id, "index": plan.index},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(what.encode()).hexdigest()[:32]
+
+
 def simulate_subject(
     root: Any,
     config: CohortConfig,
@@ -246,6 +257,7 @@ def simulate_subject(
         root, plan.id, shape_zyx=shape, affine=affine, n_frames=seq.n_measurements,
         attrs={"site": plan.site, "group": plan.group, "source": "simulated"},
         overwrite=True,
+        revision=_revision(config, seed, plan),
     )
     for name, arr in truth.items():
         unit, desc = TRUTH_SPECS[name]

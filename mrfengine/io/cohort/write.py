@@ -591,6 +591,11 @@ class SubjectWriter:
         elsewhere).  Until then the existing subject stays complete and
         untouched; :meth:`abort` deletes the staging group.  ``overwrite`` must
         be given to replace a complete subject.
+    revision : str, optional
+        The subject's ``revision`` token (:data:`~.schema.REVISION_KEY`), which
+        tells readers whether the consolidated metadata's copy of the subject is
+        current; default a new random one.  A writer whose output is a function of
+        its inputs gives one derived from them (the simulator: same seed, same bytes).
     """
 
     def __init__(
@@ -604,8 +609,12 @@ class SubjectWriter:
         attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         staging: bool = False,
+        revision: str | None = None,
     ) -> None:
         sid = normalize_subject_id(subject_id)
+        # The subject's revision token (a new random one by default); a writer whose output is
+        # a function of its inputs (the simulator: same seed, same bytes) gives one derived from them.
+        self._revision = revision
         affine = np.asarray(affine, dtype=np.float64)
         if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise ValidationError(f"affine must be a finite, invertible 4x4 matrix; got\n{affine}")
@@ -707,7 +716,7 @@ class SubjectWriter:
         self._attrs.update(attrs)
         self._attrs["arrays"] = sorted(self._arrays)
         self._attrs[CHUNKS_KEY] = counts
-        self._attrs[REVISION_KEY] = new_revision()
+        self._attrs[REVISION_KEY] = self._revision or new_revision()
         self._attrs["complete"] = True
         self._group.attrs.update({SUBJECT_KEY: self._attrs})
         if self._staging is not None:
