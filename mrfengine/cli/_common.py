@@ -163,10 +163,13 @@ def set_threads(n_threads: int) -> None:
     """Limit the compute libraries of this process (and of the processes it starts) to ``n_threads``.
 
     0 leaves them as they are: all cores, or ``OMP_NUM_THREADS`` where it is set.  Otherwise
-    OpenMP (the C++ kernels), Numba and PyTorch use ``n_threads``: through the environment
-    (``OMP_NUM_THREADS``, ``NUMBA_NUM_THREADS``, read when a library loads and by worker
-    processes started later) and, for a library already loaded, its own call
-    (``threadpoolctl`` for OpenMP, ``numba.set_num_threads``, ``torch.set_num_threads``).
+    OpenMP (the C++ kernels), Numba and PyTorch use ``n_threads``: OpenMP through the
+    environment (``OMP_NUM_THREADS``, read when a library loads and by worker processes
+    started later) and ``threadpoolctl`` for a library already loaded; Numba and PyTorch
+    through their own calls (``numba.set_num_threads``, ``torch.set_num_threads``).
+    ``NUMBA_NUM_THREADS`` is left alone: Numba launches its pool once per process with
+    that many threads and refuses any other value afterwards, so a second command run
+    in the same process (a library caller, a test) would fail.
     """
     import os
 
@@ -176,13 +179,16 @@ def set_threads(n_threads: int) -> None:
     from ..backend import cpu_threads
 
     os.environ["OMP_NUM_THREADS"] = str(n)
-    os.environ["NUMBA_NUM_THREADS"] = str(min(n, cpu_threads()))  # numba refuses more than the cores
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
-    if "numba" in sys.modules:
-        try:
-            sys.modules["numba"].set_num_threads(min(n, sys.modules["numba"].config.NUMBA_NUM_THREADS))
-        except (AttributeError, ValueError):  # an old numba, or one started with fewer threads
+    try:
+        import numba
+    except ImportError:
+        pass
+    else:
+        try:  # at most the pool's size (the cores, or NUMBA_NUM_THREADS where the user set it)
+            numba.set_num_threads(max(1, min(n, cpu_threads(), numba.config.NUMBA_NUM_THREADS)))
+        except (AttributeError, ValueError):  # an old numba
             pass
     try:
         from threadpoolctl import threadpool_limits

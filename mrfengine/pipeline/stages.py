@@ -518,7 +518,7 @@ STAGES: Mapping[str, Stage] = MappingProxyType({
                      halo=_denoise_halo),
     "match": Stage("match", _match, ("mrf", "mask", "sequence", "z0"), ("maps",),
                    MappingProxyType({"method": "auto", "rank": None}),
-                   choices=MappingProxyType({"method": ("auto", "brute", "structured")})),
+                   choices=MappingProxyType({"method": ("auto", "brute", "structured", "group")})),
     "unet": Stage("unet", _unet, ("mrf", "mask", "sequence"), ("nn_maps",),
                   MappingProxyType({"model": "default", "precision": "float32", "batch_size": 4, "prefix": "",
                                     "tta": "none", "trust_model_code": False, "input_scale": "card",

@@ -90,8 +90,8 @@ def test_changed_configuration_is_recomputed_not_skipped(ran):
 def test_force_redoes_with_identical_bytes(ran):
     path, _ = ran
     before = _chunk_bytes(path, "sub-01", PIPE.name)
-    # one chunk per slice, for matching's maps and the denoise stage's sigma and rank
-    assert len(before) == (len(DERIVED_ARRAYS) + 2) * 12
+    # one shard of 12 slices each, for matching's maps and the denoise stage's sigma and rank
+    assert len(before) == len(DERIVED_ARRAYS) + 2
     result = run_subject(path, "sub-01", PIPE, force=True)
     assert result.status == "ok"
     assert _chunk_bytes(path, "sub-01", PIPE.name) == before
@@ -121,7 +121,7 @@ def test_crash_mid_write_leaves_nothing_complete_and_rerun_completes(ran, monkey
     again = run_subject(path, "sub-02", PIPE)  # no force: the incomplete group is redone
     assert again.status == "ok"
     assert derived_complete(path, "sub-02", PIPE.name)
-    assert len(_chunk_bytes(path, "sub-02", PIPE.name)) == (len(DERIVED_ARRAYS) + 2) * 12
+    assert len(_chunk_bytes(path, "sub-02", PIPE.name)) == len(DERIVED_ARRAYS) + 2  # one shard per map
 
 
 def test_corrupt_subjects_fail_clearly_others_succeed(pristine, tmp_path):

@@ -229,8 +229,9 @@ def test_cli_exit_codes(tiny, tmp_path, capsys):
 
     assert main(["evaluate", str(tmp_path), "-o", str(tmp_path / "x")]) == 1
     assert "not a cohort" in capsys.readouterr().err
-    assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--pred", "magic"]) == 1
-    assert "map source" in capsys.readouterr().err
+    assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--pred", "magic"]) == 2  # a bad option value
+    err = capsys.readouterr().err
+    assert "--pred" in err and "magic" in err, err
     assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--lesion-threshold", "2"]) == 2
     assert main(["evaluate", str(path), "-o", str(tmp_path / "x"), "--threshold", "2"]) == 2
     # --threshold: the deprecated name of --lesion-threshold, hidden from the help
