@@ -22,6 +22,8 @@ import pytest
 import mrfengine
 from mrfengine import Dictionary
 
+from disasm import avx_outside_levels
+
 pytestmark = pytest.mark.slow  # one CMake build (~15-30 s on 2 cores) for the module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,40 +291,11 @@ def test_the_header_compiles_on_its_own(tmp_path):
           f"-I{ROOT / 'csrc' / 'include'}", tu])
 
 
-def _avx_only(function: str) -> bool:
-    """The AVX levels' code: their namespaces, and templates on their vector types (see test_isa_dispatch)."""
-    if "isa_avx2::" in function or "isa_avx512::" in function:
-        return True
-    widths = [int(n) * (8 if t in ("double", "long") else 4)
-              for t, n in re.findall(r"\b(float|int|double|long) __vector\((\d+)\)", function)]
-    return any(w >= 32 for w in widths)
-
-
 def test_no_avx_instruction_outside_the_avx_levels(build):
     """The example links the static library: its baseline path (API, level choice, baseline kernels, shared
     template copies) holds no VEX/EVEX instruction, so it runs on any x86-64 CPU."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("not an x86-64 dispatch build")
-    objdump, nm = shutil.which("objdump"), shutil.which("nm")
-    if objdump is None or nm is None:
-        pytest.skip("objdump / nm (binutils) not installed")
-    exe = str(build["example"])
-    local = {int(f[0], 16) for f in (line.split() for line in _run([nm, "--defined-only", exe]).stdout.splitlines())
-             if len(f) >= 3 and f[1] in "tbdr"}
-    function, address, leaks, levels = "", 0, {}, set()
-    for line in _run([objdump, "-d", "--no-show-raw-insn", "-C", exe]).stdout.splitlines():
-        head = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
-        if head:
-            address, function = int(head.group(1), 16), head.group(2)
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2 or not parts[1].strip():
-            continue
-        mnemonic = parts[1].split()[0]
-        if not mnemonic.startswith("v") or mnemonic in ("verr", "verw"):
-            continue
-        levels |= {lv for lv in ("isa_avx2::", "isa_avx512::") if lv in function}
-        if not _avx_only(function) and address not in local:
-            leaks[function] = leaks.get(function, 0) + 1
+    leaks, levels = avx_outside_levels(str(build["example"]))
     assert not leaks, f"AVX instructions where the baseline path may run: {sorted(leaks.items())[:10]}"
     assert levels == {"isa_avx2::", "isa_avx512::"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,8 @@ from mrfengine.dictionary import simulate_dictionary
 from mrfengine.matching._separable import best_atoms_separable_xp, plan_separable
 from mrfengine.sequence import hermann2021
 from mrfengine.testing import random_fingerprints
+
+from disasm import avx_outside_levels
 
 ext = get_ext()
 pytestmark = pytest.mark.skipif(ext is None or not hasattr(ext, "isa_levels"),
@@ -211,16 +212,6 @@ def test_forcing_a_level_that_cannot_run_fails_cleanly(forced, tmp_path):
     assert "refused to load" in proc.stderr  # the warning get_ext logs
 
 
-def _avx_only(function: str) -> bool:
-    """Code that only the AVX levels can reach: their namespaces, and templates
-    on their vector types (32 or 64 bytes; the baseline's are 16)."""
-    if "isa_avx2::" in function or "isa_avx512::" in function:
-        return True
-    widths = [int(n) * (8 if t in ("double", "long") else 4)
-              for t, n in re.findall(r"\b(float|int|double|long) __vector\((\d+)\)", function)]
-    return any(w >= 32 for w in widths)
-
-
 def test_no_avx_instruction_outside_the_avx_levels():
     """What the baseline path can run -- bindings, dispatcher, baseline kernels and
     the one copy the linker kept of each standard template the levels share --
@@ -229,31 +220,6 @@ def test_no_avx_instruction_outside_the_avx_levels():
     called only from the object that made them, so AVX code there is the level's."""
     if "avx2" not in [name for name, _, _ in LEVELS]:
         pytest.skip("not an x86-64 dispatch build")
-    objdump, nm = shutil.which("objdump"), shutil.which("nm")
-    if objdump is None or nm is None:
-        pytest.skip("objdump / nm (binutils) not installed")
-    local = set()
-    for line in subprocess.run([nm, "--defined-only", ext.__file__], capture_output=True, text=True,
-                               check=True).stdout.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[1] in "tbdr":
-            local.add(int(fields[0], 16))
-    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", ext.__file__], capture_output=True, text=True,
-                          check=True).stdout
-    function, address, leaks, levels_seen = "", 0, {}, set()
-    for line in text.splitlines():
-        head = re.match(r"^([0-9a-f]+) <(.*)>:$", line)
-        if head:
-            address, function = int(head.group(1), 16), head.group(2)
-            continue
-        parts = line.split("\t")
-        if len(parts) < 2 or not parts[1].strip():
-            continue
-        mnemonic = parts[1].split()[0]
-        if not mnemonic.startswith("v") or mnemonic in ("verr", "verw"):
-            continue
-        levels_seen |= {lv for lv in ("isa_avx2::", "isa_avx512::") if lv in function}
-        if not _avx_only(function) and address not in local:
-            leaks[function] = leaks.get(function, 0) + 1
+    leaks, levels_seen = avx_outside_levels(ext.__file__)
     assert not leaks, f"AVX instructions where the baseline path may run: {sorted(leaks.items())[:10]}"
     assert levels_seen == {"isa_avx2::", "isa_avx512::"}
