@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 BACKENDS = ("numpy", "cpp", "numba", "cupy", "numba-cuda")
 METHODS = ("auto", "brute", "structured", "group")
 _AUTO_ORDER = ("cupy", "numba-cuda", "cpp", "numba", "numpy")
-_COMPLEX = ("numpy", "cpp", "numba", "cupy", "numba-cuda")  # backends that match complex fingerprints
 _STRUCTURED = ("numpy", "cpp", "cupy")
 
 
@@ -81,11 +80,9 @@ class MatchResult:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def _resolve_backend(backend: str, complex_data: bool) -> str:
-    refused = {b: f"it matches real data only; use one of {', '.join(_COMPLEX)} for complex signals"
-               for b in BACKENDS if b not in _COMPLEX}
-    return resolve(backend, kernel="match", implemented=BACKENDS, auto=_AUTO_ORDER,
-                   refused=refused if complex_data else None)
+def _resolve_backend(backend: str) -> str:
+    # Every backend matches real and complex fingerprints alike.
+    return resolve(backend, kernel="match", implemented=BACKENDS, auto=_AUTO_ORDER)
 
 
 def _resolve_method(method: str, backend: str, dictionary: Dictionary, complex_data: bool, rank: int | None) -> str:
@@ -263,7 +260,7 @@ def match(
         raise ValidationError(f"method='group' runs on the numpy backend (BLAS); got backend {backend!r}")
     flat, spatial, valid = _prepare(signals, dictionary.n_frames, channel_axis, mask, invalid)
     complex_data = np.iscomplexobj(flat) or np.iscomplexobj(dictionary.atoms)
-    name = _resolve_backend("numpy" if method == "group" and backend == "auto" else backend, complex_data)
+    name = _resolve_backend("numpy" if method == "group" and backend == "auto" else backend)
     how = _resolve_method(method, name, dictionary, complex_data, rank)
     comp = dictionary.compress(rank) if rank is not None else None
 
@@ -436,7 +433,7 @@ def _match_dask(signals, dictionary: Dictionary, *, channel_axis: int, mask, **o
 
     packed = da.map_blocks(block, x, m, dtype=np.float64, chunks=x.chunks[:-1] + ((n_fields,),))
     k = len(names)
-    name = _resolve_backend(options["backend"], False)
+    name = _resolve_backend(options["backend"])
     return MatchResult(
         params={n: packed[..., i] for i, n in enumerate(names)},
         m0=packed[..., k].astype(np.float32),

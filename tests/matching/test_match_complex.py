@@ -12,10 +12,8 @@ from mrfengine.backend import probe
 from mrfengine.errors import ValidationError
 from mrfengine.matching._gpu import best_atoms_gemm_xp
 from mrfengine.matching._numpy import best_atoms_numpy
-from mrfengine.matching.api import _COMPLEX
 
 CPU_BACKENDS = [b for b in ("cpp", "numba") if probe(b).available]
-COMPLEX_CPU = [b for b in CPU_BACKENDS if b in _COMPLEX]
 
 
 def _case(kind: str, n_atoms: int = 300, n_frames: int = 40, n_vox: int = 60, seed: int = 0, rough: float = 0.05):
@@ -59,7 +57,7 @@ def _agree(got, ref, n_planted: int):
 @pytest.mark.parametrize("kind", ["real", "complex"])
 @pytest.mark.parametrize("rank", [None, 8])
 def test_backend_equals_numpy_reference(backend, kind, rank):
-    if kind == "complex" and backend not in COMPLEX_CPU:
+    if kind == "complex" and backend not in CPU_BACKENDS:
         pytest.skip(f"{backend} matches real data only")
     d, x, pick = _case(kind)
     ref = match(x, d, backend="numpy", method="brute", rank=rank)
@@ -68,7 +66,7 @@ def test_backend_equals_numpy_reference(backend, kind, rank):
     _agree(got, ref, pick.size)
 
 
-@pytest.mark.parametrize("backend", COMPLEX_CPU)
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_complex128_and_real_signals_against_complex_atoms(backend):
     d, x, pick = _case("complex", n_atoms=70, n_frames=9, n_vox=30, seed=1)
     d128 = Dictionary(d.atoms.astype(np.complex128), dict(d.params))
@@ -83,7 +81,7 @@ def test_complex128_and_real_signals_against_complex_atoms(backend):
 def test_compressed_search_rescored_on_the_full_atom():
     d, x, pick = _case("complex", n_atoms=400, n_frames=200, seed=2, rough=0.0)  # smooth: rank 10 keeps it
     full = match(x, d, backend="numpy", method="brute")
-    for backend in ["numpy"] + COMPLEX_CPU:
+    for backend in ["numpy"] + CPU_BACKENDS:
         r = match(x, d, backend=backend, rank=10)
         np.testing.assert_array_equal(r.index[: pick.size], full.index[: pick.size])
         # correlation of the winner on its full atom, not in the subspace
