@@ -59,7 +59,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,7 @@ def _derived_outside_rule(cohort: Cohort, subject: Subject, array_path: str,
 
 
 def _write_array(cohort: Cohort, subject: Subject, array_path: str, root: Path, links: dict[str, str],
-                 ext: str) -> Path:
+                 ext: str, input_uris: Iterable[str] = ()) -> Path:
     file, unit, scale = export_file(subject.id, array_path, ext)
     arr = subject.array(array_path)
     data = np.asarray(arr[...])
@@ -304,6 +304,8 @@ def _write_array(cohort: Cohort, subject: Subject, array_path: str, root: Path, 
     units = tuple(a.get("xyzt_units", ("mm", "sec")))
     units = tuple(u if u != "unknown" else d for u, d in zip(units, ("mm", "sec")))
     fields = _sidecar(cohort, subject, array_path, unit, file, root, links, rule)
+    if input_uris:  # the files the array was computed from, before the store's array
+        fields["Sources"] = list(dict.fromkeys([*input_uris, *fields["Sources"]]))
     path = save_nifti(
         np.ascontiguousarray(data), subject.affine, root / file.relpath,
         xyzt_units=units,  # type: ignore[arg-type]
@@ -363,6 +365,7 @@ def export_subject(
     arrays: Iterable[str] | None = None,
     ext: str = ".nii.gz",
     force: bool = False,
+    inputs: Mapping[str, Iterable[str | os.PathLike]] | None = None,
 ) -> list[Path]:
     """Export several (default: all) arrays of one subject into the derivative dataset ``output_dir``.
 
@@ -373,6 +376,12 @@ def export_subject(
     (:func:`export_file` names them).  Existing files are replaced: plan
     them with :func:`export_file` and :func:`mrfengine.io.outputs.check_outputs`
     first to refuse that.
+
+    ``inputs`` maps an array to the files it was computed from (``mrfengine
+    bids``: the raw dataset's series, T2w, masks): named first in its sidecar's
+    ``Sources`` (``bids:raw:sub-01/anat/...``, the dataset added to
+    ``DatasetLinks``), so the derivative stays traceable to the raw data once
+    the store is gone.
 
     Returns
     -------
@@ -388,5 +397,6 @@ def export_subject(
     files = [export_file(subject.id, p, ext)[0] for p in paths]
     links = read_links(root)
     _cohort_uri(cohort, subject, "", root, links)  # the store's link, before the description is written
+    input_uris = {p: [source_uri(f, root, links) for f in (inputs or {}).get(p, ())] for p in paths}  # + links
     ensure_derivative_root(root, links=links, nonstandard=[f.suffix for f in files if f.nonstandard], force=force)
-    return [_write_array(cohort, subject, p, root, links, ext) for p in paths]
+    return [_write_array(cohort, subject, p, root, links, ext, input_uris[p]) for p in paths]

@@ -267,25 +267,6 @@ def _input_sources(inputs: ParticipantInputs, pipelines: SequenceABC[Pipeline], 
     return files
 
 
-def _add_input_sources(root: Path, inputs: ParticipantInputs, pipelines: SequenceABC[Pipeline],
-                       plan: list[tuple[str, Any]]) -> None:
-    """Name the BIDS input files in each exported sidecar's ``Sources`` (``bids:raw:sub-01/anat/...``), before
-    the work cohort's arrays the exporter names: the derivative stays traceable to the raw data when the work
-    folder is gone.  Each input's dataset is added to ``DatasetLinks``."""
-    from ..io.bids import ensure_derivative_root, read_links, source_uri, write_sidecar
-
-    links = read_links(root)
-    uris = {a: [source_uri(f, root, links) for f in _input_sources(inputs, pipelines, a)] for a, _ in plan}
-    ensure_derivative_root(root, links=links)
-    for array, file in plan:
-        if not uris[array]:
-            continue
-        sidecar = root / file.sidecar
-        fields = json.loads(sidecar.read_text(encoding="utf-8"))
-        fields["Sources"] = list(dict.fromkeys([*uris[array], *fields.get("Sources", [])]))
-        write_sidecar(sidecar, fields)
-
-
 def _exported(root: Path, plan: list[tuple[str, Any]]) -> bool:
     return bool(plan) and all((root / f.relpath).is_file() and (root / f.sidecar).is_file() for _, f in plan)
 
@@ -430,8 +411,8 @@ def run_bids_app(
                 out.status = "complete"
                 continue
         try:
-            out.outputs = export_subject(cohort, subject, output_dir, arrays=[a for a, _ in plan], ext=ext)
-            _add_input_sources(output_dir, inputs_of[subject], pipelines, plan)
+            out.outputs = export_subject(cohort, subject, output_dir, arrays=[a for a, _ in plan], ext=ext,
+                                         inputs={a: _input_sources(inputs_of[subject], pipelines, a) for a, _ in plan})
         except (StoreError, OSError, ValueError) as exc:
             out.status, out.error = "failed", f"{subject}: export to {output_dir} failed ({exc})"
         emit("exported", {"subject": subject, "outputs": out.outputs, "error": out.error})
